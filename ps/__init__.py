@@ -1,0 +1,18 @@
+"""The parameter-server side: shards that hold blocks of tables and apply updates.
+
+Public API (pinned by tests/unit/test_public_api.py)::
+
+    from ps import ShardServer, ServerConfig, Mode
+    with ShardServer(ServerConfig(port=0, mode=Mode.SYNC, num_workers=2)) as server:
+        print(server.address)
+        server.wait()
+
+Errors are in :mod:`ps.errors`; the wire protocol is ``protos/ps.proto``.
+"""
+
+from ps import errors
+from ps.config import ServerConfig
+from ps.consistency import Mode
+from ps.server import ShardServer
+
+__all__ = ["Mode", "ServerConfig", "ShardServer", "errors"]

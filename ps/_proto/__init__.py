@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs (private). Regenerate with: python protos/generate.py"""

@@ -1,0 +1,110 @@
+"""The project's one exception hierarchy, and its mapping to gRPC status codes.
+
+::
+
+    PSError
+    ├── InvalidArgumentError       INVALID_ARGUMENT     bad shape, dtype, byte length, value
+    ├── NotFoundError              NOT_FOUND            unknown table or worker
+    ├── AlreadyExistsError         ALREADY_EXISTS       a table exists with another spec
+    ├── FailedPreconditionError    FAILED_PRECONDITION  wrong topology, push before register, ...
+    ├── AbortedError               ABORTED              the cluster moved on (e.g. rolled back)
+    ├── ResourceExhaustedError     RESOURCE_EXHAUSTED   message over the size limit, overload
+    ├── UnauthenticatedError       UNAUTHENTICATED      missing or wrong token
+    ├── PermissionDeniedError      PERMISSION_DENIED
+    ├── TransientError                                  safe to retry with the same sequence number
+    │   ├── UnavailableError       UNAVAILABLE          shard down, restarting or stopping
+    │   └── DeadlineExceededError  DEADLINE_EXCEEDED    a call or a bounded wait ran out of time
+    └── RemoteError                anything else (INTERNAL, UNKNOWN, ...)
+
+The server raises these from its logic and the servicer turns them into status codes
+(:func:`status_code_of`); the client turns status codes back into these (:func:`from_status`).
+That pair is the only place the mapping lives.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class PSError(Exception):
+    """Base of every error the parameter server raises to its users."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+
+class InvalidArgumentError(PSError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFoundError(PSError, KeyError):
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AlreadyExistsError(PSError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPreconditionError(PSError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AbortedError(PSError):
+    code = grpc.StatusCode.ABORTED
+
+
+class ResourceExhaustedError(PSError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnauthenticatedError(PSError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(PSError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class TransientError(PSError):
+    """A failure after which the same call may be retried (with the same sequence number)."""
+
+
+class UnavailableError(TransientError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceededError(TransientError, TimeoutError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class RemoteError(PSError):
+    """The server failed in a way the protocol does not name (INTERNAL, UNKNOWN, ...)."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[PSError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgumentError,
+        NotFoundError,
+        AlreadyExistsError,
+        FailedPreconditionError,
+        AbortedError,
+        ResourceExhaustedError,
+        UnauthenticatedError,
+        PermissionDeniedError,
+        UnavailableError,
+        DeadlineExceededError,
+    )
+}
+
+
+def status_code_of(error: PSError) -> grpc.StatusCode:
+    """The gRPC status code a server reports for ``error``."""
+    return error.code if type(error) is not PSError else grpc.StatusCode.UNKNOWN
+
+
+def from_status(code: grpc.StatusCode, details: str) -> PSError:
+    """The project exception for a gRPC status, to be raised ``from`` the ``grpc.RpcError``."""
+    return _BY_CODE.get(code, RemoteError)(details or code.name)

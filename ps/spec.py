@@ -1,0 +1,139 @@
+"""Table specifications: what a dense table is, independent of where its blocks live.
+
+A :class:`TableSpec` fixes a table's shape, dtype, block size, optimizer and initialiser.
+Two creates of the same name must carry equal specs (:meth:`TableSpec.__eq__`), which is
+what makes ``create`` idempotent across workers. Pure values; thread-safe.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ps._proto import ps_pb2
+from ps.errors import InvalidArgumentError
+from ps.optim import OptimizerSpec
+from ps.placement import table_hash
+from ps.wire import np_dtype, wire_dtype
+
+#: elements per block by default: 1 MiB of float32, well under the message size limit
+DEFAULT_BLOCK_ELEMS = 1 << 18
+#: the most elements one table may hold (2**40: 4 TiB of float32); guards size overflow
+MAX_TABLE_ELEMS = 1 << 40
+INIT_KINDS = ("zeros", "normal", "uniform", "glorot")
+_NAME = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How a table's initial values are drawn, per block, reproducibly from ``seed``.
+
+    ``scale`` is the standard deviation for ``normal`` and the half-width for ``uniform``;
+    ``glorot`` is uniform with half-width sqrt(6 / (fan_in + fan_out)) where fan_in is
+    ``shape[0]`` and fan_out is ``shape[-1]``.
+    """
+
+    kind: str = "zeros"
+    scale: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    block_elems: int = DEFAULT_BLOCK_ELEMS
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    init: InitSpec = field(default_factory=InitSpec)
+
+    def validate(self) -> None:
+        """Raises InvalidArgumentError when any field is out of range."""
+        if not _NAME.match(self.name):
+            raise InvalidArgumentError(
+                f"table name {self.name!r} must be 1-200 characters of letters, digits and _ . : / -"
+            )
+        if any(d < 0 for d in self.shape):
+            raise InvalidArgumentError(f"table {self.name!r}: negative dimension in shape {self.shape}")
+        if len(self.shape) > 32:
+            raise InvalidArgumentError(f"table {self.name!r}: more than 32 dimensions")
+        if math.prod(self.shape) > MAX_TABLE_ELEMS:
+            raise InvalidArgumentError(f"table {self.name!r}: {math.prod(self.shape)} elements exceeds {MAX_TABLE_ELEMS}")
+        if not 1 <= self.block_elems <= 1 << 26:
+            raise InvalidArgumentError(f"table {self.name!r}: block_elems must be in [1, 2**26], got {self.block_elems}")
+        wire_dtype(self.dtype)
+        self.optimizer.validate()
+        if self.init.kind not in INIT_KINDS:
+            raise InvalidArgumentError(f"unknown init {self.init.kind!r}; choose from {', '.join(INIT_KINDS)}")
+        if not math.isfinite(self.init.scale) or self.init.scale < 0:
+            raise InvalidArgumentError(f"init scale must be finite and >= 0, got {self.init.scale}")
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.size // self.block_elems)
+
+    def block_range(self, block: int) -> tuple[int, int]:
+        """``[start, stop)`` of block ``block`` in the flattened table."""
+        start = block * self.block_elems
+        return start, min(start + self.block_elems, self.size)
+
+    def initial_block(self, block: int) -> np.ndarray:
+        """The initial values of one block: the same on any shard count and process."""
+        start, stop = self.block_range(block)
+        n = stop - start
+        dtype = np.dtype(self.dtype)
+        kind = self.init.kind
+        if kind == "zeros":
+            return np.zeros(n, dtype=dtype)
+        rng = np.random.default_rng([self.init.seed, table_hash(self.name) & 0xFFFFFFFF, block])
+        if kind == "normal":
+            return (rng.standard_normal(n) * self.init.scale).astype(dtype)
+        if kind == "uniform":
+            limit = self.init.scale
+        else:  # glorot
+            fan_in = self.shape[0] if self.shape else 1
+            fan_out = self.shape[-1] if self.shape else 1
+            limit = math.sqrt(6.0 / max(1, fan_in + fan_out))
+        return rng.uniform(-limit, limit, n).astype(dtype)
+
+    def to_proto(self) -> ps_pb2.TableSpec:
+        o = self.optimizer
+        return ps_pb2.TableSpec(
+            name=self.name,
+            shape=list(self.shape),
+            dtype=wire_dtype(self.dtype),
+            block_elems=self.block_elems,
+            optimizer=ps_pb2.OptimizerSpec(
+                name=o.name, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, beta1=o.beta1,
+                beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay,
+                initial_accumulator=o.initial_accumulator,
+            ),
+            init=ps_pb2.InitSpec(kind=self.init.kind, scale=self.init.scale, seed=self.init.seed),
+        )
+
+    @classmethod
+    def from_proto(cls, msg: ps_pb2.TableSpec) -> TableSpec:
+        """Decode and validate. Raises InvalidArgumentError for any bad field."""
+        o = msg.optimizer
+        spec = cls(
+            name=msg.name,
+            shape=tuple(int(d) for d in msg.shape),
+            dtype=np_dtype(msg.dtype).name,
+            block_elems=int(msg.block_elems),
+            optimizer=OptimizerSpec(
+                name=o.name, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, beta1=o.beta1,
+                beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay,
+                initial_accumulator=o.initial_accumulator,
+            ),
+            init=InitSpec(kind=msg.init.kind, scale=msg.init.scale, seed=msg.init.seed),
+        )
+        spec.validate()
+        return spec
