@@ -1,0 +1,90 @@
+"""``ps-server``: run one parameter-server shard until SIGTERM or SIGINT.
+
+Prints one line ``ps-server listening on HOST:PORT`` to stdout once it serves (with
+``--port 0`` that is how a launcher learns the port), then logs to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from launcher.envargs import EnvArgumentParser
+from ps.config import DEFAULT_MAX_MESSAGE_BYTES, ServerConfig
+from ps.consistency import Mode
+from ps.server import ShardServer
+
+log = logging.getLogger("ps-server")
+
+
+def build_parser(environ=None) -> EnvArgumentParser:
+    p = EnvArgumentParser(prog="ps-server", description="Serve one shard of the parameter server.",
+                          environ=environ)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; loopback by default, 0.0.0.0 to accept other machines")
+    p.add_argument("--port", type=int, default=50051, help="port to bind; 0 lets the OS choose")
+    p.add_argument("--mode", choices=[m.value for m in Mode], default="async",
+                   help="consistency: async (apply on arrival), sync (BSP), ssp (bounded staleness)")
+    p.add_argument("--staleness", type=int, default=0, help="ssp: clocks a worker may run ahead of the slowest")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="sync/ssp: steps wait until this many workers registered (0: whoever registers)")
+    p.add_argument("--sync-timeout", type=float, default=60.0,
+                   help="seconds a push or pull may wait on other workers before failing with who it waited for")
+    p.add_argument("--shard-index", type=int, default=None,
+                   help="this server's position in the workers' --servers list (default: learn it from them)")
+    p.add_argument("--num-shards", type=int, default=None, help="number of servers (with --shard-index)")
+    p.add_argument("--nonfinite", choices=["refuse", "allow"], default="refuse",
+                   help="what to do with NaN/Inf gradients")
+    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                   help="largest gRPC message accepted or sent, in bytes")
+    p.add_argument("--threads", type=int, default=16, help="gRPC handler threads")
+    p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get to finish on shutdown")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return p
+
+
+def config_from_args(args) -> ServerConfig:
+    """Build and validate the config. Raises ValueError with the flag's problem."""
+    cfg = ServerConfig(
+        host=args.host, port=args.port, mode=Mode(args.mode), staleness=args.staleness,
+        num_workers=args.num_workers, sync_timeout_s=args.sync_timeout, shard_index=args.shard_index,
+        num_shards=args.num_shards, nonfinite=args.nonfinite, max_message_bytes=args.max_message_bytes,
+        threads=args.threads, grace_s=args.grace,
+    )
+    cfg.validate()
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s without authentication: anyone who can reach this port can read and "
+                    "change the model", cfg.host)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server = ShardServer(cfg)
+    try:
+        server.start()
+    except Exception as exc:
+        print(f"ps-server: {exc}", file=sys.stderr)
+        return 1
+    print(f"ps-server listening on {server.address}", flush=True)
+    while not stop.wait(3600):
+        pass
+    log.info("stopping (signal received)")
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
