@@ -1,0 +1,128 @@
+"""The consistency gate as a pure state machine: no sockets, threads or clocks."""
+
+import pytest
+
+from ps.consistency import Accumulate, ConsistencyGate, Mode, Proceed, Stale, StepReady, Wait
+from ps.errors import FailedPreconditionError, InvalidArgumentError
+
+
+def sync_gate(workers=3, expected=0):
+    gate = ConsistencyGate(Mode.SYNC, num_workers=expected)
+    for w in range(workers):
+        gate.register(w)
+    return gate
+
+
+def contribute(gate, worker, step=0):
+    assert gate.on_push(worker, step, 0, 1) == Accumulate(step)
+    return gate.on_part_done(worker, step)
+
+
+def test_async_applies_on_arrival_and_never_waits():
+    gate = ConsistencyGate(Mode.ASYNC)
+    gate.register(0)
+    assert gate.on_push(0, 0, 0, 1) == Proceed()
+    gate.on_applied(0, 0)
+    assert gate.version == 1
+    assert gate.on_pull(0, 100) == Proceed()
+
+
+def test_sync_step_completes_once_every_live_worker_contributed():
+    gate = sync_gate(3)
+    assert contribute(gate, 0) is None
+    assert contribute(gate, 2) is None
+    assert gate.waiting_for() == (1,)
+    pull = gate.on_pull(0, 1)
+    assert isinstance(pull, Wait) and pull.waiting_for == (1,)
+    assert contribute(gate, 1) == StepReady(step=0, contributors=3)
+    gate.on_step_applied(StepReady(0, 3))
+    assert gate.version == 1 and gate.on_pull(0, 1) == Proceed()
+
+
+def test_sync_multi_part_push_counts_once_all_parts_arrived():
+    gate = sync_gate(1)
+    assert gate.on_push(0, 0, 1, 2) == Accumulate(0)
+    assert gate.on_part_done(0, 0) is None
+    assert gate.on_push(0, 0, 0, 2) == Accumulate(0)
+    assert gate.on_part_done(0, 0) == StepReady(0, 1)
+
+
+def test_sync_stale_push_is_dropped_and_future_push_waits():
+    gate = sync_gate(1)
+    ready = contribute(gate, 0)
+    gate.on_step_applied(ready)
+    assert gate.on_push(0, 0, 0, 1) == Stale(step=0, version=1)
+    assert isinstance(gate.on_push(0, 2, 0, 1), Wait)
+
+
+def test_sync_second_contribution_and_bad_parts_are_refused():
+    gate = sync_gate(2)
+    contribute(gate, 0)
+    with pytest.raises(FailedPreconditionError, match="already contributed"):
+        gate.on_push(0, 0, 0, 1)
+    with pytest.raises(InvalidArgumentError):
+        gate.on_push(1, 0, 3, 2)
+
+
+def test_leaving_worker_releases_the_step():
+    gate = sync_gate(3)
+    contribute(gate, 0)
+    contribute(gate, 1)
+    assert gate.leave(2) == StepReady(step=0, contributors=2)
+    with pytest.raises(FailedPreconditionError, match="left"):
+        gate.on_push(2, 1, 0, 1)
+    gate.on_step_applied(StepReady(0, 2))
+    assert gate.register(2) == 1               # rejoins at the cluster's step
+    assert gate.on_push(2, 1, 0, 1) == Accumulate(1)
+
+
+def test_sync_waits_for_the_expected_cluster_to_form():
+    gate = sync_gate(1, expected=2)
+    assert contribute(gate, 0) is None  # worker 1 has not registered yet
+    wait = gate.on_pull(0, 1)
+    assert isinstance(wait, Wait) and wait.unregistered == 1 and "not yet registered" in wait.describe()
+    gate.register(1)
+    assert contribute(gate, 1) == StepReady(0, 2)
+
+
+def test_in_flight_part_holds_the_step_even_if_its_worker_leaves():
+    gate = sync_gate(2)
+    contribute(gate, 0)
+    assert gate.on_push(1, 0, 0, 1) == Accumulate(0)
+    assert gate.leave(1) is None        # its part is still being summed
+    assert gate.on_part_done(1, 0) == StepReady(0, 2)
+
+
+def test_ssp_bound():
+    gate = ConsistencyGate(Mode.SSP, staleness=1, num_workers=2)
+    gate.register(0)
+    gate.register(1)
+    for step in range(2):
+        assert gate.on_push(0, step, 0, 1) == Proceed()
+        gate.on_applied(0, step)
+    assert gate.on_pull(0, 1) == Proceed()      # clock 1 - 1 = 0 <= slowest (0)
+    wait = gate.on_pull(0, 2)                   # needs the slowest at >= 1
+    assert isinstance(wait, Wait) and wait.waiting_for == (1,)
+    gate.on_applied(1, 0)
+    assert gate.on_pull(0, 2) == Proceed()
+
+
+def test_ssp_zero_is_a_barrier():
+    gate = ConsistencyGate(Mode.SSP, staleness=0)
+    gate.register(0)
+    gate.register(1)
+    gate.on_applied(0, 0)
+    assert isinstance(gate.on_pull(0, 1), Wait)
+    gate.on_applied(1, 0)
+    assert gate.on_pull(0, 1) == Proceed()
+
+
+def test_unregistered_worker_is_refused():
+    gate = ConsistencyGate(Mode.ASYNC)
+    with pytest.raises(FailedPreconditionError, match="not registered"):
+        gate.on_push(7, 0, 0, 1)
+
+
+def test_observers_never_wait():
+    gate = sync_gate(2)
+    assert gate.on_pull(-1, 10) == Proceed()
