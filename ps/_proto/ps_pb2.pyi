@@ -20,6 +20,11 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SYNC: _ClassVar[Mode]
     SSP: _ClassVar[Mode]
 
+class TableKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DENSE: _ClassVar[TableKind]
+    SPARSE: _ClassVar[TableKind]
+
 class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
@@ -34,6 +39,8 @@ MODE_UNSPECIFIED: Mode
 ASYNC: Mode
 SYNC: Mode
 SSP: Mode
+DENSE: TableKind
+SPARSE: TableKind
 OUTCOME_UNSPECIFIED: Outcome
 APPLIED: Outcome
 ACCUMULATED: Outcome
@@ -81,20 +88,30 @@ class InitSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., scale: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class TableSpec(_message.Message):
-    __slots__ = ("name", "shape", "dtype", "block_elems", "optimizer", "init")
+    __slots__ = ("name", "shape", "dtype", "block_elems", "optimizer", "init", "kind", "dim", "max_rows", "eviction", "admit_after")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     BLOCK_ELEMS_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     INIT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    EVICTION_FIELD_NUMBER: _ClassVar[int]
+    ADMIT_AFTER_FIELD_NUMBER: _ClassVar[int]
     name: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: DType
     block_elems: int
     optimizer: OptimizerSpec
     init: InitSpec
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., block_elems: _Optional[int] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., init: _Optional[_Union[InitSpec, _Mapping]] = ...) -> None: ...
+    kind: TableKind
+    dim: int
+    max_rows: int
+    eviction: str
+    admit_after: int
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., block_elems: _Optional[int] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., init: _Optional[_Union[InitSpec, _Mapping]] = ..., kind: _Optional[_Union[TableKind, str]] = ..., dim: _Optional[int] = ..., max_rows: _Optional[int] = ..., eviction: _Optional[str] = ..., admit_after: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("worker_id", "topology")
@@ -105,7 +122,7 @@ class RegisterRequest(_message.Message):
     def __init__(self, worker_id: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("worker_id", "next_seq", "mode", "staleness", "clock", "num_workers", "tables", "server_id")
+    __slots__ = ("worker_id", "next_seq", "mode", "staleness", "clock", "num_workers", "tables", "server_id", "epoch", "lease_s")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NEXT_SEQ_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +131,8 @@ class RegisterReply(_message.Message):
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     next_seq: int
     mode: Mode
@@ -122,7 +141,9 @@ class RegisterReply(_message.Message):
     num_workers: int
     tables: _containers.RepeatedCompositeFieldContainer[TableSpec]
     server_id: str
-    def __init__(self, worker_id: _Optional[int] = ..., next_seq: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., clock: _Optional[int] = ..., num_workers: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., server_id: _Optional[str] = ...) -> None: ...
+    epoch: int
+    lease_s: float
+    def __init__(self, worker_id: _Optional[int] = ..., next_seq: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., clock: _Optional[int] = ..., num_workers: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_s: _Optional[float] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("worker_id",)
@@ -163,20 +184,22 @@ class BlockRef(_message.Message):
     def __init__(self, table: _Optional[str] = ..., block: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., count: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class PushHeader(_message.Message):
-    __slots__ = ("worker_id", "seq", "step", "part", "num_parts", "blocks")
+    __slots__ = ("worker_id", "seq", "step", "part", "num_parts", "blocks", "then_pull")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     NUM_PARTS_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    THEN_PULL_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     seq: int
     step: int
     part: int
     num_parts: int
     blocks: _containers.RepeatedCompositeFieldContainer[BlockRef]
-    def __init__(self, worker_id: _Optional[int] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ...) -> None: ...
+    then_pull: PullHeader
+    def __init__(self, worker_id: _Optional[int] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., then_pull: _Optional[_Union[PullHeader, _Mapping]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("header", "payload")
@@ -195,18 +218,20 @@ class PushReply(_message.Message):
     def __init__(self, outcome: _Optional[_Union[Outcome, str]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class PullHeader(_message.Message):
-    __slots__ = ("worker_id", "step", "tables", "part", "num_parts")
+    __slots__ = ("worker_id", "step", "tables", "part", "num_parts", "known")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     NUM_PARTS_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     step: int
     tables: _containers.RepeatedScalarFieldContainer[str]
     part: int
     num_parts: int
-    def __init__(self, worker_id: _Optional[int] = ..., step: _Optional[int] = ..., tables: _Optional[_Iterable[str]] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ...) -> None: ...
+    known: _containers.RepeatedCompositeFieldContainer[BlockRef]
+    def __init__(self, worker_id: _Optional[int] = ..., step: _Optional[int] = ..., tables: _Optional[_Iterable[str]] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., known: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ...) -> None: ...
 
 class PullRequest(_message.Message):
     __slots__ = ("header",)
@@ -229,6 +254,84 @@ class PullReply(_message.Message):
     header: PullReplyHeader
     payload: bytes
     def __init__(self, header: _Optional[_Union[PullReplyHeader, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class RowsHeader(_message.Message):
+    __slots__ = ("worker_id", "seq", "step", "part", "num_parts", "table", "num_ids", "dim", "dtype", "version")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    NUM_PARTS_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    NUM_IDS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    worker_id: int
+    seq: int
+    step: int
+    part: int
+    num_parts: int
+    table: str
+    num_ids: int
+    dim: int
+    dtype: DType
+    version: int
+    def __init__(self, worker_id: _Optional[int] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., table: _Optional[str] = ..., num_ids: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RowsRequest(_message.Message):
+    __slots__ = ("header", "payload")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    header: RowsHeader
+    payload: bytes
+    def __init__(self, header: _Optional[_Union[RowsHeader, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class RowsReply(_message.Message):
+    __slots__ = ("header", "payload")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    header: RowsHeader
+    payload: bytes
+    def __init__(self, header: _Optional[_Union[RowsHeader, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: int
+    def __init__(self, worker_id: _Optional[int] = ...) -> None: ...
+
+class HeartbeatReply(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ("at_version", "tag")
+    AT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    at_version: int
+    tag: str
+    def __init__(self, at_version: _Optional[int] = ..., tag: _Optional[str] = ...) -> None: ...
+
+class CheckpointReply(_message.Message):
+    __slots__ = ("path", "version", "epoch")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    version: int
+    epoch: int
+    def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class ShutdownRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShutdownReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -257,7 +360,7 @@ class TableStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., blocks: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id")
+    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id", "epoch", "sparse_tables")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +377,8 @@ class StatusReply(_message.Message):
     WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_TABLES_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     staleness: int
     version: int
@@ -283,4 +388,18 @@ class StatusReply(_message.Message):
     waiting_for: _containers.RepeatedScalarFieldContainer[int]
     counters: _containers.ScalarMap[str, int]
     server_id: str
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ...) -> None: ...
+    epoch: int
+    sparse_tables: _containers.RepeatedCompositeFieldContainer[SparseTableStatus]
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sparse_tables: _Optional[_Iterable[_Union[SparseTableStatus, _Mapping]]] = ...) -> None: ...
+
+class SparseTableStatus(_message.Message):
+    __slots__ = ("spec", "rows", "bytes", "evicted")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_FIELD_NUMBER: _ClassVar[int]
+    spec: TableSpec
+    rows: int
+    bytes: int
+    evicted: int
+    def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., rows: _Optional[int] = ..., bytes: _Optional[int] = ..., evicted: _Optional[int] = ...) -> None: ...

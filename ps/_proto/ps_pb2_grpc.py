@@ -64,6 +64,36 @@ class ParameterServerStub:
                 request_serializer=ps_dot___proto_dot_ps__pb2.StatusRequest.SerializeToString,
                 response_deserializer=ps_dot___proto_dot_ps__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.PushPull = channel.unary_unary(
+                '/ps.v1.ParameterServer/PushPull',
+                request_serializer=ps_dot___proto_dot_ps__pb2.PushRequest.SerializeToString,
+                response_deserializer=ps_dot___proto_dot_ps__pb2.PullReply.FromString,
+                _registered_method=True)
+        self.PushRows = channel.unary_unary(
+                '/ps.v1.ParameterServer/PushRows',
+                request_serializer=ps_dot___proto_dot_ps__pb2.RowsRequest.SerializeToString,
+                response_deserializer=ps_dot___proto_dot_ps__pb2.PushReply.FromString,
+                _registered_method=True)
+        self.PullRows = channel.unary_unary(
+                '/ps.v1.ParameterServer/PullRows',
+                request_serializer=ps_dot___proto_dot_ps__pb2.RowsRequest.SerializeToString,
+                response_deserializer=ps_dot___proto_dot_ps__pb2.RowsReply.FromString,
+                _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/ps.v1.ParameterServer/Heartbeat',
+                request_serializer=ps_dot___proto_dot_ps__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=ps_dot___proto_dot_ps__pb2.HeartbeatReply.FromString,
+                _registered_method=True)
+        self.Checkpoint = channel.unary_unary(
+                '/ps.v1.ParameterServer/Checkpoint',
+                request_serializer=ps_dot___proto_dot_ps__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=ps_dot___proto_dot_ps__pb2.CheckpointReply.FromString,
+                _registered_method=True)
+        self.Shutdown = channel.unary_unary(
+                '/ps.v1.ParameterServer/Shutdown',
+                request_serializer=ps_dot___proto_dot_ps__pb2.ShutdownRequest.SerializeToString,
+                response_deserializer=ps_dot___proto_dot_ps__pb2.ShutdownReply.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -111,6 +141,47 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushPull(self, request, context):
+        """Push, then pull the listed tables for the next step, in one round trip.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushRows(self, request, context):
+        """Sparse tables: rows by int64 id. The payload holds the ids, then the values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullRows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """Keeps a worker's lease alive while it computes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Checkpoint(self, request, context):
+        """Writes this shard's whole state to its checkpoint directory.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Shutdown(self, request, context):
+        """Stops the server gracefully (final checkpoint when configured).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +214,36 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=ps_dot___proto_dot_ps__pb2.StatusRequest.FromString,
                     response_serializer=ps_dot___proto_dot_ps__pb2.StatusReply.SerializeToString,
+            ),
+            'PushPull': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushPull,
+                    request_deserializer=ps_dot___proto_dot_ps__pb2.PushRequest.FromString,
+                    response_serializer=ps_dot___proto_dot_ps__pb2.PullReply.SerializeToString,
+            ),
+            'PushRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushRows,
+                    request_deserializer=ps_dot___proto_dot_ps__pb2.RowsRequest.FromString,
+                    response_serializer=ps_dot___proto_dot_ps__pb2.PushReply.SerializeToString,
+            ),
+            'PullRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.PullRows,
+                    request_deserializer=ps_dot___proto_dot_ps__pb2.RowsRequest.FromString,
+                    response_serializer=ps_dot___proto_dot_ps__pb2.RowsReply.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=ps_dot___proto_dot_ps__pb2.HeartbeatRequest.FromString,
+                    response_serializer=ps_dot___proto_dot_ps__pb2.HeartbeatReply.SerializeToString,
+            ),
+            'Checkpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.Checkpoint,
+                    request_deserializer=ps_dot___proto_dot_ps__pb2.CheckpointRequest.FromString,
+                    response_serializer=ps_dot___proto_dot_ps__pb2.CheckpointReply.SerializeToString,
+            ),
+            'Shutdown': grpc.unary_unary_rpc_method_handler(
+                    servicer.Shutdown,
+                    request_deserializer=ps_dot___proto_dot_ps__pb2.ShutdownRequest.FromString,
+                    response_serializer=ps_dot___proto_dot_ps__pb2.ShutdownReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +408,168 @@ class ParameterServer:
             '/ps.v1.ParameterServer/Status',
             ps_dot___proto_dot_ps__pb2.StatusRequest.SerializeToString,
             ps_dot___proto_dot_ps__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushPull(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ps.v1.ParameterServer/PushPull',
+            ps_dot___proto_dot_ps__pb2.PushRequest.SerializeToString,
+            ps_dot___proto_dot_ps__pb2.PullReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ps.v1.ParameterServer/PushRows',
+            ps_dot___proto_dot_ps__pb2.RowsRequest.SerializeToString,
+            ps_dot___proto_dot_ps__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ps.v1.ParameterServer/PullRows',
+            ps_dot___proto_dot_ps__pb2.RowsRequest.SerializeToString,
+            ps_dot___proto_dot_ps__pb2.RowsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ps.v1.ParameterServer/Heartbeat',
+            ps_dot___proto_dot_ps__pb2.HeartbeatRequest.SerializeToString,
+            ps_dot___proto_dot_ps__pb2.HeartbeatReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Checkpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ps.v1.ParameterServer/Checkpoint',
+            ps_dot___proto_dot_ps__pb2.CheckpointRequest.SerializeToString,
+            ps_dot___proto_dot_ps__pb2.CheckpointReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Shutdown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ps.v1.ParameterServer/Shutdown',
+            ps_dot___proto_dot_ps__pb2.ShutdownRequest.SerializeToString,
+            ps_dot___proto_dot_ps__pb2.ShutdownReply.FromString,
             options,
             channel_credentials,
             insecure,
