@@ -1,0 +1,233 @@
+"""Training loops for sparse models (embedding tables), on the cluster and in one process.
+
+:func:`train_sparse` runs one worker: per batch it pulls the rows the batch needs
+(``pull_rows``, only those ids travel) and the dense tables, computes loss and gradients
+with NumPy, and pushes dense and row gradients as **one** step (``push(grads, rows=...)``,
+one clock tick), evaluating AUC and log loss on the held-out split after every epoch. Like
+:func:`worker.loop.train` it closes the client when done or failing, so sync steps never
+wait for a finished worker.
+
+:func:`train_sparse_local` is the single-process reference: the same initial values
+(dense tables drawn as the servers draw them, rows from the same per-id initialiser), the
+same batches, the servers' own row and dense optimizer code, and sync mode's arithmetic
+(each step sums the per-id gradients of every shard that still has batches and applies
+``sum / contributors``), so it matches N sync workers up to float summation order.
+
+Nothing here reads files, argv or the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ps.optim import make_optimizer
+from ps.sparse_spec import SparseTableSpec
+from ps.sparse_table import SparseTable
+from ps.spec import InitSpec
+from worker.auc import roc_auc
+from worker.ctr_data import CtrDataset, ctr_batches
+from worker.loop import EvalRecord, StepRecord, TrainConfig, TrainingStopped, TrainResult, initial_params, table_specs
+
+__all__ = ["evaluate_ctr", "sparse_table_specs", "train_sparse", "train_sparse_local"]
+
+log = logging.getLogger(__name__)
+
+#: rows per evaluation chunk (bounds the ids pulled at once)
+EVAL_CHUNK_ROWS = 8192
+
+
+def sparse_table_specs(model: Any, config: TrainConfig, *, max_rows: int = 0, eviction: str = "lru",
+                       admit_after: int = 0) -> dict[str, SparseTableSpec]:
+    """The spec of each of ``model``'s sparse tables, as :func:`train_sparse` creates them."""
+    optimizer = config.optimizer_spec()
+    return {
+        name: SparseTableSpec(name=name, dim=p.dim, dtype=np.dtype(config.dtype).name, optimizer=optimizer,
+                              init=InitSpec(p.init, float(p.scale), int(config.seed)), max_rows=max_rows,
+                              eviction=eviction, admit_after=admit_after)
+        for name, p in model.sparse_parameters().items()
+    }
+
+
+def _check(config: TrainConfig) -> None:
+    config.validate()  # epochs, batch size, seed, optimizer (sparse model names are known to it)
+
+
+def evaluate_ctr(model: Any, dense: dict[str, np.ndarray], rows_for: Callable[[str, np.ndarray], np.ndarray],
+                 ds: CtrDataset) -> tuple[float, float]:
+    """``(AUC, mean log loss)`` of the model on ``ds``; ``rows_for(table, ids)`` supplies rows.
+
+    Works in chunks of ``EVAL_CHUNK_ROWS`` rows. NaN for an empty split (or one class only,
+    for AUC). Blocks on ``rows_for``.
+    """
+    if len(ds) == 0:
+        return math.nan, math.nan
+    probs = []
+    for start in range(0, len(ds), EVAL_CHUNK_ROWS):
+        chunk = ds.take(np.arange(start, min(start + EVAL_CHUNK_ROWS, len(ds))))
+        rows = {name: rows_for(name, ids) for name, ids in model.lookups(chunk).items()}
+        probs.append(model.predict_proba(dense, rows, chunk))
+    p = np.clip(np.concatenate(probs), 1e-12, 1 - 1e-12)
+    y = ds.y.astype(np.float64)
+    return roc_auc(ds.y, p), float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def train_sparse(client: Any, model: Any, train_ds: CtrDataset, test_ds: CtrDataset, config: TrainConfig, *,
+                 on_step: Callable[[StepRecord], None] | None = None,
+                 on_eval: Callable[[EvalRecord], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 max_rows: int = 0, eviction: str = "lru", admit_after: int = 0) -> TrainResult:
+    """Train sparse ``model`` on this worker's ``train_ds`` through the connected ``client``.
+
+    Creates the model's dense and sparse tables (idempotent across workers; sparse tables
+    get ``max_rows``/``eviction``/``admit_after``), then runs ``config.epochs`` epochs of
+    pull rows and dense -> gradients -> one combined push, evaluating AUC on ``test_ds``
+    after each epoch (always after the last); the result's metric is ``"auc"``. Checks
+    ``should_stop()`` before every step and raises TrainingStopped when true. Takes
+    ownership of ``client`` (closes it). Blocks for the whole training, every call bounded
+    by the client's deadlines. Raises ValueError for a bad config, PSError subclasses
+    from the cluster.
+    """
+    try:
+        _check(config)
+        dense_specs = table_specs(model, config)
+        for name, spec in dense_specs.items():
+            o = spec.optimizer
+            client.create(name, spec.shape, dtype=spec.dtype, init=spec.init.kind, init_scale=spec.init.scale,
+                          seed=spec.init.seed, optimizer=o.name, lr=o.lr, block_elems=spec.block_elems,
+                          **_options(o))
+        sparse_specs = sparse_table_specs(model, config, max_rows=max_rows, eviction=eviction,
+                                          admit_after=admit_after)
+        for name, spec in sparse_specs.items():
+            o = spec.optimizer
+            client.create_sparse(name, spec.dim, dtype=spec.dtype, init=spec.init.kind, init_scale=spec.init.scale,
+                                 seed=spec.init.seed, optimizer=o.name, lr=o.lr, max_rows=spec.max_rows,
+                                 eviction=spec.eviction, admit_after=spec.admit_after, **_options(o))
+        return _loop(client, model, train_ds, test_ds, config, list(dense_specs), on_step, on_eval,
+                     should_stop or (lambda: False))
+    finally:
+        client.close()
+
+
+def _options(o) -> dict[str, Any]:
+    return {k: getattr(o, k) for k in ("momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay",
+                                       "initial_accumulator")}
+
+
+def _loop(client, model, train_ds, test_ds, config, dense_names, on_step, on_eval, should_stop) -> TrainResult:
+    per_epoch = -(-len(train_ds) // config.batch_size)
+    total_steps = per_epoch * config.epochs
+    start = time.monotonic()
+    history: list[EvalRecord] = []
+    step = samples = 0
+    epoch_loss = math.nan
+    for epoch in range(config.epochs):
+        loss_sum, rows_seen = 0.0, 0
+        for batch in ctr_batches(train_ds, config.batch_size, epoch=epoch, seed=config.seed):
+            if should_stop():
+                raise TrainingStopped(step)
+            dense = client.pull(dense_names)
+            rows = {name: client.pull_rows(name, ids) for name, ids in model.lookups(batch).items()}
+            loss, dense_grads, row_grads = model.loss_and_grads(dense, rows, batch)
+            client.push(dense_grads, rows=row_grads)
+            step += 1
+            samples += len(batch)
+            loss_sum += loss * len(batch)
+            rows_seen += len(batch)
+            if on_step is not None:
+                elapsed = time.monotonic() - start
+                on_step(StepRecord(time=time.time(), worker=config.rank, epoch=epoch + 1, step=step, loss=loss,
+                                   samples_per_s=samples / elapsed if elapsed > 0 else 0.0, staleness=None,
+                                   total_steps=total_steps))
+        epoch_loss = loss_sum / rows_seen if rows_seen else math.nan
+        if config.eval_each_epoch or epoch == config.epochs - 1:
+            dense = client.pull(dense_names)
+            auc, logloss = evaluate_ctr(model, dense, client.pull_rows, test_ds)
+            record = EvalRecord(config.rank, epoch + 1, step, "auc", auc, time.time())
+            history.append(record)
+            log.info("worker %d epoch %d: train loss %.4f, test auc %.4f, test log loss %.4f", config.rank,
+                     epoch + 1, epoch_loss, auc, logloss)
+            if on_eval is not None:
+                on_eval(record)
+    seconds = time.monotonic() - start
+    final = history[-1]
+    return TrainResult(worker=config.rank, epochs=config.epochs, steps=step, samples=samples, seconds=seconds,
+                       samples_per_s=samples / seconds if seconds > 0 else 0.0, final_loss=epoch_loss,
+                       metric="auc", test_score=final.value, history=tuple(history))
+
+
+def train_sparse_local(model: Any, train_ds: CtrDataset | Sequence[CtrDataset], test_ds: CtrDataset,
+                       config: TrainConfig, *, max_rows: int = 0, eviction: str = "lru",
+                       admit_after: int = 0) -> TrainResult:
+    """Train sparse ``model`` in this process: the reference for :func:`train_sparse`.
+
+    ``train_ds`` is one dataset (plain minibatch training) or the workers' shards (each
+    step averages the gradients of every shard that still has batches, as sync mode
+    does). Evaluates when the longest shard finishes an epoch. Returns metric ``"auc"``;
+    ``params`` holds the dense tables. Blocks; raises ValueError for a bad config.
+    """
+    _check(config)
+    shards = [train_ds] if isinstance(train_ds, CtrDataset) else list(train_ds)
+    if not shards:
+        raise ValueError("train_sparse_local needs at least one training dataset")
+    tables = {name: SparseTable(spec) for name, spec in
+              sparse_table_specs(model, config, max_rows=max_rows, eviction=eviction,
+                                 admit_after=admit_after).items()}
+    dense = initial_params(model, config)
+    optimizer = make_optimizer(config.optimizer_spec())
+    state = {k: optimizer.init_state(v.reshape(-1)) for k, v in dense.items()}
+    scratch = {k: np.empty(v.size, dtype=v.dtype) for k, v in dense.items()}
+    per_epoch = max(-(-len(s) // config.batch_size) for s in shards)
+    streams = [_epochs(s, config) for s in shards]
+    start = time.monotonic()
+    history: list[EvalRecord] = []
+    step = samples = 0
+    loss_sum, rows_seen, final_loss = 0.0, 0, math.nan
+    while True:
+        contributions = [b for b in (next(s, None) for s in streams) if b is not None]
+        if not contributions:
+            break
+        acc: dict[str, np.ndarray] = {}
+        for batch in contributions:
+            rows = {name: tables[name].read(ids) for name, ids in model.lookups(batch).items()}
+            loss, dense_grads, row_grads = model.loss_and_grads(dense, rows, batch)
+            loss_sum, rows_seen, samples = loss_sum + loss * len(batch), rows_seen + len(batch), samples + len(batch)
+            for k, g in dense_grads.items():
+                g = np.ascontiguousarray(g, dtype=config.dtype).reshape(-1)
+                acc[k] = acc[k] + g if k in acc else g.copy()
+            for name, (ids, g) in row_grads.items():
+                tables[name].accumulate(np.asarray(ids, dtype=np.int64), g)
+        scale = 1.0 / len(contributions)
+        for k, g in acc.items():
+            if len(contributions) > 1:
+                g *= scale
+            optimizer.apply(dense[k].reshape(-1), g, state[k], scratch[k])
+        for table in tables.values():
+            table.apply_accumulated(scale)
+        step += 1
+        if step % per_epoch == 0:
+            final_loss, loss_sum, rows_seen = loss_sum / rows_seen, 0.0, 0
+            epoch = step // per_epoch
+            if config.eval_each_epoch or epoch == config.epochs:
+                history.append(_local_eval(model, dense, tables, test_ds, epoch, step))
+    if not history or history[-1].step != step:
+        history.append(_local_eval(model, dense, tables, test_ds, config.epochs, step))
+    seconds = time.monotonic() - start
+    return TrainResult(worker=-1, epochs=config.epochs, steps=step, samples=samples, seconds=seconds,
+                       samples_per_s=samples / seconds if seconds > 0 else 0.0, final_loss=final_loss,
+                       metric="auc", test_score=history[-1].value, history=tuple(history), params=dense)
+
+
+def _local_eval(model, dense, tables, test_ds, epoch, step) -> EvalRecord:
+    auc, _ = evaluate_ctr(model, dense, lambda name, ids: tables[name].read(ids), test_ds)
+    return EvalRecord(-1, epoch, step, "auc", auc, time.time())
+
+
+def _epochs(ds: CtrDataset, config: TrainConfig) -> Iterator[CtrDataset]:
+    for epoch in range(config.epochs):
+        yield from ctr_batches(ds, config.batch_size, epoch=epoch, seed=config.seed)
