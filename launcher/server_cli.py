@@ -1,7 +1,9 @@
-"""``ps-server``: run one parameter-server shard until SIGTERM or SIGINT.
+"""``ps-server``: run one parameter-server shard until SIGTERM, SIGINT or a Shutdown call.
 
 Prints one line ``ps-server listening on HOST:PORT`` to stdout once it serves (with
-``--port 0`` that is how a launcher learns the port), then logs to stderr.
+``--port 0`` that is how a launcher learns the port), then logs to stderr. Stops
+gracefully (final checkpoint with ``--checkpoint-dir``) and exits 0; 1 when it could not
+start or the final checkpoint failed.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import threading
 
+from launcher import metrics_flags, server_safety
 from launcher.envargs import EnvArgumentParser
 from ps.config import DEFAULT_MAX_MESSAGE_BYTES, ServerConfig
 from ps.consistency import Mode
@@ -35,12 +37,19 @@ def build_parser(environ=None) -> EnvArgumentParser:
     p.add_argument("--shard-index", type=int, default=None,
                    help="this server's position in the workers' --servers list (default: learn it from them)")
     p.add_argument("--num-shards", type=int, default=None, help="number of servers (with --shard-index)")
-    p.add_argument("--nonfinite", choices=["refuse", "allow"], default="refuse",
-                   help="what to do with NaN/Inf gradients")
+    p.add_argument("--nonfinite", choices=["refuse", "skip", "allow"], default="refuse",
+                   help="NaN/Inf gradients: refuse the push (INVALID_ARGUMENT), skip it (acknowledged, not "
+                        "applied, warned and counted) or allow it")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                    help="largest gRPC message accepted or sent, in bytes")
     p.add_argument("--threads", type=int, default=16, help="gRPC handler threads")
     p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get to finish on shutdown")
+    p.add_argument("--uds", default=None, metavar="PATH",
+                   help="also serve gRPC on this unix socket (workers give unix:PATH as the address)")
+    p.add_argument("--no-local-plane", action="store_true",
+                   help="do not offer same-host workers the shared-memory data plane (gRPC only)")
+    server_safety.add_arguments(p)
+    metrics_flags.add_arguments(p, host_default=None, host_help="address of the metrics port (None: --host)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return p
 
@@ -51,7 +60,8 @@ def config_from_args(args) -> ServerConfig:
         host=args.host, port=args.port, mode=Mode(args.mode), staleness=args.staleness,
         num_workers=args.num_workers, sync_timeout_s=args.sync_timeout, shard_index=args.shard_index,
         num_shards=args.num_shards, nonfinite=args.nonfinite, max_message_bytes=args.max_message_bytes,
-        threads=args.threads, grace_s=args.grace,
+        threads=args.threads, grace_s=args.grace, uds=args.uds or None, local_plane=not args.no_local_plane,
+        **server_safety.config_fields(args), **metrics_flags.server_config_fields(args),
     )
     cfg.validate()
     return cfg
@@ -64,25 +74,26 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     try:
         cfg = config_from_args(args)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         parser.error(str(exc))
-    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("binding %s without authentication: anyone who can reach this port can read and "
-                    "change the model", cfg.host)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    for warning in server_safety.exposure_warnings(cfg):
+        log.warning("%s", warning)
     server = ShardServer(cfg)
+    # SIGTERM, SIGINT and the Shutdown call all stop the same graceful way: NOT_SERVING,
+    # in-flight calls finish, a final checkpoint when --checkpoint-dir is set, exit 0
+    signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: server.request_stop())
     try:
         server.start()
     except Exception as exc:
         print(f"ps-server: {exc}", file=sys.stderr)
         return 1
     print(f"ps-server listening on {server.address}", flush=True)
-    while not stop.wait(3600):
+    while not server.wait(1.0):
         pass
-    log.info("stopping (signal received)")
-    server.stop()
+    if server.stop_error is not None:
+        print(f"ps-server: final checkpoint failed: {server.stop_error}", file=sys.stderr)
+        return 1
     return 0
 
 

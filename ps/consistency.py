@@ -12,9 +12,22 @@ Modes:
 - ``sync`` (BSP): the pushes of step t are summed; once every live worker contributed
   (and the expected cluster formed), the mean is applied once and the version becomes
   t + 1. A pull for step t waits for version >= t; a push for an old step is stale.
+  With ``replicas_to_aggregate`` K > 0 the step is applied as soon as K workers
+  contributed (backup workers: the late ones' gradients for that step are then stale).
+  A live worker that reads step t > version has not contributed to the current step and
+  never will (its gradient was lost with a restarted shard): it *abstains*, which may
+  complete the step (:meth:`ConsistencyGate.on_pull` then returns :class:`StepReady`).
+  A gate that has not applied a step since it started or was loaded (``resyncing``)
+  adopts the step of the first worker that is ahead of it: a restored or restarted
+  shard catches up with the cluster instead of waiting for steps nobody will send.
 - ``ssp`` with staleness s: pushes apply on arrival and advance the pusher's clock; a pull
   at clock c waits until every live worker's clock is >= c - s. Workers expected but not
-  yet registered count as clock 0. With s = 0 every pull is a barrier.
+  yet registered count as clock 0. With s = 0 every pull is a barrier. A reader's clock
+  is at least the clock it reads at.
+
+In every mode :meth:`ConsistencyGate.hold` makes pushes wait (all of them, or those for
+steps from a given one) until :meth:`ConsistencyGate.release`: checkpoints use it to
+capture a state no push is changing.
 """
 
 from __future__ import annotations
@@ -87,20 +100,74 @@ class _Step:
     parts: dict[int, set[int]] = field(default_factory=dict)   # worker -> parts received
     num_parts: dict[int, int] = field(default_factory=dict)    # worker -> parts announced
     done: set[int] = field(default_factory=set)                # workers fully contributed
+    abstained: set[int] = field(default_factory=set)           # done without a gradient
     inflight: int = 0                                           # parts accepted, not yet summed
     applying: bool = False
 
 
 class ConsistencyGate:
-    def __init__(self, mode: Mode, *, staleness: int = 0, num_workers: int = 0) -> None:
-        if staleness < 0 or num_workers < 0:
-            raise ValueError("staleness and num_workers must be >= 0")
+    def __init__(self, mode: Mode, *, staleness: int = 0, num_workers: int = 0,
+                 replicas_to_aggregate: int = 0) -> None:
+        if staleness < 0 or num_workers < 0 or replicas_to_aggregate < 0:
+            raise ValueError("staleness, num_workers and replicas_to_aggregate must be >= 0")
         self.mode = mode
         self.staleness = staleness
         self.num_workers = num_workers
+        self.replicas_to_aggregate = replicas_to_aggregate
         self.version = 0
         self.workers: dict[int, _Worker] = {}
+        self.resyncing = True          # no step applied since start or load: may adopt a later step
         self._step = _Step()
+        self._held = False
+        self._held_from: int | None = None
+
+    # -- holds and state transfer (checkpoints) -------------------------------------------
+
+    def hold(self, from_step: int | None = None) -> None:
+        """Pushes wait from now on: every push, or (``from_step``) sync pushes for steps >= it."""
+        if from_step is None:
+            self._held = True
+        else:
+            self._held_from = from_step if self._held_from is None else min(self._held_from, from_step)
+
+    def release(self) -> None:
+        """Undo every :meth:`hold`."""
+        self._held = False
+        self._held_from = None
+
+    @property
+    def applying(self) -> bool:
+        """Sync: a :class:`StepReady` was handed out and its step is not applied yet."""
+        return self._step.applying
+
+    def step_started(self) -> bool:
+        """Sync: some part of the current step was accepted (or the step is being applied)."""
+        s = self._step
+        return bool(s.parts or s.done or s.applying)
+
+    def export(self) -> tuple[int, dict[int, int]]:
+        """``(version, {worker: clock})``; in sync mode clocks are capped at the version,
+        because a checkpoint holds no contribution to an unfinished step."""
+        cap = self.version if self.mode is Mode.SYNC else None
+        return self.version, {
+            i: (min(w.clock, cap) if cap is not None else w.clock) for i, w in self.workers.items()
+        }
+
+    def load(self, version: int, clocks: dict[int, int]) -> None:
+        """Replace the state with a checkpoint's: workers live at their clocks, no step open."""
+        if version < 0 or any(c < 0 for c in clocks.values()):
+            raise ValueError("versions and clocks must be >= 0")
+        self.version = version
+        self.workers = {int(i): _Worker(clock=int(c)) for i, c in clocks.items()}
+        self._step = _Step()
+        self.resyncing = True
+
+    def _fast_forward(self, step: int) -> None:
+        """Adopt ``step`` as the current version (resyncing only, before the step started)."""
+        self.version = step
+        for w in self.workers.values():
+            if w.live:
+                w.clock = max(w.clock, step)
 
     # -- membership -------------------------------------------------------------------
 
@@ -156,11 +223,17 @@ class ConsistencyGate:
             raise InvalidArgumentError(f"part {part} of {num_parts} is not a valid part number")
         if step < 0:
             raise InvalidArgumentError(f"step must be >= 0, got {step}")
+        if self._held:
+            return Wait("pushes are held while a checkpoint is taken")
         if self.mode is not Mode.SYNC:
             return Proceed()
         if step < self.version:
             return Stale(step=step, version=self.version)
+        if self._held_from is not None and step >= self._held_from:
+            return Wait(f"push for step {step} is held until the checkpoint at version {self._held_from} is taken")
         s = self._step
+        if step > self.version and self.resyncing and not self.step_started():
+            self._fast_forward(step)
         if step > self.version or s.applying:
             return Wait(f"push for step {step} waits for step {self.version} to be applied", *self._sync_waiting())
         if worker in s.done:
@@ -190,9 +263,11 @@ class ConsistencyGate:
         s.inflight -= 1
         s.parts.get(worker, set()).discard(part)
 
-    def on_applied(self, worker: int, step: int) -> None:
-        """Async/ssp: a push was applied; the pusher's clock moves past ``step``."""
-        self.version += 1
+    def on_applied(self, worker: int, step: int, applied: bool = True) -> None:
+        """Async/ssp: a push was applied (or, ``applied=False``, deliberately skipped);
+        the pusher's clock moves past ``step``."""
+        if applied:
+            self.version += 1
         w = self.workers[worker]
         w.clock = max(w.clock, step + 1)
 
@@ -200,6 +275,7 @@ class ConsistencyGate:
         """Sync: the step's mean was applied; start aggregating the next one."""
         self.version = ready.step + 1
         self._step = _Step()
+        self.resyncing = False
 
     def _step_ready(self) -> StepReady | None:
         if self.mode is not Mode.SYNC:
@@ -208,12 +284,13 @@ class ConsistencyGate:
         if s.applying or s.inflight or self._unregistered():
             return None
         live = set(self.live_workers())
-        if not live <= s.done:
+        k = self.replicas_to_aggregate
+        if not live <= s.done and not (k and len(s.done - s.abstained) >= k):
             return None
         if not s.done and not live:
             return None  # nobody contributed and nobody is left: nothing to apply
         s.applying = True
-        return StepReady(step=self.version, contributors=max(1, len(s.done)))
+        return StepReady(step=self.version, contributors=max(1, len(s.done - s.abstained)))
 
     def _sync_waiting(self) -> tuple[tuple[int, ...], int]:
         pending = tuple(w for w in self.live_workers() if w not in self._step.done)
@@ -221,15 +298,32 @@ class ConsistencyGate:
 
     # -- pulls ------------------------------------------------------------------------
 
-    def on_pull(self, worker: int, step: int) -> Proceed | Wait:
-        """May ``worker`` at clock ``step`` read now? Readers with ``worker < 0`` never wait."""
+    def on_pull(self, worker: int, step: int) -> Proceed | Wait | StepReady:
+        """May ``worker`` at clock ``step`` read now? Readers with ``worker < 0`` never wait.
+
+        Sync: a live reader ahead of the current step that has sent no part of it abstains
+        from it; when that completes the step the answer is :class:`StepReady` (apply it,
+        then ask again).
+        """
         if worker < 0 or self.mode is Mode.ASYNC:
             return Proceed()
         self.check_live(worker)
         if self.mode is Mode.SYNC:
+            if step > self.version and self.resyncing and not self.step_started():
+                self._fast_forward(step)
             if self.version >= step:
                 return Proceed()
+            s = self._step
+            if not s.applying and worker not in s.done and worker not in s.parts:
+                s.done.add(worker)
+                s.abstained.add(worker)
+                self.workers[worker].clock = max(self.workers[worker].clock, self.version + 1)
+                ready = self._step_ready()
+                if ready:
+                    return ready
             return Wait(f"pull for step {step} waits for step {self.version} to be applied", *self._sync_waiting())
+        w = self.workers[worker]
+        w.clock = max(w.clock, step)
         bound = step - self.staleness
         if self._min_clock() >= bound:
             return Proceed()

@@ -15,6 +15,7 @@ Pure; not thread-safe (the shard holds its lock around it).
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -79,9 +80,29 @@ class DedupTable:
             return 1
         return max([w.floor, *w.above, *w.inflight]) + 1
 
-    def export(self) -> dict[int, tuple[int, list[int]]]:
-        """``worker -> (floor, sorted seen seqs above it)``, for checkpoints."""
-        return {k: (w.floor, sorted(w.above)) for k, w in self._windows.items()}
+    def busy(self) -> bool:
+        """Is any push being applied right now (between :meth:`begin` and finish/abort)?"""
+        return any(w.inflight for w in self._windows.values())
+
+    def export(self, without: Iterable[tuple[int, int]] = ()) -> dict[int, tuple[int, list[int]]]:
+        """``worker -> (floor, sorted seen seqs above it)``, for checkpoints.
+
+        ``without`` lists ``(worker, seq)`` pairs to leave out as if never seen (pushes
+        whose effect the checkpoint does not hold, e.g. a sync step still open).
+        """
+        out = {k: (w.floor, set(w.above)) for k, w in self._windows.items()}
+        for worker, seq in without:
+            if worker not in out:
+                continue
+            floor, above = out[worker]
+            if seq <= floor - MAX_ABOVE:
+                continue  # too far below the floor to reopen: stays seen
+            if seq <= floor:  # reopen the window below the floor: everything in (seq, floor] stays seen
+                above |= set(range(seq + 1, floor + 1))
+                floor = seq - 1
+            above.discard(seq)
+            out[worker] = (floor, above)
+        return {k: (floor, sorted(above)) for k, (floor, above) in out.items()}
 
     @classmethod
     def restore(cls, data: dict[int, tuple[int, list[int]]]) -> DedupTable:

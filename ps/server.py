@@ -1,14 +1,23 @@
 """``ShardServer``: one parameter-server shard served over gRPC.
 
-The constructor only stores its config; :meth:`ShardServer.start` binds the port,
-registers the parameter-server, health (``grpc.health.v1``) and reflection services, and
-marks the shard SERVING; :meth:`ShardServer.stop` marks it NOT_SERVING and lets in-flight
-calls finish within the grace period. Usable as a context manager. Thread-safe.
+The constructor only stores its config; :meth:`ShardServer.start` restores the newest
+checkpoint when asked (``restore``), binds the port (TLS when configured), registers the
+parameter-server, control (:mod:`ps.control`), health (``grpc.health.v1``) and
+reflection services behind the token check (:mod:`ps.auth`), starts the lease and
+periodic-checkpoint threads (and, with ``metrics_port``, the Prometheus endpoint of
+:mod:`ps.shard_metrics`), and only then marks the shard SERVING (NOT_SERVING before).
+:meth:`ShardServer.stop` (or
+:meth:`ShardServer.request_stop`, from a signal handler or the Shutdown call) marks it
+NOT_SERVING, lets in-flight calls finish within the grace period, writes a final
+checkpoint when a checkpoint directory is set, and joins its threads. Usable as a
+context manager. Thread-safe.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 from concurrent import futures
 
@@ -16,11 +25,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ps import faults, tls
 from ps._proto import ps_pb2
+from ps.auth import TokenAuth
+from ps.checkpointer import Checkpointer, Written
 from ps.config import ServerConfig
+from ps.control import ControlService
 from ps.errors import UnavailableError
+from ps.lease import LeaseKeeper
+from ps.local_plane import LocalPlane
 from ps.service import SERVICE_NAME, ParameterServerService
 from ps.shard import Shard
+from ps.shard_metrics import ShardMetrics
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +57,20 @@ class ShardServer:
         self._server: grpc.Server | None = None
         self._health: health.HealthServicer | None = None
         self._port: int | None = None
+        self._local: LocalPlane | None = None  # the same-host shared-memory data plane
         self._stopped = threading.Event()
         self._state = "new"
+        self._faults = faults.FaultPlan.parse(config.faults)
+        hook = faults.CheckpointKiller(self._faults.kill_in_checkpoint) if self._faults.kill_in_checkpoint else None
+        self.checkpointer = Checkpointer(self.shard, config, hook)
+        self._leases = LeaseKeeper(self.shard.expire_leases, config.lease_s) if config.lease_s > 0 else None
+        # Prometheus series and their HTTP endpoint (ps.shard_metrics), when metrics_port > 0
+        self.metrics = ShardMetrics(self.shard, config, self.checkpointer) if config.metrics_port else None
+        self._stop_requested = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopper: threading.Thread | None = None
+        self.final_checkpoint: Written | None = None   # written by stop()
+        self.stop_error: Exception | None = None       # why the final checkpoint failed
 
     @property
     def port(self) -> int:
@@ -61,13 +89,30 @@ class ShardServer:
         if self._state != "new":
             raise RuntimeError("ShardServer cannot be restarted; make a new one")
         cfg = self.config
+        if cfg.restore:
+            self.checkpointer.restore()
+        interceptors = [TokenAuth(cfg.auth_token)] if cfg.auth_token else []
+        interceptors += faults.interceptors(self._faults)
+        if self.metrics is not None:  # first: calls the token check refuses are counted too
+            interceptors.insert(0, self.metrics.interceptor)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="ps-shard"),
             options=channel_options(cfg.max_message_bytes) + [("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=cfg.threads * 4,
+            interceptors=interceptors,
         )
-        server.add_generic_rpc_handlers((ParameterServerService(self.shard).handler(),))
+        if cfg.local_plane and (cfg.auth_token or cfg.tls_cert):
+            log.info("same-host shared-memory data plane off: it has no token or TLS check")
+        elif cfg.local_plane and self._local is None:
+            try:
+                self._local = LocalPlane(self.shard).start()
+            except OSError as exc:  # no unix sockets here: same-host workers use gRPC
+                log.warning("same-host shared-memory data plane unavailable: %s", exc)
+        server.add_generic_rpc_handlers((ParameterServerService(self.shard, self._local).handler(),
+                                         ControlService(self.shard, self.checkpointer, self.request_stop).handler()))
         self._health = health.HealthServicer(experimental_non_blocking=True)
+        for service in ("", SERVICE_NAME):  # the servicer says SERVING for "" until told otherwise
+            self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name,
@@ -78,34 +123,84 @@ class ShardServer:
         host = cfg.host
         target = f"[{host}]:{cfg.port}" if ":" in host else f"{host}:{cfg.port}"
         try:
-            port = server.add_insecure_port(target)
+            if cfg.tls_cert:
+                port = server.add_secure_port(target, tls.server_credentials(cfg.tls_cert, cfg.tls_key,
+                                                                             cfg.tls_client_ca))
+            else:
+                port = server.add_insecure_port(target)
         except RuntimeError as exc:
             raise UnavailableError(f"cannot bind {target}: {exc}") from exc
         if port == 0:
             raise UnavailableError(f"cannot bind {target}")
+        if cfg.uds:
+            path = cfg.uds[len("unix:"):] if cfg.uds.startswith("unix:") else cfg.uds
+            if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # a socket left by a previous run; grpc cannot bind over it
+            try:
+                bound = server.add_insecure_port(f"unix:{path}")
+            except RuntimeError as exc:
+                raise UnavailableError(f"cannot bind unix:{path}: {exc}") from exc
+            if not bound:
+                raise UnavailableError(f"cannot bind unix:{path}")
+        if self.metrics is not None:
+            self.metrics.start()  # raises UnavailableError when its port is taken
         server.start()
         self._server, self._port, self._state = server, port, "serving"
         for service in ("", SERVICE_NAME):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("shard serving on %s (mode %s)", self.address, cfg.mode.value)
+        self.checkpointer.start()
+        if self._leases is not None:
+            self._leases.start()
+        self._stopper = threading.Thread(target=self._stop_when_asked, name="ps-stopper", daemon=True)
+        self._stopper.start()
+        log.info("shard serving on %s (mode %s%s%s)", self.address, cfg.mode.value,
+                 ", TLS" if cfg.tls_cert else "", ", token auth" if cfg.auth_token else "")
         return self
 
-    def stop(self, grace_s: float | None = None) -> None:
-        """Go NOT_SERVING, finish in-flight calls within the grace period, release the port.
+    def request_stop(self) -> None:
+        """Ask for a graceful :meth:`stop` from any thread or signal handler; returns at once."""
+        self._stop_requested.set()
 
-        Blocks until stopped. Idempotent.
+    def _stop_when_asked(self) -> None:
+        self._stop_requested.wait()
+        self.stop()
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Go NOT_SERVING, finish in-flight calls within the grace period, release the port,
+        write the final checkpoint (when a checkpoint directory is set), join the threads.
+
+        Blocks until stopped. Idempotent. A failed final checkpoint is logged and kept
+        in :attr:`stop_error` (the previous checkpoints stay intact).
         """
-        if self._state != "serving":
+        self._stop_requested.set()
+        with self._stop_lock:
+            if self._state != "serving":
+                if self.metrics is not None:
+                    self.metrics.stop()  # idempotent; running only if start() failed late
+                self._state = "stopped"
+                self._stopped.set()
+                return
+            self._state = "stopping"
+            assert self._health is not None and self._server is not None
+            self._health.enter_graceful_shutdown()
+            self.checkpointer.stop()
+            if self._leases is not None:
+                self._leases.stop()
+            self._server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
+            if self._local is not None:
+                self._local.stop()
+            try:
+                self.final_checkpoint = self.checkpointer.final()
+            except Exception as exc:  # noqa: BLE001 - reported, the older checkpoints remain
+                self.stop_error = exc
+                log.error("final checkpoint failed: %s", exc)
+            if self.metrics is not None:
+                self.metrics.stop()
             self._state = "stopped"
             self._stopped.set()
-            return
-        self._state = "stopping"
-        assert self._health is not None and self._server is not None
-        self._health.enter_graceful_shutdown()
-        self._server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
-        self._state = "stopped"
-        self._stopped.set()
-        log.info("shard on %s stopped", self.address)
+            log.info("shard on %s stopped", self.address)
+        if self._stopper is not None and self._stopper is not threading.current_thread():
+            self._stopper.join(5.0)
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until :meth:`stop` finished; returns False if ``timeout_s`` passed first."""

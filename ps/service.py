@@ -18,7 +18,9 @@ import numpy as np
 from ps._proto import ps_pb2
 from ps.consistency import Mode
 from ps.errors import InvalidArgumentError, PSError, status_code_of
+from ps.rows_wire import decode_rows, encode_rows, split_rows
 from ps.shard import Shard
+from ps.sparse_spec import SparseTableSpec
 from ps.spec import TableSpec
 from ps.wire import decode_framed, encode_framed, split_payload, wire_dtype
 
@@ -32,6 +34,7 @@ _OUTCOMES = {
     "duplicate": ps_pb2.DUPLICATE,
     "stale": ps_pb2.STALE,
 }
+OUTCOMES = _OUTCOMES  # public name for ps.local_plane
 
 
 def _remaining(context: grpc.ServicerContext, default: float = 3600.0) -> float:
@@ -81,11 +84,69 @@ def _decode_push(data: bytes):
     return decode_framed(data, ps_pb2.PushHeader)
 
 
+#: trailing metadata of PushPull: the push's ``Outcome`` number and version, ``"1:42"``
+PUSH_OUTCOME_KEY = "ps-push-outcome"
+#: request metadata of Pull/PushPull with ``known`` blocks: the server (and epoch) that
+#: produced those versions; known versions from another server or epoch are ignored
+KNOWN_FOR_KEY = "ps-known-for"
+#: trailing metadata of Status when asked with ``LOCAL_PLANE_KEY: ?``: the shard's
+#: same-host data plane address (see ps.local_plane)
+LOCAL_PLANE_KEY = "ps-local-plane"
+
+
+def known_token(shard: Shard) -> str:
+    """Identifies the server process and state epoch that block versions belong to."""
+    return f"{shard.server_id}:{getattr(shard, 'epoch', 0)}"
+
+
+def _known_if_current(shard: Shard, header: ps_pb2.PullHeader, context):
+    """``(known versions or None, trailing metadata)`` of a pull.
+
+    A worker that caches pulls sends ``KNOWN_FOR_KEY`` (the token of the last reply it
+    cached, or empty); it gets the current token back with the reply. Known versions
+    from another token (a restarted or restored shard) are ignored: everything is sent.
+    """
+    token = dict(context.invocation_metadata() or ()).get(KNOWN_FOR_KEY)
+    if token is None:
+        return None, ()
+    current = known_token(shard)
+    if not header.known or token != current:
+        return None, ((KNOWN_FOR_KEY, current),)
+    return {(ref.table, ref.block): ref.version for ref in header.known}, ((KNOWN_FOR_KEY, current),)
+
+
+def push_blocks(shard: Shard, header: ps_pb2.PushHeader, payload: memoryview, timeout_s: float):
+    """Decode a push's payload against its header and hand it to the shard; a PushResult."""
+    grads = split_payload(header.blocks, payload)
+    return shard.push(
+        header.worker_id, header.seq, header.step, header.part, max(1, header.num_parts),
+        [(ref.table, ref.block) for ref in header.blocks], grads, timeout_s,
+    )
+
+
+def pull_blocks(shard: Shard, h: ps_pb2.PullHeader, timeout_s: float,
+                known: dict[tuple[str, int], int] | None = None, into=None):
+    """Pull for a PullHeader: ``(PullReplyHeader, blocks)``, see :meth:`Shard.pull`."""
+    version, blocks = shard.pull(h.worker_id, h.step, list(h.tables), h.part, max(1, h.num_parts), timeout_s,
+                                 known=known, into=into)
+    dtypes = {}
+    for name in set(h.tables):
+        dtype = np.dtype(shard.table(name).spec.dtype)
+        dtypes[name] = (wire_dtype(dtype), dtype.itemsize)
+    header = ps_pb2.PullReplyHeader(version=version)
+    add = header.blocks.add
+    for b in blocks:
+        wire, itemsize = dtypes[b.table]
+        add(table=b.table, block=b.block, dtype=wire, count=memoryview(b.data).nbytes // itemsize, version=b.version)
+    return header, blocks
+
+
 class ParameterServerService:
     """The ``ps.v1.ParameterServer`` handlers over one :class:`Shard`. Thread-safe."""
 
-    def __init__(self, shard: Shard) -> None:
+    def __init__(self, shard: Shard, local_plane=None) -> None:
         self.shard = shard
+        self.local_plane = local_plane  # a started ps.local_plane.LocalPlane, or None
 
     @_handled
     def Register(self, request: ps_pb2.RegisterRequest, context) -> ps_pb2.RegisterReply:
@@ -98,6 +159,7 @@ class ParameterServerService:
             worker_id=worker, next_seq=next_seq, mode=_MODES[cfg.mode], staleness=cfg.staleness,
             clock=clock, num_workers=cfg.num_workers, server_id=shard.server_id,
             tables=[t.spec.to_proto() for t in list(shard.tables.values())],
+            epoch=shard.epoch, lease_s=cfg.lease_s,
         )
 
     @_handled
@@ -109,40 +171,71 @@ class ParameterServerService:
     def CreateTable(self, request: ps_pb2.CreateTableRequest, context) -> ps_pb2.CreateTableReply:
         if request.HasField("topology"):
             self.shard.adopt_topology(request.topology.shard_index, request.topology.num_shards)
+        if request.spec.kind == ps_pb2.SPARSE:
+            return ps_pb2.CreateTableReply(created=self.shard.rows.create(SparseTableSpec.from_proto(request.spec)))
         created = self.shard.create_table(TableSpec.from_proto(request.spec))
         return ps_pb2.CreateTableReply(created=created)
 
     @_handled
+    def PushRows(self, request, context) -> ps_pb2.PushReply:
+        header, payload = request
+        ids, grads = split_rows(header, payload, with_ids=True, with_values=True)
+        result = self.shard.rows.push(header.worker_id, header.seq, header.step, header.part,
+                                      max(1, header.num_parts), header.table, ids, grads, _remaining(context))
+        return ps_pb2.PushReply(outcome=_OUTCOMES[result.outcome], version=result.version)
+
+    @_handled
+    def PullRows(self, request, context) -> bytes:
+        header, payload = request
+        ids, _ = split_rows(header, payload, with_ids=True, with_values=False)
+        version, values = self.shard.rows.pull(header.worker_id, header.step, header.table, ids, _remaining(context))
+        reply = ps_pb2.RowsHeader(table=header.table, num_ids=len(ids), dim=values.shape[1],
+                                  dtype=wire_dtype(values.dtype), version=version)
+        return encode_rows(reply, None, values)
+
+    @_handled
     def Push(self, request, context) -> ps_pb2.PushReply:
         header, payload = request
-        grads = split_payload(header.blocks, payload)
-        result = self.shard.push(
-            header.worker_id, header.seq, header.step, header.part, max(1, header.num_parts),
-            [(ref.table, ref.block) for ref in header.blocks], grads, _remaining(context),
-        )
-        return ps_pb2.PushReply(outcome=_OUTCOMES[result.outcome], version=result.version)
+        result = push_blocks(self.shard, header, payload, _remaining(context))
+        return ps_pb2.PushReply(outcome=OUTCOMES[result.outcome], version=result.version)
 
     @_handled
     def Pull(self, request: ps_pb2.PullRequest, context) -> bytes:
         h = request.header
-        version, blocks = self.shard.pull(
-            h.worker_id, h.step, list(h.tables), h.part, max(1, h.num_parts), _remaining(context)
-        )
-        dtypes = {name: np.dtype(self.shard.table(name).spec.dtype) for name in set(h.tables)}
-        header = ps_pb2.PullReplyHeader(version=version)
-        for b in blocks:
-            dtype = dtypes[b.table]
-            header.blocks.add(table=b.table, block=b.block, dtype=wire_dtype(dtype),
-                              count=len(b.data) // dtype.itemsize, version=b.version)
+        known, trailers = _known_if_current(self.shard, h, context)
+        header, blocks = pull_blocks(self.shard, h, _remaining(context), known)
+        if trailers:
+            context.set_trailing_metadata(trailers)
         return encode_framed(header.SerializeToString(), [b.data for b in blocks])
 
     @_handled
+    def PushPull(self, request, context) -> bytes:
+        """Push, then pull ``header.then_pull`` in one round trip.
+
+        The reply is a PullReply; the push's outcome and the shard version after it travel
+        in the trailing metadata ``ps-push-outcome: OUTCOME:VERSION`` (PullReply has no
+        field for them). Errors of either half fail the call; a retry is deduplicated.
+        """
+        header, payload = request
+        result = push_blocks(self.shard, header, payload, _remaining(context))
+        outcome = ((PUSH_OUTCOME_KEY, f"{OUTCOMES[result.outcome]}:{result.version}"),)
+        context.set_trailing_metadata(outcome)
+        h = header.then_pull
+        known, trailers = _known_if_current(self.shard, h, context)
+        reply_header, blocks = pull_blocks(self.shard, h, _remaining(context), known)
+        context.set_trailing_metadata(outcome + trailers)
+        return encode_framed(reply_header.SerializeToString(), [b.data for b in blocks])
+
+    @_handled
     def Status(self, request: ps_pb2.StatusRequest, context) -> ps_pb2.StatusReply:
+        if self.local_plane is not None and LOCAL_PLANE_KEY in dict(context.invocation_metadata() or ()):
+            context.set_trailing_metadata(((LOCAL_PLANE_KEY, self.local_plane.address),))
         snap = self.shard.snapshot()
         cfg = self.shard.config
         reply = ps_pb2.StatusReply(
             mode=_MODES[cfg.mode], staleness=cfg.staleness, version=snap["version"],
             waiting_for=list(snap["waiting_for"]), counters=snap["counters"], server_id=self.shard.server_id,
+            epoch=self.shard.epoch,
         )
         if snap["topology"] is not None:
             reply.topology.shard_index, reply.topology.num_shards = snap["topology"]
@@ -150,6 +243,9 @@ class ParameterServerService:
             reply.workers.add(worker_id=worker, clock=clock, live=live, last_contact_age_s=age)
         for spec, nblocks, nbytes in snap["tables"]:
             reply.tables.add(spec=spec.to_proto(), blocks=nblocks, bytes=nbytes)
+        for spec, rows, nbytes, evicted in self.shard.rows.status():
+            reply.sparse_tables.add(spec=spec.to_proto(), rows=rows, bytes=nbytes, evicted=evicted)
+        reply.counters.update(self.shard.rows.counters())
         return reply
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -164,6 +260,9 @@ class ParameterServerService:
             "CreateTable": unary(self.CreateTable, ps_pb2.CreateTableRequest.FromString, ps_pb2.CreateTableReply),
             "Push": unary(self.Push, _decode_push, ps_pb2.PushReply),
             "Pull": unary(self.Pull, ps_pb2.PullRequest.FromString, None),
+            "PushPull": unary(self.PushPull, _decode_push, None),
             "Status": unary(self.Status, ps_pb2.StatusRequest.FromString, ps_pb2.StatusReply),
+            "PushRows": unary(self.PushRows, decode_rows, ps_pb2.PushReply),
+            "PullRows": unary(self.PullRows, decode_rows, None),
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)

@@ -17,23 +17,27 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ps.clipping import clip_by_norm
 from ps.config import ServerConfig
-from ps.consistency import Accumulate, ConsistencyGate, Stale, StepReady, Wait
+from ps.consistency import Accumulate, ConsistencyGate, Mode, Proceed, Stale, StepReady, Wait
 from ps.dedup import DedupTable, Seen
 from ps.errors import (
+    AbortedError,
     AlreadyExistsError,
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
 )
+from ps.lease import expired
 from ps.placement import blocks_of_shard
 from ps.spec import TableSpec
+from ps.sparse_shard import SparseRows
 from ps.table import Block, DenseTable
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,7 @@ class PushResult:
 class PulledBlock:
     table: str
     block: int
-    data: bytes
+    data: bytes | np.ndarray     # a copy of the values, or their slot in a pull's ``into``
     version: int
 
 
@@ -57,8 +61,11 @@ class Shard:
     def __init__(self, config: ServerConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.server_id = uuid.uuid4().hex
-        self.gate = ConsistencyGate(config.mode, staleness=config.staleness, num_workers=config.num_workers)
+        self.gate = ConsistencyGate(config.mode, staleness=config.staleness, num_workers=config.num_workers,
+                                    replicas_to_aggregate=config.replicas_to_aggregate)
         self.dedup = DedupTable()
+        self.epoch = 0  # bumps each time the state is restored from a checkpoint (ps.checkpoint)
+        self._step_seqs: list[tuple[int, int]] = []  # sync: (worker, seq) summed into the open step
         self.tables: dict[str, DenseTable] = {}
         self.topology: tuple[int, int] | None = (
             (config.shard_index, config.num_shards) if config.num_shards is not None else None
@@ -69,6 +76,8 @@ class Shard:
         self._clock = clock
         self._next_worker = 0
         self._pending_blocks: set[tuple[DenseTable, Block]] = set()  # sync: blocks with a sum
+        self.rows = SparseRows(self)  # sparse tables and the row verbs (ps.sparse_shard)
+        self.metrics = None  # ps.shard_metrics.ShardMetrics once serving metrics: observes pushes and waits
 
     # -- membership and topology --------------------------------------------------------
 
@@ -115,6 +124,97 @@ class Shard:
         if ready:
             self._apply_step(ready)
 
+    def heartbeat(self, worker: int) -> int:
+        """Renew ``worker``'s lease; returns the epoch. Raises FailedPreconditionError when
+        the worker is not registered or left (register again to rejoin)."""
+        with self._cond:
+            self.gate.check_live(worker)
+            self.last_contact[worker] = self._clock()
+            return self.epoch
+
+    def expire_leases(self) -> list[int]:
+        """Make every live worker silent for longer than ``config.lease_s`` leave the quorum.
+
+        Logs one line per worker, naming it. Returns their ids. Called by the
+        :class:`~ps.lease.LeaseKeeper`; may apply a sync step that only waited for them.
+        """
+        with self._cond:
+            now = self._clock()
+            gone = expired(self.last_contact, self.gate.live_workers(), now, self.config.lease_s)
+            ready = None
+            for worker in gone:
+                log.warning("worker %d missed its lease: silent for %.1f s (lease %.1f s); it leaves the quorum "
+                            "and may register again to rejoin", worker, now - self.last_contact[worker],
+                            self.config.lease_s)
+                ready = self.gate.leave(worker) or ready
+                self.counters["lease_expired"] += 1
+            if gone:
+                self._cond.notify_all()
+        if ready:
+            self._apply_step(ready)
+        return gone
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def capture(self, at_version: int, timeout_s: float, export: Callable[[Shard], object]) -> tuple[dict, object]:
+        """A consistent copy of the state, for a checkpoint: ``(bookkeeping, export(self))``.
+
+        Holds new pushes, waits (bounded) until none is being applied and no sync step is
+        being applied, then calls ``export`` with the shard's lock held (it copies the
+        tables) and releases the pushes. In sync mode with ``at_version`` > 0 it first
+        waits for the shard to reach that version, holding pushes for later steps, so
+        every shard of a cluster checkpoint captures the same step. The bookkeeping
+        (version, worker clocks, dedup table, epoch, topology) leaves out contributions
+        to a sync step still open: a checkpoint holds applied steps only.
+
+        Raises AbortedError when the shard is already past ``at_version``,
+        DeadlineExceededError when a wait runs out.
+        """
+        deadline = self._clock() + timeout_s
+        sync = self.gate.mode is Mode.SYNC
+        with self._cond:
+            try:
+                if sync and at_version > 0:
+                    if self.gate.version > at_version:
+                        raise AbortedError(f"shard is at version {self.gate.version}, past {at_version}")
+                    self.gate.hold(from_step=at_version)
+                    self._wait(lambda: Proceed() if self.gate.version >= at_version else Wait(
+                        f"checkpoint at version {at_version} waits for step {self.gate.version}",
+                        self.gate.waiting_for()), deadline)
+                    if self.gate.version > at_version:
+                        raise AbortedError(f"shard is at version {self.gate.version}, past {at_version}")
+                self.gate.hold()
+                self._wait(lambda: Wait("checkpoint waits for pushes being applied")
+                           if self.dedup.busy() or self.gate.applying else Proceed(), deadline)
+                version, clocks = self.gate.export()
+                meta = {
+                    "version": version, "clocks": clocks, "epoch": self.epoch, "topology": self.topology,
+                    "dedup": self.dedup.export(without=self._step_seqs if sync else ()),
+                    "mode": self.config.mode.value,
+                }
+                return meta, export(self)
+            finally:
+                self.gate.release()
+                self._cond.notify_all()
+
+    def install(self, version: int, clocks: dict[int, int], dedup: dict | None, epoch: int,
+                install_tables: Callable[[Shard], None]) -> None:
+        """Replace the state with a restored checkpoint's (before serving).
+
+        Workers come back live with a fresh lease; the gate adopts the cluster's step if
+        workers turn out to be ahead (``ConsistencyGate.resyncing``). ``dedup`` None
+        starts an empty dedup table (restoring onto another shard count).
+        """
+        with self._cond:
+            self.gate.load(version, clocks)
+            self.dedup = DedupTable.restore(dedup) if dedup is not None else DedupTable()
+            self.epoch = epoch
+            now = self._clock()
+            self.last_contact = {w: now for w in clocks}
+            self._step_seqs = []
+            install_tables(self)
+            self._cond.notify_all()
+
     # -- tables -------------------------------------------------------------------------
 
     def create_table(self, spec: TableSpec) -> bool:
@@ -127,6 +227,8 @@ class Shard:
         with self._cond:
             if self.topology is None:
                 raise FailedPreconditionError("shard topology unknown: register or give it with the request")
+            if spec.name in self.rows.tables:
+                raise AlreadyExistsError(f"table {spec.name!r} exists as a sparse table")
             existing = self.tables.get(spec.name)
             if existing is not None:
                 if existing.spec != spec:
@@ -144,10 +246,12 @@ class Shard:
             return existing is table
 
     def table(self, name: str) -> DenseTable:
-        """Raises NotFoundError for an unknown table."""
+        """Raises NotFoundError for an unknown table, FailedPreconditionError for a sparse one."""
         try:
             return self.tables[name]
         except KeyError:
+            if name in self.rows.tables:
+                raise FailedPreconditionError(f"table {name!r} is sparse: use pull_rows/push_rows") from None
             raise NotFoundError(f"unknown table {name!r}") from None
 
     # -- push and pull ------------------------------------------------------------------
@@ -174,11 +278,16 @@ class Shard:
         if seq < 1:
             raise InvalidArgumentError(f"sequence numbers start at 1, got {seq}")
         try:
+            with self._cond:  # who before what: a restarted shard says "not registered" first
+                self.gate.check_live(worker)
             targets = self._validate(blocks, grads)
         except Exception:
             with self._cond:
                 self.counters["refused"] += 1
             raise
+        skip = self.config.nonfinite == "skip" and not all(np.isfinite(g).all() for g in grads)
+        if self.config.clip_norm and not skip:
+            grads = clip_by_norm(grads, self.config.clip_norm)
 
         def decide():
             seen = self.dedup.check(worker, seq)
@@ -189,8 +298,8 @@ class Shard:
             return self.gate.on_push(worker, step, part, num_parts)
 
         with self._cond:
-            self.last_contact[worker] = self._clock()
             self.gate.check_live(worker)
+            self.last_contact[worker] = self._clock()  # after the check: unknown ids leave no trace
             decision = self._wait(decide, deadline)
             if decision is Seen.DUPLICATE:
                 self.counters["duplicate"] += 1
@@ -200,7 +309,11 @@ class Shard:
                 self.counters["stale"] += 1
                 log.info("dropped worker %d's gradient for step %d: step already applied", worker, step)
                 return PushResult("stale", self.gate.version)
+            if skip:
+                return self._skip(worker, seq, step, decision)
             self.dedup.begin(worker, seq)
+            if self.metrics is not None:
+                self.metrics.observe_push(self.gate, step)
         ready = None
         try:
             for (table, block), grad in zip(targets, grads):
@@ -219,6 +332,7 @@ class Shard:
             self.dedup.finish(worker, seq)
             if isinstance(decision, Accumulate):
                 self._pending_blocks.update((t, b) for (t, b) in targets)
+                self._step_seqs.append((worker, seq))
                 self.counters["accumulated"] += 1
                 ready = self.gate.on_part_done(worker, step)
                 outcome = "accumulated"
@@ -232,29 +346,45 @@ class Shard:
         return PushResult(outcome, self.gate.version)
 
     def pull(self, worker: int, step: int, tables: Sequence[str], part: int, num_parts: int,
-             timeout_s: float) -> tuple[int, list[PulledBlock]]:
+             timeout_s: float, known: Mapping[tuple[str, int], int] | None = None,
+             into: Callable[[str, Block], np.ndarray] | None = None) -> tuple[int, list[PulledBlock]]:
         """This shard's blocks of ``tables`` (those with ``block % num_parts == part``).
 
         Waits (bounded) in sync mode for version >= ``step`` and in ssp mode for the
-        staleness bound. Raises NotFoundError, FailedPreconditionError,
-        DeadlineExceededError.
+        staleness bound. ``known`` maps ``(table, block)`` to the version the worker
+        already holds: such a block is not copied again while its version is unchanged.
+        Without ``into`` each block is copied into new bytes and unchanged known blocks
+        are left out of the result. With ``into`` (``into(table, block)`` gives the
+        block's writable slot, e.g. in a worker's shared-memory region) every selected
+        block is in the result and is copied straight into its slot unless unchanged;
+        ``data`` is then the slot. Raises NotFoundError, FailedPreconditionError,
+        DeadlineExceededError, and whatever ``into`` raises (nothing is copied then).
         """
         deadline = self._clock() + min(timeout_s, self.config.sync_timeout_s)
         num_parts = max(1, num_parts)
         if not 0 <= part < num_parts:
             raise InvalidArgumentError(f"part {part} of {num_parts} is not a valid part number")
         with self._cond:
-            if worker >= 0:
+            if worker in self.gate.workers:  # unknown ids leave no trace
                 self.last_contact[worker] = self._clock()
             self._wait(lambda: self.gate.on_pull(worker, step), deadline)
             version = self.gate.version
-            selected = [self.table(name) for name in tables]
+            # each table once: a request naming one table many times must not multiply the copies
+            selected = [self.table(name) for name in dict.fromkeys(tables)]
+        known = known or {}
+        picked = [(t, t.blocks[i]) for t in selected for i in sorted(t.blocks) if i % num_parts == part]
+        slots = [into(t.spec.name, b) for t, b in picked] if into is not None else None
         out = []
-        for table in selected:
-            for index in sorted(table.blocks):
-                if index % num_parts == part:
-                    data, block_version = table.read(table.blocks[index])
-                    out.append(PulledBlock(table.spec.name, index, data, block_version))
+        for i, (table, block) in enumerate(picked):
+            name = table.spec.name
+            have = known.get((name, block.index))
+            if slots is None:
+                data, block_version = table.read_if_newer(block, have)
+                if data is not None:
+                    out.append(PulledBlock(name, block.index, data, block_version))
+                continue
+            _, block_version = table.read_if_newer(block, have, slots[i])
+            out.append(PulledBlock(name, block.index, slots[i], block_version))
         with self._cond:
             self.counters["pulls"] += 1
         return version, out
@@ -277,23 +407,57 @@ class Shard:
             targets.append((table, block))
         return targets
 
+    def _skip(self, worker: int, seq: int, step: int, decision) -> PushResult:
+        """``nonfinite=skip``: acknowledge a push with NaN/Inf values without applying it.
+
+        Call with the lock held, after the gate accepted the push. The pusher's step
+        counts as done (sync) or its clock advances (async/ssp); the reply says STALE
+        (dropped), the counter ``nonfinite_skipped`` and a warning say why.
+        """
+        self.dedup.finish(worker, seq)
+        self.counters["nonfinite_skipped"] += 1
+        log.warning("skipped worker %d's push %d for step %d: NaN or Inf gradients (nonfinite=skip; %d skipped)",
+                    worker, seq, step, self.counters["nonfinite_skipped"])
+        ready = None
+        if isinstance(decision, Accumulate):
+            ready = self.gate.on_part_done(worker, step)
+        else:
+            self.gate.on_applied(worker, step, applied=False)
+        self._cond.notify_all()
+        if ready:
+            self._apply_step(ready)  # re-entrant lock; nothing else was summed by this push
+        return PushResult("stale", self.gate.version)
+
     def _apply_step(self, ready: StepReady) -> None:
         with self._cond:
             pending, self._pending_blocks = self._pending_blocks, set()
+            self._step_seqs = []
         scale = 1.0 / ready.contributors
         for table, block in pending:
-            table.apply_accumulated(block, scale)
+            table.apply_accumulated(block)  # the mean of the gradients this block received
+        self.rows.apply_step(scale)  # sparse rows kept for this step
         with self._cond:
             self.gate.on_step_applied(ready)
             self.counters["steps"] += 1
             self._cond.notify_all()
 
     def _wait(self, decide: Callable[[], object], deadline: float):
-        """Re-evaluate ``decide()`` (lock held) until it is not a :class:`Wait`; bounded."""
+        """Re-evaluate ``decide()`` (lock held) until it is not a :class:`Wait`; bounded.
+
+        A :class:`StepReady` (a sync reader abstained and so completed the step) is
+        applied right here, the (re-entrant) lock held, and ``decide()`` asked again.
+        """
+        waited_since = None  # when the first Wait came, for the metrics
         while True:
             result = decide()
+            if isinstance(result, StepReady):
+                self._apply_step(result)
+                continue
             if not isinstance(result, Wait):
+                if waited_since is not None and self.metrics is not None:
+                    self.metrics.observe_wait(self._clock() - waited_since)
                 return result
+            waited_since = self._clock() if waited_since is None else waited_since
             remaining = deadline - self._clock()
             if remaining <= 0:
                 self.counters["wait_timeouts"] += 1

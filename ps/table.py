@@ -21,7 +21,7 @@ from ps.spec import TableSpec
 class Block:
     """One block's parameters, optimizer state, sync accumulator and update count."""
 
-    __slots__ = ("index", "values", "state", "lock", "version", "_scratch", "_acc", "pending")
+    __slots__ = ("index", "values", "state", "lock", "version", "_scratch", "_acc", "pending", "contributions")
 
     def __init__(self, index: int, values: np.ndarray, state: dict[str, np.ndarray]) -> None:
         self.index = index
@@ -32,6 +32,7 @@ class Block:
         self._scratch: np.ndarray | None = None
         self._acc: np.ndarray | None = None
         self.pending = False  # the accumulator holds a sum for the current sync step
+        self.contributions = 0  # gradients in that sum
 
     def accumulator(self) -> np.ndarray:
         """The reusable sync accumulator; call with ``lock`` held."""
@@ -101,17 +102,22 @@ class DenseTable:
             acc = block.accumulator()
             if block.pending:
                 acc += grad
+                block.contributions += 1
             else:
                 np.copyto(acc, grad)
                 block.pending = True
+                block.contributions = 1
 
-    def apply_accumulated(self, block: Block, scale: float) -> bool:
-        """Apply ``scale * pending sum`` and clear it; False if nothing was pending."""
+    def apply_accumulated(self, block: Block, scale: float | None = None) -> bool:
+        """Apply ``scale * pending sum`` and clear it; False if nothing was pending.
+
+        ``scale`` None: the mean of the gradients summed (1 / their number).
+        """
         with block.lock:
             if not block.pending:
                 return False
             acc = block.accumulator()
-            acc *= scale
+            acc *= (1.0 / block.contributions) if scale is None else scale
             self.optimizer.apply(block.values, acc, block.state, block.scratch())
             block.version += 1
             block.pending = False
@@ -121,3 +127,20 @@ class DenseTable:
         """A consistent copy of the block's values and its version."""
         with block.lock:
             return block.values.tobytes(), block.version
+
+    def read_if_newer(self, block: Block, known: int | None = None,
+                      out: np.ndarray | None = None) -> tuple[bytes | np.ndarray | None, int]:
+        """``(data, version)``: a consistent copy of the block, unless the reader has it.
+
+        When ``known`` equals the block's version nothing is copied and data is None.
+        Otherwise the values are copied (once, under the block lock) into ``out`` (a
+        writable array of the block's size and dtype; data is then ``out``) or into new
+        bytes. Blocks on the block lock.
+        """
+        with block.lock:
+            if known is not None and known == block.version:
+                return None, known
+            if out is None:
+                return block.values.tobytes(), block.version
+            np.copyto(out, block.values)
+            return out, block.version

@@ -13,6 +13,7 @@ Pure functions; thread-safe.
 
 from __future__ import annotations
 
+import struct as _struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,10 +28,14 @@ NP_DTYPES: dict[int, np.dtype] = {
     ps_pb2.FLOAT64: np.dtype("<f8"),
 }
 _WIRE_DTYPES: dict[str, int] = {"float32": ps_pb2.FLOAT32, "float64": ps_pb2.FLOAT64}
+_BY_DTYPE: dict[Any, int] = {**_WIRE_DTYPES, np.dtype("<f4"): ps_pb2.FLOAT32, np.dtype("<f8"): ps_pb2.FLOAT64}
 
 
 def wire_dtype(dtype: Any) -> int:
     """The wire enum for a NumPy dtype (or its name). Raises InvalidArgumentError if unsupported."""
+    fast = _BY_DTYPE.get(dtype) if isinstance(dtype, (np.dtype, str)) else None
+    if fast is not None:
+        return fast
     try:
         name = np.dtype(dtype).name
     except TypeError:
@@ -155,3 +160,71 @@ def split_payload(blocks: Sequence[Any], payload: memoryview) -> list[np.ndarray
     if offset != size:
         raise InvalidArgumentError(f"payload is {size} bytes but the header describes {offset}")
     return out
+
+
+# -- the same-host data plane ---------------------------------------------------------------
+#
+# A worker on the same machine as a shard may move tensor bytes through a shared-memory
+# region instead of the gRPC message (see ps.local_plane and worker.local_plane). The
+# control messages are the protocol's own protobuf headers (PushHeader, PullHeader,
+# PushReply, PullReplyHeader); each travels over a unix socket behind this fixed frame:
+#
+#   request:  kind u8, flags u8, pad u16, message length u32, timeout_s f64,
+#             push offset u64, push bytes u64, pull offset u64, pull capacity u64
+#   reply:    kind u8, flags u8, status u16 (gRPC code; 0 = OK), message length u32,
+#             push outcome u32, pad u32, push version i64
+#
+# followed by the message bytes (an error's UTF-8 details when status != 0). An attach
+# request passes the region's file descriptor (SCM_RIGHTS), its size in "push bytes" and
+# its layout as JSON ``{"tables": {name: [push offset, pull offset, bytes]}}``. Pull and
+# push-pull requests and replies put the shard's state token (``with_token``) before the
+# message: known block versions count only under the token they were read at.
+
+LOCAL_HELLO, LOCAL_ATTACH, LOCAL_PUSH, LOCAL_PULL, LOCAL_PUSH_PULL = 1, 2, 3, 4, 5
+#: flags bit: the worker sends ``known`` block versions that hold in its pull area
+LOCAL_FLAG_KNOWN = 1
+_REQUEST = _struct.Struct("<BBHIdQQQQ")
+_REPLY = _struct.Struct("<BBHIIIq")
+LOCAL_REQUEST_SIZE = _REQUEST.size
+LOCAL_REPLY_SIZE = _REPLY.size
+#: the largest control message either side accepts (headers only; payloads are in shm)
+LOCAL_MAX_MESSAGE = 16 << 20
+
+
+def pack_local_request(kind: int, message: bytes, timeout_s: float, push_offset: int = 0, push_bytes: int = 0,
+                       pull_offset: int = 0, pull_capacity: int = 0, flags: int = 0) -> bytes:
+    """A request frame followed by its message bytes."""
+    return _REQUEST.pack(kind, flags, 0, len(message), timeout_s, push_offset, push_bytes, pull_offset,
+                         pull_capacity) + message
+
+
+def unpack_local_request(frame: bytes) -> tuple[int, int, int, float, int, int, int, int]:
+    """(kind, flags, message length, timeout_s, push offset, push bytes, pull offset, pull capacity)."""
+    kind, flags, _, length, timeout_s, po, pb, qo, qc = _REQUEST.unpack(frame)
+    return kind, flags, length, timeout_s, po, pb, qo, qc
+
+
+def pack_local_reply(kind: int, message: bytes, status: int = 0, outcome: int = 0, version: int = 0) -> bytes:
+    return _REPLY.pack(kind, 0, status, len(message), outcome, 0, version) + message
+
+
+def unpack_local_reply(frame: bytes) -> tuple[int, int, int, int, int]:
+    """(kind, status, message length, push outcome, push version)."""
+    kind, _, status, length, outcome, _, version = _REPLY.unpack(frame)
+    return kind, status, length, outcome, version
+
+
+def with_token(token: str, message: bytes) -> bytes:
+    """``message`` behind a length-prefixed state token (pull requests and replies)."""
+    raw = token.encode()
+    return len(raw).to_bytes(2, "little") + raw + message
+
+
+def split_token(body: bytes) -> tuple[str, bytes]:
+    """Inverse of :func:`with_token`. Raises ValueError when the body is too short."""
+    if len(body) < 2:
+        raise ValueError("missing state token")
+    n = int.from_bytes(body[:2], "little")
+    if len(body) < 2 + n:
+        raise ValueError("truncated state token")
+    return body[2 : 2 + n].decode(), body[2 + n :]

@@ -29,6 +29,8 @@ from ps.optim import OptimizerSpec
 from ps.placement import block_shard
 from ps.spec import DEFAULT_BLOCK_ELEMS, InitSpec, TableSpec
 from ps.wire import encode_framed, split_payload, wire_dtype
+from ps.sparse_spec import SparseTableSpec
+from worker import dense_step, recovery, sparse_client
 from worker.transport import RetryPolicy, ShardChannel, call, fan_out
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,26 @@ class Client:
         connect_timeout_s: how long :meth:`connect` waits for every server to answer.
         part_bytes: transfers to one shard larger than this go as several concurrent calls.
         observer: read-only client that does not join the quorum (evaluation, tools).
+        local: move tensors through shared memory with shards on this machine
+            (loopback or ``unix:`` addresses) when they offer it; gRPC otherwise.
+        local_part_bytes: like ``part_bytes`` for that same-host path (smaller parts
+            pipeline the worker's copies with the shard's work).
+        cache_pulls: keep the last pulled values (one more copy of the pulled tables)
+            so that gRPC pulls skip blocks that did not change. The same-host path
+            skips unchanged blocks without it.
+        token: shared secret sent as ``authorization: Bearer <token>`` on every call
+            (servers started with ``--token-file``). Never logged.
+        tls_ca: PEM file of the CA that signed the servers' certificates: use TLS.
+        tls_cert, tls_key: PEM files of this client's certificate and key (mutual TLS).
+        tls_server_name: the name the servers' certificates carry, when it is not the
+            host of the addresses.
+        heartbeat_s: seconds between heartbeats that keep this worker's lease alive;
+            None: a third of the shortest lease the servers announce; 0: none.
+
+    Failures (docs/failure-semantics.md): calls that fail with UNAVAILABLE or
+    DEADLINE_EXCEEDED are retried with capped exponential backoff (``retry``) and the
+    same sequence numbers; a shard that restarted, or that let this worker's lease
+    expire, is joined again under the same id, transparently.
     """
 
     def __init__(
@@ -64,6 +86,15 @@ class Client:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy = RetryPolicy(),
         observer: bool = False,
+        local: bool = True,
+        local_part_bytes: int = 4 << 20,
+        cache_pulls: bool = False,
+        token: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_server_name: str | None = None,
+        heartbeat_s: float | None = None,
     ) -> None:
         addresses = [a.strip() for a in servers.split(",")] if isinstance(servers, str) else list(servers)
         if not addresses or not all(addresses):
@@ -78,16 +109,41 @@ class Client:
         self.max_message_bytes = max_message_bytes
         self.retry = retry
         self.observer = observer
+        if local_part_bytes < 1:
+            raise ValueError(f"local_part_bytes must be >= 1, got {local_part_bytes}")
+        self.local = local
+        self.local_part_bytes = local_part_bytes
+        self.cache_pulls = cache_pulls
+        self._local: list = []                      # per shard: worker.local_plane.LocalChannel or None
+        self._known_values: dict[str, np.ndarray] = {}   # cache_pulls: last pulled values per table
+        self._known_versions: dict[tuple[str, int], int] = {}  # ... and their block versions
+        self._known_tokens: dict[int, str] = {}     # ... and the shard state they belong to
+        self._region = None                         # worker.local_plane.LocalRegion (shared memory)
+        self._region_generation = 0
+        self._local_tokens: dict[int, str] = {}     # per shard: state token of its last data-plane pull
+        self._weights: dict[tuple[str, int], np.ndarray] = {}  # buffers() weights: writable aliases
         self._requested_id = worker_id
         self._channels: list[ShardChannel] = []
         self._specs: dict[str, TableSpec] = {}
         self._placement: dict[str, list[list[int]]] = {}  # table -> shard -> owned blocks
+        self._sparse_specs: dict[str, SparseTableSpec] = {}  # sparse tables (worker.sparse_client)
         self._next_seq: list[int] = []
         self.worker_id: int = -1
         self.mode: str = ""
         self.clock: int = 0
         self.stats = {"applied": 0, "accumulated": 0, "duplicate": 0, "stale": 0}
         self._state = "new"
+        # safety and recovery (worker.recovery): token, TLS, heartbeats
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        if heartbeat_s is not None and heartbeat_s < 0:
+            raise ValueError(f"heartbeat_s must be >= 0, got {heartbeat_s}")
+        self.token = token
+        self.tls_ca, self.tls_cert, self.tls_key, self.tls_server_name = tls_ca, tls_cert, tls_key, tls_server_name
+        self.heartbeat_s = heartbeat_s
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"Client({self.addresses!r}, worker_id={self.worker_id}, state={self._state!r})"
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -100,18 +156,21 @@ class Client:
         """
         if self._state != "new":
             raise RuntimeError("Client cannot be reconnected; make a new one")
-        self._channels = [ShardChannel(a, self.max_message_bytes) for a in self.addresses]
+        self._channels = recovery.make_channels(self)
         self._state = "open"
         try:
             for ch in self._channels:
                 ch.wait_ready(self.connect_timeout_s)
             n = len(self._channels)
             first = self._register(0, -1 if self._requested_id is None else self._requested_id)
-            replies = [first] + fan_out(
-                [(self._channels[i], self._channels[i].register, self._register_request(i, first.worker_id))
-                 for i in range(1, n)],
-                self.timeout_s, self.retry,
-            )
+            if self.observer:  # observers only read status: they never join a shard's quorum
+                replies = [first] + [self._register(i, -1) for i in range(1, n)]
+            else:
+                replies = [first] + fan_out(
+                    [(self._channels[i], self._channels[i].register, self._register_request(i, first.worker_id))
+                     for i in range(1, n)],
+                    self.timeout_s, self.retry,
+                )
         except BaseException:
             self.close()
             raise
@@ -127,6 +186,8 @@ class Client:
             for spec in r.tables:
                 self._learn(TableSpec.from_proto(spec))
         log.info("worker %d joined %d shard(s) in %s mode at clock %d", self.worker_id, n, self.mode, self.clock)
+        recovery.after_connect(self, replies)
+        dense_step.attach_local(self)
         return self
 
     def _register_request(self, shard: int, worker_id: int) -> ps_pb2.RegisterRequest:
@@ -138,7 +199,8 @@ class Client:
         ch = self._channels[shard]
         if self.observer:
             reply = call(ch, ch.status, ps_pb2.StatusRequest(), self.timeout_s, self.retry)
-            return ps_pb2.RegisterReply(worker_id=-1, mode=reply.mode, tables=[t.spec for t in reply.tables])
+            return ps_pb2.RegisterReply(worker_id=-1, mode=reply.mode, tables=[t.spec for t in reply.tables],
+                                        server_id=reply.server_id, epoch=reply.epoch)
         return call(ch, ch.register, self._register_request(shard, worker_id), self.timeout_s, self.retry)
 
     def close(self) -> None:
@@ -150,12 +212,14 @@ class Client:
             self._state = "closed"
             return
         self._state = "closed"
+        recovery.before_close(self)  # joins the heartbeat thread first
         if self.worker_id >= 0 and not self.observer:
             try:
                 fan_out([(ch, ch.leave, ps_pb2.LeaveRequest(worker_id=self.worker_id)) for ch in self._channels],
                         min(self.timeout_s, 5.0))
             except Exception as exc:  # leaving is a courtesy; the lease covers the rest
                 log.warning("worker %d could not leave cleanly: %s", self.worker_id, exc)
+        dense_step.close_local(self)
         for ch in self._channels:
             ch.close()
 
@@ -226,6 +290,8 @@ class Client:
             reply = call(ch, ch.status, ps_pb2.StatusRequest(), self.timeout_s, self.retry)
             for t in reply.tables:
                 self._learn(TableSpec.from_proto(t.spec))
+            if name not in self._specs and any(t.spec.name == name for t in reply.sparse_tables):
+                raise FailedPreconditionError(f"table {name!r} is sparse: use pull_rows/push_rows")
             if name not in self._specs:
                 raise NotFoundError(f"unknown table {name!r}")
         return self._specs[name]
@@ -242,41 +308,48 @@ class Client:
 
     # -- pull and push ------------------------------------------------------------------
 
-    def pull(self, names: Iterable[str] | str) -> dict[str, np.ndarray]:
-        """Current values of the named tables, as fresh arrays of their shape and dtype.
+    def pull(self, names: Iterable[str] | str,
+             out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Current values of the named tables, as arrays of their shape and dtype.
 
-        In sync mode waits until this worker's step is applied; in ssp mode waits while
-        the slowest worker is more than the staleness bound behind. Blocks; bounded by
-        ``wait_timeout_s``. Raises NotFoundError, DeadlineExceededError (naming the
-        workers waited for), UnavailableError.
+        The arrays are fresh, or the caller's own ``out[name]`` (writable, C-contiguous,
+        the table's shape and dtype) filled in place: reusing them each step saves the
+        cost of fresh large allocations. In sync mode waits until this worker's step is
+        applied; in ssp mode waits while the slowest worker is more than the staleness
+        bound behind. Blocks; bounded by ``wait_timeout_s``. Raises NotFoundError,
+        InvalidArgumentError (a bad ``out``), DeadlineExceededError (naming the workers
+        waited for), UnavailableError.
         """
-        self._require_open()
-        names = [names] if isinstance(names, str) else list(names)
-        specs = [self.spec(n) for n in names]
-        out = {s.name: np.empty(s.size, dtype=s.dtype) for s in specs}
-        calls = []
-        for shard, ch in enumerate(self._channels):
-            nbytes = sum(len(self._placement[s.name][shard]) * s.block_elems * np.dtype(s.dtype).itemsize
-                         for s in specs)
-            if nbytes == 0:
-                continue
-            parts = max(1, -(-nbytes // self.part_bytes))
-            for part in range(parts):
-                header = ps_pb2.PullHeader(worker_id=self.worker_id, step=self.clock, tables=names,
-                                           part=part, num_parts=parts)
-                calls.append((ch, ch.pull, ps_pb2.PullRequest(header=header)))
-        for header, payload in fan_out(calls, self.wait_timeout_s, self.retry):
-            for ref, values in zip(header.blocks, split_payload(header.blocks, payload)):
-                spec = self._specs.get(ref.table)
-                if spec is None or ref.table not in out:
-                    raise InvalidArgumentError(f"server sent unrequested table {ref.table!r}")
-                start, stop = spec.block_range(ref.block)
-                if values.size != stop - start:
-                    raise InvalidArgumentError(f"server sent {values.size} elements for {ref.table}[{ref.block}]")
-                out[ref.table][start:stop] = values
-        return {s.name: out[s.name].reshape(s.shape) for s in specs}
+        return dense_step.run(self, None, names, out)
 
-    def push(self, grads: Mapping[str, np.ndarray]) -> None:
+    def push_pull(self, grads: Mapping[str, np.ndarray], names: Iterable[str] | str | None = None,
+                  out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """One training step in one round trip per part: :meth:`push`, then :meth:`pull`.
+
+        ``names`` defaults to the tables in ``grads``. Same semantics, errors and
+        exactly-once guarantee as ``push(grads)`` followed by ``pull(names, out)``; each
+        part pulls the blocks it pushed, so the values include this worker's update.
+        """
+        if names is None:
+            names = list(grads)
+        return dense_step.run(self, grads, names, out)
+
+    def buffers(self, names: Iterable[str] | str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``(grads, weights)``: arrays for a step that copies nothing on the worker side.
+
+        ``grads[name]`` is a writable array of the table's shape to compute gradients
+        into (e.g. ``np.matmul(..., out=grads["w"])``); ``push(grads)`` and
+        ``push_pull(grads)`` then send it without copying it. ``weights[name]`` is a
+        read-only array that ``pull(names, out=weights)`` and ``push_pull(grads, names,
+        out=weights)`` refresh in place: with shards on this machine they write straight
+        into it through shared memory, and blocks that did not change are not copied at
+        all. Both live in this worker's shared-memory region; with remote shards they
+        are ordinary memory and the same calls copy. Call once and reuse every step.
+        """
+        return dense_step.buffers(self, names)
+
+    def push(self, grads: Mapping[str, np.ndarray],
+             rows: Mapping[str, tuple[Any, np.ndarray]] | None = None) -> None:
         """Send gradients; each shard gets its blocks. Exactly once, even when retried.
 
         Advances this worker's clock by one. In sync mode the gradient counts towards
@@ -284,44 +357,12 @@ class Client:
         in ``stats["stale"]``; the clock then jumps to the cluster's). Blocks until every
         shard acknowledged. Raises InvalidArgumentError for a wrong shape or dtype
         (checked before anything is sent), NotFoundError, DeadlineExceededError.
+        ``rows`` (``{sparse table: (ids, grads)}``) go in the same step as ``grads``:
+        one clock tick for the whole model (see :meth:`push_rows`).
         """
-        self._require_open()
-        if self.observer:
-            raise FailedPreconditionError("an observer client cannot push")
-        flat: dict[str, np.ndarray] = {}
-        for name, grad in grads.items():
-            spec = self.spec(name)
-            arr = np.asarray(grad)
-            if arr.shape != spec.shape:
-                raise InvalidArgumentError(f"{name}: gradient shape {arr.shape}, table shape {spec.shape}")
-            if arr.dtype != np.dtype(spec.dtype):
-                raise InvalidArgumentError(f"{name}: gradient dtype {arr.dtype.name}, table dtype {spec.dtype}")
-            flat[name] = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).reshape(-1)
-        calls = []
-        shards = []
-        for shard, ch in enumerate(self._channels):
-            pieces = [(name, b) for name in flat for b in self._placement[name][shard]]
-            if not pieces and self.mode == "async":
-                continue  # sync and ssp need every shard to hear from every worker each step
-            groups = self._group(pieces)
-            for part, group in enumerate(groups):
-                seq = self._next_seq[shard]
-                self._next_seq[shard] += 1
-                calls.append((ch, ch.push, self._encode_push(group, flat, seq, part, len(groups))))
-                shards.append(shard)
-        replies = fan_out(calls, self.wait_timeout_s, self.retry)
-        stale_version = None
-        for reply in replies:
-            outcome = ps_pb2.Outcome.Name(reply.outcome).lower()
-            self.stats[outcome] = self.stats.get(outcome, 0) + 1
-            if reply.outcome == ps_pb2.STALE:
-                stale_version = max(stale_version or 0, reply.version)
-        if stale_version is not None:
-            log.warning("worker %d's gradient for step %d was stale; resuming at step %d",
-                        self.worker_id, self.clock, stale_version)
-            self.clock = max(self.clock + 1, stale_version)
-        else:
-            self.clock += 1
+        if rows:
+            return sparse_client.push_step(self, grads, rows)
+        dense_step.run(self, grads, None)  # same-host shared memory or gRPC; see worker.dense_step
 
     def _group(self, pieces: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
         """Split one shard's blocks into messages of at most ``part_bytes`` (at least one)."""
@@ -348,6 +389,21 @@ class Client:
             buffers.append(flat[name][start:stop])
         return encode_framed(header.SerializeToString(), buffers)
 
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def checkpoint(self, tag: str | None = None) -> dict[str, Any]:
+        """Checkpoint the whole cluster under one ``tag`` (default ``ckpt-<UTC time>``).
+
+        Every shard writes its state into its checkpoint directory. In sync mode all
+        shards write the same step: the highest version over the shards, each shard
+        writing when it reaches it (pushes for later steps wait meanwhile). Such a
+        checkpoint restores onto any number of shards. Blocks, bounded by
+        ``wait_timeout_s``. Returns ``{"tag", "version" (sync; None otherwise),
+        "paths", "versions"}``. Raises FailedPreconditionError when a server has no
+        checkpoint directory, InvalidArgumentError for a bad tag, DeadlineExceededError.
+        """
+        return recovery.checkpoint(self, tag)
+
     # -- status -------------------------------------------------------------------------
 
     def status(self) -> list[dict[str, Any]]:
@@ -364,6 +420,7 @@ class Client:
                 "mode": _MODES.get(r.mode, "unknown"),
                 "version": r.version,
                 "server_id": r.server_id,
+                "epoch": r.epoch,          # > 0: restored from a checkpoint that many times
                 "workers": [
                     {"id": w.worker_id, "clock": w.clock, "live": w.live, "last_contact_age_s": w.last_contact_age_s}
                     for w in r.workers
@@ -374,6 +431,49 @@ class Client:
                 ],
                 "waiting_for": list(r.waiting_for),
                 "counters": dict(r.counters),
+                "sparse_tables": sparse_client.sparse_status(r),
             }
             for ch, r in zip(self._channels, replies)
         ]
+
+    # -- sparse tables (worker.sparse_client) ---------------------------------------------
+
+    def create_sparse(self, name: str, dim: int, *, dtype: str = "float32", init: str = "zeros",
+                      init_scale: float = 0.0, seed: int = 0, optimizer: str = "sgd", lr: float = 0.01,
+                      max_rows: int = 0, eviction: str = "lru", admit_after: int = 0,
+                      **optimizer_options: Any) -> None:
+        """Create a sparse table of rows of width ``dim`` keyed by int64 ids (idempotent).
+
+        Rows are created on their first push, initialised from ``init`` (zeros | normal
+        with std ``init_scale`` | uniform on [-init_scale, init_scale]) as a function of
+        ``(seed, name, id)`` only. ``optimizer`` is sgd | momentum | adagrad | adam (per-row
+        state). ``max_rows`` > 0 bounds the rows each shard stores, evicting ``eviction``
+        (lru | lfu) victims; ``admit_after`` > 1 stores a row only from its
+        ``admit_after``-th push (earlier pushes to it are dropped and counted). Blocks.
+        Raises InvalidArgumentError for a bad spec, AlreadyExistsError when the name
+        exists with another spec or as a dense table.
+        """
+        sparse_client.create_sparse(self, name, dim, dtype=dtype, init=init, init_scale=init_scale, seed=seed,
+                                    optimizer=optimizer, lr=lr, max_rows=max_rows, eviction=eviction,
+                                    admit_after=admit_after, **optimizer_options)
+
+    def pull_rows(self, name: str, ids: Any) -> np.ndarray:
+        """Rows ``ids`` (1-D integers, any order, repeats allowed) as a new ``(len(ids), dim)`` array.
+
+        Rows never pushed read as their initial values. In sync mode waits for this
+        worker's step like :meth:`pull`. Blocks; bounded by ``wait_timeout_s``. Raises
+        InvalidArgumentError (non-integer ids), NotFoundError (unknown table),
+        FailedPreconditionError (a dense table), DeadlineExceededError.
+        """
+        return sparse_client.pull_rows(self, name, ids)
+
+    def push_rows(self, name: str, ids: Any, grads: np.ndarray) -> None:
+        """Push row gradients ``grads`` of shape ``(len(ids), dim)`` for rows ``ids``: one step.
+
+        Repeated ids are summed first; only these rows change. Exactly once; advances the
+        clock like :meth:`push` (use ``push(grads, rows=...)`` to push dense and sparse
+        gradients as one step). Blocks until every shard acknowledged. Raises
+        InvalidArgumentError (row width, dtype, lengths, non-integer ids; checked before
+        anything is sent), NotFoundError, FailedPreconditionError, DeadlineExceededError.
+        """
+        sparse_client.push_step(self, None, {name: (ids, grads)})

@@ -25,6 +25,10 @@ worker. All workers must pass the same ``spec`` and ``seed``. Sources (``spec``)
   round(20%) the test split; each worker generates only its contiguous range of the
   training rows, plus the test rows (``worker.synthetic_data``).
 
+- Click logs for sparse models (``synthetic-ctr:n=...&fields=...&ids=...&seed=...``,
+  ``ctr-libsvm:PATH``, ``ctr-csv:PATH``) open as ``worker.ctr_data.CtrDataset`` pairs
+  instead of ``Dataset`` ones (:func:`worker.ctr_data.open_ctr_source`).
+
 Problems with the data are ``DataError`` (a ValueError) with a one-line message naming the
 file and line; ``check_compatible`` compares a dataset with the model's shape.
 """
@@ -113,6 +117,9 @@ def open_source(spec: str, *, rank: int = 0, num_workers: int = 1,
         return _open_digits(rank, num_workers, seed)
     if spec.startswith("synthetic:"):
         return _open_synthetic(spec, rank, num_workers, seed)
+    if spec.startswith(("synthetic-ctr:", "ctr-libsvm:", "ctr-csv:")):  # click logs for sparse models
+        from worker.ctr_data import open_ctr_source
+        return open_ctr_source(spec, rank=rank, num_workers=num_workers, seed=seed)
     return _open_files(spec, rank, num_workers, seed)
 
 

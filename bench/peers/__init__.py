@@ -1,0 +1,1 @@
+"""One module per system under test; each runs as its own process and prints JSON results."""

@@ -1,0 +1,55 @@
+"""Start and stop real ``ps-server`` processes for a benchmark, bounded in time."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def ps_servers(n: int, *args: str, per_server=None, timeout_s: float = 30.0) -> Iterator[list[str]]:
+    """``n`` servers (``python -m launcher.server_cli --port 0 ...``); yields their addresses.
+
+    ``per_server(i)`` gives extra arguments for server ``i``.
+    """
+    procs: list[subprocess.Popen] = []
+    addresses: list[str] = []
+    try:
+        for i in range(n):
+            own = list(per_server(i)) if per_server else []
+            p = subprocess.Popen(
+                [sys.executable, "-m", "launcher.server_cli", "--port", "0", "--log-level", "WARNING", *args, *own],
+                stdout=subprocess.PIPE, text=True, cwd=REPO,
+            )
+            procs.append(p)
+        for p in procs:
+            line = _readline(p, timeout_s)
+            if not line.startswith("ps-server listening on "):
+                raise RuntimeError(f"ps-server did not start: {line!r}")
+            addresses.append(line.rsplit(" ", 1)[1].strip())
+        yield addresses
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+def _readline(p: subprocess.Popen, timeout_s: float) -> str:
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(p.stdout, selectors.EVENT_READ)
+    if not sel.select(timeout_s):
+        raise RuntimeError(f"ps-server printed nothing within {timeout_s:g} s")
+    return p.stdout.readline()

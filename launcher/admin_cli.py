@@ -1,0 +1,100 @@
+"""``ps-admin``: operate a running cluster. One subcommand per verb:
+
+- ``ps-admin checkpoint --servers A,B [--tag T]``: every shard writes a checkpoint under
+  one tag (in sync mode at one step); prints the tag, version and files as JSON.
+- ``ps-admin shutdown --servers A,B`` (or ``stop``): every shard stops gracefully (final checkpoint).
+- ``ps-admin status --servers A,B [--json]``: one table of every shard's tables, version,
+  blocks and bytes, the workers it knows with their clocks and last contact, and in sync
+  mode the workers the open step still waits for (:mod:`launcher.status_table`).
+
+Connection flags (``--token-file``/``PS_TOKEN``, ``--tls-ca``, ``--tls-cert``,
+``--tls-key``) are those of the workers. Exits 0 on success, 1 on failure (with the
+error on stderr), 2 on bad usage. New verbs add a function to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+
+from launcher import client_safety, status_table
+from launcher.envargs import EnvArgumentParser
+from ps import tls
+from ps._proto import ps_pb2
+from ps.config import DEFAULT_MAX_MESSAGE_BYTES
+from ps.errors import PSError
+from worker import Client
+from worker.transport import RetryPolicy, ShardChannel, fan_out
+
+
+def _connection_args(p) -> None:
+    p.add_argument("--servers", required=True, help="the shards, HOST:PORT,HOST:PORT in the workers' order")
+    client_safety.add_arguments(p)
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the servers")
+
+
+def build_parser(environ=None) -> EnvArgumentParser:
+    p = EnvArgumentParser(prog="ps-admin", description="Operate a running parameter-server cluster.",
+                          environ=environ)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    c = sub.add_parser("checkpoint", help="checkpoint every shard under one tag", environ=environ)
+    _connection_args(c)
+    c.add_argument("--tag", default=None, help="checkpoint name (default ckpt-<UTC time>)")
+    s = sub.add_parser("shutdown", aliases=["stop"], help="stop every shard gracefully", environ=environ)
+    _connection_args(s)
+    st = sub.add_parser("status", help="one table: shards, tables, workers, whom a sync step waits for",
+                        environ=environ)
+    _connection_args(st)
+    st.add_argument("--json", action="store_true", help="print each shard's status as JSON instead")
+    return p
+
+
+def checkpoint(args) -> int:
+    with Client(args.servers, observer=True, connect_timeout_s=args.timeout, wait_timeout_s=args.timeout,
+                **client_safety.client_kwargs(args)) as client:
+        print(json.dumps(client.checkpoint(args.tag)))
+    return 0
+
+
+def shutdown(args) -> int:
+    kw = client_safety.client_kwargs(args)
+    creds = tls.channel_credentials(kw["tls_ca"], kw["tls_cert"], kw["tls_key"]) if kw["tls_ca"] else None
+    channels = [ShardChannel(a.strip(), DEFAULT_MAX_MESSAGE_BYTES, credentials=creds, token=kw["token"],
+                             server_name=kw["tls_server_name"]) for a in args.servers.split(",")]
+    try:
+        fan_out([(ch, ch.shutdown, ps_pb2.ShutdownRequest()) for ch in channels], args.timeout,
+                RetryPolicy(attempts=3))
+    finally:
+        for ch in channels:
+            ch.close()
+    print(json.dumps({"shutdown": [ch.address for ch in channels]}))
+    return 0
+
+
+def status(args) -> int:
+    """Print every shard's status as one table (launcher.status_table), or as JSON."""
+    with Client(args.servers, observer=True, local=False, connect_timeout_s=args.timeout, timeout_s=args.timeout,
+                **client_safety.client_kwargs(args)) as client:
+        statuses = client.status()
+    if args.json:
+        print(json.dumps(statuses))
+    else:
+        print(status_table.render(statuses), end="")
+    return 0
+
+
+COMMANDS: dict[str, Callable] = {"checkpoint": checkpoint, "shutdown": shutdown, "stop": shutdown, "status": status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (PSError, OSError, ValueError) as exc:
+        print(f"ps-admin {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""``ps-server`` flags for fault tolerance and safety: checkpoints, leases, sync backup
+workers, gradient guards, token auth and TLS (docs/failure-semantics.md).
+
+Only the launcher reads argv, files named on it and the environment: the token comes from
+``--token-file`` (``PS_TOKEN_FILE``) or the ``PS_TOKEN`` variable and goes into the
+:class:`~ps.config.ServerConfig`; it is never printed or logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ps.auth import read_token
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_arguments(p) -> None:
+    """Add the checkpoint, lease, sync, gradient, auth and TLS flags to a ps-server parser."""
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="write checkpoints here (one sub-directory per checkpoint); also where --restore reads")
+    p.add_argument("--checkpoint-every", type=float, default=0.0, metavar="SECONDS",
+                   help="also checkpoint this often (0: only on request and when stopping)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K", help="keep this shard's newest K checkpoints")
+    p.add_argument("--restore", action="store_true",
+                   help="start from the newest valid checkpoint in --checkpoint-dir (needs --shard-index/--num-shards)")
+    p.add_argument("--restore-tag", default=None, metavar="TAG",
+                   help="with --restore: exactly this checkpoint (give every shard the same tag to roll the "
+                        "whole cluster back consistently)")
+    p.add_argument("--lease", type=float, default=30.0, metavar="SECONDS",
+                   help="a worker silent this long (no call, no heartbeat) leaves the quorum; 0: never")
+    p.add_argument("--replicas-to-aggregate", type=int, default=0, metavar="K",
+                   help="sync: apply a step once K workers contributed; later gradients for it are stale (0: all)")
+    p.add_argument("--clip-norm", type=float, default=0.0,
+                   help="scale each pushed block's gradient to L2 norm at most this (0: off)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="require this shared token (also PS_TOKEN) on every call but health checks")
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve TLS with this certificate chain")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument("--tls-client-ca", default=None, metavar="PEM",
+                   help="mutual TLS: require client certificates signed by this CA")
+    p.add_argument("--faults", default="", help="testing only: inject faults, e.g. drop_push_reply_every=3")
+
+
+def config_fields(args, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """ServerConfig fields from the parsed flags. Raises ValueError (or OSError) for an
+    unreadable or empty token file."""
+    environ = os.environ if environ is None else environ
+    token = read_token(args.token_file) if args.token_file else environ.get("PS_TOKEN", "").strip()
+    return dict(
+        checkpoint_dir=args.checkpoint_dir or None, checkpoint_every_s=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints, restore=args.restore, restore_tag=args.restore_tag or None,
+        lease_s=args.lease,
+        replicas_to_aggregate=args.replicas_to_aggregate, clip_norm=args.clip_norm, auth_token=token,
+        tls_cert=args.tls_cert or None, tls_key=args.tls_key or None, tls_client_ca=args.tls_client_ca or None,
+        faults=args.faults,
+    )
+
+
+def exposure_warnings(cfg) -> list[str]:
+    """What to warn about when binding beyond loopback without auth or TLS."""
+    if cfg.host in LOOPBACK:
+        return []
+    out = []
+    if not cfg.auth_token and not cfg.tls_client_ca:
+        out.append(f"binding {cfg.host} without authentication: anyone who can reach this port can read and "
+                   "change the model, and stop the server (use --token-file or --tls-client-ca)")
+    if not cfg.tls_cert:
+        out.append(f"binding {cfg.host} without TLS: parameters{' and the token' if cfg.auth_token else ''} "
+                   "travel in the clear (use --tls-cert/--tls-key)")
+    return out

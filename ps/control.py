@@ -1,0 +1,63 @@
+"""The control calls of ``ps.v1.ParameterServer``: Heartbeat, Checkpoint and Shutdown.
+
+A second generic handler for the same service, next to :mod:`ps.service` (gRPC asks each
+handler in turn): leases (``Shard.heartbeat``), checkpoints on request
+(:class:`~ps.checkpointer.Checkpointer`) and a graceful stop. Errors map to status codes
+exactly as in :mod:`ps.service`. Thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from ps._proto import ps_pb2
+from ps.checkpointer import Checkpointer
+from ps.errors import InvalidArgumentError
+from ps.service import SERVICE_NAME, _handled, _lenient, _remaining
+from ps.shard import Shard
+
+
+class ControlService:
+    """Handlers over one shard, its checkpointer and its server's stop request."""
+
+    def __init__(self, shard: Shard, checkpointer: Checkpointer, request_stop: Callable[[], None]) -> None:
+        self.shard = shard
+        self.checkpointer = checkpointer
+        self.request_stop = request_stop
+
+    @_handled
+    def Heartbeat(self, request: ps_pb2.HeartbeatRequest, context) -> ps_pb2.HeartbeatReply:
+        """Renews the worker's lease; FAILED_PRECONDITION when it must register (again)."""
+        return ps_pb2.HeartbeatReply(epoch=self.shard.heartbeat(request.worker_id))
+
+    @_handled
+    def Checkpoint(self, request: ps_pb2.CheckpointRequest, context) -> ps_pb2.CheckpointReply:
+        """Writes a checkpoint, in sync mode once the shard reaches ``at_version`` (0: now).
+
+        Blocks within the call's deadline. FAILED_PRECONDITION without a checkpoint
+        directory, ABORTED when the shard is already past ``at_version``.
+        """
+        if request.at_version < 0:
+            raise InvalidArgumentError(f"at_version must be >= 0, got {request.at_version}")
+        written = self.checkpointer.checkpoint(request.tag or None, request.at_version, _remaining(context))
+        return ps_pb2.CheckpointReply(path=written.path, version=written.version, epoch=written.epoch)
+
+    @_handled
+    def Shutdown(self, request: ps_pb2.ShutdownRequest, context) -> ps_pb2.ShutdownReply:
+        """Asks the server to stop gracefully (as SIGTERM does); answers at once."""
+        self.request_stop()
+        return ps_pb2.ShutdownReply()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(method, request_type, reply_type):
+            return grpc.unary_unary_rpc_method_handler(
+                method, _lenient(request_type.FromString, f"{method.__name__} request"), reply_type.SerializeToString
+            )
+
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            "Heartbeat": unary(self.Heartbeat, ps_pb2.HeartbeatRequest, ps_pb2.HeartbeatReply),
+            "Checkpoint": unary(self.Checkpoint, ps_pb2.CheckpointRequest, ps_pb2.CheckpointReply),
+            "Shutdown": unary(self.Shutdown, ps_pb2.ShutdownRequest, ps_pb2.ShutdownReply),
+        })

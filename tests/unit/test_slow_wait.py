@@ -1,0 +1,71 @@
+"""worker.slow_wait: a long wait is reported once, naming the workers waited for."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from worker.slow_wait import SlowWaitWarner, describe_wait
+
+
+def status(mode, waiting=(), workers=(), version=7, address="h:1"):
+    return {"address": address, "mode": mode, "version": version, "waiting_for": list(waiting),
+            "workers": [{"id": i, "clock": c, "live": live, "last_contact_age_s": age} for i, c, live, age in workers]}
+
+
+def test_describe_names_whom_sync_and_ssp_wait_for():
+    text = describe_wait([status("sync", waiting=[3], workers=[(3, 7, True, 12.04)]), status("sync", address="h:2")])
+    assert text == "shard 0 (h:1): sync step 7 waits for worker 3 (last heard 12.0 s ago)"
+    text = describe_wait([status("ssp", workers=[(0, 9, True, 0.0), (1, 4, True, 2.0), (2, 8, False, 50.0)])],
+                         my_clock=9)
+    assert "slowest at clock 4: worker 1 (last heard 2.0 s ago)" in text
+    assert describe_wait([status("async", workers=[(0, 1, True, 0.0)])]) == "no shard reports a worker it waits for"
+
+
+def test_a_long_call_is_reported_once_per_period_and_a_short_one_never(caplog):
+    asked = threading.Event()
+
+    def describe():
+        asked.set()
+        return "shard 0 waits for worker 1"
+
+    warner = SlowWaitWarner(describe, after_s=0.05, repeat_s=60.0, logger=logging.getLogger("test-slow-wait"))
+    warner.start()
+    try:
+        with warner.watching("quick pull"):
+            pass
+        with caplog.at_level(logging.WARNING, logger="test-slow-wait"):
+            with warner.watching("pull for step 3"):
+                assert asked.wait(10), "the warner never asked whom the call waits for"
+                deadline = threading.Event()
+                for _ in range(200):  # bounded: until the warning is logged
+                    if warner.warnings:
+                        break
+                    deadline.wait(0.01)
+        assert warner.warnings == 1
+        (record,) = [r for r in caplog.records if r.name == "test-slow-wait"]
+        assert "pull for step 3 has waited" in record.getMessage()
+        assert record.getMessage().endswith("shard 0 waits for worker 1")
+    finally:
+        warner.stop(5)
+    assert warner._thread is None
+
+
+def test_a_failing_status_still_warns_and_bad_settings_are_refused(caplog):
+    def describe():
+        raise RuntimeError("shard down")
+
+    warner = SlowWaitWarner(describe, after_s=0.01, logger=logging.getLogger("test-slow-wait-2")).start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="test-slow-wait-2"), warner.watching("push of step 1"):
+            for _ in range(500):
+                if warner.warnings:
+                    break
+                threading.Event().wait(0.01)
+    finally:
+        warner.stop(5)
+    assert warner.warnings >= 1 and "status is unavailable (shard down)" in caplog.text
+    with pytest.raises(ValueError):
+        SlowWaitWarner(describe, after_s=0)
