@@ -14,6 +14,7 @@ import sys
 
 from launcher import metrics_flags, server_safety
 from launcher.envargs import EnvArgumentParser
+from ps.allocator import tune_malloc
 from ps.config import DEFAULT_MAX_MESSAGE_BYTES, ServerConfig
 from ps.consistency import Mode
 from ps.server import ShardServer
@@ -48,6 +49,8 @@ def build_parser(environ=None) -> EnvArgumentParser:
                    help="also serve gRPC on this unix socket (workers give unix:PATH as the address)")
     p.add_argument("--no-local-plane", action="store_true",
                    help="do not offer same-host workers the shared-memory data plane (gRPC only)")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="keep glibc's default allocator settings (see ps.allocator)")
     server_safety.add_arguments(p)
     metrics_flags.add_arguments(p, host_default=None, host_help="address of the metrics port (None: --host)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
+    if not args.no_malloc_tuning:
+        tune_malloc()  # large tensor buffers stay warm between steps (ps.allocator)
     for warning in server_safety.exposure_warnings(cfg):
         log.warning("%s", warning)
     server = ShardServer(cfg)

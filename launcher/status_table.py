@@ -7,15 +7,18 @@ holds and one per worker it knows::
     0      127.0.0.1:50051  shard         120      2 tables, 17 KiB                       sync; step 120 waits for worker 1
     0                       table   w1             1 block, 16 KiB
     0                       worker  0                                121    0.1 s ago     live
-    0                       worker  1                                120    5.3 s ago     live; step 120 waits for it
+    0                       worker  1                                120    5.3 s ago     live; step 120 waits for it (slowest)
 
-Pure: no I/O.
+A sync step also waits for workers blocked on another shard; "(slowest)" marks the ones
+furthest behind (:func:`worker.slow_wait.stragglers`), the workers to look at. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from worker.slow_wait import stragglers
 
 HEADER = ("SHARD", "ADDRESS", "KIND", "NAME", "VERSION", "SIZE", "CLOCK", "LAST CONTACT", "STATE")
 
@@ -40,6 +43,7 @@ def _workers(ids: Sequence[int]) -> str:
 def rows(statuses: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
     """The table's rows (without the header), as strings."""
     out: list[tuple[str, ...]] = []
+    slowest = {w for w, _ in stragglers(statuses)}
     for index, s in enumerate(statuses):
         waiting = list(s.get("waiting_for") or ())
         dense, sparse = s.get("tables") or [], s.get("sparse_tables") or []
@@ -59,7 +63,7 @@ def rows(statuses: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
         for w in s.get("workers") or ():
             note = "live" if w["live"] else "left"
             if w["id"] in waiting:
-                note += f"; step {s['version']} waits for it"
+                note += f"; step {s['version']} waits for it" + (" (slowest)" if w["id"] in slowest else "")
             out.append((shard, "", "worker", str(w["id"]), "", "", str(w["clock"]),
                         f"{w['last_contact_age_s']:.1f} s ago", note))
     return out

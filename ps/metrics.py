@@ -120,7 +120,7 @@ class Counter(_Family):
         if not name.endswith("_total"):
             raise ValueError(f"counter {name!r} must end in _total")
         super().__init__(name, documentation, labelnames)
-        self._values: dict[LabelValues, float] = {}
+        self._values: dict[LabelValues, float] = {} if labelnames else {(): 0.0}  # unlabelled: 0 from the start
 
     def inc(self, amount: float = 1.0, **labels: object) -> None:
         """Add ``amount`` (>= 0) to the series with these labels. Raises ValueError."""
@@ -149,7 +149,7 @@ class Gauge(_Family):
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, documentation, labelnames)
-        self._values: dict[LabelValues, float] = {}
+        self._values: dict[LabelValues, float] = {} if labelnames else {(): 0.0}
 
     def set(self, value: float, **labels: object) -> None:
         key = self._key(labels)
@@ -190,6 +190,8 @@ class Histogram(_Family):
             raise ValueError(f"{name}: buckets must be finite, ascending and distinct, got {buckets}")
         self.buckets = tuple(bounds)
         self._series: dict[LabelValues, list[float]] = {}  # per-bucket counts..., +Inf count, sum
+        if not labelnames:
+            self._series[()] = [0.0] * (len(self.buckets) + 2)
 
     def observe(self, value: float, **labels: object) -> None:
         """Count one observation (e.g. seconds); NaN is ignored."""

@@ -55,8 +55,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: most concurrent calls per shard on the data plane: each is a thread on the shard and
-#: the parts pipeline the worker's copies with the shard's work; more only adds switching
+#: most concurrent calls (connections, so shard threads) per shard on the data plane:
+#: enough to use every core and to overlap the worker's copies with the shard's work
 LOCAL_MAX_PARTS = int(os.environ.get("PS_LOCAL_MAX_PARTS", "0")) or max(2, min(8, os.cpu_count() or 2))
 
 _LOCAL_HOSTS = ("127.", "localhost", "[::1]", "::1", "unix:", "unix-abstract:")
@@ -153,9 +153,16 @@ def _plan(client: Client, push: list[str] | None, pull: list[str] | None,
     parts: list[_Part] = []
     for shard in range(len(client._channels)):
         tables = sorted(set(push or ()) | set(pull or ()))
-        if local[shard]:  # no message limit: as many parts as keep the cores busy, no more
+        if local[shard]:
+            # no message limit here: parts of local_part_bytes keep each part's gradient
+            # and weights in cache between the shard's check, apply and copy; in async mode
+            # they queue on LOCAL_MAX_PARTS connections (shard threads). Where a pull may
+            # wait for other workers (sync, ssp) a queued part could wait on the one
+            # before it, so there every part gets its own connection, as many as allowed.
             total = sum(_block_bytes(client, name, b) for name in tables for b in client._placement[name][shard])
-            n = max(1, min(LOCAL_MAX_PARTS, -(-total // client.local_part_bytes)))
+            n = max(1, -(-total // client.local_part_bytes))
+            if client.mode != "async":
+                n = min(n, LOCAL_MAX_PARTS)
         else:
             n = _num_parts(client, shard, tables, client.part_bytes)
         if n is None:
@@ -322,6 +329,7 @@ def _execute(client: Client, parts: list[_Part], flat, pull_names, dest, pull_st
     # 1. the data plane: write each part's payload and ring the shard, part after part, so
     #    the shard applies part k while the worker still writes part k + 1
     region = None
+    same: dict[tuple[str, str], bool] = {}  # per table: is the user's array the region's? (zero copy)
     if any(locals_):
         region = ensure_region(client, list(dict.fromkeys([*(flat or ()), *(pull_names or ())])))
     for p in parts:
@@ -332,7 +340,7 @@ def _execute(client: Client, parts: list[_Part], flat, pull_names, dest, pull_st
             retry_grpc.append(p)
             continue
         try:
-            sent.append((p, _local_send(client, local, p, flat, pull_step, region)))
+            sent.append((p, _local_send(client, local, p, flat, pull_step, region, same)))
         except TransientError as exc:
             log.info("%s: data plane failed (%s); retrying over gRPC", local.address, exc)
             _drop_local(client, p.shard)
@@ -344,7 +352,7 @@ def _execute(client: Client, parts: list[_Part], flat, pull_names, dest, pull_st
     for p, conn in sent:
         local = locals_[p.shard]
         try:
-            outcomes += _local_finish(client, conn, p, dest, region)
+            outcomes += _local_finish(client, conn, p, dest, region, same)
         except TransientError as exc:
             log.info("%s: data plane failed (%s); retrying over gRPC", local.address if local else "?", exc)
             _drop_local(client, p.shard)
@@ -401,8 +409,9 @@ def _abandon_region(client: Client) -> None:
         client._region = None
 
 
-def _local_send(client: Client, local: LocalChannel, p: _Part, flat, pull_step: int, region: LocalRegion):
-    conn = local.connection(p.part)
+def _local_send(client: Client, local: LocalChannel, p: _Part, flat, pull_step: int, region: LocalRegion,
+                same: dict[tuple[str, str], bool]):
+    conn = local.connection(p.part % LOCAL_MAX_PARTS)  # several queued parts per connection: async only
     try:
         conn.attach(region)
     except OSError as exc:
@@ -422,9 +431,12 @@ def _local_send(client: Client, local: LocalChannel, p: _Part, flat, pull_step: 
     if push_header is not None:
         for name, b in p.push:
             src = flat[name]
-            dst = region.push[name]
-            if src is dst or region.is_push(name, src):
+            zero = same.get(("push", name))
+            if zero is None:
+                zero = same[("push", name)] = region.is_push(name, src)
+            if zero:
                 continue  # the user computed into the region: nothing to copy
+            dst = region.push[name]
             start, stop = client._specs[name].block_range(b)
             dst[start:stop] = src[start:stop]
     if push_header is not None and pull_header is not None:
@@ -440,7 +452,8 @@ def _local_send(client: Client, local: LocalChannel, p: _Part, flat, pull_step: 
     return conn
 
 
-def _local_finish(client: Client, conn, p: _Part, dest, region: LocalRegion) -> list[tuple[int, int]]:
+def _local_finish(client: Client, conn, p: _Part, dest, region: LocalRegion,
+                  same: dict[tuple[str, str], bool]) -> list[tuple[int, int]]:
     try:
         body, outcome, version = conn.receive()
     except OSError as exc:  # timeout or a broken connection: the shard may still write
@@ -459,9 +472,12 @@ def _local_finish(client: Client, conn, p: _Part, dest, region: LocalRegion) -> 
         if ref.count != stop - start:
             raise InvalidArgumentError(f"server sent {ref.count} elements for {ref.table}[{ref.block}]")
         region.versions[(ref.table, ref.block)] = (ref.version, token)
-        src, dst = region.pull[ref.table], dest[ref.table]
-        if dst is not src and not region.is_pull(ref.table, dst):
-            dst[start:stop] = src[start:stop]
+        zero = same.get(("pull", ref.table))
+        if zero is None:
+            dst = dest[ref.table]
+            zero = same[("pull", ref.table)] = dst is region.pull[ref.table] or region.is_pull(ref.table, dst)
+        if not zero:  # the caller's own array: copy the block out of shared memory
+            dest[ref.table][start:stop] = region.pull[ref.table][start:stop]
     client._local_tokens[p.shard] = token
     return result
 

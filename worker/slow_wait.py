@@ -5,8 +5,8 @@ In sync and ssp modes a pull (or push) waits on the other workers. When one has 
 warning naming the workers the step waits for (and when each was last heard from); it
 repeats every ``repeat_s`` while the call goes on::
 
-    WARNING pull for step 12 has waited 10.0 s: shard 1 (10.0.0.7:50051): sync step 12 waits for
-    worker 3 (last heard 9.8 s ago)
+    WARNING pull for step 12 has waited 10.0 s: slowest: worker 3 at clock 12; shard 1
+    (10.0.0.7:50051): sync step 12 waits for worker 3 (last heard 9.8 s ago)
 
 The constructor does no I/O; :meth:`SlowWaitWarner.start` starts the one thread it owns,
 :meth:`SlowWaitWarner.stop` joins it. :meth:`SlowWaitWarner.watching` marks a call; it
@@ -25,9 +25,28 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def stragglers(shards: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
+    """``[(worker, clock)]``: the workers a sync step waits for that are furthest behind.
+
+    A shard's step also waits for workers that are themselves blocked on another shard;
+    the ones to look at have the lowest clock (on any shard) among those waited for.
+    """
+    waited = {w for s in shards if s["mode"] == "sync" for w in s["waiting_for"]}
+    clocks: dict[int, int] = {}
+    for s in shards:
+        for w in s["workers"]:
+            if w["id"] in waited:
+                clocks[w["id"]] = min(clocks.get(w["id"], w["clock"]), w["clock"])
+    if not clocks:
+        return []
+    low = min(clocks.values())
+    return sorted((w, c) for w, c in clocks.items() if c == low)
+
+
 def describe_wait(shards: Sequence[dict[str, Any]], my_clock: int | None = None) -> str:
     """Whom the cluster waits for, from ``Client.status()`` dicts (one per shard)."""
-    parts = []
+    slow = stragglers(shards)
+    parts = [f"slowest: {', '.join(f'worker {w} at clock {c}' for w, c in slow)}"] if slow else []
     for i, s in enumerate(shards):
         ages = {w["id"]: w["last_contact_age_s"] for w in s["workers"]}
         if s["mode"] == "sync" and s["waiting_for"]:

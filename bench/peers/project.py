@@ -10,6 +10,8 @@ fresh arrays (the plain API); ``buffers`` is ``push_pull(grads, out=weights)`` w
 weights read from, the worker's shared memory, so the worker copies nothing (the
 zero-copy pattern of Ray's object store).
 
+The worker process calls :func:`ps.allocator.tune_malloc` (as ``ps-server`` does).
+
 ``--shards 1,2`` runs a cluster of each size side by side and measures them in
 alternating rounds, so that their ratio is not the machine's noise.
 """
@@ -24,6 +26,7 @@ import numpy as np
 
 from bench.harness import SIZES, arg_parser, emit, measure, measure_interleaved
 from bench.servers import ps_servers
+from ps.allocator import tune_malloc
 from worker import Client
 
 PATH_NAMES = {"shm": "shm", "tcp": "grpc-tcp", "uds": "grpc-uds"}
@@ -31,6 +34,7 @@ API_NAMES = {"fused": "", "split": " push+pull", "buffers": " buffers"}
 
 
 def main() -> None:
+    tune_malloc()  # the project's recommended worker setting (ps.allocator); ps-server does it itself
     p = arg_parser(__doc__.splitlines()[0])
     p.add_argument("--path", choices=["shm", "tcp", "uds"], default="shm")
     p.add_argument("--api", choices=["fused", "split", "buffers"], default="fused")

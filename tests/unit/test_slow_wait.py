@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from worker.slow_wait import SlowWaitWarner, describe_wait
+from worker.slow_wait import SlowWaitWarner, describe_wait, stragglers
 
 
 def status(mode, waiting=(), workers=(), version=7, address="h:1"):
@@ -17,11 +17,21 @@ def status(mode, waiting=(), workers=(), version=7, address="h:1"):
 
 def test_describe_names_whom_sync_and_ssp_wait_for():
     text = describe_wait([status("sync", waiting=[3], workers=[(3, 7, True, 12.04)]), status("sync", address="h:2")])
-    assert text == "shard 0 (h:1): sync step 7 waits for worker 3 (last heard 12.0 s ago)"
+    assert text == "slowest: worker 3 at clock 7; shard 0 (h:1): sync step 7 waits for worker 3 (last heard 12.0 s ago)"
     text = describe_wait([status("ssp", workers=[(0, 9, True, 0.0), (1, 4, True, 2.0), (2, 8, False, 50.0)])],
                          my_clock=9)
     assert "slowest at clock 4: worker 1 (last heard 2.0 s ago)" in text
     assert describe_wait([status("async", workers=[(0, 1, True, 0.0)])]) == "no shard reports a worker it waits for"
+
+
+def test_the_slowest_of_the_workers_waited_for_is_the_one_behind_on_any_shard():
+    # worker 1 pushed step 6 to shard 0 only; shard 0's step 7 also waits for worker 0, which
+    # itself waits for shard 1's step 6
+    shards = [status("sync", version=7, waiting=[0, 1], workers=[(0, 7, True, 0.1), (1, 7, True, 3.0)]),
+              status("sync", version=6, waiting=[1], workers=[(0, 7, True, 0.1), (1, 6, True, 3.0)])]
+    assert stragglers(shards) == [(1, 6)]
+    assert describe_wait(shards).startswith("slowest: worker 1 at clock 6; shard 0")
+    assert stragglers([status("async", workers=[(0, 1, True, 0.0)])]) == []
 
 
 def test_a_long_call_is_reported_once_per_period_and_a_short_one_never(caplog):

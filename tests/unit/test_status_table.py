@@ -23,7 +23,7 @@ def test_one_table_names_the_workers_a_sync_step_waits_for():
     shard0 = next(ln for ln in lines if "10.0.0.1:50051" in ln)
     assert "sync, restored 1x; step 12 waits for worker 1" in shard0 and "3 tables, 2 MiB" in shard0
     worker1 = [ln for ln in lines if ln.split()[:4] == ["0", "worker", "1", "12"]]
-    assert worker1 and "7.2 s ago" in worker1[0] and "live; step 12 waits for it" in worker1[0]
+    assert worker1 and "7.2 s ago" in worker1[0] and "live; step 12 waits for it (slowest)" in worker1[0]
     assert any("2 blocks, 2 MiB" in ln for ln in lines)
     assert any("100 rows, 4 KiB" in ln and "sparse, 3 evicted" in ln for ln in lines)
     shard1 = next(ln for ln in lines if "10.0.0.2:50051" in ln)
