@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from launcher import metrics_flags
 from worker.data import open_source

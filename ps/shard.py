@@ -289,6 +289,29 @@ class Shard:
         if self.config.clip_norm and not skip:
             grads = clip_by_norm(grads, self.config.clip_norm)
 
+        def update(accumulate: bool) -> None:
+            for (table, block), grad in zip(targets, grads):
+                if accumulate:
+                    table.accumulate(block, grad)
+                else:
+                    table.apply(block, grad)
+
+        return self.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
+                             remember=lambda: self._pending_blocks.update(targets))
+
+    def run_push(self, worker: int, seq: int, step: int, part: int, num_parts: int, deadline: float, *,
+                 skip: bool, update: Callable[[bool], None], remember: Callable[[], None]) -> PushResult:
+        """The one push flow, for dense blocks and sparse rows alike, after validation.
+
+        Under the lock: drop a duplicate ``(worker, seq)`` (waiting, bounded by
+        ``deadline``, while an earlier delivery is still being applied), ask the gate
+        (waiting while it says so), drop a stale or skipped push. Then, outside the lock,
+        ``update(accumulate)`` applies the gradient (``accumulate`` in sync mode); if it
+        raises, nothing is recorded and a retry may apply it. Finally, under the lock,
+        record the sequence number, ``remember()`` what a sync step must apply, and apply
+        the step if this push completed it. Returns the outcome and the shard's version.
+        """
+
         def decide():
             seen = self.dedup.check(worker, seq)
             if seen is Seen.IN_PROGRESS:
@@ -314,25 +337,22 @@ class Shard:
             self.dedup.begin(worker, seq)
             if self.metrics is not None:
                 self.metrics.observe_push(self.gate, step)
-        ready = None
+        accumulate = isinstance(decision, Accumulate)
         try:
-            for (table, block), grad in zip(targets, grads):
-                if isinstance(decision, Accumulate):
-                    table.accumulate(block, grad)
-                else:
-                    table.apply(block, grad)
+            update(accumulate)
         except BaseException:
             with self._cond:
                 self.dedup.abort(worker, seq)
-                if isinstance(decision, Accumulate):
+                if accumulate:
                     self.gate.on_part_failed(worker, step, part)
                 self._cond.notify_all()
             raise
+        ready = None
         with self._cond:
             self.dedup.finish(worker, seq)
-            if isinstance(decision, Accumulate):
-                self._pending_blocks.update((t, b) for (t, b) in targets)
-                self._step_seqs.append((worker, seq))
+            if accumulate:
+                remember()
+                self._step_seqs.append((worker, seq))  # a checkpoint of the open step forgets it
                 self.counters["accumulated"] += 1
                 ready = self.gate.on_part_done(worker, step)
                 outcome = "accumulated"

@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ps.consistency import Accumulate, Stale, Wait
-from ps.dedup import Seen
 from ps.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
 from ps.sparse_spec import SparseTableSpec
 from ps.sparse_table import SparseTable, sum_duplicates
@@ -108,8 +106,6 @@ class SparseRows:
         shard, second contribution to a step), DeadlineExceededError. A refused push
         changes nothing. Exactly once per ``(worker, seq)``.
         """
-        from ps.shard import PushResult
-
         shard = self._shard
         deadline = shard._clock() + min(timeout_s, shard.config.sync_timeout_s)
         try:
@@ -126,60 +122,21 @@ class SparseRows:
             ids, grads = sum_duplicates(ids, grads)
             grads = clip_rows(grads, shard.config.clip_norm)
 
-        def decide():
-            seen = shard.dedup.check(worker, seq)
-            if seen is Seen.IN_PROGRESS:
-                return Wait(f"push {seq} of worker {worker} is still being applied from an earlier delivery")
-            if seen is Seen.DUPLICATE:
-                return seen
-            return shard.gate.on_push(worker, step, part, num_parts)
-
-        with shard._cond:
-            shard.gate.check_live(worker)
-            shard.last_contact[worker] = shard._clock()
-            decision = shard._wait(decide, deadline)
-            if decision is Seen.DUPLICATE:
-                shard.counters["duplicate"] += 1
-                return PushResult("duplicate", shard.gate.version)
-            if isinstance(decision, Stale):
-                shard.dedup.finish(worker, seq)
-                shard.counters["stale"] += 1
-                log.info("dropped worker %d's rows for step %d: step already applied", worker, step)
-                return PushResult("stale", shard.gate.version)
-            if skip:
-                return shard._skip(worker, seq, step, decision)
-            shard.dedup.begin(worker, seq)
-        accumulate = isinstance(decision, Accumulate)
-        try:
+        def update(accumulate: bool) -> None:
             if accumulate:
                 table.accumulate(ids, grads)
             else:
                 table.apply(ids, grads)
-        except BaseException:
+
+        def remember() -> None:
+            self._pending.add(table)
+
+        result = shard.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
+                                remember=remember)
+        if result.outcome in ("applied", "accumulated"):
             with shard._cond:
-                shard.dedup.abort(worker, seq)
-                if accumulate:
-                    shard.gate.on_part_failed(worker, step, part)
-                shard._cond.notify_all()
-            raise
-        ready = None
-        with shard._cond:
-            shard.dedup.finish(worker, seq)
-            shard.counters["row_pushes"] += 1
-            if accumulate:
-                self._pending.add(table)
-                shard._step_seqs.append((worker, seq))  # a checkpoint of the open step forgets it
-                shard.counters["accumulated"] += 1
-                ready = shard.gate.on_part_done(worker, step)
-                outcome = "accumulated"
-            else:
-                shard.gate.on_applied(worker, step)
-                shard.counters["applied"] += 1
-                outcome = "applied"
-            shard._cond.notify_all()
-        if ready:
-            shard._apply_step(ready)
-        return PushResult(outcome, shard.gate.version)
+                shard.counters["row_pushes"] += 1
+        return result
 
     def pull(self, worker: int, step: int, name: str, ids: np.ndarray, timeout_s: float) -> tuple[int, np.ndarray]:
         """Rows ``ids`` of table ``name`` as ``(version, (len(ids), dim) array)``.
