@@ -9,12 +9,14 @@ with small frames on that socket
 (:mod:`ps.wire`'s local frame: the protocol's own PushHeader / PullHeader / PushReply /
 PullReplyHeader messages behind a fixed struct). Why: on a loopback gRPC call in Python
 each round trip costs ~0.7 ms and every payload byte is copied about six times; here a
-round trip costs tens of microseconds and a payload byte is copied once into the region
-by the worker and, for a pull, once out of a block by the shard.
+round trip costs tens of microseconds; a gradient is read by the shard where the worker
+wrote it (or computed it: ``Client.buffers``) and new weights are copied once, by the
+shard, into the worker's memory.
 
 Only a process that can reach the shard's abstract unix socket (same machine, same network
-namespace) and pass it a file descriptor can use this path, so "same host" is checked by
-construction; a worker that cannot falls back to gRPC. The semantics are the gRPC
+namespace), runs as the same user (``SO_PEERCRED``) and can pass it a file descriptor can
+use this path, so "same host" is checked by construction; a worker that cannot falls back
+to gRPC. Servers with a token or TLS do not offer it (``ps.server``). The semantics are the gRPC
 service's: the same :class:`~ps.shard.Shard` calls, exactly-once by ``(worker, seq)``,
 the same validation and status codes.
 
@@ -29,6 +31,7 @@ import logging
 import mmap
 import os
 import socket
+import struct
 import threading
 import uuid
 
@@ -189,6 +192,10 @@ class LocalPlane:
                 sock, _ = self._listener.accept()
             except OSError:
                 return
+            if not _same_user(sock):
+                log.warning("refused a data-plane connection from another user")
+                sock.close()
+                continue
             conn = _Connection(sock)
             with self._lock:
                 self._connections.add(conn)
@@ -268,6 +275,16 @@ class LocalPlane:
         finally:
             if fd is not None:
                 os.close(fd)
+
+
+def _same_user(sock: socket.socket) -> bool:
+    """Whether the peer runs as this process's user (or root): abstract sockets have no file modes."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return True  # no peer credentials on this platform: as open as the gRPC port
+    _, uid, _ = struct.unpack("3i", raw)
+    return uid in (os.getuid(), 0)
 
 
 def _fd_from(ancillary) -> int | None:

@@ -104,11 +104,9 @@ class ShardServer:
         if cfg.local_plane and (cfg.auth_token or cfg.tls_cert):
             log.info("same-host shared-memory data plane off: it has no token or TLS check")
         elif cfg.local_plane and self._local is None:
-            try:
-                self._local = LocalPlane(self.shard).start()
-            except OSError as exc:  # no unix sockets here: same-host workers use gRPC
-                log.warning("same-host shared-memory data plane unavailable: %s", exc)
-        server.add_generic_rpc_handlers((ParameterServerService(self.shard, self._local).handler(),
+            self._local = LocalPlane(self.shard)  # no I/O yet: started once gRPC serves
+        service = ParameterServerService(self.shard, self._local)
+        server.add_generic_rpc_handlers((service.handler(),
                                          ControlService(self.shard, self.checkpointer, self.request_stop).handler()))
         self._health = health.HealthServicer(experimental_non_blocking=True)
         for service in ("", SERVICE_NAME):  # the servicer says SERVING for "" until told otherwise
@@ -137,7 +135,11 @@ class ShardServer:
             if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
                 os.unlink(path)  # a socket left by a previous run; grpc cannot bind over it
             try:
-                bound = server.add_insecure_port(f"unix:{path}")
+                if cfg.tls_cert:  # the unix socket gets the same credentials as the TCP port
+                    bound = server.add_secure_port(f"unix:{path}", tls.server_credentials(
+                        cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca))
+                else:
+                    bound = server.add_insecure_port(f"unix:{path}")
             except RuntimeError as exc:
                 raise UnavailableError(f"cannot bind unix:{path}: {exc}") from exc
             if not bound:
@@ -145,6 +147,12 @@ class ShardServer:
         if self.metrics is not None:
             self.metrics.start()  # raises UnavailableError when its port is taken
         server.start()
+        if self._local is not None:
+            try:
+                self._local.start()
+            except OSError as exc:  # no unix sockets here: same-host workers use gRPC
+                log.warning("same-host shared-memory data plane unavailable: %s", exc)
+                self._local = service.local_plane = None
         self._server, self._port, self._state = server, port, "serving"
         for service in ("", SERVICE_NAME):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)

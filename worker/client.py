@@ -24,11 +24,11 @@ import numpy as np
 
 from ps._proto import ps_pb2
 from ps.config import DEFAULT_MAX_MESSAGE_BYTES
-from ps.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from ps.errors import FailedPreconditionError, NotFoundError
 from ps.optim import OptimizerSpec
 from ps.placement import block_shard
 from ps.spec import DEFAULT_BLOCK_ELEMS, InitSpec, TableSpec
-from ps.wire import encode_framed, split_payload, wire_dtype
+from ps.wire import encode_framed, wire_dtype
 from ps.sparse_spec import SparseTableSpec
 from worker import dense_step, recovery, sparse_client
 from worker.transport import RetryPolicy, ShardChannel, call, fan_out

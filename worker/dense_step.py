@@ -40,7 +40,6 @@ from ps.wire import (
     LOCAL_PULL,
     LOCAL_PUSH,
     LOCAL_PUSH_PULL,
-    decode_framed,
     encode_framed,
     split_payload,
     split_token,
@@ -567,7 +566,3 @@ def _fill_from_payload(client: Client, p: _Part, header, payload, dest, token: s
         dest[name][start:stop] = cache[start:stop]
     if token is not None:
         client._known_tokens[p.shard] = token
-
-
-def decode_pull(data: bytes):
-    return decode_framed(data, ps_pb2.PullReplyHeader)
