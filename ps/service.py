@@ -84,35 +84,20 @@ def _decode_push(data: bytes):
     return decode_framed(data, ps_pb2.PushHeader)
 
 
-#: trailing metadata of PushPull: the push's ``Outcome`` number and version, ``"1:42"``
-PUSH_OUTCOME_KEY = "ps-push-outcome"
-#: request metadata of Pull/PushPull with ``known`` blocks: the server (and epoch) that
-#: produced those versions; known versions from another server or epoch are ignored
-KNOWN_FOR_KEY = "ps-known-for"
-#: trailing metadata of Status when asked with ``LOCAL_PLANE_KEY: ?``: the shard's
-#: same-host data plane address (see ps.local_plane)
-LOCAL_PLANE_KEY = "ps-local-plane"
-
-
 def known_token(shard: Shard) -> str:
     """Identifies the server process and state epoch that block versions belong to."""
     return f"{shard.server_id}:{getattr(shard, 'epoch', 0)}"
 
 
-def _known_if_current(shard: Shard, header: ps_pb2.PullHeader, context):
-    """``(known versions or None, trailing metadata)`` of a pull.
+def known_if_current(shard: Shard, header: ps_pb2.PullHeader) -> dict[tuple[str, int], int] | None:
+    """The pull's ``known`` block versions, or None when they came from another state.
 
-    A worker that caches pulls sends ``KNOWN_FOR_KEY`` (the token of the last reply it
-    cached, or empty); it gets the current token back with the reply. Known versions
-    from another token (a restarted or restored shard) are ignored: everything is sent.
+    Versions are only comparable within one server process and state epoch
+    (:func:`known_token`): after a restart or a restore every block is sent again.
     """
-    token = dict(context.invocation_metadata() or ()).get(KNOWN_FOR_KEY)
-    if token is None:
-        return None, ()
-    current = known_token(shard)
-    if not header.known or token != current:
-        return None, ((KNOWN_FOR_KEY, current),)
-    return {(ref.table, ref.block): ref.version for ref in header.known}, ((KNOWN_FOR_KEY, current),)
+    if not header.known or header.known_for != known_token(shard):
+        return None
+    return {(ref.table, ref.block): ref.version for ref in header.known}
 
 
 def push_blocks(shard: Shard, header: ps_pb2.PushHeader, payload: memoryview, timeout_s: float):
@@ -133,7 +118,7 @@ def pull_blocks(shard: Shard, h: ps_pb2.PullHeader, timeout_s: float,
     for name in set(h.tables):
         dtype = np.dtype(shard.table(name).spec.dtype)
         dtypes[name] = (wire_dtype(dtype), dtype.itemsize)
-    header = ps_pb2.PullReplyHeader(version=version)
+    header = ps_pb2.PullReplyHeader(version=version, state_token=known_token(shard))
     add = header.blocks.add
     for b in blocks:
         wire, itemsize = dtypes[b.table]
@@ -202,40 +187,33 @@ class ParameterServerService:
     @_handled
     def Pull(self, request: ps_pb2.PullRequest, context) -> bytes:
         h = request.header
-        known, trailers = _known_if_current(self.shard, h, context)
-        header, blocks = pull_blocks(self.shard, h, _remaining(context), known)
-        if trailers:
-            context.set_trailing_metadata(trailers)
+        header, blocks = pull_blocks(self.shard, h, _remaining(context), known_if_current(self.shard, h))
         return encode_framed(header.SerializeToString(), [b.data for b in blocks])
 
     @_handled
     def PushPull(self, request, context) -> bytes:
         """Push, then pull ``header.then_pull`` in one round trip.
 
-        The reply is a PullReply; the push's outcome and the shard version after it travel
-        in the trailing metadata ``ps-push-outcome: OUTCOME:VERSION`` (PullReply has no
-        field for them). Errors of either half fail the call; a retry is deduplicated.
+        The reply is a PullReply whose header also carries the push's outcome and the
+        shard's version after it. Errors of either half fail the call; a retry is
+        deduplicated.
         """
         header, payload = request
         result = push_blocks(self.shard, header, payload, _remaining(context))
-        outcome = ((PUSH_OUTCOME_KEY, f"{OUTCOMES[result.outcome]}:{result.version}"),)
-        context.set_trailing_metadata(outcome)
         h = header.then_pull
-        known, trailers = _known_if_current(self.shard, h, context)
-        reply_header, blocks = pull_blocks(self.shard, h, _remaining(context), known)
-        context.set_trailing_metadata(outcome + trailers)
+        reply_header, blocks = pull_blocks(self.shard, h, _remaining(context), known_if_current(self.shard, h))
+        reply_header.push_outcome = OUTCOMES[result.outcome]
+        reply_header.push_version = result.version
         return encode_framed(reply_header.SerializeToString(), [b.data for b in blocks])
 
     @_handled
     def Status(self, request: ps_pb2.StatusRequest, context) -> ps_pb2.StatusReply:
-        if self.local_plane is not None and LOCAL_PLANE_KEY in dict(context.invocation_metadata() or ()):
-            context.set_trailing_metadata(((LOCAL_PLANE_KEY, self.local_plane.address),))
         snap = self.shard.snapshot()
         cfg = self.shard.config
         reply = ps_pb2.StatusReply(
             mode=_MODES[cfg.mode], staleness=cfg.staleness, version=snap["version"],
             waiting_for=list(snap["waiting_for"]), counters=snap["counters"], server_id=self.shard.server_id,
-            epoch=self.shard.epoch,
+            epoch=self.shard.epoch, local_plane=self.local_plane.address if self.local_plane is not None else "",
         )
         if snap["topology"] is not None:
             reply.topology.shard_index, reply.topology.num_shards = snap["topology"]

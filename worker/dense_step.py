@@ -34,7 +34,6 @@ import numpy as np
 
 from ps._proto import ps_pb2
 from ps.errors import DeadlineExceededError, InvalidArgumentError, PSError, TransientError, UnavailableError
-from ps.service import KNOWN_FOR_KEY, LOCAL_PLANE_KEY, PUSH_OUTCOME_KEY
 from ps.wire import (
     LOCAL_FLAG_KNOWN,
     LOCAL_PULL,
@@ -75,9 +74,8 @@ def attach_local(client: Client) -> None:
         if not is_local_address(ch.address):
             continue
         try:
-            reply, trailers = call(ch, ch.status_meta, (ps_pb2.StatusRequest(), ((LOCAL_PLANE_KEY, "?"),)),
-                                   client.timeout_s, client.retry)
-            address = trailers.get(LOCAL_PLANE_KEY)
+            reply = call(ch, ch.status, ps_pb2.StatusRequest(), client.timeout_s, client.retry)
+            address = reply.local_plane
             if not address:
                 continue
             local = LocalChannel(address, reply.server_id, client.wait_timeout_s)
@@ -489,10 +487,9 @@ def _grpc_start(client: Client, parts: list[_Part], flat, pull_step: int):
     for p in parts:
         ch = client._channels[p.shard]
         push_header, pull_header = _headers(client, p, pull_step)
-        metadata = ()
         if pull_header is not None and client.cache_pulls:
             token = client._known_tokens.get(p.shard, "")
-            metadata = ((KNOWN_FOR_KEY, token),)
+            pull_header.known_for = token
             if token:
                 for name, b in p.pull_blocks:
                     v = client._known_versions.get((name, b))
@@ -507,11 +504,11 @@ def _grpc_start(client: Client, parts: list[_Part], flat, pull_step: int):
                 buffers.append(flat[name][start:stop])
             message = encode_framed(push_header.SerializeToString(), buffers)
             if pull_header is not None:
-                calls.append((ch, ch.push_pull, (message, metadata)))
+                calls.append((ch, ch.push_pull, message))
             else:
                 calls.append((ch, ch.push, message))
         else:
-            calls.append((ch, ch.pull_meta, (ps_pb2.PullRequest(header=pull_header), metadata)))
+            calls.append((ch, ch.pull, ps_pb2.PullRequest(header=pull_header)))
     return calls
 
 
@@ -528,12 +525,10 @@ def _grpc_finish(client: Client, parts: list[_Part], calls, dest) -> list[tuple[
         if p.pull is None:
             outcomes.append((reply.outcome, reply.version))
             continue
-        (header, payload), trailers = reply
+        header, payload = reply
         if p.push is not None:
-            raw = trailers.get(PUSH_OUTCOME_KEY, "0:0")
-            outcome, _, version = raw.partition(":")
-            outcomes.append((int(outcome), int(version or 0)))
-        _fill_from_payload(client, p, header, payload, dest, trailers.get(KNOWN_FOR_KEY))
+            outcomes.append((header.push_outcome, header.push_version))
+        _fill_from_payload(client, p, header, payload, dest, header.state_token if client.cache_pulls else None)
     return outcomes
 
 

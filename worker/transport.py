@@ -82,37 +82,6 @@ class RetryPolicy:
             delay = min(self.max_backoff_s, delay * self.multiplier)
 
 
-class WithMetadata:
-    """A unary multi-callable taking ``(request, metadata)`` and giving ``(reply, trailing metadata dict)``.
-
-    Has the ``__call__``/``future`` shape that :func:`call` and :func:`fan_out` use.
-    """
-
-    def __init__(self, multicallable) -> None:
-        self._mc = multicallable
-
-    def __call__(self, request, timeout=None, **kwargs):
-        message, metadata = request
-        reply, rpc = self._mc.with_call(message, timeout=timeout, metadata=metadata, **kwargs)
-        return reply, dict(rpc.trailing_metadata() or ())
-
-    def future(self, request, timeout=None, **kwargs):
-        message, metadata = request
-        return _MetadataFuture(self._mc.future(message, timeout=timeout, metadata=metadata, **kwargs))
-
-
-class _MetadataFuture:
-    def __init__(self, future) -> None:
-        self._future = future
-
-    def result(self, timeout=None):
-        reply = self._future.result(timeout)
-        return reply, dict(self._future.trailing_metadata() or ())
-
-    def __getattr__(self, name):
-        return getattr(self._future, name)
-
-
 class ShardChannel:
     """One channel to one shard and its method callables. Thread-safe; no I/O until used.
 
@@ -149,12 +118,8 @@ class ShardChannel:
         )
         self.push = unary(p + "Push", None, ps_pb2.PushReply.FromString)  # request already bytes
         self.pull = unary(p + "Pull", ps_pb2.PullRequest.SerializeToString, _decode_pull_reply)
-        # (request, metadata) in, (reply, trailing metadata) out: known-block pulls and the
-        # fused step, whose push outcome travels in the trailing metadata
-        self.pull_meta = WithMetadata(unary(p + "Pull", ps_pb2.PullRequest.SerializeToString, _decode_pull_reply))
-        self.push_pull = WithMetadata(unary(p + "PushPull", None, _decode_pull_reply))  # request already bytes
+        self.push_pull = unary(p + "PushPull", None, _decode_pull_reply)  # request already bytes
         self.status = unary(p + "Status", ps_pb2.StatusRequest.SerializeToString, ps_pb2.StatusReply.FromString)
-        self.status_meta = WithMetadata(self.status)
         # sparse rows (ps.rows_wire): requests are already bytes; pull replies decode to (header, payload)
         self.push_rows = unary(p + "PushRows", None, ps_pb2.PushReply.FromString)
         self.pull_rows = unary(p + "PullRows", None, decode_rows)

@@ -218,20 +218,22 @@ class PushReply(_message.Message):
     def __init__(self, outcome: _Optional[_Union[Outcome, str]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class PullHeader(_message.Message):
-    __slots__ = ("worker_id", "step", "tables", "part", "num_parts", "known")
+    __slots__ = ("worker_id", "step", "tables", "part", "num_parts", "known", "known_for")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
     NUM_PARTS_FIELD_NUMBER: _ClassVar[int]
     KNOWN_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FOR_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     step: int
     tables: _containers.RepeatedScalarFieldContainer[str]
     part: int
     num_parts: int
     known: _containers.RepeatedCompositeFieldContainer[BlockRef]
-    def __init__(self, worker_id: _Optional[int] = ..., step: _Optional[int] = ..., tables: _Optional[_Iterable[str]] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., known: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ...) -> None: ...
+    known_for: str
+    def __init__(self, worker_id: _Optional[int] = ..., step: _Optional[int] = ..., tables: _Optional[_Iterable[str]] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., known: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., known_for: _Optional[str] = ...) -> None: ...
 
 class PullRequest(_message.Message):
     __slots__ = ("header",)
@@ -240,12 +242,18 @@ class PullRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[PullHeader, _Mapping]] = ...) -> None: ...
 
 class PullReplyHeader(_message.Message):
-    __slots__ = ("version", "blocks")
+    __slots__ = ("version", "blocks", "state_token", "push_outcome", "push_version")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    STATE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PUSH_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    PUSH_VERSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     blocks: _containers.RepeatedCompositeFieldContainer[BlockRef]
-    def __init__(self, version: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ...) -> None: ...
+    state_token: str
+    push_outcome: Outcome
+    push_version: int
+    def __init__(self, version: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., state_token: _Optional[str] = ..., push_outcome: _Optional[_Union[Outcome, str]] = ..., push_version: _Optional[int] = ...) -> None: ...
 
 class PullReply(_message.Message):
     __slots__ = ("header", "payload")
@@ -360,7 +368,7 @@ class TableStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., blocks: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id", "epoch", "sparse_tables")
+    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id", "epoch", "sparse_tables", "local_plane")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -379,6 +387,7 @@ class StatusReply(_message.Message):
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SPARSE_TABLES_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_PLANE_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     staleness: int
     version: int
@@ -390,7 +399,8 @@ class StatusReply(_message.Message):
     server_id: str
     epoch: int
     sparse_tables: _containers.RepeatedCompositeFieldContainer[SparseTableStatus]
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sparse_tables: _Optional[_Iterable[_Union[SparseTableStatus, _Mapping]]] = ...) -> None: ...
+    local_plane: str
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sparse_tables: _Optional[_Iterable[_Union[SparseTableStatus, _Mapping]]] = ..., local_plane: _Optional[str] = ...) -> None: ...
 
 class SparseTableStatus(_message.Message):
     __slots__ = ("spec", "rows", "bytes", "evicted")

@@ -17,7 +17,6 @@ import pytest
 from ps import Mode, ServerConfig, ShardServer
 from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError
-from ps.service import PUSH_OUTCOME_KEY
 from ps.table import DenseTable
 from ps.wire import encode_framed
 from tests.conftest import run_threads
@@ -250,12 +249,12 @@ def test_the_same_push_pull_delivered_twice_applies_once():
             header.blocks.add(table="w", block=0, dtype=ps_pb2.FLOAT32, count=4)
             header.then_pull.tables.append("w")
             message = encode_framed(header.SerializeToString(), [np.ones(4, dtype=np.float32)])
-            (h1, p1), meta1 = channel.push_pull((message, ()), timeout=5)
-            (h2, p2), meta2 = channel.push_pull((message, ()), timeout=5)   # a retry after a lost reply
+            h1, p1 = channel.push_pull(message, timeout=5)
+            h2, p2 = channel.push_pull(message, timeout=5)   # a retry after a lost reply
         finally:
             channel.close()
-        assert meta1[PUSH_OUTCOME_KEY].startswith(f"{ps_pb2.APPLIED}:")
-        assert meta2[PUSH_OUTCOME_KEY].startswith(f"{ps_pb2.DUPLICATE}:")
+        assert h1.push_outcome == ps_pb2.APPLIED and h1.push_version == 1
+        assert h2.push_outcome == ps_pb2.DUPLICATE and h2.push_version == 1
         assert bytes(p1) == bytes(p2) == np.full(4, -1.0, np.float32).tobytes()
 
 
