@@ -33,6 +33,7 @@ from ps.sparse_spec import SparseTableSpec
 from ps.sparse_table import sum_duplicates, unique_inverse
 from ps.spec import InitSpec
 from ps.wire import wire_dtype
+from worker.dense_step import flatten_grads
 from worker.transport import call, fan_out
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ def push_step(client: Client, grads: Mapping[str, Any] | None,
     client._require_open()
     if client.observer:
         raise FailedPreconditionError("an observer client cannot push")
-    flat = _dense(client, grads or {})
+    flat = flatten_grads(client, grads or {})
     n = len(client._channels)
     row_msgs: list[list[tuple[SparseTableSpec, np.ndarray, np.ndarray]]] = [[] for _ in range(n)]
     checked = [_check_rows(client, name, ids, g) for name, (ids, g) in rows.items()]  # all before sending
@@ -204,20 +205,6 @@ def _next_seq(client: Client, shard: int) -> int:
     seq = client._next_seq[shard]
     client._next_seq[shard] += 1
     return seq
-
-
-def _dense(client: Client, grads: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Dense gradients checked and flattened exactly as :meth:`Client.push` does."""
-    flat: dict[str, np.ndarray] = {}
-    for name, grad in grads.items():
-        spec = client.spec(name)
-        arr = np.asarray(grad)
-        if arr.shape != spec.shape:
-            raise InvalidArgumentError(f"{name}: gradient shape {arr.shape}, table shape {spec.shape}")
-        if arr.dtype != np.dtype(spec.dtype):
-            raise InvalidArgumentError(f"{name}: gradient dtype {arr.dtype.name}, table dtype {spec.dtype}")
-        flat[name] = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).reshape(-1)
-    return flat
 
 
 def _advance(client: Client, replies: list) -> None:
