@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from launcher.cli_logging import configure_logging
 from launcher.envargs import EnvArgumentParser
 from launcher.local_cluster import ClusterConfig, ClusterError, LocalCluster
 from launcher.progress import MetricsTail, Progress
@@ -68,8 +69,7 @@ def build_parser(environ=None) -> EnvArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    configure_logging(args.log_level)
     try:
         for flag, value in (("--servers", args.servers), ("--workers", args.workers)):
             if value < 1:

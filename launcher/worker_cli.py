@@ -26,6 +26,7 @@ import sys
 from typing import IO
 
 from launcher import client_safety, worker_ops
+from launcher.cli_logging import configure_logging
 from launcher.envargs import EnvArgumentParser
 from ps.errors import PSError
 from worker.client import Client
@@ -189,8 +190,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    configure_logging(args.log_level)
     with StopSignals(second="exit") as stop:
         return _main(args, stop)
 

@@ -16,7 +16,7 @@ changed. The arrays of the pull area that the user sees are read-only.
 A :class:`LocalChannel` is a set of unix-socket connections to one shard, one per call
 the worker keeps in flight (``slot``); each attaches the current region. After a call
 fails half-way (timeout, broken socket) the worker stops using the region for good (see
-``worker.dense_step``), so a late write by a shard can never land in memory it reads.
+``worker.local_step.abandon_region``), so a late write by a shard can never land in memory it reads.
 Not thread-safe: one per :class:`~worker.client.Client`.
 """
 

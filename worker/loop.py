@@ -1,4 +1,4 @@
-"""The training loop of one worker, and a single-process reference trainer.
+"""The training loop of one worker, and the pieces it shares with the reference trainer.
 
 :func:`train` runs one worker against the cluster: per batch it pulls the weights, computes
 the loss and gradients on ``config.device`` (NumPy or CuPy through :mod:`worker.xp`),
@@ -6,11 +6,10 @@ pushes the gradients, and evaluates on the held-out split at the end of every ep
 its data is exhausted (or anything fails) it closes the client, which leaves the quorum, so
 in sync mode the other workers never wait for a worker that is done: uneven shards finish.
 
-:func:`train_local` does the same arithmetic in one process with no servers: the same
-initial values (drawn from the table specs exactly as the servers draw them), the same
-batches, and the servers' own optimizer code. Given the workers' shards it averages their
-gradients step by step the way sync mode does, so N workers in sync mode and
-``train_local`` over the same N shards produce the same weights.
+:func:`worker.local_trainer.train_local` does the same arithmetic in one process with no
+servers, starting from :func:`initial_params` (the values the servers draw from
+:func:`table_specs`); so N workers in sync mode and ``train_local`` over the same N shards
+produce the same weights.
 
 Only NumPy is required; nothing here reads files, argv or the environment.
 """
@@ -21,22 +20,22 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from ps.optim import OptimizerSpec, make_optimizer
+from ps.optim import OptimizerSpec
 from ps.spec import InitSpec, TableSpec
 from worker.data import DataError, Dataset, batches, check_compatible
 from worker.models import MODELS, Model, make_model
 from worker.models.sparse_models import SPARSE_MODELS, make_sparse_model
 from worker.xp import DEVICES, get_xp, to_device, to_host
 
-__all__ = ["EvalRecord", "StepRecord", "TrainConfig", "TrainResult", "TrainingStopped", "build_model", "evaluate",
-           "initial_params", "table_specs", "train", "train_local"]
+__all__ = ["EvalRecord", "StepRecord", "TrainConfig", "TrainResult", "TrainingStopped", "build_model", "create_tables",
+           "evaluate", "initial_params", "optimizer_kwargs", "table_specs", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +249,26 @@ def evaluate(model: Model, params: Mapping[str, Any], ds: Dataset, xp: ModuleTyp
     return metric, total / len(ds)
 
 
+def optimizer_kwargs(o: OptimizerSpec) -> dict[str, Any]:
+    """The optional optimizer settings of ``o`` as keyword arguments of ``Client.create``."""
+    return {k: getattr(o, k) for k in ("momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay",
+                                       "initial_accumulator")}
+
+
+def create_tables(client: Any, specs: Mapping[str, TableSpec]) -> None:
+    """Create every dense table in ``specs`` through ``client`` (idempotent across workers).
+
+    Blocks for one Create call per table, each bounded by the client's deadline. Raises
+    :class:`~ps.errors.PSError` subclasses, e.g. AlreadyExistsError for a table that
+    exists with another shape.
+    """
+    for name, spec in specs.items():
+        o = spec.optimizer
+        client.create(name, spec.shape, dtype=spec.dtype, init=spec.init.kind, init_scale=spec.init.scale,
+                      seed=spec.init.seed, optimizer=o.name, lr=o.lr, block_elems=spec.block_elems,
+                      **optimizer_kwargs(o))
+
+
 def _steps_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
@@ -307,12 +326,7 @@ def train(
         config.validate()
         xp = get_xp(config.device)
         specs = table_specs(model, config)
-        for name, spec in specs.items():
-            o = spec.optimizer
-            options = {k: getattr(o, k) for k in ("momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay",
-                                                   "initial_accumulator")}
-            client.create(name, spec.shape, dtype=spec.dtype, init=spec.init.kind, init_scale=spec.init.scale,
-                          seed=spec.init.seed, optimizer=o.name, lr=o.lr, block_elems=spec.block_elems, **options)
+        create_tables(client, specs)
         return _loop(client, model, train_ds, test_ds, config, xp, list(specs), on_step, on_eval,
                      should_stop or (lambda: False))
     finally:
@@ -373,86 +387,3 @@ def _staleness(client: Any) -> int | None:
     """This worker's clock minus the slowest live worker's, from every shard's status."""
     clocks = [w["clock"] for shard in client.status() for w in shard["workers"] if w["live"]]
     return max(0, client.clock - min(clocks)) if clocks else None
-
-
-# -- the single-process reference -----------------------------------------------------
-
-
-def train_local(
-    model: Model,
-    train_ds: Dataset | Sequence[Dataset],
-    test_ds: Dataset,
-    config: TrainConfig,
-    *,
-    on_eval: Callable[[EvalRecord], None] | None = None,
-) -> TrainResult:
-    """Train ``model`` in this process with NumPy: the reference for accuracy and speed.
-
-    Starts from the initial values the servers would draw (:func:`initial_params`) and
-    updates them with the servers' optimizer (``ps.optim``), so only the distribution
-    differs. ``train_ds`` is either one dataset (plain minibatch SGD) or the workers'
-    shards: then each step takes the next batch of every shard that still has batches
-    (each shard iterating its epochs like a worker does) and applies the mean of their
-    gradients once, as sync mode does; the steps end when every shard is exhausted.
-    Evaluates on ``test_ds`` when the longest shard finishes an epoch. ``config.rank``,
-    ``num_workers`` and ``device`` are ignored. Blocks; raises ValueError for a bad config.
-    """
-    config.validate()
-    shards = [train_ds] if isinstance(train_ds, Dataset) else list(train_ds)
-    if not shards:
-        raise ValueError("train_local needs at least one training dataset")
-    specs = table_specs(model, config)
-    params = initial_params(model, config)
-    optimizer = make_optimizer(config.optimizer_spec())
-    state = {k: optimizer.init_state(v.reshape(-1)) for k, v in params.items()}
-    scratch = {k: np.empty(v.size, dtype=v.dtype) for k, v in params.items()}
-    per_epoch = max(_steps_per_epoch(len(s), config.batch_size) for s in shards)
-    streams = [_epochs(s, config) for s in shards]
-    start = time.monotonic()
-    history: list[EvalRecord] = []
-    step = samples = 0
-    loss_sum, rows, final_loss = 0.0, 0, math.nan
-    while True:
-        contributions = [b for b in (next(s, None) for s in streams) if b is not None]
-        if not contributions:
-            break
-        acc: dict[str, np.ndarray] = {}
-        for x, y in contributions:
-            loss, grads = model.loss_and_grads(params, x, y)
-            loss_sum, rows, samples = loss_sum + loss * len(x), rows + len(x), samples + len(x)
-            for k in specs:
-                g = np.ascontiguousarray(grads[k], dtype=config.dtype).reshape(-1)
-                if k in acc:
-                    acc[k] += g
-                else:
-                    acc[k] = g.copy()
-        for k in specs:
-            if len(contributions) > 1:  # the servers scale by 1/contributors, a no-op for one
-                acc[k] *= 1.0 / len(contributions)
-            optimizer.apply(params[k].reshape(-1), acc[k], state[k], scratch[k])
-        step += 1
-        if step % per_epoch == 0:
-            final_loss, loss_sum, rows = loss_sum / rows, 0.0, 0
-            epoch = step // per_epoch
-            if config.eval_each_epoch or epoch == config.epochs:
-                _local_eval(model, params, test_ds, epoch, step, history, on_eval)
-    if not history or history[-1].step != step:
-        _local_eval(model, params, test_ds, config.epochs, step, history, on_eval)
-    seconds = time.monotonic() - start
-    final = history[-1]
-    return TrainResult(worker=-1, epochs=config.epochs, steps=step, samples=samples, seconds=seconds,
-                       samples_per_s=samples / seconds if seconds > 0 else 0.0, final_loss=final_loss,
-                       metric=final.metric, test_score=final.value, history=tuple(history),
-                       params=params)
-
-
-def _local_eval(model, params, test_ds, epoch, step, history, on_eval) -> None:
-    metric, value = evaluate(model, params, test_ds)
-    history.append(EvalRecord(-1, epoch, step, metric, value, time.time()))
-    if on_eval is not None:
-        on_eval(history[-1])
-
-
-def _epochs(ds: Dataset, config: TrainConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for epoch in range(config.epochs):
-        yield from batches(ds, config.batch_size, epoch=epoch, seed=config.seed)

@@ -21,18 +21,28 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from ps.optim import make_optimizer
 from ps.sparse_spec import SparseTableSpec
 from ps.sparse_table import SparseTable
 from ps.spec import InitSpec
 from worker.auc import roc_auc
 from worker.ctr_data import CtrDataset, ctr_batches
-from worker.loop import EvalRecord, StepRecord, TrainConfig, TrainingStopped, TrainResult, initial_params, table_specs
+from worker.local_trainer import reference_loop, reference_shards
+from worker.loop import (
+    EvalRecord,
+    StepRecord,
+    TrainConfig,
+    TrainingStopped,
+    TrainResult,
+    create_tables,
+    initial_params,
+    optimizer_kwargs,
+    table_specs,
+)
 
 __all__ = ["evaluate_ctr", "sparse_table_specs", "train_sparse", "train_sparse_local"]
 
@@ -96,27 +106,18 @@ def train_sparse(client: Any, model: Any, train_ds: CtrDataset, test_ds: CtrData
     try:
         _check(config)
         dense_specs = table_specs(model, config)
-        for name, spec in dense_specs.items():
-            o = spec.optimizer
-            client.create(name, spec.shape, dtype=spec.dtype, init=spec.init.kind, init_scale=spec.init.scale,
-                          seed=spec.init.seed, optimizer=o.name, lr=o.lr, block_elems=spec.block_elems,
-                          **_options(o))
+        create_tables(client, dense_specs)
         sparse_specs = sparse_table_specs(model, config, max_rows=max_rows, eviction=eviction,
                                           admit_after=admit_after)
         for name, spec in sparse_specs.items():
             o = spec.optimizer
             client.create_sparse(name, spec.dim, dtype=spec.dtype, init=spec.init.kind, init_scale=spec.init.scale,
                                  seed=spec.init.seed, optimizer=o.name, lr=o.lr, max_rows=spec.max_rows,
-                                 eviction=spec.eviction, admit_after=spec.admit_after, **_options(o))
+                                 eviction=spec.eviction, admit_after=spec.admit_after, **optimizer_kwargs(o))
         return _loop(client, model, train_ds, test_ds, config, list(dense_specs), on_step, on_eval,
                      should_stop or (lambda: False))
     finally:
         client.close()
-
-
-def _options(o) -> dict[str, Any]:
-    return {k: getattr(o, k) for k in ("momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay",
-                                       "initial_accumulator")}
 
 
 def _loop(client, model, train_ds, test_ds, config, dense_names, on_step, on_eval, should_stop) -> TrainResult:
@@ -172,62 +173,26 @@ def train_sparse_local(model: Any, train_ds: CtrDataset | Sequence[CtrDataset], 
     ``params`` holds the dense tables. Blocks; raises ValueError for a bad config.
     """
     _check(config)
-    shards = [train_ds] if isinstance(train_ds, CtrDataset) else list(train_ds)
-    if not shards:
-        raise ValueError("train_sparse_local needs at least one training dataset")
+    shards = reference_shards(train_ds, CtrDataset, "train_sparse_local")
     tables = {name: SparseTable(spec) for name, spec in
               sparse_table_specs(model, config, max_rows=max_rows, eviction=eviction,
                                  admit_after=admit_after).items()}
     dense = initial_params(model, config)
-    optimizer = make_optimizer(config.optimizer_spec())
-    state = {k: optimizer.init_state(v.reshape(-1)) for k, v in dense.items()}
-    scratch = {k: np.empty(v.size, dtype=v.dtype) for k, v in dense.items()}
-    per_epoch = max(-(-len(s) // config.batch_size) for s in shards)
-    streams = [_epochs(s, config) for s in shards]
-    start = time.monotonic()
-    history: list[EvalRecord] = []
-    step = samples = 0
-    loss_sum, rows_seen, final_loss = 0.0, 0, math.nan
-    while True:
-        contributions = [b for b in (next(s, None) for s in streams) if b is not None]
-        if not contributions:
-            break
-        acc: dict[str, np.ndarray] = {}
-        for batch in contributions:
-            rows = {name: tables[name].read(ids) for name, ids in model.lookups(batch).items()}
-            loss, dense_grads, row_grads = model.loss_and_grads(dense, rows, batch)
-            loss_sum, rows_seen, samples = loss_sum + loss * len(batch), rows_seen + len(batch), samples + len(batch)
-            for k, g in dense_grads.items():
-                g = np.ascontiguousarray(g, dtype=config.dtype).reshape(-1)
-                acc[k] = acc[k] + g if k in acc else g.copy()
-            for name, (ids, g) in row_grads.items():
-                tables[name].accumulate(np.asarray(ids, dtype=np.int64), g)
-        scale = 1.0 / len(contributions)
-        for k, g in acc.items():
-            if len(contributions) > 1:
-                g *= scale
-            optimizer.apply(dense[k].reshape(-1), g, state[k], scratch[k])
+
+    def step_grads(batch: CtrDataset) -> tuple[float, int, dict[str, np.ndarray]]:
+        rows = {name: tables[name].read(ids) for name, ids in model.lookups(batch).items()}
+        loss, dense_grads, row_grads = model.loss_and_grads(dense, rows, batch)
+        for name, (ids, g) in row_grads.items():
+            tables[name].accumulate(np.asarray(ids, dtype=np.int64), g)
+        return loss, len(batch), dense_grads
+
+    def apply_rows(scale: float) -> None:
         for table in tables.values():
             table.apply_accumulated(scale)
-        step += 1
-        if step % per_epoch == 0:
-            final_loss, loss_sum, rows_seen = loss_sum / rows_seen, 0.0, 0
-            epoch = step // per_epoch
-            if config.eval_each_epoch or epoch == config.epochs:
-                history.append(_local_eval(model, dense, tables, test_ds, epoch, step))
-    if not history or history[-1].step != step:
-        history.append(_local_eval(model, dense, tables, test_ds, config.epochs, step))
-    seconds = time.monotonic() - start
-    return TrainResult(worker=-1, epochs=config.epochs, steps=step, samples=samples, seconds=seconds,
-                       samples_per_s=samples / seconds if seconds > 0 else 0.0, final_loss=final_loss,
-                       metric="auc", test_score=history[-1].value, history=tuple(history), params=dense)
 
+    def score() -> tuple[str, float]:
+        auc, _ = evaluate_ctr(model, dense, lambda name, ids: tables[name].read(ids), test_ds)
+        return "auc", auc
 
-def _local_eval(model, dense, tables, test_ds, epoch, step) -> EvalRecord:
-    auc, _ = evaluate_ctr(model, dense, lambda name, ids: tables[name].read(ids), test_ds)
-    return EvalRecord(-1, epoch, step, "auc", auc, time.time())
-
-
-def _epochs(ds: CtrDataset, config: TrainConfig) -> Iterator[CtrDataset]:
-    for epoch in range(config.epochs):
-        yield from ctr_batches(ds, config.batch_size, epoch=epoch, seed=config.seed)
+    return reference_loop(shards, config, dense, batches_of=ctr_batches, step_grads=step_grads, score=score,
+                          after_apply=apply_rows)

@@ -16,7 +16,8 @@ import pytest
 from tests.conftest import run_threads, running_shards
 from worker import Client
 from worker.data import Dataset, open_source
-from worker.loop import TrainConfig, TrainResult, build_model, initial_params, train, train_local
+from worker.local_trainer import train_local
+from worker.loop import TrainConfig, TrainResult, build_model, initial_params, train
 
 
 @contextlib.contextmanager
