@@ -13,6 +13,7 @@ import signal
 import sys
 
 from launcher import metrics_flags, server_safety
+from launcher.cli_logging import configure_logging
 from launcher.envargs import EnvArgumentParser
 from ps.allocator import tune_malloc
 from ps.config import DEFAULT_MAX_MESSAGE_BYTES, ServerConfig
@@ -73,8 +74,7 @@ def config_from_args(args) -> ServerConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    configure_logging(args.log_level)
     try:
         cfg = config_from_args(args)
     except (ValueError, OSError) as exc:

@@ -31,6 +31,8 @@ def add_arguments(p) -> None:
                         "whole cluster back consistently)")
     p.add_argument("--lease", type=float, default=30.0, metavar="SECONDS",
                    help="a worker silent this long (no call, no heartbeat) leaves the quorum; 0: never")
+    p.add_argument("--max-workers", type=int, default=4096, metavar="N",
+                   help="worker ids a shard keeps track of; registering more is refused (RESOURCE_EXHAUSTED)")
     p.add_argument("--replicas-to-aggregate", type=int, default=0, metavar="K",
                    help="sync: apply a step once K workers contributed; later gradients for it are stale (0: all)")
     p.add_argument("--clip-norm", type=float, default=0.0,
@@ -52,7 +54,7 @@ def config_fields(args, environ: Mapping[str, str] | None = None) -> dict[str, A
     return dict(
         checkpoint_dir=args.checkpoint_dir or None, checkpoint_every_s=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, restore=args.restore, restore_tag=args.restore_tag or None,
-        lease_s=args.lease,
+        lease_s=args.lease, max_workers=args.max_workers,
         replicas_to_aggregate=args.replicas_to_aggregate, clip_norm=args.clip_norm, auth_token=token,
         tls_cert=args.tls_cert or None, tls_key=args.tls_key or None, tls_client_ca=args.tls_client_ca or None,
         faults=args.faults,

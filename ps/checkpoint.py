@@ -79,6 +79,7 @@ class ShardState:
     tables: list | dict = field(default_factory=list)  # saved: TableParts; loaded: {kind: [tables]}
     created: float = 0.0
     sources: list[str] = field(default_factory=list)  # files a restore read
+    cluster: bool = False  # written under a cluster-wide tag on request (sync rollbacks use these)
 
 
 def check_tag(tag: str) -> str:
@@ -227,6 +228,7 @@ def write(directory: str, state: ShardState, hook: WriteHook | None = None) -> s
         "version": state.version, "epoch": state.epoch, "mode": state.mode, "created": state.created,
         "data": {"file": data_name, "bytes": size, "sha256": digest},
         "tables": [{"kind": t["kind"], "name": t["name"]} for t in tables],
+        "cluster": bool(state.cluster),
     }
     manifest = dict(body, checksum=_manifest_checksum(body))
     manifest_name = f"{base}.manifest.json"
@@ -294,6 +296,18 @@ def _manifests(directory: str) -> list[tuple[str, str, dict]]:
                 log.warning("ignoring checkpoint manifest %s: %s", path, exc)
                 continue
             out.append((tag, path, manifest))
+    return out
+
+
+def listing(directory: str, shard_index: int, num_shards: int) -> list[dict]:
+    """This shard's own valid checkpoints: ``{"tag", "version", "cluster", "created"}`` each,
+    newest first. Reads manifests only (the data files are checked when restoring)."""
+    if not directory or not os.path.isdir(directory):
+        return []
+    out = [{"tag": tag, "version": m["version"], "cluster": bool(m.get("cluster", False)),
+            "created": float(m.get("created", 0.0))}
+           for tag, _, m in _manifests(directory) if (m["shard_index"], m["num_shards"]) == (shard_index, num_shards)]
+    out.sort(key=lambda c: (c["created"], c["version"]), reverse=True)
     return out
 
 
@@ -434,19 +448,23 @@ def install(shard, state: ShardState) -> None:
 
 
 def prune(directory: str, shard_index: int, num_shards: int, keep: int) -> list[str]:
-    """Delete this shard's checkpoints beyond the newest ``keep``, and its temporary files
-    left by a crash; returns the tags deleted.
+    """Delete this shard's checkpoints beyond the newest ``keep`` (but never its newest
+    cluster checkpoint), and its temporary files left by a crash; returns the tags deleted.
 
     Only this shard's files are touched (manifest first, so a half-pruned checkpoint is
     simply absent); empty tag directories are removed. Call it only between checkpoints
     of this shard. Blocks on disk I/O.
     """
     base = _base(shard_index, num_shards)
-    own = [(m["created"], tag, path) for tag, path, m in _manifests(directory)
+    own = [(m["created"], tag, path, bool(m.get("cluster", False))) for tag, path, m in _manifests(directory)
            if (m["shard_index"], m["num_shards"]) == (shard_index, num_shards)]
     own.sort(reverse=True)
+    # the newest cluster checkpoint is kept whatever K is: a sync rollback returns to it
+    newest_cluster = next((path for _, _, path, cluster in own if cluster), None)
     removed = []
-    for _, tag, path in own[keep:]:
+    for _, tag, path, _ in own[keep:]:
+        if path == newest_cluster:
+            continue
         tag_dir = os.path.dirname(path)
         with contextlib.suppress(OSError):
             os.unlink(path)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ps import checkpoint
 from ps.config import ServerConfig
+from ps.consistency import Mode
 from ps.errors import DeadlineExceededError, FailedPreconditionError
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,12 @@ class Checkpointer:
         topology = self.shard.topology
         return checkpoint.new_tag(prefix) + (f"-s{topology[0]}" if topology else "")
 
-    def checkpoint(self, tag: str | None = None, at_version: int = 0, timeout_s: float | None = None) -> Written:
+    def checkpoint(self, tag: str | None = None, at_version: int = 0, timeout_s: float | None = None,
+                   cluster: bool = False) -> Written:
         """Write one checkpoint now (sync, ``at_version`` > 0: when the shard reaches it).
+
+        ``cluster``: the tag is shared by every shard (a cluster checkpoint, see
+        ``Client.checkpoint``); sync rollbacks return only to such checkpoints.
 
         Blocks: waits for a checkpoint in progress, captures, writes. ``timeout_s`` bounds
         the waits (default ``sync_timeout_s``). Raises FailedPreconditionError without a
@@ -92,6 +97,7 @@ class Checkpointer:
         try:
             left = max(0.0, timeout_s - (time.monotonic() - start))
             state = checkpoint.capture(self.shard, tag, at_version, left)
+            state.cluster = cluster
             path = checkpoint.write(self.config.checkpoint_dir, state, self._hook)
             removed = checkpoint.prune(self.config.checkpoint_dir, state.shard_index, state.num_shards,
                                        self.config.keep_checkpoints)
@@ -112,6 +118,45 @@ class Checkpointer:
             return None
         return self.checkpoint(self._own_tag("final"))
 
+    def rollback(self, rollback_id: str, tag: str | None, version: int, timeout_s: float) -> bool:
+        """Sync rollback while serving (the Restore call): load checkpoint ``tag`` and make it
+        the shard's state (``Shard.rollback``), once per ``rollback_id``. ``tag`` None: no
+        rollback, only stop awaiting one. Returns whether the state was replaced.
+
+        Blocks on disk I/O and (bounded) on pushes being applied; serialized with
+        checkpoints. Raises FailedPreconditionError when the checkpoint is missing, invalid
+        or holds another version; DeadlineExceededError.
+        """
+        if rollback_id in self.shard._rollbacks:
+            return False
+        start = time.monotonic()
+        if not self._lock.acquire(timeout=timeout_s):
+            raise DeadlineExceededError(f"a checkpoint is still being written after {timeout_s:g} s")
+        try:
+            if tag is None:
+                return self.shard.rollback(rollback_id, timeout_s)
+            cfg = self.config
+            topology = self.shard.topology
+            if not self.enabled or topology is None:
+                raise FailedPreconditionError("this shard has no checkpoints to roll back to")
+            state = checkpoint.load(cfg.checkpoint_dir, topology[0], topology[1], checkpoint.check_tag(tag))
+            if state is None or state.version != version:
+                raise FailedPreconditionError(f"shard {topology[0]} has no valid checkpoint {tag!r} at version "
+                                              f"{version}")
+
+            def install_tables(s) -> None:
+                for kind, codec in checkpoint.CODECS.items():
+                    codec.install(s, state.tables.get(kind, []))
+
+            left = max(0.0, timeout_s - (time.monotonic() - start))
+            done = self.shard.rollback(rollback_id, left, state, install_tables)
+            if done:
+                log.warning("rolled back to checkpoint %s (version %d, epoch %d) for %s", tag, version,
+                            self.shard.epoch, rollback_id)
+            return done
+        finally:
+            self._lock.release()
+
     def restore(self) -> checkpoint.ShardState | None:
         """Load the newest valid checkpoint (or ``restore_tag``) into the shard, before
         serving. Blocks on I/O. Returns what was restored, or None (with a warning) when
@@ -127,6 +172,11 @@ class Checkpointer:
             log.warning("no valid checkpoint in %s: starting with an empty shard", cfg.checkpoint_dir)
             return None
         checkpoint.install(self.shard, state)
+        self.shard.restored_from = (state.tag, state.version)
+        if cfg.mode is Mode.SYNC and not cfg.restore_tag:
+            # the other shards may be at another step: the first worker to call decides
+            # whether the cluster rolls back (docs/failure-semantics.md section 3)
+            self.shard.awaiting_rollback = True
         if state.mode not in (cfg.mode.value, "mixed"):
             log.warning("checkpoint %s was taken in %s mode; this server runs %s", state.tag, state.mode,
                         cfg.mode.value)

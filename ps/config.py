@@ -39,6 +39,7 @@ class ServerConfig:
     clip_norm: float = 0.0           # > 0: scale each pushed block's gradient to L2 norm <= this
     replicas_to_aggregate: int = 0   # sync: apply a step once this many workers contributed; 0 = all live
     lease_s: float = 30.0            # a worker silent this long (no call, no heartbeat) leaves; 0 = never
+    max_workers: int = 4096          # worker ids a shard keeps track of; more registrations: RESOURCE_EXHAUSTED
     checkpoint_dir: str | None = None   # where checkpoints go (one sub-directory per checkpoint tag)
     checkpoint_every_s: float = 0.0  # > 0: also checkpoint periodically, in seconds
     keep_checkpoints: int = 3        # this shard keeps its newest K checkpoints
@@ -80,6 +81,8 @@ class ServerConfig:
             raise ValueError("replicas-to-aggregate must be >= 0")
         if self.num_workers and self.replicas_to_aggregate > self.num_workers:
             raise ValueError(f"replicas-to-aggregate {self.replicas_to_aggregate} exceeds num-workers {self.num_workers}")
+        if self.max_workers < 1:
+            raise ValueError(f"max-workers must be >= 1, got {self.max_workers}")
         if not (math.isfinite(self.lease_s) and self.lease_s >= 0):
             raise ValueError(f"lease must be finite and >= 0 seconds, got {self.lease_s}")
         if not (math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0):

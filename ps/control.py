@@ -1,4 +1,4 @@
-"""The control calls of ``ps.v1.ParameterServer``: Heartbeat, Checkpoint and Shutdown.
+"""The control calls of ``ps.v1.ParameterServer``: Heartbeat, Checkpoint, Restore and Shutdown.
 
 A second generic handler for the same service, next to :mod:`ps.service` (gRPC asks each
 handler in turn): leases (``Shard.heartbeat``), checkpoints on request
@@ -14,7 +14,8 @@ import grpc
 
 from ps._proto import ps_pb2
 from ps.checkpointer import Checkpointer
-from ps.errors import InvalidArgumentError
+from ps.consistency import Mode
+from ps.errors import FailedPreconditionError, InvalidArgumentError
 from ps.service import SERVICE_NAME, _handled, _lenient, _remaining
 from ps.shard import Shard
 
@@ -41,8 +42,27 @@ class ControlService:
         """
         if request.at_version < 0:
             raise InvalidArgumentError(f"at_version must be >= 0, got {request.at_version}")
-        written = self.checkpointer.checkpoint(request.tag or None, request.at_version, _remaining(context))
+        written = self.checkpointer.checkpoint(request.tag or None, request.at_version, _remaining(context),
+                                               cluster=bool(request.tag))
         return ps_pb2.CheckpointReply(path=written.path, version=written.version, epoch=written.epoch)
+
+    @_handled
+    def Restore(self, request: ps_pb2.RestoreRequest, context) -> ps_pb2.RestoreReply:
+        """Sync rollback: load checkpoint ``tag`` (which must hold ``version``) while serving,
+        once per ``rollback_id``; ``tag`` "" only ends a wait for the rollback decision.
+
+        Blocks (disk I/O, then until no push is being applied). FAILED_PRECONDITION when
+        this shard has no such checkpoint or is not in sync mode, INVALID_ARGUMENT for a
+        bad tag or id.
+        """
+        if not request.rollback_id or len(request.rollback_id) > 1024:
+            raise InvalidArgumentError("restore needs a rollback_id of at most 1024 characters")
+        if self.shard.config.mode is not Mode.SYNC:
+            raise FailedPreconditionError("Restore (a cluster rollback) is for sync mode only; restart the shard "
+                                          "with --restore instead")
+        restored = self.checkpointer.rollback(request.rollback_id, request.tag or None, request.version,
+                                              _remaining(context))
+        return ps_pb2.RestoreReply(restored=restored, version=self.shard.gate.version, epoch=self.shard.epoch)
 
     @_handled
     def Shutdown(self, request: ps_pb2.ShutdownRequest, context) -> ps_pb2.ShutdownReply:
@@ -60,4 +80,5 @@ class ControlService:
             "Heartbeat": unary(self.Heartbeat, ps_pb2.HeartbeatRequest, ps_pb2.HeartbeatReply),
             "Checkpoint": unary(self.Checkpoint, ps_pb2.CheckpointRequest, ps_pb2.CheckpointReply),
             "Shutdown": unary(self.Shutdown, ps_pb2.ShutdownRequest, ps_pb2.ShutdownReply),
+            "Restore": unary(self.Restore, ps_pb2.RestoreRequest, ps_pb2.RestoreReply),
         })

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
+from ps import checkpoint
 from ps._proto import ps_pb2
 from ps.consistency import Mode
 from ps.errors import InvalidArgumentError, PSError, status_code_of
@@ -138,13 +139,14 @@ class ParameterServerService:
         shard = self.shard
         if request.HasField("topology"):
             shard.adopt_topology(request.topology.shard_index, request.topology.num_shards)
+        fenced = request.resync and shard.unfence(request.worker_id)  # adopts a rollback: the restored clock
         worker, clock, next_seq = shard.register(request.worker_id)
         cfg = shard.config
         return ps_pb2.RegisterReply(
             worker_id=worker, next_seq=next_seq, mode=_MODES[cfg.mode], staleness=cfg.staleness,
             clock=clock, num_workers=cfg.num_workers, server_id=shard.server_id,
             tables=[t.spec.to_proto() for t in list(shard.tables.values())],
-            epoch=shard.epoch, lease_s=cfg.lease_s,
+            epoch=shard.epoch, lease_s=cfg.lease_s, fenced=fenced,
         )
 
     @_handled
@@ -214,7 +216,13 @@ class ParameterServerService:
             mode=_MODES[cfg.mode], staleness=cfg.staleness, version=snap["version"],
             waiting_for=list(snap["waiting_for"]), counters=snap["counters"], server_id=self.shard.server_id,
             epoch=self.shard.epoch, local_plane=self.local_plane.address if self.local_plane is not None else "",
+            awaiting_rollback=self.shard.awaiting_rollback, rollback_id=self.shard.rollback_id,
         )
+        if self.shard.restored_from is not None:
+            reply.restored_tag, reply.restored_version = self.shard.restored_from
+        if request.with_checkpoints and cfg.checkpoint_dir and snap["topology"] is not None:
+            for c in checkpoint.listing(cfg.checkpoint_dir, *snap["topology"]):
+                reply.checkpoints.add(tag=c["tag"], version=c["version"], cluster=c["cluster"], created=c["created"])
         if snap["topology"] is not None:
             reply.topology.shard_index, reply.topology.num_shards = snap["topology"]
         for worker, clock, live, age in snap["workers"]:

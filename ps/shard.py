@@ -33,6 +33,7 @@ from ps.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
 )
 from ps.lease import expired
 from ps.placement import blocks_of_shard
@@ -78,6 +79,13 @@ class Shard:
         self._pending_blocks: set[tuple[DenseTable, Block]] = set()  # sync: blocks with a sum
         self.rows = SparseRows(self)  # sparse tables and the row verbs (ps.sparse_shard)
         self.metrics = None  # ps.shard_metrics.ShardMetrics once serving metrics: observes pushes and waits
+        # sync rollbacks (docs/failure-semantics.md section 3): see rollback()
+        self.generation = 0               # bumps on every rollback: waits in flight end with ABORTED
+        self.fenced: set[int] = set()     # workers that must resync (Register resync=True) after a rollback
+        self.awaiting_rollback = False    # sync, restored at start: refuse pushes and pulls until a Restore
+        self.restored_from: tuple[str, int] | None = None  # (tag, version) of the checkpoint now held
+        self.rollback_id = ""             # the last Restore handled
+        self._rollbacks: list[str] = []   # recent Restore ids handled (a repeat is a no-op)
 
     # -- membership and topology --------------------------------------------------------
 
@@ -99,7 +107,10 @@ class Shard:
                 )
 
     def register(self, worker: int) -> tuple[int, int, int]:
-        """Join (``worker`` >= 0) or get a new id (``worker`` < 0). Returns (id, clock, next_seq)."""
+        """Join (``worker`` >= 0) or get a new id (``worker`` < 0). Returns (id, clock, next_seq).
+
+        Raises ResourceExhaustedError when ``config.max_workers`` ids are already known.
+        """
         with self._cond:
             if worker < 0:
                 while self._next_worker in self.gate.workers:
@@ -107,11 +118,37 @@ class Shard:
                 worker = self._next_worker
             if worker > 1 << 40:
                 raise InvalidArgumentError(f"worker id {worker} is out of range")
+            if worker not in self.gate.workers and len(self.gate.workers) >= self.config.max_workers:
+                raise ResourceExhaustedError(f"this shard already knows {len(self.gate.workers)} workers "
+                                             f"(max-workers {self.config.max_workers})")
             clock = self.gate.register(worker)
             self.last_contact[worker] = self._clock()
             log.info("worker %d registered at clock %d", worker, clock)
             self._cond.notify_all()
             return worker, clock, self.dedup.next_seq(worker)
+
+    def unfence(self, worker: int) -> bool:
+        """A worker resyncs after a rollback: lift its fence. True if it was fenced."""
+        with self._cond:
+            if worker not in self.fenced:
+                return False
+            self.fenced.discard(worker)
+            return True
+
+    def check_current(self, worker: int) -> None:
+        """Call with the lock held before a push or pull. Raises AbortedError while this
+        shard awaits the cluster's rollback decision, or when ``worker`` has not resynced
+        since a rollback (``Register`` with ``resync``). Observers (< 0) pass."""
+        if worker < 0:
+            return
+        if self.awaiting_rollback:
+            tag = self.restored_from[0] if self.restored_from else "?"
+            raise AbortedError(f"shard restored from checkpoint {tag} (epoch {self.epoch}) waits for the cluster's "
+                               "rollback decision: resync and retry the step")
+        if worker in self.fenced:
+            tag, version = self.restored_from or ("?", self.gate.version)
+            raise AbortedError(f"the cluster rolled back to checkpoint {tag} at version {version} (epoch "
+                               f"{self.epoch}): resync and retry the step from a fresh pull")
 
     def leave(self, worker: int) -> None:
         """Leave the quorum; a sync step that only waited for this worker is applied."""
@@ -215,6 +252,43 @@ class Shard:
             install_tables(self)
             self._cond.notify_all()
 
+    def rollback(self, rollback_id: str, timeout_s: float, state=None,
+                 install_tables: Callable[[Shard], None] | None = None) -> bool:
+        """Sync rollback while serving: replace the state with a checkpoint's, once per
+        ``rollback_id`` (a repeat returns False and changes nothing).
+
+        ``state`` (a ``ps.checkpoint.ShardState``; None: no rollback, only stop awaiting
+        one) is installed with the next epoch. Pushes are held until none is being
+        applied; waits in flight end with AbortedError; every worker known before or
+        restored is fenced until it registers with ``resync``; the gate does not
+        fast-forward. Blocks (bounded by ``timeout_s``); raises DeadlineExceededError.
+        """
+        deadline = self._clock() + timeout_s
+        with self._cond:
+            if rollback_id in self._rollbacks:
+                return False
+            try:
+                self.gate.hold()
+                self._wait(lambda: Wait("rollback waits for pushes being applied")
+                           if self.dedup.busy() or self.gate.applying else Proceed(), deadline)
+                if state is not None:
+                    fenced = set(self.gate.workers) | {int(w) for w in state.clocks}
+                    self.rows.discard_pending()
+                    self._pending_blocks = set()
+                    self.install(state.version, state.clocks, state.dedup, self.epoch + 1, install_tables)
+                    self.gate.resyncing = False
+                    self.fenced = fenced
+                    self.restored_from = (state.tag, state.version)
+                    self.generation += 1
+                    self.counters["rollbacks"] += 1
+                self.awaiting_rollback = False
+                self.rollback_id = rollback_id
+                self._rollbacks = [*self._rollbacks[-63:], rollback_id]
+                return state is not None
+            finally:
+                self.gate.release()
+                self._cond.notify_all()
+
     # -- tables -------------------------------------------------------------------------
 
     def create_table(self, spec: TableSpec) -> bool:
@@ -279,6 +353,7 @@ class Shard:
             raise InvalidArgumentError(f"sequence numbers start at 1, got {seq}")
         try:
             with self._cond:  # who before what: a restarted shard says "not registered" first
+                self.check_current(worker)
                 self.gate.check_live(worker)
             targets = self._validate(blocks, grads)
         except Exception:
@@ -321,6 +396,7 @@ class Shard:
             return self.gate.on_push(worker, step, part, num_parts)
 
         with self._cond:
+            self.check_current(worker)
             self.gate.check_live(worker)
             self.last_contact[worker] = self._clock()  # after the check: unknown ids leave no trace
             decision = self._wait(decide, deadline)
@@ -385,10 +461,12 @@ class Shard:
         if not 0 <= part < num_parts:
             raise InvalidArgumentError(f"part {part} of {num_parts} is not a valid part number")
         with self._cond:
+            self.check_current(worker)
             if worker in self.gate.workers:  # unknown ids leave no trace
                 self.last_contact[worker] = self._clock()
             self._wait(lambda: self.gate.on_pull(worker, step), deadline)
             version = self.gate.version
+            generation = self.generation
             # each table once: a request naming one table many times must not multiply the copies
             selected = [self.table(name) for name in dict.fromkeys(tables)]
         known = known or {}
@@ -406,6 +484,8 @@ class Shard:
             _, block_version = table.read_if_newer(block, have, slots[i])
             out.append(PulledBlock(name, block.index, slots[i], block_version))
         with self._cond:
+            if self.generation != generation:
+                raise AbortedError("the cluster rolled back while this pull was copied: retry from a fresh pull")
             self.counters["pulls"] += 1
         return version, out
 
@@ -468,7 +548,11 @@ class Shard:
         applied right here, the (re-entrant) lock held, and ``decide()`` asked again.
         """
         waited_since = None  # when the first Wait came, for the metrics
+        generation = self.generation
         while True:
+            if self.generation != generation:
+                raise AbortedError("the cluster rolled back to a checkpoint while this call waited: "
+                                   "resync and retry the step from a fresh pull")
             result = decide()
             if isinstance(result, StepReady):
                 self._apply_step(result)

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ps.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
+from ps.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
 from ps.sparse_spec import SparseTableSpec
 from ps.sparse_table import SparseTable, sum_duplicates
 
@@ -152,8 +158,14 @@ class SparseRows:
         table = self.table(name)
         if ids.ndim != 1 or ids.dtype != np.int64:
             raise InvalidArgumentError(f"{name}: ids must be a 1-D int64 array")
+        reply_bytes = len(ids) * table.spec.dim * np.dtype(table.spec.dtype).itemsize
+        if reply_bytes > shard.config.max_message_bytes:  # checked before anything is allocated
+            raise ResourceExhaustedError(f"{name}: {len(ids)} rows of {table.spec.dim} would make a reply of "
+                                         f"{reply_bytes} bytes, over max-message-bytes "
+                                         f"{shard.config.max_message_bytes}: pull fewer ids per call")
         table.check_ids(ids)
         with shard._cond:
+            shard.check_current(worker)
             if worker in shard.gate.workers:  # unknown ids leave no trace
                 shard.last_contact[worker] = shard._clock()
             shard._wait(lambda: shard.gate.on_pull(worker, step), deadline)

@@ -71,7 +71,10 @@ class Client:
     Failures (docs/failure-semantics.md): calls that fail with UNAVAILABLE or
     DEADLINE_EXCEEDED are retried with capped exponential backoff (``retry``) and the
     same sequence numbers; a shard that restarted, or that let this worker's lease
-    expire, is joined again under the same id, transparently.
+    expire, is joined again under the same id, transparently. In sync mode, when a shard
+    came back from a checkpoint the cluster rolls back to the newest cluster checkpoint
+    every shard holds, and the step in flight is retried from a fresh pull
+    (``worker.recovery.run_step``).
     """
 
     def __init__(
@@ -320,7 +323,7 @@ class Client:
         InvalidArgumentError (a bad ``out``), DeadlineExceededError (naming the workers
         waited for), UnavailableError.
         """
-        return dense_step.run(self, None, names, out)
+        return recovery.run_step(self, lambda: dense_step.run(self, None, names, out))
 
     def push_pull(self, grads: Mapping[str, np.ndarray], names: Iterable[str] | str | None = None,
                   out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -332,7 +335,8 @@ class Client:
         """
         if names is None:
             names = list(grads)
-        return dense_step.run(self, grads, names, out)
+        return recovery.run_step(self, lambda: dense_step.run(self, grads, names, out), pushes=True,
+                                 pull_again=lambda: dense_step.run(self, None, names, out))
 
     def buffers(self, names: Iterable[str] | str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """``(grads, weights)``: arrays for a step that copies nothing on the worker side.
@@ -361,8 +365,9 @@ class Client:
         one clock tick for the whole model (see :meth:`push_rows`).
         """
         if rows:
-            return sparse_client.push_step(self, grads, rows)
-        dense_step.run(self, grads, None)  # same-host shared memory or gRPC; see worker.dense_step
+            return recovery.run_step(self, lambda: sparse_client.push_step(self, grads, rows), pushes=True)
+        # same-host shared memory or gRPC; see worker.dense_step
+        recovery.run_step(self, lambda: dense_step.run(self, grads, None), pushes=True)
 
     def _group(self, pieces: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
         """Split one shard's blocks into messages of at most ``part_bytes`` (at least one)."""
@@ -465,7 +470,7 @@ class Client:
         InvalidArgumentError (non-integer ids), NotFoundError (unknown table),
         FailedPreconditionError (a dense table), DeadlineExceededError.
         """
-        return sparse_client.pull_rows(self, name, ids)
+        return recovery.run_step(self, lambda: sparse_client.pull_rows(self, name, ids))
 
     def push_rows(self, name: str, ids: Any, grads: np.ndarray) -> None:
         """Push row gradients ``grads`` of shape ``(len(ids), dim)`` for rows ``ids``: one step.
@@ -476,4 +481,4 @@ class Client:
         InvalidArgumentError (row width, dtype, lengths, non-integer ids; checked before
         anything is sent), NotFoundError, FailedPreconditionError, DeadlineExceededError.
         """
-        sparse_client.push_step(self, None, {name: (ids, grads)})
+        recovery.run_step(self, lambda: sparse_client.push_step(self, None, {name: (ids, grads)}), pushes=True)

@@ -14,6 +14,14 @@
   lease on every shard every ``lease / 3`` seconds (or ``heartbeat_s``).
 - **Checkpoints.** :func:`checkpoint` asks every shard to write one, under one tag; in
   sync mode all at the same version.
+- **Sync rollbacks.** A sync shard restored at start refuses pushes and pulls with
+  ABORTED until the cluster decides; so does every shard after a rollback, to a worker
+  that has not resynced. :func:`run_step` catches that ABORTED, :func:`reconcile` decides
+  (shards at different versions: every shard restores the newest cluster checkpoint
+  they all hold, with the Restore call, idempotent per restart; none shared, or all at
+  one version: nothing is rolled back) and resyncs this worker's clock, and the step is
+  retried: a pull pulls again; a push made before a rollback is dropped (its gradient
+  came from weights the cluster no longer has) and a push-pull pulls afresh.
 
 Functions here take the client; they are the Client's internals, not a public API.
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ps import checkpoint as ckpt
@@ -38,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: tries of a cluster checkpoint when a shard had already passed the chosen sync version
 CHECKPOINT_TRIES = 4
+#: tries of one verb that a sync rollback (or a shard awaiting one) answered with ABORTED
+STEP_TRIES = 4
 
 
 def make_channels(client: Client) -> list[ShardChannel]:
@@ -154,3 +165,106 @@ def checkpoint(client: Client, tag: str | None = None) -> dict[str, Any]:
         return {"tag": tag, "version": at if at else None, "paths": [r.path for r in replies],
                 "versions": [r.version for r in replies]}
     raise AssertionError("unreachable")
+
+
+# -- sync rollbacks -------------------------------------------------------------------------
+
+
+def run_step(client: Client, attempt: Callable[[], Any], pushes: bool = False,
+             pull_again: Callable[[], Any] | None = None) -> Any:
+    """``attempt()`` (one verb of the client); in sync mode, an ABORTED from a shard that
+    awaits or made a rollback is handled: :func:`reconcile`, then the step again.
+
+    Without a rollback the same step is resent with the same sequence numbers (shards
+    that took it answer DUPLICATE). After a rollback a push (``pushes``) is dropped, and
+    ``pull_again`` (a push-pull's pull) runs at the restored clock. Blocks; raises
+    AbortedError after :data:`STEP_TRIES` tries, and whatever ``attempt`` raises.
+    """
+    for tries in range(STEP_TRIES):
+        seqs, clock = list(getattr(client, "_next_seq", [])), client.clock
+        try:
+            return attempt()
+        except AbortedError as exc:
+            if client.mode != "sync" or client.observer or tries == STEP_TRIES - 1:
+                raise
+            log.warning("worker %d: step %d aborted (%s); resyncing with the cluster", client.worker_id, clock, exc)
+            if reconcile(client):
+                client.stats["rolled_back"] = client.stats.get("rolled_back", 0) + 1
+                if pushes:
+                    log.warning("worker %d: the cluster rolled back to step %d; the gradient for step %d is dropped",
+                                client.worker_id, client.clock, clock)
+                    return run_step(client, pull_again) if pull_again is not None else None
+            elif seqs:
+                client._next_seq = seqs  # the same step again with the same numbers: exactly once
+                client.clock = clock
+    raise AssertionError("unreachable")
+
+
+def newest_shared(replies: list[ps_pb2.StatusReply]) -> tuple[str, int] | None:
+    """``(tag, version)`` of the newest cluster checkpoint that every shard holds at one
+    version, from Status replies ``with_checkpoints``; None when there is none."""
+    shared: dict[str, tuple[int, float]] | None = None
+    for r in replies:
+        mine = {c.tag: (c.version, c.created) for c in r.checkpoints if c.cluster}
+        if shared is None:
+            shared = mine
+        else:
+            shared = {t: (v, max(c, mine[t][1])) for t, (v, c) in shared.items()
+                      if t in mine and mine[t][0] == v}
+    if not shared:
+        return None
+    tag = max(shared, key=lambda t: (shared[t][0], shared[t][1]))
+    return tag, shared[tag][0]
+
+
+def reconcile(client: Client) -> bool:
+    """Settle a sync rollback and resync this worker; True when the cluster rolled back
+    (``client.clock`` is then the restored step).
+
+    If a shard awaits a rollback decision (restored at start): shards all at one version
+    need none; otherwise every shard restores the newest cluster checkpoint all of them
+    hold (:func:`newest_shared`), or, with none, nothing is rolled back and the restored
+    shard fast-forwards as before (a warning says so). The Restore call carries an id
+    naming the restart, so workers deciding at once do it once. Then this worker
+    registers again with every shard (``resync``), which lifts its fence. Blocks,
+    bounded by the client's timeouts. Raises PSError.
+    """
+    with client._rejoin_lock:
+        chans = client._channels
+        replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest(with_checkpoints=True)) for ch in chans],
+                          client.timeout_s, client.retry)
+        awaiting = [i for i, r in enumerate(replies) if r.awaiting_rollback]
+        if awaiting:
+            rollback_id = ",".join(sorted(f"{replies[i].server_id}:{replies[i].epoch}" for i in awaiting))
+            versions = sorted({r.version for r in replies})
+            shared = newest_shared(replies) if len(versions) > 1 else None
+            if len(versions) == 1:
+                log.warning("shard(s) %s restored from a checkpoint at version %d, the step every shard is at: "
+                            "nothing to roll back", awaiting, versions[0])
+            elif shared is None:
+                log.warning("shard(s) %s restored from a checkpoint, the shards are at versions %s and no cluster "
+                            "checkpoint is shared by all of them: no rollback, the restored shard(s) adopt the "
+                            "workers' step (fast-forward)", awaiting, versions)
+            else:
+                log.warning("shard(s) %s restored from a checkpoint, the shards are at versions %s: the cluster "
+                            "rolls back to checkpoint %s (version %d)", awaiting, versions, *shared)
+            targets = range(len(chans)) if shared is not None else awaiting
+            tag, version = shared if shared is not None else ("", 0)
+            fan_out([(chans[i], chans[i].restore, ps_pb2.RestoreRequest(rollback_id=rollback_id, tag=tag,
+                                                                        version=version)) for i in targets],
+                    client.wait_timeout_s, client.retry)
+        clocks = []
+        for i, ch in enumerate(chans):
+            req = ps_pb2.RegisterRequest(worker_id=client.worker_id, resync=True)
+            req.topology.shard_index, req.topology.num_shards = i, len(chans)
+            reply = call(ch, ch.register, req, client.timeout_s, client.retry)
+            _note_incarnation(client, i, reply.server_id, reply.epoch)
+            if i < len(client._next_seq):
+                client._next_seq[i] = max(client._next_seq[i], reply.next_seq)
+            if reply.fenced:
+                clocks.append(reply.clock)
+        if not clocks:
+            return False
+        client.clock = max(clocks)
+        log.warning("worker %d resumes at step %d after a rollback", client.worker_id, client.clock)
+        return True

@@ -129,6 +129,7 @@ class ShardChannel:
         self.checkpoint = unary(p + "Checkpoint", ps_pb2.CheckpointRequest.SerializeToString,
                                 ps_pb2.CheckpointReply.FromString)
         self.shutdown = unary(p + "Shutdown", ps_pb2.ShutdownRequest.SerializeToString, ps_pb2.ShutdownReply.FromString)
+        self.restore = unary(p + "Restore", ps_pb2.RestoreRequest.SerializeToString, ps_pb2.RestoreReply.FromString)
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the channel connects. Raises UnavailableError after ``timeout_s``."""

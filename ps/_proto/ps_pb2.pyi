@@ -114,15 +114,17 @@ class TableSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., block_elems: _Optional[int] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., init: _Optional[_Union[InitSpec, _Mapping]] = ..., kind: _Optional[_Union[TableKind, str]] = ..., dim: _Optional[int] = ..., max_rows: _Optional[int] = ..., eviction: _Optional[str] = ..., admit_after: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("worker_id", "topology")
+    __slots__ = ("worker_id", "topology", "resync")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     topology: Topology
-    def __init__(self, worker_id: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ...) -> None: ...
+    resync: bool
+    def __init__(self, worker_id: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., resync: _Optional[bool] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("worker_id", "next_seq", "mode", "staleness", "clock", "num_workers", "tables", "server_id", "epoch", "lease_s")
+    __slots__ = ("worker_id", "next_seq", "mode", "staleness", "clock", "num_workers", "tables", "server_id", "epoch", "lease_s", "fenced")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NEXT_SEQ_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +135,7 @@ class RegisterReply(_message.Message):
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    FENCED_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     next_seq: int
     mode: Mode
@@ -143,7 +146,8 @@ class RegisterReply(_message.Message):
     server_id: str
     epoch: int
     lease_s: float
-    def __init__(self, worker_id: _Optional[int] = ..., next_seq: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., clock: _Optional[int] = ..., num_workers: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_s: _Optional[float] = ...) -> None: ...
+    fenced: bool
+    def __init__(self, worker_id: _Optional[int] = ..., next_seq: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., clock: _Optional[int] = ..., num_workers: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_s: _Optional[float] = ..., fenced: _Optional[bool] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("worker_id",)
@@ -342,8 +346,42 @@ class ShutdownReply(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("with_checkpoints",)
+    WITH_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    with_checkpoints: bool
+    def __init__(self, with_checkpoints: _Optional[bool] = ...) -> None: ...
+
+class CheckpointInfo(_message.Message):
+    __slots__ = ("tag", "version", "cluster", "created")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    tag: str
+    version: int
+    cluster: bool
+    created: float
+    def __init__(self, tag: _Optional[str] = ..., version: _Optional[int] = ..., cluster: _Optional[bool] = ..., created: _Optional[float] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("rollback_id", "tag", "version")
+    ROLLBACK_ID_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    rollback_id: str
+    tag: str
+    version: int
+    def __init__(self, rollback_id: _Optional[str] = ..., tag: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RestoreReply(_message.Message):
+    __slots__ = ("restored", "version", "epoch")
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    restored: bool
+    version: int
+    epoch: int
+    def __init__(self, restored: _Optional[bool] = ..., version: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
     __slots__ = ("worker_id", "clock", "live", "last_contact_age_s")
@@ -368,7 +406,7 @@ class TableStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., blocks: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id", "epoch", "sparse_tables", "local_plane")
+    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id", "epoch", "sparse_tables", "local_plane", "checkpoints", "awaiting_rollback", "restored_tag", "restored_version", "rollback_id")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -388,6 +426,11 @@ class StatusReply(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SPARSE_TABLES_FIELD_NUMBER: _ClassVar[int]
     LOCAL_PLANE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    AWAITING_ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_TAG_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_ID_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     staleness: int
     version: int
@@ -400,7 +443,12 @@ class StatusReply(_message.Message):
     epoch: int
     sparse_tables: _containers.RepeatedCompositeFieldContainer[SparseTableStatus]
     local_plane: str
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sparse_tables: _Optional[_Iterable[_Union[SparseTableStatus, _Mapping]]] = ..., local_plane: _Optional[str] = ...) -> None: ...
+    checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointInfo]
+    awaiting_rollback: bool
+    restored_tag: str
+    restored_version: int
+    rollback_id: str
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sparse_tables: _Optional[_Iterable[_Union[SparseTableStatus, _Mapping]]] = ..., local_plane: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ..., awaiting_rollback: _Optional[bool] = ..., restored_tag: _Optional[str] = ..., restored_version: _Optional[int] = ..., rollback_id: _Optional[str] = ...) -> None: ...
 
 class SparseTableStatus(_message.Message):
     __slots__ = ("spec", "rows", "bytes", "evicted")

@@ -94,6 +94,11 @@ class ParameterServerStub:
                 request_serializer=ps_dot___proto_dot_ps__pb2.ShutdownRequest.SerializeToString,
                 response_deserializer=ps_dot___proto_dot_ps__pb2.ShutdownReply.FromString,
                 _registered_method=True)
+        self.Restore = channel.unary_unary(
+                '/ps.v1.ParameterServer/Restore',
+                request_serializer=ps_dot___proto_dot_ps__pb2.RestoreRequest.SerializeToString,
+                response_deserializer=ps_dot___proto_dot_ps__pb2.RestoreReply.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -182,6 +187,13 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Restore(self, request, context):
+        """Sync rollback: load checkpoint `tag` while serving (idempotent per rollback_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -244,6 +256,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Shutdown,
                     request_deserializer=ps_dot___proto_dot_ps__pb2.ShutdownRequest.FromString,
                     response_serializer=ps_dot___proto_dot_ps__pb2.ShutdownReply.SerializeToString,
+            ),
+            'Restore': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restore,
+                    request_deserializer=ps_dot___proto_dot_ps__pb2.RestoreRequest.FromString,
+                    response_serializer=ps_dot___proto_dot_ps__pb2.RestoreReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -570,6 +587,33 @@ class ParameterServer:
             '/ps.v1.ParameterServer/Shutdown',
             ps_dot___proto_dot_ps__pb2.ShutdownRequest.SerializeToString,
             ps_dot___proto_dot_ps__pb2.ShutdownReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ps.v1.ParameterServer/Restore',
+            ps_dot___proto_dot_ps__pb2.RestoreRequest.SerializeToString,
+            ps_dot___proto_dot_ps__pb2.RestoreReply.FromString,
             options,
             channel_credentials,
             insecure,

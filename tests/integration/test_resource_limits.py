@@ -1,0 +1,66 @@
+"""Requests that would make a shard grow without bound are refused with RESOURCE_EXHAUSTED.
+
+- Registering with id -1 (a fresh id each time) stops at ``max_workers`` known ids.
+- A PullRows whose reply (num_ids x dim x itemsize) would pass ``max_message_bytes`` is
+  refused before any row is allocated.
+"""
+
+import grpc
+import numpy as np
+import pytest
+
+from ps._proto import ps_pb2
+from ps.rows_wire import encode_rows
+from worker import Client
+from worker.transport import ShardChannel
+
+
+def register(channel, worker_id):
+    request = ps_pb2.RegisterRequest(worker_id=worker_id)
+    request.topology.shard_index, request.topology.num_shards = 0, 1
+    return channel.register(request, timeout=5)
+
+
+def test_registering_fresh_ids_stops_at_max_workers(shards):
+    with shards(1, mode="async", max_workers=3) as servers:
+        channel = ShardChannel(servers[0].address, 64 << 20)
+        try:
+            ids = [register(channel, -1).worker_id for _ in range(3)]
+            assert sorted(ids) == [0, 1, 2]
+            for worker_id in (-1, 99):
+                with pytest.raises(grpc.RpcError) as info:
+                    register(channel, worker_id)
+                assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "max-workers" in info.value.details()
+            assert register(channel, 1).worker_id == 1  # a known worker may always rejoin
+            status = channel.status(ps_pb2.StatusRequest(), timeout=5)
+            assert len(status.workers) == 3
+        finally:
+            channel.close()
+
+
+def test_pull_rows_reply_over_the_message_limit_is_refused_before_allocating(shards):
+    dim = 1024  # 4 KiB per float32 row: 300 ids ask for 1.2 MiB, over the 1 MiB limit
+    with shards(1, mode="async", max_message_bytes=1 << 20) as servers:
+        address = servers[0].address
+        with Client([address], max_message_bytes=1 << 20, part_bytes=256 << 10, worker_id=0) as ps:
+            ps.create_sparse("emb", dim)
+            channel = ShardChannel(address, 64 << 20)
+            try:
+                for num_ids, ok in ((200, True), (300, False), (1 << 16, False)):
+                    ids = np.arange(num_ids, dtype=np.int64)
+                    header = ps_pb2.RowsHeader(worker_id=0, step=0, table="emb", num_ids=num_ids)
+                    request = encode_rows(header, ids, None)
+                    if ok:
+                        reply_header, _ = channel.pull_rows(request, timeout=10)
+                        assert reply_header.num_ids == num_ids
+                        continue
+                    with pytest.raises(grpc.RpcError) as info:
+                        channel.pull_rows(request, timeout=10)
+                    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "max-message-bytes" in info.value.details()
+            finally:
+                channel.close()
+            # the client splits big pulls into calls under the limit: still served
+            rows = ps.pull_rows("emb", np.arange(3000))
+            assert rows.shape == (3000, dim) and not rows.any()
