@@ -111,7 +111,31 @@ class _Family:
         raise NotImplementedError
 
 
-class Counter(_Family):
+class _Scalar(_Family):
+    """One float per label set: what counters and gauges share. Thread-safe."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
+        super().__init__(name, documentation, labelnames)
+        self._values: dict[LabelValues, float] = {} if labelnames else {(): 0.0}  # unlabelled: 0 from the start
+
+    def _add(self, amount: float, labels: dict[str, object]) -> None:
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def value(self, **labels: object) -> float:
+        """The current value of one series (0 if never set)."""
+        key = self._key(labels)
+        with self._lock:
+            return self._values.get(key, 0.0)
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            items = sorted(self._values.items())
+        return [f"{self.name}{_labels_text(self.labelnames, k)} {format_value(v)}" for k, v in items]
+
+
+class Counter(_Scalar):
     """A value that only goes up (events, bytes, seconds spent). Thread-safe."""
 
     kind = "counter"
@@ -120,36 +144,18 @@ class Counter(_Family):
         if not name.endswith("_total"):
             raise ValueError(f"counter {name!r} must end in _total")
         super().__init__(name, documentation, labelnames)
-        self._values: dict[LabelValues, float] = {} if labelnames else {(): 0.0}  # unlabelled: 0 from the start
 
     def inc(self, amount: float = 1.0, **labels: object) -> None:
         """Add ``amount`` (>= 0) to the series with these labels. Raises ValueError."""
         if amount < 0:
             raise ValueError(f"{self.name}: a counter cannot decrease (inc by {amount})")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: object) -> float:
-        """The current value of one series (0 if never incremented)."""
-        key = self._key(labels)
-        with self._lock:
-            return self._values.get(key, 0.0)
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels_text(self.labelnames, k)} {format_value(v)}" for k, v in items]
+        self._add(amount, labels)
 
 
-class Gauge(_Family):
+class Gauge(_Scalar):
     """A value that goes up and down (a loss, a queue length, bytes held). Thread-safe."""
 
     kind = "gauge"
-
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, documentation, labelnames)
-        self._values: dict[LabelValues, float] = {} if labelnames else {(): 0.0}
 
     def set(self, value: float, **labels: object) -> None:
         key = self._key(labels)
@@ -157,19 +163,7 @@ class Gauge(_Family):
             self._values[key] = float(value)
 
     def inc(self, amount: float = 1.0, **labels: object) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: object) -> float:
-        key = self._key(labels)
-        with self._lock:
-            return self._values.get(key, 0.0)
-
-    def lines(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_labels_text(self.labelnames, k)} {format_value(v)}" for k, v in items]
+        self._add(amount, labels)
 
 
 class Histogram(_Family):

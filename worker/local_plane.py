@@ -30,6 +30,7 @@ import socket
 import grpc
 import numpy as np
 
+from ps.local_plane import recv_exact
 from ps.errors import PSError, UnavailableError, from_status
 from ps.spec import TableSpec
 from ps.wire import (
@@ -112,18 +113,6 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
             and a.dtype == b.dtype and b.flags.c_contiguous)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if not k:
-            raise ConnectionError("the shard closed the connection")
-        got += k
-    return bytes(buf)
-
-
 class LocalConnection:
     """One unix-socket connection to a shard, with the region it attached."""
 
@@ -154,11 +143,11 @@ class LocalConnection:
 
     def receive(self) -> tuple[bytes, int, int]:
         """``(message, push outcome, push version)``; raises the shard's error as a PSError."""
-        head = _recv_exact(self.sock, LOCAL_REPLY_SIZE)
+        head = recv_exact(self.sock, LOCAL_REPLY_SIZE)
         _, status, length, outcome, version = unpack_local_reply(head)
         if length > LOCAL_MAX_MESSAGE:
             raise ConnectionError("malformed reply from the shard")
-        body = _recv_exact(self.sock, length) if length else b""
+        body = recv_exact(self.sock, length) if length else b""
         if status:
             raise from_status(_CODES.get(status, grpc.StatusCode.UNKNOWN), body.decode(errors="replace"))
         return body, outcome, version
