@@ -29,13 +29,13 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "ps.v1.ParameterServer"
 _MODES = {Mode.ASYNC: ps_pb2.ASYNC, Mode.SYNC: ps_pb2.SYNC, Mode.SSP: ps_pb2.SSP}
-_OUTCOMES = {
+#: a push's outcome on the wire (also used by ps.local_plane)
+OUTCOMES = {
     "applied": ps_pb2.APPLIED,
     "accumulated": ps_pb2.ACCUMULATED,
     "duplicate": ps_pb2.DUPLICATE,
     "stale": ps_pb2.STALE,
 }
-OUTCOMES = _OUTCOMES  # public name for ps.local_plane
 
 
 def _remaining(context: grpc.ServicerContext, default: float = 3600.0) -> float:
@@ -169,7 +169,7 @@ class ParameterServerService:
         ids, grads = split_rows(header, payload, with_ids=True, with_values=True)
         result = self.shard.rows.push(header.worker_id, header.seq, header.step, header.part,
                                       max(1, header.num_parts), header.table, ids, grads, _remaining(context))
-        return ps_pb2.PushReply(outcome=_OUTCOMES[result.outcome], version=result.version)
+        return ps_pb2.PushReply(outcome=OUTCOMES[result.outcome], version=result.version)
 
     @_handled
     def PullRows(self, request, context) -> bytes:
