@@ -24,7 +24,7 @@ import numpy as np
 
 from ps.clipping import clip_by_norm
 from ps.config import ServerConfig
-from ps.consistency import Accumulate, ConsistencyGate, Mode, Proceed, Stale, StepReady, Wait
+from ps.consistency import Accumulate, ConsistencyGate, Stale, StepReady, Wait
 from ps.dedup import DedupTable, Seen
 from ps.errors import (
     AbortedError,
@@ -33,10 +33,10 @@ from ps.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
-    ResourceExhaustedError,
 )
-from ps.lease import expired
 from ps.placement import blocks_of_shard
+from ps.shard_membership import ShardMembership
+from ps.shard_recovery import ShardRecovery
 from ps.spec import TableSpec
 from ps.sparse_shard import SparseRows
 from ps.table import Block, DenseTable
@@ -58,7 +58,10 @@ class PulledBlock:
     version: int
 
 
-class Shard:
+class Shard(ShardMembership, ShardRecovery):
+    """One shard: membership (:mod:`ps.shard_membership`), checkpoints and rollbacks
+    (:mod:`ps.shard_recovery`), dense tables, push and pull, sync steps, status."""
+
     def __init__(self, config: ServerConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.server_id = uuid.uuid4().hex
@@ -86,208 +89,6 @@ class Shard:
         self.restored_from: tuple[str, int] | None = None  # (tag, version) of the checkpoint now held
         self.rollback_id = ""             # the last Restore handled
         self._rollbacks: list[str] = []   # recent Restore ids handled (a repeat is a no-op)
-
-    # -- membership and topology --------------------------------------------------------
-
-    def adopt_topology(self, shard_index: int, num_shards: int) -> None:
-        """Take the client's view of where this shard sits, or check it agrees.
-
-        Raises FailedPreconditionError when it disagrees with what this shard already is.
-        """
-        if num_shards < 1 or not 0 <= shard_index < num_shards:
-            raise InvalidArgumentError(f"topology: shard {shard_index} of {num_shards} is impossible")
-        with self._cond:
-            if self.topology is None:
-                self.topology = (shard_index, num_shards)
-            elif self.topology != (shard_index, num_shards):
-                have = self.topology
-                raise FailedPreconditionError(
-                    f"this server is shard {have[0]} of {have[1]}, but the client addressed it as shard "
-                    f"{shard_index} of {num_shards}: every worker must list the servers in the same order"
-                )
-
-    def register(self, worker: int) -> tuple[int, int, int]:
-        """Join (``worker`` >= 0) or get a new id (``worker`` < 0). Returns (id, clock, next_seq).
-
-        Raises ResourceExhaustedError when ``config.max_workers`` ids are already known.
-        """
-        with self._cond:
-            if worker < 0:
-                while self._next_worker in self.gate.workers:
-                    self._next_worker += 1
-                worker = self._next_worker
-            if worker > 1 << 40:
-                raise InvalidArgumentError(f"worker id {worker} is out of range")
-            if worker not in self.gate.workers and len(self.gate.workers) >= self.config.max_workers:
-                raise ResourceExhaustedError(f"this shard already knows {len(self.gate.workers)} workers "
-                                             f"(max-workers {self.config.max_workers})")
-            clock = self.gate.register(worker)
-            self.last_contact[worker] = self._clock()
-            log.info("worker %d registered at clock %d", worker, clock)
-            self._cond.notify_all()
-            return worker, clock, self.dedup.next_seq(worker)
-
-    def unfence(self, worker: int) -> bool:
-        """A worker resyncs after a rollback: lift its fence. True if it was fenced."""
-        with self._cond:
-            if worker not in self.fenced:
-                return False
-            self.fenced.discard(worker)
-            return True
-
-    def check_current(self, worker: int) -> None:
-        """Call with the lock held before a push or pull. Raises AbortedError while this
-        shard awaits the cluster's rollback decision, or when ``worker`` has not resynced
-        since a rollback (``Register`` with ``resync``). Observers (< 0) pass."""
-        if worker < 0:
-            return
-        if self.awaiting_rollback:
-            tag = self.restored_from[0] if self.restored_from else "?"
-            raise AbortedError(f"shard restored from checkpoint {tag} (epoch {self.epoch}) waits for the cluster's "
-                               "rollback decision: resync and retry the step")
-        if worker in self.fenced:
-            tag, version = self.restored_from or ("?", self.gate.version)
-            raise AbortedError(f"the cluster rolled back to checkpoint {tag} at version {version} (epoch "
-                               f"{self.epoch}): resync and retry the step from a fresh pull")
-
-    def leave(self, worker: int) -> None:
-        """Leave the quorum; a sync step that only waited for this worker is applied."""
-        with self._cond:
-            if worker not in self.gate.workers:
-                raise NotFoundError(f"worker {worker} is not registered with this shard")
-            ready = self.gate.leave(worker)
-            log.info("worker %d left", worker)
-            self._cond.notify_all()
-        if ready:
-            self._apply_step(ready)
-
-    def heartbeat(self, worker: int) -> int:
-        """Renew ``worker``'s lease; returns the epoch. Raises FailedPreconditionError when
-        the worker is not registered or left (register again to rejoin)."""
-        with self._cond:
-            self.gate.check_live(worker)
-            self.last_contact[worker] = self._clock()
-            return self.epoch
-
-    def expire_leases(self) -> list[int]:
-        """Make every live worker silent for longer than ``config.lease_s`` leave the quorum.
-
-        Logs one line per worker, naming it. Returns their ids. Called by the
-        :class:`~ps.lease.LeaseKeeper`; may apply a sync step that only waited for them.
-        """
-        with self._cond:
-            now = self._clock()
-            gone = expired(self.last_contact, self.gate.live_workers(), now, self.config.lease_s)
-            ready = None
-            for worker in gone:
-                log.warning("worker %d missed its lease: silent for %.1f s (lease %.1f s); it leaves the quorum "
-                            "and may register again to rejoin", worker, now - self.last_contact[worker],
-                            self.config.lease_s)
-                ready = self.gate.leave(worker) or ready
-                self.counters["lease_expired"] += 1
-            if gone:
-                self._cond.notify_all()
-        if ready:
-            self._apply_step(ready)
-        return gone
-
-    # -- checkpoints --------------------------------------------------------------------
-
-    def capture(self, at_version: int, timeout_s: float, export: Callable[[Shard], object]) -> tuple[dict, object]:
-        """A consistent copy of the state, for a checkpoint: ``(bookkeeping, export(self))``.
-
-        Holds new pushes, waits (bounded) until none is being applied and no sync step is
-        being applied, then calls ``export`` with the shard's lock held (it copies the
-        tables) and releases the pushes. In sync mode with ``at_version`` > 0 it first
-        waits for the shard to reach that version, holding pushes for later steps, so
-        every shard of a cluster checkpoint captures the same step. The bookkeeping
-        (version, worker clocks, dedup table, epoch, topology) leaves out contributions
-        to a sync step still open: a checkpoint holds applied steps only.
-
-        Raises AbortedError when the shard is already past ``at_version``,
-        DeadlineExceededError when a wait runs out.
-        """
-        deadline = self._clock() + timeout_s
-        sync = self.gate.mode is Mode.SYNC
-        with self._cond:
-            try:
-                if sync and at_version > 0:
-                    if self.gate.version > at_version:
-                        raise AbortedError(f"shard is at version {self.gate.version}, past {at_version}")
-                    self.gate.hold(from_step=at_version)
-                    self._wait(lambda: Proceed() if self.gate.version >= at_version else Wait(
-                        f"checkpoint at version {at_version} waits for step {self.gate.version}",
-                        self.gate.waiting_for()), deadline)
-                    if self.gate.version > at_version:
-                        raise AbortedError(f"shard is at version {self.gate.version}, past {at_version}")
-                self.gate.hold()
-                self._wait(lambda: Wait("checkpoint waits for pushes being applied")
-                           if self.dedup.busy() or self.gate.applying else Proceed(), deadline)
-                version, clocks = self.gate.export()
-                meta = {
-                    "version": version, "clocks": clocks, "epoch": self.epoch, "topology": self.topology,
-                    "dedup": self.dedup.export(without=self._step_seqs if sync else ()),
-                    "mode": self.config.mode.value,
-                }
-                return meta, export(self)
-            finally:
-                self.gate.release()
-                self._cond.notify_all()
-
-    def install(self, version: int, clocks: dict[int, int], dedup: dict | None, epoch: int,
-                install_tables: Callable[[Shard], None]) -> None:
-        """Replace the state with a restored checkpoint's (before serving).
-
-        Workers come back live with a fresh lease; the gate adopts the cluster's step if
-        workers turn out to be ahead (``ConsistencyGate.resyncing``). ``dedup`` None
-        starts an empty dedup table (restoring onto another shard count).
-        """
-        with self._cond:
-            self.gate.load(version, clocks)
-            self.dedup = DedupTable.restore(dedup) if dedup is not None else DedupTable()
-            self.epoch = epoch
-            now = self._clock()
-            self.last_contact = {w: now for w in clocks}
-            self._step_seqs = []
-            install_tables(self)
-            self._cond.notify_all()
-
-    def rollback(self, rollback_id: str, timeout_s: float, state=None,
-                 install_tables: Callable[[Shard], None] | None = None) -> bool:
-        """Sync rollback while serving: replace the state with a checkpoint's, once per
-        ``rollback_id`` (a repeat returns False and changes nothing).
-
-        ``state`` (a ``ps.checkpoint.ShardState``; None: no rollback, only stop awaiting
-        one) is installed with the next epoch. Pushes are held until none is being
-        applied; waits in flight end with AbortedError; every worker known before or
-        restored is fenced until it registers with ``resync``; the gate does not
-        fast-forward. Blocks (bounded by ``timeout_s``); raises DeadlineExceededError.
-        """
-        deadline = self._clock() + timeout_s
-        with self._cond:
-            if rollback_id in self._rollbacks:
-                return False
-            try:
-                self.gate.hold()
-                self._wait(lambda: Wait("rollback waits for pushes being applied")
-                           if self.dedup.busy() or self.gate.applying else Proceed(), deadline)
-                if state is not None:
-                    fenced = set(self.gate.workers) | {int(w) for w in state.clocks}
-                    self.rows.discard_pending()
-                    self._pending_blocks = set()
-                    self.install(state.version, state.clocks, state.dedup, self.epoch + 1, install_tables)
-                    self.gate.resyncing = False
-                    self.fenced = fenced
-                    self.restored_from = (state.tag, state.version)
-                    self.generation += 1
-                    self.counters["rollbacks"] += 1
-                self.awaiting_rollback = False
-                self.rollback_id = rollback_id
-                self._rollbacks = [*self._rollbacks[-63:], rollback_id]
-                return state is not None
-            finally:
-                self.gate.release()
-                self._cond.notify_all()
 
     # -- tables -------------------------------------------------------------------------
 

@@ -24,18 +24,14 @@ import numpy as np
 
 from ps._proto import ps_pb2
 from ps.config import DEFAULT_MAX_MESSAGE_BYTES
-from ps.errors import FailedPreconditionError, NotFoundError
 from ps.optim import OptimizerSpec
-from ps.placement import block_shard
 from ps.spec import DEFAULT_BLOCK_ELEMS, InitSpec, TableSpec
-from ps.wire import encode_framed, wire_dtype
 from ps.sparse_spec import SparseTableSpec
-from worker import dense_step, recovery, sparse_client
+from worker import dense_step, recovery, registration, sparse_client, table_directory
+from worker.shard_status import shard_status
 from worker.transport import RetryPolicy, ShardChannel, call, fan_out
 
 log = logging.getLogger(__name__)
-
-_MODES = {ps_pb2.ASYNC: "async", ps_pb2.SYNC: "sync", ps_pb2.SSP: "ssp"}
 
 
 class Client:
@@ -162,49 +158,14 @@ class Client:
         self._channels = recovery.make_channels(self)
         self._state = "open"
         try:
-            for ch in self._channels:
-                ch.wait_ready(self.connect_timeout_s)
-            n = len(self._channels)
-            first = self._register(0, -1 if self._requested_id is None else self._requested_id)
-            if self.observer:  # observers only read status: they never join a shard's quorum
-                replies = [first] + [self._register(i, -1) for i in range(1, n)]
-            else:
-                replies = [first] + fan_out(
-                    [(self._channels[i], self._channels[i].register, self._register_request(i, first.worker_id))
-                     for i in range(1, n)],
-                    self.timeout_s, self.retry,
-                )
+            replies = registration.register_everywhere(self)
         except BaseException:
             self.close()
             raise
-        modes = {r.mode for r in replies}
-        if len(modes) != 1:
-            self.close()
-            raise FailedPreconditionError(f"servers disagree on the mode: {sorted(_MODES[m] for m in modes)}")
-        self.worker_id = first.worker_id
-        self.mode = _MODES[first.mode]
-        self.clock = max(r.clock for r in replies)
-        self._next_seq = [r.next_seq for r in replies]
-        for r in replies:
-            for spec in r.tables:
-                self._learn(TableSpec.from_proto(spec))
-        log.info("worker %d joined %d shard(s) in %s mode at clock %d", self.worker_id, n, self.mode, self.clock)
+        registration.adopt(self, replies)
         recovery.after_connect(self, replies)
         dense_step.attach_local(self)
         return self
-
-    def _register_request(self, shard: int, worker_id: int) -> ps_pb2.RegisterRequest:
-        req = ps_pb2.RegisterRequest(worker_id=worker_id if not self.observer else -1)
-        req.topology.shard_index, req.topology.num_shards = shard, len(self._channels)
-        return req
-
-    def _register(self, shard: int, worker_id: int) -> ps_pb2.RegisterReply:
-        ch = self._channels[shard]
-        if self.observer:
-            reply = call(ch, ch.status, ps_pb2.StatusRequest(), self.timeout_s, self.retry)
-            return ps_pb2.RegisterReply(worker_id=-1, mode=reply.mode, tables=[t.spec for t in reply.tables],
-                                        server_id=reply.server_id, epoch=reply.epoch)
-        return call(ch, ch.register, self._register_request(shard, worker_id), self.timeout_s, self.retry)
 
     def close(self) -> None:
         """Leave the quorum (so sync steps stop waiting for this worker) and disconnect.
@@ -289,25 +250,11 @@ class Client:
         Raises NotFoundError for a table that does not exist.
         """
         if name not in self._specs:
-            ch = self._channels[0]
-            reply = call(ch, ch.status, ps_pb2.StatusRequest(), self.timeout_s, self.retry)
-            for t in reply.tables:
-                self._learn(TableSpec.from_proto(t.spec))
-            if name not in self._specs and any(t.spec.name == name for t in reply.sparse_tables):
-                raise FailedPreconditionError(f"table {name!r} is sparse: use pull_rows/push_rows")
-            if name not in self._specs:
-                raise NotFoundError(f"unknown table {name!r}")
+            table_directory.fetch_spec(self, name)
         return self._specs[name]
 
     def _learn(self, spec: TableSpec) -> None:
-        if spec.name in self._specs:
-            return
-        n = len(self._channels)
-        owned: list[list[int]] = [[] for _ in range(n)]
-        for b in range(spec.num_blocks):
-            owned[block_shard(spec.name, b, n)].append(b)
-        self._specs[spec.name] = spec
-        self._placement[spec.name] = owned
+        table_directory.learn(self, spec)  # where its blocks live
 
     # -- pull and push ------------------------------------------------------------------
 
@@ -369,31 +316,6 @@ class Client:
         # same-host shared memory or gRPC; see worker.dense_step
         recovery.run_step(self, lambda: dense_step.run(self, grads, None), pushes=True)
 
-    def _group(self, pieces: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
-        """Split one shard's blocks into messages of at most ``part_bytes`` (at least one)."""
-        groups: list[list[tuple[str, int]]] = [[]]
-        size = 0
-        for name, b in pieces:
-            spec = self._specs[name]
-            nbytes = spec.block_elems * np.dtype(spec.dtype).itemsize
-            if groups[-1] and size + nbytes > self.part_bytes:
-                groups.append([])
-                size = 0
-            groups[-1].append((name, b))
-            size += nbytes
-        return groups
-
-    def _encode_push(self, group, flat, seq: int, part: int, num_parts: int) -> bytes:
-        header = ps_pb2.PushHeader(worker_id=self.worker_id, seq=seq, step=self.clock, part=part,
-                                   num_parts=num_parts)
-        buffers = []
-        for name, b in group:
-            spec = self._specs[name]
-            start, stop = spec.block_range(b)
-            header.blocks.add(table=name, block=b, dtype=wire_dtype(spec.dtype), count=stop - start)
-            buffers.append(flat[name][start:stop])
-        return encode_framed(header.SerializeToString(), buffers)
-
     # -- checkpoints ----------------------------------------------------------------------
 
     def checkpoint(self, tag: str | None = None) -> dict[str, Any]:
@@ -419,27 +341,7 @@ class Client:
         self._require_open()
         replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest()) for ch in self._channels],
                           self.timeout_s, self.retry)
-        return [
-            {
-                "address": ch.address,
-                "mode": _MODES.get(r.mode, "unknown"),
-                "version": r.version,
-                "server_id": r.server_id,
-                "epoch": r.epoch,          # > 0: restored from a checkpoint that many times
-                "workers": [
-                    {"id": w.worker_id, "clock": w.clock, "live": w.live, "last_contact_age_s": w.last_contact_age_s}
-                    for w in r.workers
-                ],
-                "tables": [
-                    {"name": t.spec.name, "shape": tuple(t.spec.shape), "blocks": t.blocks, "bytes": t.bytes}
-                    for t in r.tables
-                ],
-                "waiting_for": list(r.waiting_for),
-                "counters": dict(r.counters),
-                "sparse_tables": sparse_client.sparse_status(r),
-            }
-            for ch, r in zip(self._channels, replies)
-        ]
+        return [shard_status(ch.address, r) for ch, r in zip(self._channels, replies)]
 
     # -- sparse tables (worker.sparse_client) ---------------------------------------------
 

@@ -32,7 +32,7 @@ from ps.sparse_optim import gather_rows, scatter_rows
 from ps.sparse_spec import SparseTableSpec
 from ps.sparse_table import sum_duplicates, unique_inverse
 from ps.spec import InitSpec
-from ps.wire import wire_dtype
+from ps.wire import encode_framed, wire_dtype
 from worker.dense_step import flatten_grads
 from worker.transport import call, fan_out
 
@@ -185,20 +185,48 @@ def push_step(client: Client, grads: Mapping[str, Any] | None,
     calls = []
     for shard, ch in enumerate(client._channels):
         pieces = [(name, b) for name in flat for b in client._placement[name][shard]]
-        groups = client._group(pieces) if pieces else []
+        groups = _group(client, pieces) if pieces else []
         if not groups and not row_msgs[shard]:
             if client.mode == "async":
                 continue
             groups = [[]]  # sync and ssp: every shard hears from every worker each step
         num_parts = len(groups) + len(row_msgs[shard])
         for part, group in enumerate(groups):
-            calls.append((ch, ch.push, client._encode_push(group, flat, _next_seq(client, shard), part, num_parts)))
+            calls.append((ch, ch.push, _encode_push(client, group, flat, _next_seq(client, shard), part, num_parts)))
         for part, (spec, ids, values) in enumerate(row_msgs[shard], start=len(groups)):
             header = ps_pb2.RowsHeader(worker_id=client.worker_id, seq=_next_seq(client, shard), step=client.clock,
                                        part=part, num_parts=num_parts, table=spec.name, num_ids=len(ids),
                                        dim=spec.dim, dtype=wire_dtype(spec.dtype))
             calls.append((ch, ch.push_rows, encode_rows(header, ids, values)))
     _advance(client, fan_out(calls, client.wait_timeout_s, client.retry))
+
+
+def _group(client: Client, pieces: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """Split one shard's dense blocks into messages of at most ``client.part_bytes`` (at least one)."""
+    groups: list[list[tuple[str, int]]] = [[]]
+    size = 0
+    for name, b in pieces:
+        spec = client._specs[name]
+        nbytes = spec.block_elems * np.dtype(spec.dtype).itemsize
+        if groups[-1] and size + nbytes > client.part_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, b))
+        size += nbytes
+    return groups
+
+
+def _encode_push(client: Client, group, flat, seq: int, part: int, num_parts: int) -> bytes:
+    """One framed Push message carrying ``group``'s blocks of the flat gradients ``flat``. No I/O."""
+    header = ps_pb2.PushHeader(worker_id=client.worker_id, seq=seq, step=client.clock, part=part,
+                               num_parts=num_parts)
+    buffers = []
+    for name, b in group:
+        spec = client._specs[name]
+        start, stop = spec.block_range(b)
+        header.blocks.add(table=name, block=b, dtype=wire_dtype(spec.dtype), count=stop - start)
+        buffers.append(flat[name][start:stop])
+    return encode_framed(header.SerializeToString(), buffers)
 
 
 def _next_seq(client: Client, shard: int) -> int:
