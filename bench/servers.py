@@ -28,28 +28,34 @@ def ps_servers(n: int, *args: str, per_server=None, timeout_s: float = 30.0) -> 
             )
             procs.append(p)
         for p in procs:
-            line = _readline(p, timeout_s)
+            line = readline(p, timeout_s)
             if not line.startswith("ps-server listening on "):
                 raise RuntimeError(f"ps-server did not start: {line!r}")
             addresses.append(line.rsplit(" ", 1)[1].strip())
         yield addresses
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop(procs)
 
 
-def _readline(p: subprocess.Popen, timeout_s: float) -> str:
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every process, wait (10 s each), then SIGKILL the ones still running. Blocks."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def readline(p: subprocess.Popen, timeout_s: float) -> str:
+    """The process's next stdout line. Raises RuntimeError if none comes within ``timeout_s``."""
     import selectors
 
     sel = selectors.DefaultSelector()
     sel.register(p.stdout, selectors.EVENT_READ)
     if not sel.select(timeout_s):
-        raise RuntimeError(f"ps-server printed nothing within {timeout_s:g} s")
+        raise RuntimeError(f"{p.args[0]} printed nothing within {timeout_s:g} s")
     return p.stdout.readline()

@@ -36,7 +36,8 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench.servers import REPO, readline, stop
+
 ECHO = "/bench.Echo/"
 
 
@@ -71,32 +72,18 @@ def serve_echo() -> None:
 def processes(commands: list[list[str]], prefix: str, env: dict | None = None,
               timeout_s: float = 30.0) -> Iterator[list[tuple[str, int]]]:
     """Start each command; wait (bounded) for its ``<prefix> ... ADDRESS`` line; yield (address, pid)."""
-    import selectors
-
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env) for cmd in commands]
     try:
         out = []
         for p in procs:
-            sel = selectors.DefaultSelector()
-            sel.register(p.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout_s):
-                raise RuntimeError(f"{commands[0]} printed nothing within {timeout_s:g} s")
-            line = p.stdout.readline()
+            line = readline(p, timeout_s)
             if not line.startswith(prefix):
                 raise RuntimeError(f"unexpected first line {line!r}")
             last = line.rsplit(" ", 1)[1].strip()
             out.append((last if ":" in last else f"127.0.0.1:{last}", p.pid))
         yield out
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        stop(procs)
 
 
 def rss_bytes(pid: int) -> int:

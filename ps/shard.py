@@ -37,7 +37,7 @@ from ps.errors import (
 from ps.placement import blocks_of_shard
 from ps.shard_membership import ShardMembership
 from ps.shard_recovery import ShardRecovery
-from ps.spec import TableSpec
+from ps.spec import TableSpec, exists_alike
 from ps.sparse_shard import SparseRows
 from ps.table import Block, DenseTable
 
@@ -102,14 +102,7 @@ class Shard(ShardMembership, ShardRecovery):
         with self._cond:
             if self.topology is None:
                 raise FailedPreconditionError("shard topology unknown: register or give it with the request")
-            if spec.name in self.rows.tables:
-                raise AlreadyExistsError(f"table {spec.name!r} exists as a sparse table")
-            existing = self.tables.get(spec.name)
-            if existing is not None:
-                if existing.spec != spec:
-                    raise AlreadyExistsError(
-                        f"table {spec.name!r} exists with a different spec: have {existing.spec}, asked {spec}"
-                    )
+            if exists_alike(spec, self.tables, self.rows.tables, "sparse"):
                 return False
             index, count = self.topology
         owned = blocks_of_shard(spec.name, spec.num_blocks, index, count)

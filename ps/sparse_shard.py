@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ps.errors import (
-    AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -29,6 +28,7 @@ from ps.errors import (
 )
 from ps.sparse_spec import SparseTableSpec
 from ps.sparse_table import SparseTable, sum_duplicates
+from ps.spec import exists_alike
 
 if TYPE_CHECKING:
     from ps.shard import PushResult, Shard
@@ -69,14 +69,7 @@ class SparseRows:
         with shard._cond:
             if shard.topology is None:
                 raise FailedPreconditionError("shard topology unknown: register or give it with the request")
-            if spec.name in shard.tables:
-                raise AlreadyExistsError(f"table {spec.name!r} exists as a dense table")
-            existing = self.tables.get(spec.name)
-            if existing is not None:
-                if existing.spec != spec:
-                    raise AlreadyExistsError(
-                        f"sparse table {spec.name!r} exists with a different spec: have {existing.spec}, asked {spec}"
-                    )
+            if exists_alike(spec, self.tables, shard.tables, "dense"):
                 return False
             index, count = shard.topology
             self.tables[spec.name] = SparseTable(spec, index, count)  # rows are lazy: cheap

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ps._proto import ps_pb2
-from ps.errors import InvalidArgumentError
+from ps.errors import AlreadyExistsError, InvalidArgumentError
 from ps.optim import OptimizerSpec
 from ps.placement import table_hash
 from ps.wire import np_dtype, wire_dtype
@@ -137,3 +138,19 @@ class TableSpec:
         )
         spec.validate()
         return spec
+
+
+def exists_alike(spec, mine: Mapping, others: Mapping, other_kind: str) -> bool:
+    """Whether ``mine`` already holds a table with exactly ``spec`` (create is then a no-op).
+
+    False when the name is free. Raises AlreadyExistsError when ``mine`` holds the name
+    with another spec, or ``others`` (the tables of ``other_kind``) holds it at all.
+    """
+    if spec.name in others:
+        raise AlreadyExistsError(f"table {spec.name!r} exists as a {other_kind} table")
+    existing = mine.get(spec.name)
+    if existing is None:
+        return False
+    if existing.spec != spec:
+        raise AlreadyExistsError(f"table {spec.name!r} exists with a different spec: have {existing.spec}, asked {spec}")
+    return True

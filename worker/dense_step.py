@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 # attach_local, close_local and buffers are Client's entry points to the data plane;
 # flatten_grads is shared with worker.sparse_client
-__all__ = ["attach_local", "buffers", "close_local", "flatten_grads", "run"]
+__all__ = ["advance_clock", "attach_local", "buffers", "close_local", "flatten_grads", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,16 @@ def run(client: Client, grads: Mapping[str, Any] | None, names: Iterable[str] | 
             client._next_seq[p.shard] += 1
     outcomes = _execute(client, parts, flat, pull_names, dest, pull_step)
     if flat is not None:
-        _advance_clock(client, outcomes)
+        advance_clock(client, outcomes)
     if pull_names is None:
         return None
     given = out or {}
     return {n: given[n] if given.get(n) is not None else dest[n].reshape(client._specs[n].shape) for n in pull_names}
 
 
-def _advance_clock(client: Client, outcomes: list[tuple[int, int]]) -> None:
-    """Count outcomes and move the clock one step (or to the cluster's, after a stale push)."""
+def advance_clock(client: Client, outcomes: list[tuple[int, int]]) -> None:
+    """Count ``(outcome, version)`` pairs of one step's pushes and move the clock one step
+    (or to the cluster's, after a stale push). Does not block."""
     stale_version = None
     for outcome, version in outcomes:
         name = ps_pb2.Outcome.Name(outcome).lower()

@@ -17,7 +17,6 @@ Like the client, not thread-safe: one client per thread.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +32,12 @@ from ps.sparse_spec import SparseTableSpec
 from ps.sparse_table import sum_duplicates, unique_inverse
 from ps.spec import InitSpec
 from ps.wire import encode_framed, wire_dtype
-from worker.dense_step import flatten_grads
+from worker.dense_step import advance_clock, flatten_grads
 from worker.transport import call, fan_out
 
 if TYPE_CHECKING:
     from worker.client import Client
 
-log = logging.getLogger(__name__)
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -198,7 +196,8 @@ def push_step(client: Client, grads: Mapping[str, Any] | None,
                                        part=part, num_parts=num_parts, table=spec.name, num_ids=len(ids),
                                        dim=spec.dim, dtype=wire_dtype(spec.dtype))
             calls.append((ch, ch.push_rows, encode_rows(header, ids, values)))
-    _advance(client, fan_out(calls, client.wait_timeout_s, client.retry))
+    replies = fan_out(calls, client.wait_timeout_s, client.retry)
+    advance_clock(client, [(r.outcome, r.version) for r in replies])
 
 
 def _group(client: Client, pieces: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
@@ -233,22 +232,6 @@ def _next_seq(client: Client, shard: int) -> int:
     seq = client._next_seq[shard]
     client._next_seq[shard] += 1
     return seq
-
-
-def _advance(client: Client, replies: list) -> None:
-    """Count outcomes and move the clock one step (or to the cluster's, after a stale push)."""
-    stale_version = None
-    for reply in replies:
-        outcome = ps_pb2.Outcome.Name(reply.outcome).lower()
-        client.stats[outcome] = client.stats.get(outcome, 0) + 1
-        if reply.outcome == ps_pb2.STALE:
-            stale_version = max(stale_version or 0, reply.version)
-    if stale_version is not None:
-        log.warning("worker %d's gradient for step %d was stale; resuming at step %d",
-                    client.worker_id, client.clock, stale_version)
-        client.clock = max(client.clock + 1, stale_version)
-    else:
-        client.clock += 1
 
 
 def sparse_status(reply: ps_pb2.StatusReply) -> list[dict[str, Any]]:

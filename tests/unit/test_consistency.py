@@ -6,8 +6,9 @@ from ps.consistency import Accumulate, ConsistencyGate, Mode, Proceed, Stale, St
 from ps.errors import FailedPreconditionError, InvalidArgumentError
 
 
-def sync_gate(workers=3, expected=0):
-    gate = ConsistencyGate(Mode.SYNC, num_workers=expected)
+def sync_gate(workers=3, expected=0, k=0):
+    """A sync gate with ``workers`` registered; ``expected`` cluster size, ``k`` backup quorum."""
+    gate = ConsistencyGate(Mode.SYNC, num_workers=expected, replicas_to_aggregate=k)
     for w in range(workers):
         gate.register(w)
     return gate

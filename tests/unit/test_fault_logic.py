@@ -7,18 +7,9 @@ from ps.clipping import clip_by_norm
 from ps.consistency import Accumulate, ConsistencyGate, Mode, Proceed, Stale, StepReady, Wait
 from ps.dedup import DedupTable
 from ps.lease import expired
+from tests.unit.test_consistency import contribute, sync_gate
 
 
-def sync_gate(workers, k=0):
-    gate = ConsistencyGate(Mode.SYNC, replicas_to_aggregate=k)
-    for w in range(workers):
-        gate.register(w)
-    return gate
-
-
-def contribute(gate, worker, step=0):
-    assert gate.on_push(worker, step, 0, 1) == Accumulate(step)
-    return gate.on_part_done(worker, step)
 
 
 def test_backup_workers_apply_once_k_contributed_and_late_ones_are_stale():
