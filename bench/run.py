@@ -28,6 +28,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: issue 4's numbers for ps-lite (C++, ZeroMQ), measured on this kind of VM: not re-measured here
 PSLITE = {"system": "ps-lite (C++, ZeroMQ) [from the issue, not measured in this run]",
           "4KiB": (1800, 5000), "1MiB": (1.8, 2.8), "16MiB": (1.6, 1.9), "128MiB": (0.9, 1.1)}
+#: issue 4's GB/s for the peers this run also measures, for the ceiling-scaled comparison
+QUOTED_PEERS = {"torch rpc PS": {"1MiB": (1.3, 2.2), "16MiB": (2.5, 3.1), "128MiB": (1.0, 1.1)},
+                "Ray actor PS": {"1MiB": (0.35, 0.38), "16MiB": (1.7, 2.2), "128MiB": (4.7, 5.5)}}
 
 
 def systems(quick: bool) -> list[tuple[str, list[str], str]]:
@@ -121,7 +124,8 @@ def _fmt(size: str, r: dict | None) -> str:
     return f"{r['gb_per_s']:.2f}"
 
 
-def tables(results: list[dict], sizes: list[str]) -> str:
+def tables(results: list[dict], sizes: list[str], ceiling: float | None = None) -> str:
+    """The markdown tables; ``ceiling`` is this run's memory ceiling (GB/s, :mod:`bench.ceiling`)."""
     by = {(r["key"], r["size"]): r for r in results}
     keys = list(dict.fromkeys(r["key"] for r in results))
     head = "| system | " + " | ".join(("4 KiB steps/s" if s == "4KiB" else f"{s[:-3]} MiB GB/s") for s in sizes) + " |"
@@ -133,6 +137,9 @@ def tables(results: list[dict], sizes: list[str]) -> str:
         lo, hi = PSLITE[s]
         lo_hi.append(f"{lo:,}-{hi:,}" if s == "4KiB" else f"{lo}-{hi}")
     lines.append(f"| {PSLITE['system']} | " + " | ".join(lo_hi) + " |")
+    if ceiling:
+        lines.append("| NumPy copy of 128 MiB into a warm buffer, one process (memory ceiling, this run) | "
+                     + " | ".join(f"{ceiling:.2f}" if s == "128MiB" else "" for s in sizes) + " |")
     # ratios: the project's best path at each size against each peer
     ps_keys = [k for k in keys if k.startswith("ps ")]
     peers = [k for k in keys if not k.startswith("ps ")]
@@ -160,7 +167,37 @@ def tables(results: list[dict], sizes: list[str]) -> str:
                  if (two, s) in by and (one, s) in by else "-" for s in sizes]
         if any(c != "-" for c in cells):
             lines.append(f"| {two} | {one} | " + " | ".join(cells) + " |")
+    if ceiling:
+        lines += scaled(by, ps_keys, sizes, ceiling)
     return "\n".join(lines)
+
+
+def scaled(by: dict, ps_keys: list[str], sizes: list[str], ceiling: float) -> list[str]:
+    """Lines comparing this run with issue 4's quoted peers, each as a fraction of its own run's ceiling.
+
+    The quoted numbers were measured when a 128 MiB copy ran at ``ISSUE_CEILING_GB_S``;
+    this run's ceiling is ``ceiling``. Latency (4 KiB) has no such yardstick: left out.
+    """
+    from bench.ceiling import ISSUE_CEILING_GB_S
+
+    big = [s for s in sizes if s != "4KiB"]
+    best = {s: max((by[(k, s)]["gb_per_s"] for k in ps_keys if (k, s) in by), default=None) for s in big}
+    quoted = {**QUOTED_PEERS, "ps-lite": {s: PSLITE[s] for s in big}}
+    lines = ["", f"Against issue 4's quoted peers, each as a fraction of its run's memory ceiling "
+             f"(this run {ceiling:.2f} GB/s, the issue's {ISSUE_CEILING_GB_S:g} GB/s). "
+             "Project's best path / peer's quoted high (low); > 1 means the project is faster:", "",
+             "| peer (quoted) | " + " | ".join(big) + " |", "|---|" + "---:|" * len(big)]
+    for peer, q in quoted.items():
+        cells = []
+        for s in big:
+            if best[s] is None:
+                cells.append("-")
+                continue
+            ours = best[s] / ceiling
+            lo, hi = (x / ISSUE_CEILING_GB_S for x in q[s])
+            cells.append(f"{ours / hi:.2f} ({ours / lo:.2f})")
+        lines.append(f"| {peer} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
@@ -181,6 +218,9 @@ def main() -> None:
     sizes = args.sizes.split(",")
     started = datetime.datetime.now(datetime.timezone.utc)
     info = machine()
+    from bench.ceiling import measure
+
+    info["memory_ceiling_start"] = measure()
     print(f"machine: {info}", file=sys.stderr, flush=True)
     results: list[dict] = []
     notes: list[str] = []
@@ -197,11 +237,13 @@ def main() -> None:
 
         training = train.run_all(quick=args.quick)
     info["loadavg_end"] = os.getloadavg()
+    info["memory_ceiling_end"] = measure()
+    ceiling = min(info["memory_ceiling_start"]["copy_warm_gb_s"], info["memory_ceiling_end"]["copy_warm_gb_s"])
     settings = {"quick": args.quick, "seconds_per_size": args.seconds, "sizes": sizes,
                 "started_utc": started.isoformat(timespec="seconds"),
                 "wall_s": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
                 "command": " ".join(["python -m bench.run", *sys.argv[1:]])}
-    table = tables(results, sizes)
+    table = tables(results, sizes, ceiling)
     md = [f"# Benchmark run {settings['started_utc']}", "",
           f"Command: `{settings['command']}`; wall {settings['wall_s']} s.", "",
           "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "", table, ""]
