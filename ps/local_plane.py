@@ -85,6 +85,7 @@ class _Connection:
         self.sock = sock
         self.region: mmap.mmap | None = None
         self.view: memoryview | None = None
+        self.readonly: memoryview | None = None  # the same memory, for gradients
         self.layout: dict[str, tuple[int, int, int]] = {}  # table -> (push offset, pull offset, bytes)
 
     def attach(self, fd: int, size: int, layout_json: bytes) -> None:
@@ -104,6 +105,7 @@ class _Connection:
             os.close(fd)
         self.release()
         self.region, self.view, self.layout = region, memoryview(region), layout
+        self.readonly = self.view.toreadonly()
 
     def _place(self, shard: Shard, name: str, block: int, count: int, dtype, push: bool) -> np.ndarray:
         """The array of block ``block`` of ``name`` in the push or pull area (checked)."""
@@ -112,13 +114,11 @@ class _Connection:
         entry = self.layout.get(name)
         if entry is None:
             raise InvalidArgumentError(f"table {name!r} has no place in the worker's shared memory")
-        spec = shard.table(name).spec
-        start = block * spec.block_elems * dtype.itemsize
+        start = block * shard.table(name).spec.block_elems * dtype.itemsize
         if block < 0 or count < 0 or start + count * dtype.itemsize > entry[2]:
             raise InvalidArgumentError(f"{name}[block {block}] lies outside its place in shared memory")
-        base = entry[0] if push else entry[1]
-        view = self.view.toreadonly() if push else self.view
-        return np.frombuffer(view, dtype=dtype, count=count, offset=base + start)
+        return np.frombuffer(self.readonly if push else self.view, dtype=dtype, count=count,
+                             offset=(entry[0] if push else entry[1]) + start)
 
     def grads(self, shard: Shard, header: ps_pb2.PushHeader) -> list[np.ndarray]:
         return [self._place(shard, ref.table, ref.block, ref.count, np_dtype(ref.dtype), True) for ref in header.blocks]
@@ -130,14 +130,18 @@ class _Connection:
         return into
 
     def release(self) -> None:
-        if self.view is not None:
-            self.view.release()
+        for view in (self.readonly, self.view):
+            if view is not None:
+                try:
+                    view.release()
+                except BufferError:  # an array of a call in flight still views it
+                    pass
         if self.region is not None:
             try:
                 self.region.close()
             except BufferError:  # arrays of a call in flight still view it: GC unmaps it
                 pass
-        self.region = self.view = None
+        self.region = self.view = self.readonly = None
 
 
 class LocalPlane:
@@ -258,11 +262,11 @@ class LocalPlane:
                 pull, outcome, version = ps_pb2.PullHeader.FromString(body), 0, 0
             else:
                 raise InvalidArgumentError(f"unknown local request kind {kind}")
-            token = known_token(shard)
             known = None
-            if flags & LOCAL_FLAG_KNOWN and pull.known and their_token == token:
+            if flags & LOCAL_FLAG_KNOWN and pull.known and their_token == known_token(shard):
                 known = {(r.table, r.block): r.version for r in pull.known}
             reply_header, _ = pull_blocks(shard, pull, timeout_s, known, conn.slot(shard))
+            token = reply_header.state_token  # the token the versions in the reply belong to
             return pack_local_reply(kind, with_token(token, reply_header.SerializeToString()), 0, outcome, version)
         except PSError as exc:
             return pack_local_reply(kind, str(exc).encode(), status_code_of(exc).value[0])

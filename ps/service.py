@@ -115,15 +115,15 @@ def pull_blocks(shard: Shard, h: ps_pb2.PullHeader, timeout_s: float,
     """Pull for a PullHeader: ``(PullReplyHeader, blocks)``, see :meth:`Shard.pull`."""
     version, blocks = shard.pull(h.worker_id, h.step, list(h.tables), h.part, max(1, h.num_parts), timeout_s,
                                  known=known, into=into)
-    dtypes = {}
-    for name in set(h.tables):
-        dtype = np.dtype(shard.table(name).spec.dtype)
-        dtypes[name] = (wire_dtype(dtype), dtype.itemsize)
+    tables = {}
     header = ps_pb2.PullReplyHeader(version=version, state_token=known_token(shard))
     add = header.blocks.add
     for b in blocks:
-        wire, itemsize = dtypes[b.table]
-        add(table=b.table, block=b.block, dtype=wire, count=memoryview(b.data).nbytes // itemsize, version=b.version)
+        t = tables.get(b.table)
+        if t is None:
+            t = tables[b.table] = shard.table(b.table)
+        count = b.data.size if isinstance(b.data, np.ndarray) else len(b.data) // t.itemsize
+        add(table=b.table, block=b.block, dtype=t.wire_dtype, count=count, version=b.version)
     return header, blocks
 
 

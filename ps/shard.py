@@ -264,7 +264,7 @@ class Shard(ShardMembership, ShardRecovery):
             # each table once: a request naming one table many times must not multiply the copies
             selected = [self.table(name) for name in dict.fromkeys(tables)]
         known = known or {}
-        picked = [(t, t.blocks[i]) for t in selected for i in sorted(t.blocks) if i % num_parts == part]
+        picked = [(t, b) for t in selected for b in t.part_blocks(part, num_parts)]
         slots = [into(t.spec.name, b) for t, b in picked] if into is not None else None
         out = []
         for i, (table, block) in enumerate(picked):

@@ -16,6 +16,7 @@ import numpy as np
 from ps.errors import FailedPreconditionError, InvalidArgumentError
 from ps.optim import Optimizer, make_optimizer
 from ps.spec import TableSpec
+from ps.wire import wire_dtype
 
 
 class Block:
@@ -52,8 +53,22 @@ class DenseTable:
 
     def __init__(self, spec: TableSpec, blocks: dict[int, Block], optimizer: Optimizer) -> None:
         self.spec = spec
-        self.blocks = blocks
+        self.blocks = blocks  # fixed once the table is built
         self.optimizer = optimizer
+        dtype = np.dtype(spec.dtype)
+        self.wire_dtype = wire_dtype(dtype)
+        self.itemsize = dtype.itemsize
+        self._parts: dict[tuple[int, int], list[Block]] = {}
+
+    def part_blocks(self, part: int, num_parts: int) -> list[Block]:
+        """The owned blocks with ``index % num_parts == part``, by index (remembered: a loop asks again)."""
+        key = (part, num_parts)
+        picked = self._parts.get(key)
+        if picked is None:
+            if len(self._parts) > 64:
+                self._parts.clear()
+            picked = self._parts[key] = [self.blocks[i] for i in sorted(self.blocks) if i % num_parts == part]
+        return picked
 
     @classmethod
     def create(cls, spec: TableSpec, owned: Iterable[int]) -> DenseTable:
