@@ -12,7 +12,6 @@ Pure: no I/O, nothing blocks. Not thread-safe (a Client is one worker).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -122,7 +121,9 @@ def cached_plan(client: Client, push, pull, local: list[bool]) -> list[Part] | N
             planned.sort(key=lambda p: (p.part, p.shard))
         cache[key] = planned
     planned = cache[key]
-    return None if planned is None else [dataclasses.replace(p) for p in planned]
+    if planned is None:
+        return None
+    return [Part(p.shard, p.part, p.num_parts, p.push, p.pull, p.pull_blocks) for p in planned]  # fresh seq each
 
 
 def headers(client: Client, p: Part, pull_step: int):
