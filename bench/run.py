@@ -39,6 +39,7 @@ def systems(quick: bool) -> list[tuple[str, list[str], str]]:
         ("ps shm buffers", ["bench.peers.project", "--path", "shm", "--api", "buffers", "--shards", "1,2"], "ps"),
         ("ps shm", ["bench.peers.project", "--path", "shm", "--shards", "1,2"], "ps"),
         ("ps grpc-tcp", ["bench.peers.project", "--path", "tcp", "--shards", "1,2"], "ps"),
+        ("ps stream-tcp", ["bench.peers.project", "--path", "stream", "--shards", "1,2"], "ps"),
         ("ps grpc-uds x1", ["bench.peers.project", "--path", "uds", "--shards", "1"], "ps"),
         ("ps shm push+pull x1", ["bench.peers.project", "--path", "shm", "--api", "split", "--shards", "1"], "ps"),
         ("grpc echo tcp", ["bench.peers.grpc_echo"], "baseline"),
@@ -148,7 +149,7 @@ def tables(results: list[dict], sizes: list[str], ceiling: float | None = None) 
     lines.append("| project | vs | " + " | ".join(s for s in sizes) + " |")
     lines.append("|---|---|" + "---:|" * len(sizes))
     for pk in [k for k in ps_keys if k in ("ps shm buffers x1", "ps shm buffers x2", "ps shm x1", "ps shm x2",
-                                           "ps grpc-tcp x1")]:
+                                           "ps grpc-tcp x1", "ps stream-tcp x1", "ps stream-tcp x2")]:
         for peer in peers:
             cells = []
             for s in sizes:
@@ -162,7 +163,8 @@ def tables(results: list[dict], sizes: list[str], ceiling: float | None = None) 
             cells.append(f"{metric(s, a) / lo:.2f} / {metric(s, a) / hi:.2f}" if a else "-")
         lines.append(f"| {pk} | ps-lite (issue's low / high) | " + " | ".join(cells) + " |")
     for two, one in (("ps shm buffers x2", "ps shm buffers x1"), ("ps shm x2", "ps shm x1"),
-                     ("ps grpc-tcp x2", "ps grpc-tcp x1")):
+                     ("ps grpc-tcp x2", "ps grpc-tcp x1"), ("ps stream-tcp x2", "ps stream-tcp x1"),
+                     ("ps stream-tcp x1", "ps grpc-tcp x1"), ("ps stream-tcp x2", "ps grpc-tcp x2")):
         cells = [f"{metric(s, by[(two, s)]) / metric(s, by[(one, s)]):.2f}"
                  if (two, s) in by and (one, s) in by else "-" for s in sizes]
         if any(c != "-" for c in cells):

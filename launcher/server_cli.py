@@ -50,6 +50,11 @@ def build_parser(environ=None) -> EnvArgumentParser:
                    help="also serve gRPC on this unix socket (workers give unix:PATH as the address)")
     p.add_argument("--no-local-plane", action="store_true",
                    help="do not offer same-host workers the shared-memory data plane (gRPC only)")
+    p.add_argument("--no-stream-plane", action="store_true",
+                   help="do not offer workers on other hosts the raw TCP data plane (payloads over gRPC); "
+                        "never offered with TLS")
+    p.add_argument("--stream-port", type=int, default=0,
+                   help="TCP port of that data plane, on --host; 0 lets the OS choose (fix it for containers)")
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's default allocator settings (see ps.allocator)")
     server_safety.add_arguments(p)
@@ -65,6 +70,7 @@ def config_from_args(args) -> ServerConfig:
         num_workers=args.num_workers, sync_timeout_s=args.sync_timeout, shard_index=args.shard_index,
         num_shards=args.num_shards, nonfinite=args.nonfinite, max_message_bytes=args.max_message_bytes,
         threads=args.threads, grace_s=args.grace, uds=args.uds or None, local_plane=not args.no_local_plane,
+        stream_plane=not args.no_stream_plane, stream_port=args.stream_port,
         **server_safety.config_fields(args), **metrics_flags.server_config_fields(args),
     )
     cfg.validate()

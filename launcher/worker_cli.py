@@ -98,10 +98,13 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
                         ".npy or libsvm file, glob or URL; every worker must give the same")
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over this worker's shard of the data")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per gradient")
-    p.add_argument("--optimizer", default=d.optimizer, help="server-side optimizer: sgd, momentum, adagrad or adam")
+    p.add_argument("--optimizer", default=d.optimizer,
+                   help="server-side optimizer: sgd, momentum, adagrad, adam or ftrl (FTRL-Proximal)")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (per step)")
     p.add_argument("--momentum", type=float, default=None, help="momentum optimizer: momentum factor (None: 0.9)")
     p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay added to every gradient (None: 0)")
+    p.add_argument("--l1", type=float, default=None, help="ftrl optimizer: L1 strength, gives exact zeros (None: 0)")
+    p.add_argument("--l2", type=float, default=None, help="ftrl optimizer: L2 strength (None: 0)")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="fixes the initial weights, the held-out split and the batch order; same on every worker")
     p.add_argument("--device", default=d.device, help=f"where gradients are computed: {' or '.join(DEVICES)}")
@@ -116,7 +119,7 @@ def training_argv(args: argparse.Namespace) -> list[str]:
     """The command-line flags that reproduce the training flags of parsed ``args``."""
     out = []
     for flag in ("--model", "--hidden", "--data", "--epochs", "--batch-size", "--optimizer", "--lr", "--momentum",
-                 "--weight-decay", "--seed", "--device", "--num-features", "--num-classes"):
+                 "--weight-decay", "--l1", "--l2", "--seed", "--device", "--num-features", "--num-classes"):
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             out += [flag, str(value)]
@@ -144,6 +147,11 @@ def train_config_from_args(args: argparse.Namespace, *, rank: int = 0, num_worke
         options["momentum"] = args.momentum
     if args.weight_decay is not None:
         options["weight_decay"] = args.weight_decay
+    for name in ("l1", "l2"):
+        if getattr(args, name) is not None:
+            if args.optimizer != "ftrl":
+                raise ValueError(f"--{name} only applies to --optimizer ftrl, not {args.optimizer!r}")
+            options[name] = getattr(args, name)
     cfg = TrainConfig(model=args.model, hidden=hidden, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
                       optimizer=args.optimizer, lr=args.lr, optimizer_options=tuple(sorted(options.items())),
                       seed=args.seed, device=args.device, rank=rank, num_workers=num_workers,
@@ -152,7 +160,7 @@ def train_config_from_args(args: argparse.Namespace, *, rank: int = 0, num_worke
     try:
         cfg.validate()
     except PSError as exc:  # an optimizer setting: name the flags
-        raise ValueError(f"--optimizer/--lr/--momentum/--weight-decay: {exc}") from None
+        raise ValueError(f"--optimizer/--lr/--momentum/--weight-decay/--l1/--l2: {exc}") from None
     return cfg
 
 

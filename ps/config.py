@@ -33,6 +33,8 @@ class ServerConfig:
     grace_s: float = 5.0             # on stop, how long in-flight calls may finish
     uds: str | None = None           # also serve gRPC on this unix socket path ("unix:PATH" for clients)
     local_plane: bool = True         # same-host workers may move tensors through shared memory
+    stream_plane: bool = True        # other hosts may move tensors over raw TCP (ps.stream_plane); not with TLS
+    stream_port: int = 0             # the stream plane's TCP port on host; 0: the OS picks
     metrics_port: int = 0            # > 0: serve Prometheus metrics on this HTTP port (ps.shard_metrics); 0 = off
     metrics_host: str | None = None  # address for the metrics port; None: the same as host
     # -- fault tolerance and safety (docs/failure-semantics.md) --
@@ -70,6 +72,8 @@ class ServerConfig:
             raise ValueError("max-message-bytes must be at least 1 MiB")
         if not 0 <= self.metrics_port <= 65535 or (self.metrics_port and self.metrics_port == self.port):
             raise ValueError(f"metrics-port must be in [0, 65535] and not the gRPC port, got {self.metrics_port}")
+        if not 0 <= self.stream_port <= 65535 or (self.stream_port and self.stream_port in (self.port, self.metrics_port)):
+            raise ValueError(f"stream-port must be in [0, 65535] and not another port of the server, got {self.stream_port}")
         if self.threads < 2:
             raise ValueError("threads must be >= 2")
 

@@ -64,7 +64,8 @@ class DropReplies(grpc.ServerInterceptor):
         self._lock = threading.Lock()
         self.dropped = 0
 
-    def _drop_now(self) -> bool:
+    def drop_now(self) -> bool:
+        """Count one handled push; True when its reply is to be lost (also asked by ps.stream_plane)."""
         with self._lock:
             self._count += 1
             if self._count % self._every:
@@ -80,7 +81,7 @@ class DropReplies(grpc.ServerInterceptor):
 
         def behavior(request, context):
             reply = inner(request, context)
-            if self._drop_now():
+            if self.drop_now():
                 log.warning("fault injection: dropping the reply of a push that was handled")
                 context.abort(grpc.StatusCode.UNAVAILABLE, "fault injection: reply lost after the push was handled")
             return reply

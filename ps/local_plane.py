@@ -21,7 +21,8 @@ service's: the same :class:`~ps.shard.Shard` calls, exactly-once by ``(worker, s
 the same validation and status codes.
 
 :class:`LocalPlane` serves one thread per connection (a worker opens one connection per
-call it keeps in flight); ``start()`` binds, ``stop()`` closes everything. Thread-safe.
+call it keeps in flight; :class:`~ps.socket_server.SocketServer`); ``start()`` binds,
+``stop()`` closes everything. Thread-safe.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import mmap
 import os
 import socket
 import struct
-import threading
 import uuid
 
 import grpc
@@ -43,6 +43,7 @@ from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError, PSError, status_code_of
 from ps.service import OUTCOMES, known_token, pull_blocks
 from ps.shard import Shard
+from ps.socket_server import SocketServer
 from ps.wire import (
     LOCAL_ATTACH,
     LOCAL_FLAG_KNOWN,
@@ -144,91 +145,54 @@ class _Connection:
         self.region = self.view = self.readonly = None
 
 
-class LocalPlane:
+class LocalPlane(SocketServer):
     """Serves a :class:`Shard` to same-host workers over a unix socket and shared memory.
 
     The constructor does no I/O. ``address`` (after :meth:`start`) is an abstract unix
     socket name, ``"unix-abstract:NAME"``; workers learn it from the Status call.
     """
 
+    thread_prefix = "ps-local"
+
     def __init__(self, shard: Shard) -> None:
+        super().__init__()
         self.shard = shard
         self._name = f"grpc-ps-{shard.server_id}-{uuid.uuid4().hex[:8]}"
-        self._listener: socket.socket | None = None
-        self._connections: set[_Connection] = set()
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
 
     @property
     def address(self) -> str:
         return f"unix-abstract:{self._name}"
 
-    def start(self) -> LocalPlane:
-        """Bind and accept in a daemon thread. Raises OSError when unix sockets are unavailable."""
+    def listen(self) -> socket.socket:
+        """The abstract unix socket. Raises OSError when unix sockets are unavailable."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind("\0" + self._name)
         listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, name="ps-local-accept", daemon=True).start()
-        return self
+        return listener
 
-    def stop(self) -> None:
-        """Close the listener and every connection. Idempotent."""
-        self._closed.set()
-        if self._listener is not None:
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._listener.close()
-        with self._lock:
-            conns = list(self._connections)
-        for c in conns:
-            try:
-                c.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+    def admit(self, sock: socket.socket) -> _Connection | None:
+        if not _same_user(sock):
+            log.warning("refused a data-plane connection from another user")
+            return None
+        return _Connection(sock)
 
-    def _accept(self) -> None:
-        assert self._listener is not None
-        while not self._closed.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except OSError:
-                return
-            if not _same_user(sock):
-                log.warning("refused a data-plane connection from another user")
-                sock.close()
-                continue
-            conn = _Connection(sock)
-            with self._lock:
-                self._connections.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="ps-local-conn", daemon=True).start()
+    def release(self, conn: _Connection) -> None:
+        conn.release()
 
-    def _serve(self, conn: _Connection) -> None:
+    def serve(self, conn: _Connection) -> None:
         sock = conn.sock
-        try:
-            while not self._closed.is_set():
-                msg, fds, _, _ = sock.recvmsg(LOCAL_REQUEST_SIZE, socket.CMSG_SPACE(4))
-                if not msg:
-                    return
-                if len(msg) < LOCAL_REQUEST_SIZE:
-                    msg += recv_exact(sock, LOCAL_REQUEST_SIZE - len(msg))
-                fd = _fd_from(fds)
-                kind, flags, length, timeout_s, po, pb, qo, qc = unpack_local_request(msg)
-                if length > LOCAL_MAX_MESSAGE:
-                    return  # not our protocol: drop the connection
-                body = recv_exact(sock, length) if length else b""
-                sock.sendall(self._handle(conn, kind, flags, body, timeout_s, po, pb, qo, qc, fd))
-        except (ConnectionError, OSError):
-            return
-        except Exception:
-            log.exception("local data plane connection failed")
-        finally:
-            with self._lock:
-                self._connections.discard(conn)
-            conn.release()
-            sock.close()
+        while not self.stopped:
+            msg, fds, _, _ = sock.recvmsg(LOCAL_REQUEST_SIZE, socket.CMSG_SPACE(4))
+            if not msg:
+                return
+            if len(msg) < LOCAL_REQUEST_SIZE:
+                msg += recv_exact(sock, LOCAL_REQUEST_SIZE - len(msg))
+            fd = _fd_from(fds)
+            kind, flags, length, timeout_s, po, pb, qo, qc = unpack_local_request(msg)
+            if length > LOCAL_MAX_MESSAGE:
+                return  # not our protocol: drop the connection
+            body = recv_exact(sock, length) if length else b""
+            sock.sendall(self._handle(conn, kind, flags, body, timeout_s, po, pb, qo, qc, fd))
 
     def _handle(self, conn: _Connection, kind: int, flags: int, body: bytes, timeout_s: float,
                 po: int, pb: int, qo: int, qc: int, fd: int | None) -> bytes:
@@ -252,7 +216,8 @@ class LocalPlane:
                 header = ps_pb2.PushHeader.FromString(body)
                 grads = conn.grads(shard, header)
                 result = shard.push(header.worker_id, header.seq, header.step, header.part, max(1, header.num_parts),
-                                    [(ref.table, ref.block) for ref in header.blocks], grads, timeout_s)
+                                    [(ref.table, ref.block) for ref in header.blocks], grads, timeout_s,
+                                    header.session)
                 outcome, version = OUTCOMES[result.outcome], result.version
                 if kind == LOCAL_PUSH:
                     reply = ps_pb2.PushReply(outcome=outcome, version=version)

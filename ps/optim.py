@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError
 
 
@@ -35,6 +36,9 @@ class OptimizerSpec:
     eps: float = 1e-8              # adagrad, adam
     weight_decay: float = 0.0      # all
     initial_accumulator: float = 0.0  # adagrad
+    l1: float = 0.0                # ftrl
+    l2: float = 0.0                # ftrl
+    beta: float = 1.0              # ftrl
 
     def validate(self) -> None:
         """Raises InvalidArgumentError for an unknown name or an out-of-range value."""
@@ -52,6 +56,16 @@ class OptimizerSpec:
             raise InvalidArgumentError(f"adam betas must be in [0, 1), got {self.beta1}, {self.beta2}")
         if self.eps <= 0 or self.weight_decay < 0 or self.initial_accumulator < 0:
             raise InvalidArgumentError("eps must be > 0; weight_decay and initial_accumulator >= 0")
+        if self.l1 < 0 or self.l2 < 0 or self.beta < 0:
+            raise InvalidArgumentError(f"ftrl l1, l2 and beta must be >= 0, got {self.l1}, {self.l2}, {self.beta}")
+
+    def to_proto(self) -> ps_pb2.OptimizerSpec:
+        return ps_pb2.OptimizerSpec(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+    @classmethod
+    def from_proto(cls, msg: ps_pb2.OptimizerSpec) -> OptimizerSpec:
+        """Decode (not validated: the table spec validates it)."""
+        return cls(**{f.name: getattr(msg, f.name) for f in fields(cls)})
 
     @classmethod
     def from_options(cls, name: str, lr: float, **options: float) -> OptimizerSpec:
@@ -171,7 +185,40 @@ class Adam:
         param -= scratch
 
 
-OPTIMIZERS: dict[str, type] = {"sgd": SGD, "momentum": Momentum, "adagrad": Adagrad, "adam": Adam}
+class FTRL:
+    """FTRL-Proximal (McMahan et al., 2013), per coordinate, with ``lr`` as alpha.
+
+    ``sigma = (sqrt(n + g^2) - sqrt(n)) / lr; z += g - sigma w; n += g^2``, then
+    ``w = 0`` where ``|z| <= l1``, else ``-(z - sign(z) l1) / ((beta + sqrt(n)) / lr + l2)``.
+    The L1 term gives exact zeros: the sparse models of click-through prediction.
+    """
+
+    def __init__(self, spec: OptimizerSpec) -> None:
+        self.spec = spec
+
+    def init_state(self, param: np.ndarray) -> dict[str, np.ndarray]:
+        return {"z": np.zeros_like(param), "n": np.zeros_like(param)}
+
+    def apply(self, param, grad, state, scratch) -> None:
+        ftrl_update(self.spec, param, _decayed(self.spec, param, grad, scratch), state["z"], state["n"])
+
+
+def ftrl_update(s: OptimizerSpec, w: np.ndarray, g: np.ndarray, z: np.ndarray, n: np.ndarray) -> None:
+    """One FTRL-Proximal step in place on ``w``, ``z`` and ``n`` (any shape; ``g`` is read only)."""
+    root = np.sqrt(n)
+    n += g * g
+    sigma = np.sqrt(n)
+    sigma -= root
+    sigma /= s.lr
+    z += g - sigma * w
+    shrunk = np.abs(z) - s.l1
+    np.maximum(shrunk, 0, out=shrunk)
+    denom = (s.beta + np.sqrt(n)) / s.lr + s.l2
+    w[...] = 0  # where |z| <= l1 (and where nothing was ever pushed: no 0/0 when beta = l2 = 0)
+    np.divide(-np.sign(z) * shrunk, denom, out=w, where=shrunk > 0)
+
+
+OPTIMIZERS: dict[str, type] = {"sgd": SGD, "momentum": Momentum, "adagrad": Adagrad, "adam": Adam, "ftrl": FTRL}
 
 
 def make_optimizer(spec: OptimizerSpec) -> Optimizer:

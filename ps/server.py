@@ -37,6 +37,7 @@ from ps.local_plane import LocalPlane
 from ps.service import SERVICE_NAME, ParameterServerService
 from ps.shard import Shard
 from ps.shard_metrics import ShardMetrics
+from ps.stream_plane import StreamPlane
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class ShardServer:
         self._health: health.HealthServicer | None = None
         self._port: int | None = None
         self._local: LocalPlane | None = None  # the same-host shared-memory data plane
+        self._stream: StreamPlane | None = None  # the TCP data plane for other hosts
         self._stopped = threading.Event()
         self._state = "new"
         self._faults = faults.FaultPlan.parse(config.faults)
@@ -78,6 +80,11 @@ class ShardServer:
         if self._port is None:
             raise RuntimeError("ShardServer is not started")
         return self._port
+
+    @property
+    def stream_port(self) -> int | None:
+        """The TCP data plane's port (``ps.stream_plane``), or None when it is not offered."""
+        return self._stream.port if self._stream is not None and self._state == "serving" else None
 
     @property
     def address(self) -> str:
@@ -105,12 +112,19 @@ class ShardServer:
             log.info("same-host shared-memory data plane off: it has no token or TLS check")
         elif cfg.local_plane and self._local is None:
             self._local = LocalPlane(self.shard)  # no I/O yet: started once gRPC serves
-        service = ParameterServerService(self.shard, self._local)
+        if cfg.stream_plane and cfg.tls_cert:
+            log.info("TCP stream data plane off: payloads stay on gRPC's TLS")
+        elif cfg.stream_plane and self._stream is None:  # no I/O yet: bound before gRPC serves
+            drops = [i for i in interceptors if isinstance(i, faults.DropReplies)]
+            self._stream = StreamPlane(self.shard, cfg.host, cfg.stream_port, token=cfg.auth_token,
+                                       max_message_bytes=cfg.max_message_bytes,
+                                       drop_reply=drops[0].drop_now if drops else None)
+        service = ParameterServerService(self.shard, self._local, self._stream)
         server.add_generic_rpc_handlers((service.handler(),
                                          ControlService(self.shard, self.checkpointer, self.request_stop).handler()))
         self._health = health.HealthServicer(experimental_non_blocking=True)
-        for service in ("", SERVICE_NAME):  # the servicer says SERVING for "" until told otherwise
-            self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):  # the servicer says SERVING for "" until told otherwise
+            self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name,
@@ -144,6 +158,14 @@ class ShardServer:
                 raise UnavailableError(f"cannot bind unix:{path}: {exc}") from exc
             if not bound:
                 raise UnavailableError(f"cannot bind unix:{path}")
+        if self._stream is not None:
+            try:
+                self._stream.start()
+            except OSError as exc:
+                if cfg.stream_port:
+                    raise UnavailableError(f"cannot bind the stream port {cfg.stream_port}: {exc}") from exc
+                log.warning("TCP stream data plane unavailable: %s", exc)
+                self._stream = service.stream_plane = None
         if self.metrics is not None:
             self.metrics.start()  # raises UnavailableError when its port is taken
         server.start()
@@ -154,8 +176,8 @@ class ShardServer:
                 log.warning("same-host shared-memory data plane unavailable: %s", exc)
                 self._local = service.local_plane = None
         self._server, self._port, self._state = server, port, "serving"
-        for service in ("", SERVICE_NAME):
-            self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.checkpointer.start()
         if self._leases is not None:
             self._leases.start()
@@ -197,6 +219,8 @@ class ShardServer:
             self._server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
             if self._local is not None:
                 self._local.stop()
+            if self._stream is not None:
+                self._stream.stop()
             try:
                 self.final_checkpoint = self.checkpointer.final()
             except Exception as exc:  # noqa: BLE001 - reported, the older checkpoints remain

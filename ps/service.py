@@ -106,7 +106,7 @@ def push_blocks(shard: Shard, header: ps_pb2.PushHeader, payload: memoryview, ti
     grads = split_payload(header.blocks, payload)
     return shard.push(
         header.worker_id, header.seq, header.step, header.part, max(1, header.num_parts),
-        [(ref.table, ref.block) for ref in header.blocks], grads, timeout_s,
+        [(ref.table, ref.block) for ref in header.blocks], grads, timeout_s, header.session,
     )
 
 
@@ -130,9 +130,10 @@ def pull_blocks(shard: Shard, h: ps_pb2.PullHeader, timeout_s: float,
 class ParameterServerService:
     """The ``ps.v1.ParameterServer`` handlers over one :class:`Shard`. Thread-safe."""
 
-    def __init__(self, shard: Shard, local_plane=None) -> None:
+    def __init__(self, shard: Shard, local_plane=None, stream_plane=None) -> None:
         self.shard = shard
         self.local_plane = local_plane  # a started ps.local_plane.LocalPlane, or None
+        self.stream_plane = stream_plane  # a started ps.stream_plane.StreamPlane, or None
 
     @_handled
     def Register(self, request: ps_pb2.RegisterRequest, context) -> ps_pb2.RegisterReply:
@@ -140,7 +141,7 @@ class ParameterServerService:
         if request.HasField("topology"):
             shard.adopt_topology(request.topology.shard_index, request.topology.num_shards)
         fenced = request.resync and shard.unfence(request.worker_id)  # adopts a rollback: the restored clock
-        worker, clock, next_seq = shard.register(request.worker_id)
+        worker, clock, next_seq = shard.register(request.worker_id, request.session)
         cfg = shard.config
         return ps_pb2.RegisterReply(
             worker_id=worker, next_seq=next_seq, mode=_MODES[cfg.mode], staleness=cfg.staleness,
@@ -151,7 +152,7 @@ class ParameterServerService:
 
     @_handled
     def Leave(self, request: ps_pb2.LeaveRequest, context) -> ps_pb2.LeaveReply:
-        self.shard.leave(request.worker_id)
+        self.shard.leave(request.worker_id, request.session)
         return ps_pb2.LeaveReply()
 
     @_handled
@@ -168,7 +169,8 @@ class ParameterServerService:
         header, payload = request
         ids, grads = split_rows(header, payload, with_ids=True, with_values=True)
         result = self.shard.rows.push(header.worker_id, header.seq, header.step, header.part,
-                                      max(1, header.num_parts), header.table, ids, grads, _remaining(context))
+                                      max(1, header.num_parts), header.table, ids, grads, _remaining(context),
+                                      header.session)
         return ps_pb2.PushReply(outcome=OUTCOMES[result.outcome], version=result.version)
 
     @_handled
@@ -216,6 +218,7 @@ class ParameterServerService:
             mode=_MODES[cfg.mode], staleness=cfg.staleness, version=snap["version"],
             waiting_for=list(snap["waiting_for"]), counters=snap["counters"], server_id=self.shard.server_id,
             epoch=self.shard.epoch, local_plane=self.local_plane.address if self.local_plane is not None else "",
+            stream_port=self.stream_plane.port if self.stream_plane is not None else 0,
             awaiting_rollback=self.shard.awaiting_rollback, rollback_id=self.shard.rollback_id,
         )
         if self.shard.restored_from is not None:

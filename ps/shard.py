@@ -85,6 +85,7 @@ class Shard(ShardMembership, ShardRecovery):
         # sync rollbacks (docs/failure-semantics.md section 3): see rollback()
         self.generation = 0               # bumps on every rollback: waits in flight end with ABORTED
         self.fenced: set[int] = set()     # workers that must resync (Register resync=True) after a rollback
+        self.sessions: dict[int, int] = {}  # worker -> the session (Client) that holds its id
         self.awaiting_rollback = False    # sync, restored at start: refuse pushes and pulls until a Restore
         self.restored_from: tuple[str, int] | None = None  # (tag, version) of the checkpoint now held
         self.rollback_id = ""             # the last Restore handled
@@ -134,12 +135,16 @@ class Shard(ShardMembership, ShardRecovery):
         blocks: Sequence[tuple[str, int]],
         grads: Sequence[np.ndarray],
         timeout_s: float,
+        session: int = 0,
     ) -> PushResult:
         """Apply, aggregate or drop one push message. Blocks up to ``timeout_s`` in sync mode.
 
+        ``session`` is the pushing Client's (see :meth:`claim`; 0: not checked).
+
         Raises InvalidArgumentError (bad shape, dtype, length, block, non-finite values),
         NotFoundError (unknown table), FailedPreconditionError (unregistered worker, block
-        not on this shard, second contribution to a step) and DeadlineExceededError when
+        not on this shard, second contribution to a step, a session fenced by another client
+        holding the worker id) and DeadlineExceededError when
         a sync wait runs out. A refused push changes nothing.
         """
         deadline = self._clock() + min(timeout_s, self.config.sync_timeout_s)
@@ -166,10 +171,11 @@ class Shard(ShardMembership, ShardRecovery):
                     table.apply(block, grad)
 
         return self.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
-                             remember=lambda: self._pending_blocks.update(targets))
+                             remember=lambda: self._pending_blocks.update(targets), session=session)
 
     def run_push(self, worker: int, seq: int, step: int, part: int, num_parts: int, deadline: float, *,
-                 skip: bool, update: Callable[[bool], None], remember: Callable[[], None]) -> PushResult:
+                 skip: bool, update: Callable[[bool], None], remember: Callable[[], None],
+                 session: int = 0) -> PushResult:
         """The one push flow, for dense blocks and sparse rows alike, after validation.
 
         Under the lock: drop a duplicate ``(worker, seq)`` (waiting, bounded by
@@ -192,6 +198,7 @@ class Shard(ShardMembership, ShardRecovery):
         with self._cond:
             self.check_current(worker)
             self.gate.check_live(worker)
+            self.claim(worker, session)
             self.last_contact[worker] = self._clock()  # after the check: unknown ids leave no trace
             decision = self._wait(decide, deadline)
             if decision is Seen.DUPLICATE:

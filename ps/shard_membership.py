@@ -35,9 +35,14 @@ class ShardMembership:
                     f"{shard_index} of {num_shards}: every worker must list the servers in the same order"
                 )
 
-    def register(self, worker: int) -> tuple[int, int, int]:
+    def register(self, worker: int, session: int = 0) -> tuple[int, int, int]:
         """Join (``worker`` >= 0) or get a new id (``worker`` < 0). Returns (id, clock, next_seq).
 
+        ``session`` identifies the registering Client (0: none). A second session that
+        registers under an id held by another takes the id over: the newest registration
+        wins (a restarted worker must be able to rejoin under its rank), and the older
+        session's pushes are refused from then on (:meth:`claim`), so two clients sharing
+        one id are told apart loudly instead of merged silently.
         Raises ResourceExhaustedError when ``config.max_workers`` ids are already known.
         """
         with self._cond:
@@ -52,9 +57,30 @@ class ShardMembership:
                                              f"(max-workers {self.config.max_workers})")
             clock = self.gate.register(worker)
             self.last_contact[worker] = self._clock()
+            if session:
+                held = self.sessions.get(worker)
+                if held is not None and held != session:
+                    self.counters["takeovers"] += 1
+                    log.warning("worker id %d was registered again by another client (session %x replaces %x): "
+                                "the older client is fenced. Two workers sharing one --rank?", worker, session, held)
+                self.sessions[worker] = session
             log.info("worker %d registered at clock %d", worker, clock)
             self._cond.notify_all()
             return worker, clock, self.dedup.next_seq(worker)
+
+    def claim(self, worker: int, session: int) -> None:
+        """Call with the lock held before a push. Raises FailedPreconditionError when another
+        client's session now holds ``worker``'s id. A session pushing under an id nobody
+        holds (e.g. after this shard restarted) claims it. Session 0 is not checked."""
+        if not session or worker < 0:
+            return
+        held = self.sessions.setdefault(worker, session)
+        if held != session:
+            self.counters["fenced_pushes"] += 1
+            raise FailedPreconditionError(
+                f"worker id {worker} now belongs to another client that registered under it after this one: "
+                "this client is fenced and its push was not applied. Give every worker its own rank "
+                "(ps-worker --rank N, distinct) or use --rank auto")
 
     def unfence(self, worker: int) -> bool:
         """A worker resyncs after a rollback: lift its fence. True if it was fenced."""
@@ -79,11 +105,18 @@ class ShardMembership:
             raise AbortedError(f"the cluster rolled back to checkpoint {tag} at version {version} (epoch "
                                f"{self.epoch}): resync and retry the step from a fresh pull")
 
-    def leave(self, worker: int) -> None:
-        """Leave the quorum; a sync step that only waited for this worker is applied."""
+    def leave(self, worker: int, session: int = 0) -> None:
+        """Leave the quorum; a sync step that only waited for this worker is applied.
+
+        A Leave from a ``session`` that no longer holds the id (fenced) changes nothing.
+        """
         with self._cond:
             if worker not in self.gate.workers:
                 raise NotFoundError(f"worker {worker} is not registered with this shard")
+            if session and self.sessions.get(worker, session) != session:
+                log.info("ignored a Leave for worker %d from the fenced session %x", worker, session)
+                return
+            self.sessions.pop(worker, None)
             ready = self.gate.leave(worker)
             log.info("worker %d left", worker)
             self._cond.notify_all()

@@ -1,6 +1,6 @@
 """Row-wise server-side optimizers for sparse tables.
 
-The same rules as :mod:`ps.optim` (``sgd``, ``momentum``, ``adagrad``, ``adam``, each with
+The same rules as :mod:`ps.optim` (``sgd``, ``momentum``, ``adagrad``, ``adam``, ``ftrl``, each with
 the L2 ``weight_decay`` term ``g + weight_decay * w``), applied to the rows a push touches:
 gather those rows and their state, update the gathered copies with whole-array NumPy
 operations, scatter them back. Rows a push does not touch do not change (no decay, no
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ps.optim import OptimizerSpec
+from ps.optim import OptimizerSpec, ftrl_update
 
 #: name -> (state array name, per-element (True) or per-row (False), dtype or None for the table's, fill)
 _LAYOUTS: dict[str, tuple[tuple[str, bool, str | None, str], ...]] = {
@@ -24,6 +24,7 @@ _LAYOUTS: dict[str, tuple[tuple[str, bool, str | None, str], ...]] = {
     "momentum": (("velocity", True, None, "zero"),),
     "adagrad": (("accumulator", True, None, "initial_accumulator"),),
     "adam": (("m", True, None, "zero"), ("v", True, None, "zero"), ("t", False, "int32", "zero")),
+    "ftrl": (("z", True, None, "zero"), ("n", True, None, "zero")),
 }
 
 
@@ -81,6 +82,12 @@ class RowOptimizer:
             h += g * g
             scatter_rows(state["accumulator"], slots, h)
             w -= g / (np.sqrt(h) + s.eps) * s.lr  # the dense rule's rounding order
+        elif name == "ftrl":
+            z = gather_rows(state["z"], slots)
+            n = gather_rows(state["n"], slots)
+            ftrl_update(s, w, g, z, n)
+            scatter_rows(state["z"], slots, z)
+            scatter_rows(state["n"], slots, n)
         else:  # adam
             t = gather_rows(state["t"], slots) + 1
             state["t"][slots] = t

@@ -92,7 +92,7 @@ class SparseRows:
     # -- push and pull ------------------------------------------------------------------
 
     def push(self, worker: int, seq: int, step: int, part: int, num_parts: int, name: str,
-             ids: np.ndarray, grads: np.ndarray, timeout_s: float) -> PushResult:
+             ids: np.ndarray, grads: np.ndarray, timeout_s: float, session: int = 0) -> PushResult:
         """Apply, keep for the sync step, or drop one row push (one part of a worker's step).
 
         ``ids`` int64 (n,), ``grads`` (n, dim) of the table's dtype; duplicates are summed.
@@ -102,8 +102,8 @@ class SparseRows:
         Blocks up to ``timeout_s`` in sync mode. Raises InvalidArgumentError (row width,
         dtype, lengths, non-finite values, part numbers), NotFoundError (unknown table),
         FailedPreconditionError (dense table, unregistered worker, rows placed on another
-        shard, second contribution to a step), DeadlineExceededError. A refused push
-        changes nothing. Exactly once per ``(worker, seq)``.
+        shard, second contribution to a step, a fenced ``session``: see ``Shard.claim``),
+        DeadlineExceededError. A refused push changes nothing. Exactly once per ``(worker, seq)``.
         """
         shard = self._shard
         deadline = shard._clock() + min(timeout_s, shard.config.sync_timeout_s)
@@ -131,7 +131,7 @@ class SparseRows:
             self._pending.add(table)
 
         result = shard.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
-                                remember=remember)
+                                remember=remember, session=session)
         if result.outcome in ("applied", "accumulated"):
             with shard._cond:
                 shard.counters["row_pushes"] += 1

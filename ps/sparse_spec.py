@@ -123,17 +123,12 @@ class SparseTableSpec:
         return out.astype(dtype)
 
     def to_proto(self) -> ps_pb2.TableSpec:
-        o = self.optimizer
         return ps_pb2.TableSpec(
             name=self.name,
             kind=ps_pb2.SPARSE,
             dim=self.dim,
             dtype=wire_dtype(self.dtype),
-            optimizer=ps_pb2.OptimizerSpec(
-                name=o.name, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, beta1=o.beta1,
-                beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay,
-                initial_accumulator=o.initial_accumulator,
-            ),
+            optimizer=self.optimizer.to_proto(),
             init=ps_pb2.InitSpec(kind=self.init.kind, scale=self.init.scale, seed=self.init.seed),
             max_rows=self.max_rows,
             eviction=self.eviction,
@@ -145,16 +140,11 @@ class SparseTableSpec:
         """Decode and validate. Raises InvalidArgumentError for any bad field or a dense spec."""
         if msg.kind != ps_pb2.SPARSE:
             raise InvalidArgumentError(f"table {msg.name!r}: not a sparse table spec")
-        o = msg.optimizer
         spec = cls(
             name=msg.name,
             dim=int(msg.dim),
             dtype=np_dtype(msg.dtype).name,
-            optimizer=OptimizerSpec(
-                name=o.name, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, beta1=o.beta1,
-                beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay,
-                initial_accumulator=o.initial_accumulator,
-            ),
+            optimizer=OptimizerSpec.from_proto(msg.optimizer),
             init=InitSpec(kind=msg.init.kind, scale=msg.init.scale, seed=msg.init.seed),
             max_rows=int(msg.max_rows),
             eviction=msg.eviction or "lru",

@@ -106,34 +106,24 @@ class TableSpec:
         return rng.uniform(-limit, limit, n).astype(dtype)
 
     def to_proto(self) -> ps_pb2.TableSpec:
-        o = self.optimizer
         return ps_pb2.TableSpec(
             name=self.name,
             shape=list(self.shape),
             dtype=wire_dtype(self.dtype),
             block_elems=self.block_elems,
-            optimizer=ps_pb2.OptimizerSpec(
-                name=o.name, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, beta1=o.beta1,
-                beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay,
-                initial_accumulator=o.initial_accumulator,
-            ),
+            optimizer=self.optimizer.to_proto(),
             init=ps_pb2.InitSpec(kind=self.init.kind, scale=self.init.scale, seed=self.init.seed),
         )
 
     @classmethod
     def from_proto(cls, msg: ps_pb2.TableSpec) -> TableSpec:
         """Decode and validate. Raises InvalidArgumentError for any bad field."""
-        o = msg.optimizer
         spec = cls(
             name=msg.name,
             shape=tuple(int(d) for d in msg.shape),
             dtype=np_dtype(msg.dtype).name,
             block_elems=int(msg.block_elems),
-            optimizer=OptimizerSpec(
-                name=o.name, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, beta1=o.beta1,
-                beta2=o.beta2, eps=o.eps, weight_decay=o.weight_decay,
-                initial_accumulator=o.initial_accumulator,
-            ),
+            optimizer=OptimizerSpec.from_proto(msg.optimizer),
             init=InitSpec(kind=msg.init.kind, scale=msg.init.scale, seed=msg.init.seed),
         )
         spec.validate()

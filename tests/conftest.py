@@ -52,3 +52,20 @@ def run_threads(fns, timeout_s: float = 60.0):
     if errors:
         raise errors[0]
     return results
+
+
+def count_block_copies(monkeypatch) -> list[int]:
+    """``[n]``: how many blocks the shards copy out from now on (reads whose version the
+    worker did not already hold), counted in ``DenseTable.read_if_newer``."""
+    from ps.table import DenseTable
+
+    copies = [0]
+    real = DenseTable.read_if_newer
+
+    def counting(self, block, known=None, out=None):
+        data, version = real(self, block, known, out)
+        copies[0] += data is not None
+        return data, version
+
+    monkeypatch.setattr(DenseTable, "read_if_newer", counting)
+    return copies

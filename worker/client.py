@@ -17,6 +17,7 @@ in one process, each with its own worker id).
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ from ps.config import DEFAULT_MAX_MESSAGE_BYTES
 from ps.optim import OptimizerSpec
 from ps.spec import DEFAULT_BLOCK_ELEMS, InitSpec, TableSpec
 from ps.sparse_spec import SparseTableSpec
-from worker import dense_step, recovery, registration, sparse_client, table_directory
+from worker import dense_step, recovery, registration, sparse_client, stream_step, table_directory
 from worker.shard_status import shard_status
 from worker.transport import RetryPolicy, ShardChannel, call, fan_out
 
@@ -52,6 +53,12 @@ class Client:
             (loopback or ``unix:`` addresses) when they offer it; gRPC otherwise.
         local_part_bytes: like ``part_bytes`` for that same-host path (smaller parts
             pipeline the worker's copies with the shard's work).
+        stream: move dense tensors over a raw TCP connection (``ps.stream_plane``, one
+            kernel copy per side) with shards not on the same-host path (other
+            machines, other network namespaces) when they offer it; parts are
+            ``part_bytes`` big. Any failure there sends the call, with the same
+            sequence number, and that shard's later calls over gRPC. Not used with TLS.
+            False: gRPC only.
         cache_pulls: keep the last pulled values (one more copy of the pulled tables)
             so that gRPC pulls skip blocks that did not change. The same-host path
             skips unchanged blocks without it.
@@ -87,6 +94,7 @@ class Client:
         observer: bool = False,
         local: bool = True,
         local_part_bytes: int = 4 << 20,
+        stream: bool = True,
         cache_pulls: bool = False,
         token: str | None = None,
         tls_ca: str | None = None,
@@ -112,6 +120,8 @@ class Client:
             raise ValueError(f"local_part_bytes must be >= 1, got {local_part_bytes}")
         self.local = local
         self.local_part_bytes = local_part_bytes
+        self.stream = stream
+        self._stream: list = []                     # per shard: worker.stream_plane.StreamChannel or None
         self.cache_pulls = cache_pulls
         self._local: list = []                      # per shard: worker.local_plane.LocalChannel or None
         self._known_values: dict[str, np.ndarray] = {}   # cache_pulls: last pulled values per table
@@ -122,6 +132,9 @@ class Client:
         self._local_tokens: dict[int, str] = {}     # per shard: state token of its last data-plane pull
         self._weights: dict[tuple[str, int], np.ndarray] = {}  # buffers() weights: writable aliases
         self._requested_id = worker_id
+        #: identifies this Client to the shards (kept across its re-registrations): a second
+        #: Client registering under the same worker id fences this one (ps.shard_membership)
+        self.session = secrets.randbits(63) | 1
         self._channels: list[ShardChannel] = []
         self._specs: dict[str, TableSpec] = {}
         self._placement: dict[str, list[list[int]]] = {}  # table -> shard -> owned blocks
@@ -165,6 +178,7 @@ class Client:
         registration.adopt(self, replies)
         recovery.after_connect(self, replies)
         dense_step.attach_local(self)
+        stream_step.attach_stream(self)
         return self
 
     def close(self) -> None:
@@ -179,11 +193,12 @@ class Client:
         recovery.before_close(self)  # joins the heartbeat thread first
         if self.worker_id >= 0 and not self.observer:
             try:
-                fan_out([(ch, ch.leave, ps_pb2.LeaveRequest(worker_id=self.worker_id)) for ch in self._channels],
+                fan_out([(ch, ch.leave, ps_pb2.LeaveRequest(worker_id=self.worker_id, session=self.session)) for ch in self._channels],
                         min(self.timeout_s, 5.0))
             except Exception as exc:  # leaving is a courtesy; the lease covers the rest
                 log.warning("worker %d could not leave cleanly: %s", self.worker_id, exc)
         dense_step.close_local(self)
+        stream_step.close_stream(self)
         for ch in self._channels:
             ch.close()
 

@@ -38,6 +38,7 @@ from worker.grpc_step import grpc_finish, grpc_start
 from worker.local_step import attach_local, buffers, close_local, drop_local, ensure_region, local_finish, local_send
 from worker.step_arrays import flatten_grads, outputs
 from worker.step_plan import Part, cached_plan
+from worker.stream_step import drop_stream, stream_finish, stream_send
 from worker.transport import lost_registration
 
 if TYPE_CHECKING:
@@ -86,12 +87,15 @@ def run(client: Client, grads: Mapping[str, Any] | None, names: Iterable[str] | 
     return {n: given[n] if given.get(n) is not None else dest[n].reshape(client._specs[n].shape) for n in pull_names}
 
 
+_OUTCOME_NAMES = {number: name.lower() for name, number in ps_pb2.Outcome.items()}
+
+
 def advance_clock(client: Client, outcomes: list[tuple[int, int]]) -> None:
     """Count ``(outcome, version)`` pairs of one step's pushes and move the clock one step
     (or to the cluster's, after a stale push). Does not block."""
     stale_version = None
     for outcome, version in outcomes:
-        name = ps_pb2.Outcome.Name(outcome).lower()
+        name = _OUTCOME_NAMES.get(outcome) or ps_pb2.Outcome.Name(outcome).lower()
         client.stats[name] = client.stats.get(name, 0) + 1
         if outcome == ps_pb2.STALE:
             stale_version = max(stale_version or 0, version)
@@ -109,6 +113,9 @@ def _execute(client: Client, parts: list[Part], flat, pull_names, dest, pull_ste
     Blocks until every part is answered; raises the first PSError after all have finished.
     """
     locals_ = list(getattr(client, "_local", None) or [None] * len(client._channels))  # as planned
+    # the TCP data plane (worker.stream_step) for shards not on the same-host one
+    streams = [s if locals_[i] is None else None
+               for i, s in enumerate(getattr(client, "_stream", None) or [None] * len(client._channels))]
     outcomes: list[tuple[int, int]] = []
     errors: list[PSError] = []
     sent = []
@@ -119,30 +126,44 @@ def _execute(client: Client, parts: list[Part], flat, pull_names, dest, pull_ste
     same: dict[tuple[str, str], bool] = {}  # per table: is the user's array the region's? (zero copy)
     if any(locals_):
         region = ensure_region(client, list(dict.fromkeys([*(flat or ()), *(pull_names or ())])))
-    for p in parts:
-        local = locals_[p.shard]
-        if local is None:
-            continue
-        if client._local[p.shard] is None:  # dropped by an earlier part's failure
-            retry_grpc.append(p)
-            continue
-        try:
-            sent.append((p, local_send(client, local, p, flat, pull_step, region, same)))
-        except TransientError as exc:
-            log.info("%s: data plane failed (%s); retrying over gRPC", local.address, exc)
-            drop_local(client, p.shard)
-            retry_grpc.append(p)
+    planes = (  # per data plane: (channels as planned, the client's current ones, drop, send)
+        (locals_, client.__dict__.get("_local"), drop_local,
+         lambda p, ch: local_send(client, ch, p, flat, pull_step, region, same)),
+        # 1b. the TCP plane: each part's request on its own connection
+        (streams, client.__dict__.get("_stream"), drop_stream,
+         lambda p, ch: stream_send(client, ch, p, flat, pull_step)),
+    )
+    for planned, current, drop, send in planes:
+        for p in parts:
+            channel = planned[p.shard]
+            if channel is None:
+                continue
+            if current[p.shard] is None:  # dropped by an earlier part's failure
+                retry_grpc.append(p)
+                continue
+            try:
+                sent.append((p, send(p, channel)))
+            except TransientError as exc:
+                log.info("%s: data plane failed (%s); retrying over gRPC", channel.address, exc)
+                drop(client, p.shard)
+                retry_grpc.append(p)
     # 2. gRPC parts, all concurrently
-    grpc_parts = [p for p in parts if locals_[p.shard] is None]
+    grpc_parts = [p for p in parts if locals_[p.shard] is None and streams[p.shard] is None]
     grpc_results = grpc_start(client, grpc_parts, flat, pull_step)
     # 3. data-plane replies, in order (the shard works on the others meanwhile)
     for p, conn in sent:
         local = locals_[p.shard]
         try:
-            outcomes += local_finish(client, conn, p, dest, region, same)
+            if local is None:  # a stream-plane part
+                outcomes += stream_finish(client, conn, p, dest)
+            else:
+                outcomes += local_finish(client, conn, p, dest, region, same)
         except TransientError as exc:
-            log.info("%s: data plane failed (%s); retrying over gRPC", local.address if local else "?", exc)
-            drop_local(client, p.shard)
+            log.info("%s: data plane failed (%s); retrying over gRPC", local.address if local else "stream", exc)
+            if local is None:
+                drop_stream(client, p.shard)
+            else:
+                drop_local(client, p.shard)
             retry_grpc.append(p)
         except PSError as exc:
             if lost_registration(exc):  # the gRPC retry registers again first (transport.call)

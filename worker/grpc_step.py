@@ -23,22 +23,29 @@ if TYPE_CHECKING:
     from worker.client import Client
 
 
+def name_known(client: Client, p: Part, push_header, pull_header) -> None:
+    """With ``client.cache_pulls``: name in the pull the block versions the client holds
+    (``known``, valid for the state ``known_for``), also in a fused push's ``then_pull``."""
+    if pull_header is None or not client.cache_pulls:
+        return
+    token = client._known_tokens.get(p.shard, "")
+    pull_header.known_for = token
+    if token:
+        for name, b in p.pull_blocks:
+            v = client._known_versions.get((name, b))
+            if v is not None:
+                pull_header.known.add(table=name, block=b, version=v)
+        if push_header is not None:
+            push_header.then_pull.CopyFrom(pull_header)
+
+
 def grpc_start(client: Client, parts: list[Part], flat, pull_step: int):
     """``(channel, method, request)`` of every part, with known versions when caching. Pure."""
     calls = []
     for p in parts:
         ch = client._channels[p.shard]
         push_header, pull_header = headers(client, p, pull_step)
-        if pull_header is not None and client.cache_pulls:
-            token = client._known_tokens.get(p.shard, "")
-            pull_header.known_for = token
-            if token:
-                for name, b in p.pull_blocks:
-                    v = client._known_versions.get((name, b))
-                    if v is not None:
-                        pull_header.known.add(table=name, block=b, version=v)
-                if push_header is not None:
-                    push_header.then_pull.CopyFrom(pull_header)
+        name_known(client, p, push_header, pull_header)
         if push_header is not None:
             buffers = []
             for name, b in p.push:
@@ -93,14 +100,29 @@ def _fill_from_payload(client: Client, p: Part, header, payload, dest, token: st
         dest[ref.table][start:stop] = values
         got.add((ref.table, ref.block))
         if client.cache_pulls:
-            cache = client._known_values.get(ref.table)
-            if cache is None:
-                cache = client._known_values[ref.table] = np.empty(spec.size, dtype=spec.dtype)
-            cache[start:stop] = values
-            client._known_versions[(ref.table, ref.block)] = ref.version
-    if not client.cache_pulls:
-        return
-    for name, b in p.pull_blocks:  # blocks the shard left out: unchanged since the cached copy
+            remember_block(client, ref, values)
+    if client.cache_pulls:
+        fill_left_out(client, p, got, dest)
+        if token is not None:
+            client._known_tokens[p.shard] = token
+
+
+def remember_block(client: Client, ref, values: np.ndarray) -> None:
+    """Keep a pulled block and its version in the pull cache (``Client(cache_pulls=True)``)."""
+    spec = client._specs[ref.table]
+    cache = client._known_values.get(ref.table)
+    if cache is None:
+        cache = client._known_values[ref.table] = np.empty(spec.size, dtype=spec.dtype)
+    start, stop = spec.block_range(ref.block)
+    cache[start:stop] = values
+    client._known_versions[(ref.table, ref.block)] = ref.version
+
+
+def fill_left_out(client: Client, p: Part, got: set, dest) -> None:
+    """Copy the blocks of ``p`` the shard left out of its reply (unchanged since the cached
+    copy) from the pull cache into ``dest``. Raises InvalidArgumentError for a block this
+    worker does not hold."""
+    for name, b in p.pull_blocks:
         if (name, b) in got:
             continue
         cache = client._known_values.get(name)
@@ -108,5 +130,3 @@ def _fill_from_payload(client: Client, p: Part, header, payload, dest, token: st
             raise InvalidArgumentError(f"server left out {name}[{b}], which this worker does not hold")
         start, stop = client._specs[name].block_range(b)
         dest[name][start:stop] = cache[start:stop]
-    if token is not None:
-        client._known_tokens[p.shard] = token

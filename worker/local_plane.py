@@ -41,6 +41,7 @@ from ps.wire import (
     pack_local_request,
     unpack_local_reply,
 )
+from worker.channel_slots import SlotChannel
 
 _PAGE = mmap.PAGESIZE
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
@@ -156,29 +157,20 @@ class LocalConnection:
         self.sock.close()
 
 
-class LocalChannel:
+class LocalChannel(SlotChannel):
     """The data plane to one shard: connections by slot, opened on first use."""
 
     def __init__(self, address: str, server_id: str, timeout_s: float) -> None:
+        super().__init__()
         self.address = address
         self.server_id = server_id
         self.timeout_s = timeout_s
-        self._slots: dict[int, LocalConnection] = {}
 
-    def connection(self, slot: int) -> LocalConnection:
-        """The connection for ``slot``. Raises UnavailableError when it cannot connect."""
-        conn = self._slots.get(slot)
-        if conn is None:
-            try:
-                conn = LocalConnection(self.address, self.server_id, self.timeout_s)
-            except PSError:
-                raise
-            except OSError as exc:
-                raise UnavailableError(f"{self.address}: {exc}") from exc
-            self._slots[slot] = conn
-        return conn
-
-    def close(self) -> None:
-        for conn in self._slots.values():
-            conn.close()
-        self._slots.clear()
+    def open(self) -> LocalConnection:
+        """Connect and say hello. Raises UnavailableError when it cannot, or the shard's PSError."""
+        try:
+            return LocalConnection(self.address, self.server_id, self.timeout_s)
+        except PSError:
+            raise
+        except OSError as exc:
+            raise UnavailableError(f"{self.address}: {exc}") from exc

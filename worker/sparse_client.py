@@ -194,7 +194,7 @@ def push_step(client: Client, grads: Mapping[str, Any] | None,
         for part, (spec, ids, values) in enumerate(row_msgs[shard], start=len(groups)):
             header = ps_pb2.RowsHeader(worker_id=client.worker_id, seq=_next_seq(client, shard), step=client.clock,
                                        part=part, num_parts=num_parts, table=spec.name, num_ids=len(ids),
-                                       dim=spec.dim, dtype=wire_dtype(spec.dtype))
+                                       dim=spec.dim, dtype=wire_dtype(spec.dtype), session=client.session)
             calls.append((ch, ch.push_rows, encode_rows(header, ids, values)))
     replies = fan_out(calls, client.wait_timeout_s, client.retry)
     advance_clock(client, [(r.outcome, r.version) for r in replies])
@@ -218,7 +218,7 @@ def _group(client: Client, pieces: list[tuple[str, int]]) -> list[list[tuple[str
 def _encode_push(client: Client, group, flat, seq: int, part: int, num_parts: int) -> bytes:
     """One framed Push message carrying ``group``'s blocks of the flat gradients ``flat``. No I/O."""
     header = ps_pb2.PushHeader(worker_id=client.worker_id, seq=seq, step=client.clock, part=part,
-                               num_parts=num_parts)
+                               num_parts=num_parts, session=client.session)
     buffers = []
     for name, b in group:
         spec = client._specs[name]

@@ -135,7 +135,7 @@ def headers(client: Client, p: Part, pull_step: int):
     push_header = None
     if p.push is not None:
         push_header = ps_pb2.PushHeader(worker_id=client.worker_id, seq=p.seq, step=client.clock, part=p.part,
-                                        num_parts=p.num_parts)
+                                        num_parts=p.num_parts, session=client.session)
         for name, b in p.push:
             spec = client._specs[name]
             start, stop = spec.block_range(b)

@@ -1,7 +1,9 @@
 """This project: ``ps-server`` processes and one :class:`worker.Client` per cluster in this process.
 
 Paths: ``shm`` (the same-host shared-memory data plane, the default for loopback
-servers), ``tcp`` (gRPC over loopback TCP only: ``Client(local=False)``, servers with
+servers), ``tcp`` (gRPC over loopback TCP only: ``Client(local=False, stream=False)``,
+servers with ``--no-local-plane --no-stream-plane``), ``stream`` (the raw TCP data plane
+that workers on other hosts use: ``Client(local=False)``, servers with
 ``--no-local-plane``) and ``uds`` (gRPC over a unix socket, servers started with
 ``--uds``). APIs: ``fused`` is one ``push_pull(grads, out=weights)`` per step (the
 worker's own arrays, reused); ``split`` is ``push(grads)`` then ``pull(names)`` into
@@ -29,14 +31,14 @@ from bench.servers import ps_servers
 from ps.allocator import tune_malloc
 from worker import Client
 
-PATH_NAMES = {"shm": "shm", "tcp": "grpc-tcp", "uds": "grpc-uds"}
+PATH_NAMES = {"shm": "shm", "tcp": "grpc-tcp", "uds": "grpc-uds", "stream": "stream-tcp"}
 API_NAMES = {"fused": "", "split": " push+pull", "buffers": " buffers"}
 
 
 def main() -> None:
     tune_malloc()  # the project's recommended worker setting (ps.allocator); ps-server does it itself
     p = arg_parser(__doc__.splitlines()[0])
-    p.add_argument("--path", choices=["shm", "tcp", "uds"], default="shm")
+    p.add_argument("--path", choices=["shm", "tcp", "uds", "stream"], default="shm")
     p.add_argument("--api", choices=["fused", "split", "buffers"], default="fused")
     args = p.parse_args()
     counts = [int(x) for x in args.shards.split(",")]
@@ -62,10 +64,14 @@ def _stepper(stack: contextlib.ExitStack, args, shards: int, n: int, tmp: str):
     socks = [os.path.join(tmp, f"x{shards}-s{i}.sock") for i in range(shards)]
     per_server = (lambda i: ["--uds", socks[i]]) if args.path == "uds" else None
     extra = ["--no-local-plane"] if args.path != "shm" else []
+    extra += ["--no-stream-plane"] if args.path in ("tcp", "uds") else []
     addresses = stack.enter_context(ps_servers(shards, *extra, per_server=per_server))
     if args.path == "uds":
         addresses = [f"unix:{s}" for s in socks]
-    ps = stack.enter_context(Client(addresses, local=args.path == "shm", timeout_s=60, wait_timeout_s=120))
+    ps = stack.enter_context(Client(addresses, local=args.path == "shm", stream=args.path == "stream", timeout_s=60,
+                                    wait_timeout_s=120))
+    if args.path == "stream" and not all(s is not None for s in ps._stream):
+        raise RuntimeError("the stream plane is not in use")
     ps.create("w", shape=(n,), lr=0.001)
     grad = np.full(n, 1e-3, dtype=np.float32)
     out = {"w": np.empty(n, dtype=np.float32)}

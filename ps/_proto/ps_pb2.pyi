@@ -56,7 +56,7 @@ class Topology(_message.Message):
     def __init__(self, shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ...) -> None: ...
 
 class OptimizerSpec(_message.Message):
-    __slots__ = ("name", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay", "initial_accumulator")
+    __slots__ = ("name", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay", "initial_accumulator", "l1", "l2", "beta")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
     MOMENTUM_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,9 @@ class OptimizerSpec(_message.Message):
     EPS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     INITIAL_ACCUMULATOR_FIELD_NUMBER: _ClassVar[int]
+    L1_FIELD_NUMBER: _ClassVar[int]
+    L2_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
     name: str
     lr: float
     momentum: float
@@ -75,7 +78,10 @@ class OptimizerSpec(_message.Message):
     eps: float
     weight_decay: float
     initial_accumulator: float
-    def __init__(self, name: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., initial_accumulator: _Optional[float] = ...) -> None: ...
+    l1: float
+    l2: float
+    beta: float
+    def __init__(self, name: _Optional[str] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ..., weight_decay: _Optional[float] = ..., initial_accumulator: _Optional[float] = ..., l1: _Optional[float] = ..., l2: _Optional[float] = ..., beta: _Optional[float] = ...) -> None: ...
 
 class InitSpec(_message.Message):
     __slots__ = ("kind", "scale", "seed")
@@ -114,14 +120,16 @@ class TableSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., block_elems: _Optional[int] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., init: _Optional[_Union[InitSpec, _Mapping]] = ..., kind: _Optional[_Union[TableKind, str]] = ..., dim: _Optional[int] = ..., max_rows: _Optional[int] = ..., eviction: _Optional[str] = ..., admit_after: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("worker_id", "topology", "resync")
+    __slots__ = ("worker_id", "topology", "resync", "session")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     RESYNC_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     topology: Topology
     resync: bool
-    def __init__(self, worker_id: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., resync: _Optional[bool] = ...) -> None: ...
+    session: int
+    def __init__(self, worker_id: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., resync: _Optional[bool] = ..., session: _Optional[int] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("worker_id", "next_seq", "mode", "staleness", "clock", "num_workers", "tables", "server_id", "epoch", "lease_s", "fenced")
@@ -150,10 +158,12 @@ class RegisterReply(_message.Message):
     def __init__(self, worker_id: _Optional[int] = ..., next_seq: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., clock: _Optional[int] = ..., num_workers: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_s: _Optional[float] = ..., fenced: _Optional[bool] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
-    __slots__ = ("worker_id",)
+    __slots__ = ("worker_id", "session")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
-    def __init__(self, worker_id: _Optional[int] = ...) -> None: ...
+    session: int
+    def __init__(self, worker_id: _Optional[int] = ..., session: _Optional[int] = ...) -> None: ...
 
 class LeaveReply(_message.Message):
     __slots__ = ()
@@ -188,7 +198,7 @@ class BlockRef(_message.Message):
     def __init__(self, table: _Optional[str] = ..., block: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., count: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class PushHeader(_message.Message):
-    __slots__ = ("worker_id", "seq", "step", "part", "num_parts", "blocks", "then_pull")
+    __slots__ = ("worker_id", "seq", "step", "part", "num_parts", "blocks", "then_pull", "session")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +206,7 @@ class PushHeader(_message.Message):
     NUM_PARTS_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     THEN_PULL_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     seq: int
     step: int
@@ -203,7 +214,8 @@ class PushHeader(_message.Message):
     num_parts: int
     blocks: _containers.RepeatedCompositeFieldContainer[BlockRef]
     then_pull: PullHeader
-    def __init__(self, worker_id: _Optional[int] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., then_pull: _Optional[_Union[PullHeader, _Mapping]] = ...) -> None: ...
+    session: int
+    def __init__(self, worker_id: _Optional[int] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., then_pull: _Optional[_Union[PullHeader, _Mapping]] = ..., session: _Optional[int] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("header", "payload")
@@ -268,7 +280,7 @@ class PullReply(_message.Message):
     def __init__(self, header: _Optional[_Union[PullReplyHeader, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class RowsHeader(_message.Message):
-    __slots__ = ("worker_id", "seq", "step", "part", "num_parts", "table", "num_ids", "dim", "dtype", "version")
+    __slots__ = ("worker_id", "seq", "step", "part", "num_parts", "table", "num_ids", "dim", "dtype", "version", "session")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +291,7 @@ class RowsHeader(_message.Message):
     DIM_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     seq: int
     step: int
@@ -289,7 +302,8 @@ class RowsHeader(_message.Message):
     dim: int
     dtype: DType
     version: int
-    def __init__(self, worker_id: _Optional[int] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., table: _Optional[str] = ..., num_ids: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., version: _Optional[int] = ...) -> None: ...
+    session: int
+    def __init__(self, worker_id: _Optional[int] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., table: _Optional[str] = ..., num_ids: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., version: _Optional[int] = ..., session: _Optional[int] = ...) -> None: ...
 
 class RowsRequest(_message.Message):
     __slots__ = ("header", "payload")
@@ -406,7 +420,7 @@ class TableStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., blocks: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id", "epoch", "sparse_tables", "local_plane", "checkpoints", "awaiting_rollback", "restored_tag", "restored_version", "rollback_id")
+    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id", "epoch", "sparse_tables", "local_plane", "checkpoints", "awaiting_rollback", "restored_tag", "restored_version", "rollback_id", "stream_port")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -431,6 +445,7 @@ class StatusReply(_message.Message):
     RESTORED_TAG_FIELD_NUMBER: _ClassVar[int]
     RESTORED_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_PORT_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     staleness: int
     version: int
@@ -448,7 +463,8 @@ class StatusReply(_message.Message):
     restored_tag: str
     restored_version: int
     rollback_id: str
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sparse_tables: _Optional[_Iterable[_Union[SparseTableStatus, _Mapping]]] = ..., local_plane: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ..., awaiting_rollback: _Optional[bool] = ..., restored_tag: _Optional[str] = ..., restored_version: _Optional[int] = ..., rollback_id: _Optional[str] = ...) -> None: ...
+    stream_port: int
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sparse_tables: _Optional[_Iterable[_Union[SparseTableStatus, _Mapping]]] = ..., local_plane: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ..., awaiting_rollback: _Optional[bool] = ..., restored_tag: _Optional[str] = ..., restored_version: _Optional[int] = ..., rollback_id: _Optional[str] = ..., stream_port: _Optional[int] = ...) -> None: ...
 
 class SparseTableStatus(_message.Message):
     __slots__ = ("spec", "rows", "bytes", "evicted")

@@ -144,6 +144,8 @@ def test_servers_and_workers_via_the_clis_exit_cleanly(spawn):
     (["--num-features", "32"], "feature count 64 in digits does not match the model's 32"),
     (["--data", "{tmp}/bad.csv"], "bad.csv line 3"),
     (["--data", "{tmp}/labels.csv", "--num-classes", "3"], "label 7 in"),
+    (["--l1", "0.1"], "--l1 only applies to --optimizer ftrl, not 'adam'"),
+    (["--optimizer", "ftrl", "--l2", "-1"], "ftrl l1, l2 and beta must be >= 0"),
 ])
 def test_ps_worker_bad_input_is_one_line(tmp_path: Path, flags: list[str], expected: str):
     (tmp_path / "bad.csv").write_text("1,2,3,0\n4,5,6,1\n7,8,1\n")

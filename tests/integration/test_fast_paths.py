@@ -1,8 +1,9 @@
 """The fast paths keep the semantics: shared memory, unix sockets, fused steps, known blocks.
 
 Every test runs real shards on loopback. ``path`` picks how a worker reaches them:
-``shm`` (the same-host shared-memory data plane), ``tcp`` (gRPC over loopback TCP) or
-``uds`` (gRPC over a unix socket, ``ServerConfig(uds=...)``).
+``shm`` (the same-host shared-memory data plane), ``stream`` (the TCP data plane beside
+gRPC), ``tcp`` (gRPC alone over loopback TCP) or ``uds`` (gRPC over a unix socket,
+``ServerConfig(uds=...)``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import pytest
 from ps import Mode, ServerConfig, ShardServer
 from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError
-from ps.table import DenseTable
 from ps.wire import encode_framed
-from tests.conftest import run_threads
+from tests.conftest import count_block_copies, run_threads
 from worker import Client
 from worker.transport import ShardChannel
 
-PATHS = ["shm", "tcp", "uds"]
+PATHS = ["shm", "stream", "tcp", "uds"]
 
 
 @contextlib.contextmanager
@@ -35,7 +35,8 @@ def cluster(num: int, path: str, **config):
     tmp = tempfile.mkdtemp(prefix="ps-test-")
     socks = [os.path.join(tmp, f"s{i}.sock") for i in range(num)]
     servers = [ShardServer(ServerConfig(port=0, uds=socks[i] if path == "uds" else None,
-                                        local_plane=path == "shm", **config)) for i in range(num)]
+                                        local_plane=path == "shm", stream_plane=path == "stream", **config))
+               for i in range(num)]
     try:
         for s in servers:
             s.start()
@@ -63,6 +64,7 @@ def test_concurrent_pushes_sum_exactly(path, api):
         with Client(addresses, **opts) as ps:
             ps.create("t", shape=shape, lr=1.0, block_elems=128)
             assert _uses_shm(ps) == (path == "shm")
+            assert any(x is not None for x in ps._stream) == (path == "stream")
 
         def worker(rank):
             # small parts: several calls in flight per shard, on every path
@@ -128,24 +130,10 @@ def test_sync_push_pull_matches_single_process_sgd(path):
         np.testing.assert_allclose(w, expected, rtol=1e-5, atol=1e-5)
 
 
-def _count_copies(servers, monkeypatch) -> list[int]:
-    """Count block copies the shards make (reads whose version the worker did not hold)."""
-    copies = [0]
-    real = DenseTable.read_if_newer
-
-    def counting(self, block, known=None, out=None):
-        data, version = real(self, block, known, out)
-        copies[0] += data is not None
-        return data, version
-
-    monkeypatch.setattr(DenseTable, "read_if_newer", counting)
-    return copies
-
-
-@pytest.mark.parametrize("path", ["shm", "tcp"])
+@pytest.mark.parametrize("path", ["shm", "stream", "tcp"])
 def test_pulls_skip_blocks_the_worker_already_holds(path, monkeypatch):
     with cluster(2, path, mode="async") as (addresses, opts, servers):
-        copies = _count_copies(servers, monkeypatch)
+        copies = count_block_copies(monkeypatch)
         with Client(addresses, cache_pulls=True, **opts) as ps, Client(addresses, **opts) as other:
             ps.create("w", shape=(1000,), lr=1.0, block_elems=100)  # 10 blocks
             first = ps.pull("w")["w"]
@@ -166,7 +154,7 @@ def test_pulls_skip_blocks_the_worker_already_holds(path, monkeypatch):
 
 def test_known_versions_of_another_server_are_ignored(monkeypatch):
     with cluster(1, "tcp", mode="async") as (addresses, opts, servers):
-        copies = _count_copies(servers, monkeypatch)
+        copies = count_block_copies(monkeypatch)
         with Client(addresses, cache_pulls=True, **opts) as ps:
             ps.create("w", shape=(300,), lr=1.0, block_elems=100)
             ps.pull("w")

@@ -31,7 +31,8 @@ def test_sync_pushes_are_counted_once_per_shard_message():
     shards = servers(2, mode=Mode.SYNC, num_workers=2, sync_timeout_s=20.0)
     try:
         addresses = [s.address for s in shards]
-        clients = [Client(addresses, worker_id=i, local=False).connect() for i in range(2)]
+        # gRPC itself (not the TCP data plane, which gRPC's request metrics do not see)
+        clients = [Client(addresses, worker_id=i, local=False, stream=False).connect() for i in range(2)]
         clients[0].create("w", shape=(64, 8), lr=0.1, block_elems=128)   # 4 blocks over the shards
         steps = 5
 

@@ -17,6 +17,7 @@ DENSE = [
               init=InitSpec("normal", 1.0, 1)),
     TableSpec("b", (9,), block_elems=4, optimizer=OptimizerSpec(name="momentum", lr=0.1, momentum=0.9),
               init=InitSpec("uniform", 0.5, 2)),
+    TableSpec("f", (20,), block_elems=8, optimizer=OptimizerSpec(name="ftrl", lr=0.1, l1=0.01, l2=0.1)),
 ]
 SPARSE = SparseTableSpec("emb", dim=4, optimizer=OptimizerSpec(name="adagrad", lr=0.1))
 IDS = np.array([3, 17, 99, 1000, 12345, 7, 8, 2**40], dtype=np.int64)

@@ -67,7 +67,7 @@ def test_duplicate_ids_in_one_push_are_summed_then_applied_once():
 @pytest.mark.parametrize("name, options", [
     ("sgd", {}), ("sgd", {"weight_decay": 0.1}), ("momentum", {"momentum": 0.9}),
     ("momentum", {"momentum": 0.8, "nesterov": True}), ("adagrad", {"initial_accumulator": 0.1}),
-    ("adam", {}), ("adam", {"weight_decay": 0.01}),
+    ("adam", {}), ("adam", {"weight_decay": 0.01}), ("ftrl", {"l1": 0.05, "l2": 0.1}), ("ftrl", {"beta": 0.0}),
 ])
 def test_row_rules_equal_the_dense_optimizer_on_touched_rows(name, options):
     """A row pushed k times follows the dense rule exactly; rows not pushed stay put."""
