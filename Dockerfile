@@ -24,5 +24,5 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
 USER ps
 WORKDIR /home/ps
 # gRPC (ps-server --port) and Prometheus metrics (--metrics-port)
-EXPOSE 50051 9100
+EXPOSE 50051 50052 9100
 CMD ["ps-server", "--host", "0.0.0.0"]

@@ -4,8 +4,8 @@ Each service runs its own ``command`` (console script -> ``python -m MODULE``) w
 own environment (env files, then ``environment``, substituted from the given variables
 exactly as compose does), with only what a machine without containers needs changed:
 
-- servers bind 127.0.0.1 on a port from the OS (``PS_PORT=0``; the address comes from
-  the ``ps-server listening on`` line), metrics on a free port;
+- servers bind 127.0.0.1 on ports from the OS (``PS_PORT=0``, ``PS_STREAM_PORT=0``; the
+  address comes from the ``ps-server listening on`` line), metrics on a free port;
 - ``SERVICE:PORT`` in any value becomes that server's loopback address;
 - named volumes become folders under the test's tmp path;
 - replicas become that many processes; each worker's metrics get a free port.
@@ -129,7 +129,7 @@ class Topology:
         procs = []
         for name in self.server_names():
             metrics = free_port()
-            env = self.env(name, PS_HOST="127.0.0.1", PS_PORT="0", PS_METRICS_HOST="127.0.0.1",
+            env = self.env(name, PS_HOST="127.0.0.1", PS_PORT="0", PS_STREAM_PORT="0", PS_METRICS_HOST="127.0.0.1",
                           PS_METRICS_PORT=str(metrics))
             proc = self.spawn(name, self.argv(self.services[name]["command"]), env)
             proc.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
