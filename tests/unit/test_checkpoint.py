@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from ps import checkpoint
+from ps import checkpoint, checkpoint_files
 from ps.checkpointer import Checkpointer
 from ps.config import ServerConfig
 from ps.consistency import Mode
@@ -124,10 +124,10 @@ def test_tampered_file_with_an_object_array_is_refused_not_unpickled(tmp_path):
     arrays["a0"] = np.array([{"evil": 1}], dtype=object)  # rewritten, checksums made to match
     with open(data, "wb") as f:
         np.savez(f, **arrays)
-    digest, size = checkpoint._sha256(str(data))
+    digest, size = checkpoint_files.sha256_of(str(data))
     manifest["data"].update(sha256=digest, bytes=size)
     body = {k: v for k, v in manifest.items() if k != "checksum"}
-    manifest["checksum"] = checkpoint._manifest_checksum(body)
+    manifest["checksum"] = checkpoint_files.manifest_checksum(body)
     with open(manifest_path, "w") as f:
         json.dump(manifest, f)
     assert checkpoint.load(str(tmp_path), 0, 1) is None
