@@ -40,6 +40,9 @@ log = logging.getLogger("ps-worker")
 
 #: the defaults of ps-worker and ps-launch: > 0.95 test accuracy on digits, sync or async
 DEFAULTS = TrainConfig(data=DEFAULT_SOURCE)
+#: --data-plane -> Client options
+DATA_PLANES = {"auto": {"local": True, "stream": True}, "tcp": {"local": False, "stream": True},
+               "grpc": {"local": False, "stream": False}}
 
 
 class StopSignals:
@@ -183,6 +186,9 @@ def build_parser(environ=None) -> EnvArgumentParser:
     p.add_argument("--staleness-every", type=int, default=10,
                    help="ask the servers for the slowest worker's clock every N steps (0: never)")
     p.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for every server to answer")
+    p.add_argument("--data-plane", choices=list(DATA_PLANES), default="auto",
+                   help="how tensors travel: auto (shared memory with servers on this machine, else the TCP data "
+                        "plane beside gRPC, else gRPC), tcp (no shared memory) or grpc (gRPC alone)")
     client_safety.add_arguments(p)  # --token-file, --tls-ca, --tls-cert, --tls-key, --tls-server-name
     p.add_argument("--wait-timeout", type=float, default=300.0,
                    help="seconds one pull or push may wait on other workers (sync and ssp)")
@@ -231,7 +237,8 @@ def _run(args, cfg: TrainConfig, model, train_ds, test_ds, stop: StopSignals) ->
                 return _fail(f"--metrics-file {args.metrics_file}: {exc.strerror or exc}")
         auto = args.rank == worker_ops.AUTO  # the cluster assigns the id; it becomes the rank
         client = Client(args.servers, worker_id=None if auto else cfg.rank, connect_timeout_s=args.connect_timeout,
-                        wait_timeout_s=args.wait_timeout, **client_safety.client_kwargs(args))
+                        wait_timeout_s=args.wait_timeout, **DATA_PLANES[args.data_plane],
+                        **client_safety.client_kwargs(args))
         ops = worker_ops.WorkerOps(args)  # metrics endpoint and slow-wait warnings
         try:
             client.connect()

@@ -179,6 +179,8 @@ class Client:
         recovery.after_connect(self, replies)
         dense_step.attach_local(self)
         stream_step.attach_stream(self)
+        log.info("worker %d moves tensors over: %s", self.worker_id,
+                 ", ".join(f"{ch.address} {plane}" for ch, plane in zip(self._channels, dense_step.data_planes(self))))
         return self
 
     def close(self) -> None:
@@ -193,8 +195,8 @@ class Client:
         recovery.before_close(self)  # joins the heartbeat thread first
         if self.worker_id >= 0 and not self.observer:
             try:
-                fan_out([(ch, ch.leave, ps_pb2.LeaveRequest(worker_id=self.worker_id, session=self.session)) for ch in self._channels],
-                        min(self.timeout_s, 5.0))
+                leave = ps_pb2.LeaveRequest(worker_id=self.worker_id, session=self.session)
+                fan_out([(ch, ch.leave, leave) for ch in self._channels], min(self.timeout_s, 5.0))
             except Exception as exc:  # leaving is a courtesy; the lease covers the rest
                 log.warning("worker %d could not leave cleanly: %s", self.worker_id, exc)
         dense_step.close_local(self)

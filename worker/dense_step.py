@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 # attach_local, close_local and buffers are Client's entry points to the data plane;
 # flatten_grads is shared with worker.sparse_client
-__all__ = ["advance_clock", "attach_local", "buffers", "close_local", "flatten_grads", "run"]
+__all__ = ["advance_clock", "attach_local", "buffers", "close_local", "data_planes", "flatten_grads", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,16 @@ def run(client: Client, grads: Mapping[str, Any] | None, names: Iterable[str] | 
         return None
     given = out or {}
     return {n: given[n] if given.get(n) is not None else dest[n].reshape(client._specs[n].shape) for n in pull_names}
+
+
+def data_planes(client: Client) -> list[str]:
+    """Per shard, how dense tensors travel: ``"shared memory"``, ``"tcp"`` (the TCP data
+    plane beside gRPC) or ``"grpc"``. Does not block."""
+    n = len(client._channels)
+    locals_ = getattr(client, "_local", None) or [None] * n
+    streams = getattr(client, "_stream", None) or [None] * n
+    return ["shared memory" if lo is not None else "tcp" if st is not None else "grpc"
+            for lo, st in zip(locals_, streams)]
 
 
 _OUTCOME_NAMES = {number: name.lower() for name, number in ps_pb2.Outcome.items()}

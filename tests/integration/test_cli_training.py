@@ -119,18 +119,20 @@ def test_ps_launch_trains_and_writes_the_run_folder(tmp_path: Path):
         assert_port_closed(address)
 
 
-def test_servers_and_workers_via_the_clis_exit_cleanly(spawn):
+@pytest.mark.parametrize("plane, used", [("auto", "shared memory"), ("tcp", "tcp"), ("grpc", "grpc")])
+def test_servers_and_workers_via_the_clis_exit_cleanly(spawn, plane, used):
     servers = [start_server(spawn, "--mode", "sync", "--num-workers", "2", "--shard-index", str(i),
                             "--num-shards", "2")
                for i in range(2)]
     addresses = ",".join(address for _, address in servers)
     workers = [spawn(["launcher.worker_cli", "--servers", addresses, "--rank", str(r), "--num-workers", "2",
-                      "--epochs", "2", "--model", "softmax"])
+                      "--epochs", "2", "--model", "softmax", "--data-plane", plane, "--log-level", "INFO"])
                for r in range(2)]
     outputs = [w.communicate(timeout=TIMEOUT_S) for w in workers]
     for w, (out, err) in zip(workers, outputs):
         assert w.returncode == 0, err
         assert "test accuracy 0." in out and "after 2 epochs (46 steps" in out
+        assert all(f"{a} {used}" in err for a in addresses.split(",")), err  # "moves tensors over: ..."
     # sync: both workers end on the same weights, so on the same accuracy
     assert outputs[0][0].split("accuracy")[1].split()[0] == outputs[1][0].split("accuracy")[1].split()[0]
     for proc, _ in servers:
