@@ -9,6 +9,7 @@ import pytest
 
 from ps.errors import FailedPreconditionError
 from worker import Client
+from worker.dense_step import data_planes
 
 
 def _status(address):
@@ -16,17 +17,21 @@ def _status(address):
         return ps.status()[0]
 
 
-@pytest.mark.parametrize("local", [True, False], ids=["shared-memory", "grpc"])
-def test_a_second_client_under_the_same_id_fences_the_first(shards, local):
+PLANES = {"shared-memory": {"local": True}, "tcp": {"local": False}, "grpc": {"local": False, "stream": False}}
+
+
+@pytest.mark.parametrize("plane", list(PLANES))
+def test_a_second_client_under_the_same_id_fences_the_first(shards, plane):
     with shards(1, mode="async") as servers:
         address = servers[0].address
-        first = Client([address], worker_id=3, local=local)
+        first = Client([address], worker_id=3, **PLANES[plane])
         first.connect()
         try:
             first.create("w", shape=(8,), lr=1.0)
             first.push({"w": np.full(8, 1.0, np.float32)})
             first.push({"w": np.full(8, 2.0, np.float32)})
-            with Client([address], worker_id=3, local=local) as second:   # same rank, another process
+            assert data_planes(first) == [plane.replace("-", " ")]
+            with Client([address], worker_id=3, **PLANES[plane]) as second:   # same rank, another process
                 second.push({"w": np.full(8, 10.0, np.float32)})
                 with pytest.raises(FailedPreconditionError, match="fenced"):
                     first.push({"w": np.full(8, 100.0, np.float32)})      # never applied
