@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
 import sys
 import time
@@ -74,6 +75,15 @@ def emit(result: Result) -> None:
 
 def emit_skip(system: str, why: str) -> None:
     print("SKIP " + json.dumps({"system": system, "why": why}), flush=True)
+
+
+def loopback_only() -> bool:
+    """True inside a network namespace whose only interface is ``lo`` (``unshare --net``)."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return False
+    return names == ["lo"]
 
 
 def log(msg: str) -> None:

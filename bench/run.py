@@ -34,7 +34,7 @@ QUOTED_PEERS = {"torch rpc PS": {"1MiB": (1.3, 2.2), "16MiB": (2.5, 3.1), "128Mi
 
 
 def systems(quick: bool) -> list[tuple[str, list[str], str]]:
-    """(key, module args, kind) in run order; kind "ray" runs in a loopback-only namespace."""
+    """(key, module args, kind) in run order; kinds "ray" and "mxnet" run in a loopback-only namespace."""
     out = [
         ("ps shm buffers", ["bench.peers.project", "--path", "shm", "--api", "buffers", "--shards", "1,2"], "ps"),
         ("ps shm", ["bench.peers.project", "--path", "shm", "--shards", "1,2"], "ps"),
@@ -46,6 +46,7 @@ def systems(quick: bool) -> list[tuple[str, list[str], str]]:
         ("grpc protobuf-bytes PS", ["bench.peers.naive_pb"], "baseline"),
         ("torch rpc PS", ["bench.peers.torch_rpc"], "peer"),
         ("Ray actor PS", ["bench.peers.ray_ps"], "ray"),
+        ("MXNet KVStore PS (ps-lite)", ["bench.peers.mxnet_ps"], "mxnet"),
     ]
     if quick:
         out = [s for s in out if s[0] not in ("ps grpc-uds x1", "ps shm push+pull x1")]
@@ -75,11 +76,13 @@ def machine() -> dict:
 
 
 def run_system(key: str, argv: list[str], kind: str, args) -> tuple[list[dict], list[str]]:
-    cmd = [sys.executable, "-m", *argv, "--sizes", args.sizes, "--seconds", str(args.seconds)]
+    # mxnet 1.9.1 needs numpy<1.24: its own interpreter (bench/peers/mxnet_ps.py)
+    python = os.environ.get("MXNET_PYTHON", sys.executable) if kind == "mxnet" else sys.executable
+    cmd = [python, "-m", *argv, "--sizes", args.sizes, "--seconds", str(args.seconds)]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if kind == "ray":
+    if kind in ("ray", "mxnet"):  # peers that bind the host's address: a loopback-only namespace
         if shutil.which("unshare") is None:
-            return [], [f"{key}: skipped: `unshare` not found (Ray runs only in a loopback-only namespace)"]
+            return [], [f"{key}: skipped: `unshare` not found (it runs only in a loopback-only namespace)"]
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         inner = " ".join(_quote(c) for c in cmd)
         cmd = ["unshare", "--net", "sh", "-c", f"ip link set lo up && exec {inner}"]

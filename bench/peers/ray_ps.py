@@ -13,18 +13,8 @@ namespace (``unshare --net``), and this module refuses to start Ray anywhere els
 from __future__ import annotations
 
 import os
-import socket
 
-from bench.harness import SIZES, arg_parser, emit, emit_skip, log, measure
-
-
-def _loopback_only() -> bool:
-    """True inside a network namespace whose only interface is ``lo``."""
-    try:
-        names = [name for _, name in socket.if_nameindex()]
-    except OSError:
-        return False
-    return names == ["lo"]
+from bench.harness import SIZES, arg_parser, emit, emit_skip, log, loopback_only, measure
 
 
 def main() -> None:
@@ -36,7 +26,7 @@ def main() -> None:
     except ImportError:
         emit_skip("Ray actor PS", "ray is not installed (pip install -e .[bench-ray])")
         return
-    if not _loopback_only():
+    if not loopback_only():
         emit_skip("Ray actor PS", "refusing to start Ray outside a loopback-only network namespace "
                                   "(bench.run starts it under `unshare --net`)")
         return
