@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -59,6 +60,12 @@ from ps.errors import FailedPreconditionError
 from ps.table_codecs import CODECS, CheckpointError
 
 log = logging.getLogger(__name__)
+
+#: ``np.load`` parses every array's header with ``ast``, and CPython 3.11 can fail with
+#: "SystemError: AST constructor recursion depth mismatch" when two threads build ASTs at
+#: once (python/cpython#106905). Two shards' restores in one process (tests, or a Restore
+#: beside a startup) would then see a valid checkpoint as unreadable, so reads take turns.
+_READS = threading.Lock()
 
 # the files' side (ps.checkpoint_files) is part of this module's API too
 __all__ = ["FORMAT", "ShardState", "TablePart", "WriteHook", "capture", "check_tag", "install", "listing", "load",
@@ -273,12 +280,14 @@ def load(directory: str, shard_index: int, num_shards: int, tag: str | None = No
 
     Corrupt, truncated or incomplete checkpoints are skipped with a warning. ``tables``
     of the result maps each kind to its restored tables; ``dedup`` is None when the
-    shard count changed (sequence numbers are per shard). Raises
+    shard count changed (sequence numbers are per shard). Loads in one process take
+    turns (``_READS``). Raises
     UnsupportedCheckpointError for a valid checkpoint holding a table kind with no codec.
     """
     for files in candidates(directory, shard_index, num_shards, tag):
         try:
-            return _restore(files, shard_index, num_shards)
+            with _READS:
+                return _restore(files, shard_index, num_shards)
         except UnsupportedCheckpointError:
             raise
         except CheckpointError as exc:
