@@ -72,8 +72,10 @@ class ServerConfig:
             raise ValueError("max-message-bytes must be at least 1 MiB")
         if not 0 <= self.metrics_port <= 65535 or (self.metrics_port and self.metrics_port == self.port):
             raise ValueError(f"metrics-port must be in [0, 65535] and not the gRPC port, got {self.metrics_port}")
-        if not 0 <= self.stream_port <= 65535 or (self.stream_port and self.stream_port in (self.port, self.metrics_port)):
-            raise ValueError(f"stream-port must be in [0, 65535] and not another port of the server, got {self.stream_port}")
+        if not 0 <= self.stream_port <= 65535 or (self.stream_port and
+                                                  self.stream_port in (self.port, self.metrics_port)):
+            raise ValueError(f"stream-port must be in [0, 65535] and not another port of the server, "
+                             f"got {self.stream_port}")
         if self.threads < 2:
             raise ValueError("threads must be >= 2")
 
