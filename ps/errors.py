@@ -108,3 +108,11 @@ def status_code_of(error: PSError) -> grpc.StatusCode:
 def from_status(code: grpc.StatusCode, details: str) -> PSError:
     """The project exception for a gRPC status, to be raised ``from`` the ``grpc.RpcError``."""
     return _BY_CODE.get(code, RemoteError)(details or code.name)
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def from_status_number(number: int, details: str) -> PSError:
+    """:func:`from_status` for a status code sent as its number (the data planes' frames)."""
+    return from_status(_CODES.get(number, grpc.StatusCode.UNKNOWN), details)

@@ -43,7 +43,7 @@ from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError, PSError, status_code_of
 from ps.service import OUTCOMES, known_token, pull_blocks
 from ps.shard import Shard
-from ps.socket_server import SocketServer
+from ps.socket_server import SocketServer, recv_exact
 from ps.wire import (
     LOCAL_ATTACH,
     LOCAL_FLAG_KNOWN,
@@ -64,19 +64,6 @@ log = logging.getLogger(__name__)
 
 #: the largest shared-memory region one connection may attach (bytes)
 MAX_REGION_BYTES = 1 << 36
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    """Read exactly ``n`` bytes. Raises ConnectionError when the peer closes first."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if not k:
-            raise ConnectionError("peer closed the connection")
-        got += k
-    return bytes(buf)
 
 
 class _Connection:

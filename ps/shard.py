@@ -262,11 +262,7 @@ class Shard(ShardMembership, ShardRecovery):
         if not 0 <= part < num_parts:
             raise InvalidArgumentError(f"part {part} of {num_parts} is not a valid part number")
         with self._cond:
-            self.check_current(worker)
-            if worker in self.gate.workers:  # unknown ids leave no trace
-                self.last_contact[worker] = self._clock()
-            self._wait(lambda: self.gate.on_pull(worker, step), deadline)
-            version = self.gate.version
+            version = self.await_pull(worker, step, deadline)
             generation = self.generation
             # each table once: a request naming one table many times must not multiply the copies
             selected = [self.table(name) for name in dict.fromkeys(tables)]
@@ -289,6 +285,16 @@ class Shard(ShardMembership, ShardRecovery):
                 raise AbortedError("the cluster rolled back while this pull was copied: retry from a fresh pull")
             self.counters["pulls"] += 1
         return version, out
+
+    def await_pull(self, worker: int, step: int, deadline: float) -> int:
+        """Call with the lock held, before a pull of blocks or rows: the shard's version once
+        ``worker`` may read ``step`` (sync and ssp wait, bounded by ``deadline``). Raises
+        AbortedError, DeadlineExceededError."""
+        self.check_current(worker)
+        if worker in self.gate.workers:  # unknown ids leave no trace
+            self.last_contact[worker] = self._clock()
+        self._wait(lambda: self.gate.on_pull(worker, step), deadline)
+        return self.gate.version
 
     # -- internals ----------------------------------------------------------------------
 

@@ -158,11 +158,7 @@ class SparseRows:
                                          f"{shard.config.max_message_bytes}: pull fewer ids per call")
         table.check_ids(ids)
         with shard._cond:
-            shard.check_current(worker)
-            if worker in shard.gate.workers:  # unknown ids leave no trace
-                shard.last_contact[worker] = shard._clock()
-            shard._wait(lambda: shard.gate.on_pull(worker, step), deadline)
-            version = shard.gate.version
+            version = shard.await_pull(worker, step, deadline)
         values = table.read(ids)
         with shard._cond:
             shard.counters["row_pulls"] += 1

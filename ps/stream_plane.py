@@ -46,7 +46,7 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -57,7 +57,7 @@ from ps._proto import ps_pb2
 from ps.errors import PSError, status_code_of
 from ps.service import OUTCOMES, known_if_current, pull_blocks, push_blocks
 from ps.shard import Shard
-from ps.socket_server import SocketServer
+from ps.socket_server import SocketServer, recv_frame, recv_into_exact, send_all
 from ps.wire import (
     LOCAL_HELLO,
     LOCAL_MAX_MESSAGE,
@@ -77,55 +77,6 @@ STREAM_HELLO, STREAM_PUSH, STREAM_PULL, STREAM_PUSH_PULL = LOCAL_HELLO, LOCAL_PU
 IO_TIMEOUT_S = 60.0
 #: connections one shard serves at once (each is a thread); more are refused
 MAX_CONNECTIONS = 1024
-_IOV_MAX = 512  # buffers per sendmsg call (Linux allows 1024)
-
-
-def recv_into_exact(sock: socket.socket, view: memoryview) -> None:
-    """Fill ``view`` (a byte memoryview) from ``sock``. Blocks (the socket's timeout).
-
-    Raises ConnectionError when the peer closes first, OSError (TimeoutError) otherwise.
-    """
-    got, n = 0, view.nbytes
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if not k:
-            raise ConnectionError("peer closed the connection")
-        got += k
-
-
-def recv_frame(sock: socket.socket, n: int) -> bytes | None:
-    """Exactly ``n`` bytes, or None when the peer closed cleanly before the first byte."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    k = sock.recv_into(view)
-    if not k:
-        return None
-    if k < n:
-        recv_into_exact(sock, view[k:])
-    return bytes(buf)
-
-
-def send_all(sock: socket.socket, buffers: Sequence[Any]) -> None:
-    """Send every buffer (bytes-likes, contiguous arrays) in order with ``sendmsg``: no joining copy.
-
-    Blocks (the socket's timeout). Raises OSError.
-    """
-    views = []
-    for b in buffers:
-        v = memoryview(b)
-        if v.nbytes:
-            views.append(v.cast("B") if v.format != "B" or v.ndim != 1 else v)
-    i = 0
-    while i < len(views):
-        sent = sock.sendmsg(views[i : i + _IOV_MAX])
-        while sent:
-            n = views[i].nbytes
-            if sent >= n:
-                sent -= n
-                i += 1
-            else:
-                views[i] = views[i][sent:]
-                sent = 0
 
 
 class _Closing(Exception):

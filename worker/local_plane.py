@@ -27,11 +27,10 @@ import mmap
 import os
 import socket
 
-import grpc
 import numpy as np
 
-from ps.local_plane import recv_exact
-from ps.errors import PSError, UnavailableError, from_status
+from ps.errors import PSError, UnavailableError, from_status_number
+from ps.socket_server import recv_exact
 from ps.spec import TableSpec
 from ps.wire import (
     LOCAL_ATTACH,
@@ -44,7 +43,6 @@ from ps.wire import (
 from worker.channel_slots import SlotChannel
 
 _PAGE = mmap.PAGESIZE
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def _round_up(n: int) -> int:
@@ -150,7 +148,7 @@ class LocalConnection:
             raise ConnectionError("malformed reply from the shard")
         body = recv_exact(self.sock, length) if length else b""
         if status:
-            raise from_status(_CODES.get(status, grpc.StatusCode.UNKNOWN), body.decode(errors="replace"))
+            raise from_status_number(status, body.decode(errors="replace"))
         return body, outcome, version
 
     def close(self) -> None:

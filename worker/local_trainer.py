@@ -142,12 +142,7 @@ def reference_loop(
                 record(epoch)
     if not history or history[-1].step != step:
         record(config.epochs)
-    seconds = time.monotonic() - start
-    final = history[-1]
-    return TrainResult(worker=-1, epochs=config.epochs, steps=step, samples=samples, seconds=seconds,
-                       samples_per_s=samples / seconds if seconds > 0 else 0.0, final_loss=final_loss,
-                       metric=final.metric, test_score=final.value, history=tuple(history),
-                       params=params)
+    return TrainResult.of(-1, config.epochs, step, samples, time.monotonic() - start, final_loss, history, params)
 
 
 def _epochs(ds: Any, config: TrainConfig, batches_of: Callable[..., Iterator[Any]]) -> Iterator[Any]:

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
@@ -166,6 +166,16 @@ class TrainResult:
     test_score: float
     history: tuple[EvalRecord, ...] = field(default=())
     params: Mapping[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, worker: int, epochs: int, steps: int, samples: int, seconds: float, final_loss: float,
+           history: Sequence[EvalRecord], params: Mapping[str, np.ndarray] | None = None) -> TrainResult:
+        """The result of a loop that ran ``seconds``: the rate and the score come from the
+        numbers and the last evaluation in ``history`` (which must not be empty)."""
+        final = history[-1]
+        return cls(worker=worker, epochs=epochs, steps=steps, samples=samples, seconds=seconds,
+                   samples_per_s=samples / seconds if seconds > 0 else 0.0, final_loss=final_loss,
+                   metric=final.metric, test_score=final.value, history=tuple(history), params=params)
 
     def summary(self) -> str:
         """One line, e.g. ``test accuracy 0.9611 after 5 epochs (1234 steps, 5.2 s)``."""
@@ -371,12 +381,8 @@ def _loop(client, model, train_ds, test_ds, config, xp, names, on_step, on_eval,
                      metric, value)
             if on_eval is not None:
                 on_eval(record)
-    seconds = time.monotonic() - start
-    final = history[-1]
-    return TrainResult(worker=config.rank, epochs=config.epochs, steps=step, samples=samples, seconds=seconds,
-                       samples_per_s=samples / seconds if seconds > 0 else 0.0, final_loss=epoch_loss,
-                       metric=final.metric, test_score=final.value, history=tuple(history),
-                       params={k: to_host(v) for k, v in params.items()})
+    return TrainResult.of(config.rank, config.epochs, step, samples, time.monotonic() - start, epoch_loss, history,
+                          {k: to_host(v) for k, v in params.items()})
 
 
 def _host(grad: Any, dtype: str) -> np.ndarray:

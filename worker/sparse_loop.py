@@ -155,11 +155,7 @@ def _loop(client, model, train_ds, test_ds, config, dense_names, on_step, on_eva
                      epoch + 1, epoch_loss, auc, logloss)
             if on_eval is not None:
                 on_eval(record)
-    seconds = time.monotonic() - start
-    final = history[-1]
-    return TrainResult(worker=config.rank, epochs=config.epochs, steps=step, samples=samples, seconds=seconds,
-                       samples_per_s=samples / seconds if seconds > 0 else 0.0, final_loss=epoch_loss,
-                       metric="auc", test_score=final.value, history=tuple(history))
+    return TrainResult.of(config.rank, config.epochs, step, samples, time.monotonic() - start, epoch_loss, history)
 
 
 def train_sparse_local(model: Any, train_ds: CtrDataset | Sequence[CtrDataset], test_ds: CtrDataset,

@@ -18,14 +18,11 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
-
-from ps.errors import PSError, UnavailableError, from_status
-from ps.stream_plane import STREAM_HELLO, recv_frame, recv_into_exact, send_all
+from ps.errors import PSError, UnavailableError, from_status_number
+from ps.socket_server import recv_frame, recv_into_exact, send_all
+from ps.stream_plane import STREAM_HELLO
 from ps.wire import LOCAL_MAX_MESSAGE, LOCAL_REPLY_SIZE, pack_local_request, unpack_local_reply, with_token
 from worker.channel_slots import SlotChannel
-
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def split_host_port(address: str) -> tuple[str, int] | None:
@@ -83,7 +80,7 @@ class StreamConnection:
         if body is None:
             raise ConnectionError("the shard closed the connection")
         if status:
-            raise from_status(_CODES.get(status, grpc.StatusCode.UNKNOWN), body.decode(errors="replace"))
+            raise from_status_number(status, body.decode(errors="replace"))
         return body, outcome, version
 
     def read_into(self, view: memoryview) -> None:
