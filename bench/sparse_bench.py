@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_echo()
         return 0
 
-    from ps.optim import OptimizerSpec
-    from ps.sparse_optim import RowOptimizer
+    from ps.tables.optim import OptimizerSpec
+    from ps.tables.sparse_optim import RowOptimizer
     from worker import Client
 
     row_bytes = args.dim * 4

@@ -17,8 +17,8 @@ import threading
 
 from ps import Mode, ServerConfig, ShardServer
 from worker import Client
-from worker.data import open_source
-from worker.loop import TrainConfig, train
+from worker.data.dataset import open_source
+from worker.training.loop import TrainConfig, train
 from worker.models import ParamSpec
 from worker.models.softmax import softmax_cross_entropy
 from worker.xp import array_module

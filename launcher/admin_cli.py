@@ -20,12 +20,12 @@ from collections.abc import Callable
 
 from launcher import client_safety, status_table
 from launcher.envargs import EnvArgumentParser
-from ps import tls
+from ps.protocol import tls
 from ps._proto import ps_pb2
 from ps.config import DEFAULT_MAX_MESSAGE_BYTES
 from ps.errors import PSError
 from worker import Client
-from worker.transport import RetryPolicy, ShardChannel, fan_out
+from worker.client.transport import RetryPolicy, ShardChannel, fan_out
 
 
 def _connection_args(p) -> None:

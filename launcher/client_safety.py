@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ps.auth import read_token
+from ps.protocol.auth import read_token
 
 
 def add_arguments(p) -> None:

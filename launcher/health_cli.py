@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--timeout must be > 0, got {args.timeout}")
     credentials = None
     if args.tls_ca or args.tls_cert:
-        from ps import tls
+        from ps.protocol import tls
 
         try:
             credentials = tls.channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)

@@ -32,7 +32,7 @@ from launcher.envargs import EnvArgumentParser
 from launcher.local_cluster import ClusterConfig, ClusterError, LocalCluster
 from launcher.progress import MetricsTail, Progress
 from launcher.worker_cli import StopSignals, add_training_flags, train_config_from_args, training_argv
-from worker.loop import TrainConfig
+from worker.training.loop import TrainConfig
 
 log = logging.getLogger("ps-launch")
 
@@ -179,16 +179,16 @@ def _watch(cluster: LocalCluster, tail: MetricsTail, progress: Progress, records
 
 def _final_evaluation(addresses: list[str], cfg: TrainConfig) -> tuple[str, float, int]:
     """Pull the final model with an observer client and score it on the held-out split."""
-    from worker.client import Client
-    from worker.data import open_source
-    from worker.loop import build_model, evaluate
+    from worker.client.client import Client
+    from worker.data.dataset import open_source
+    from worker.training.loop import build_model, evaluate
 
     _, test = open_source(cfg.data, rank=0, num_workers=cfg.num_workers, seed=cfg.seed)
     model = build_model(cfg, test)
     with Client(addresses, observer=True, connect_timeout_s=10.0) as client:
         params = client.pull(list(model.parameters()))
         if getattr(model, "sparse", False):  # embedding tables: rows come through pull_rows; AUC
-            from worker.sparse_loop import evaluate_ctr
+            from worker.training.sparse_loop import evaluate_ctr
             return "auc", evaluate_ctr(model, params, client.pull_rows, test)[0], len(test)
     metric, value = evaluate(model, params, test)
     return metric, value, len(test)

@@ -17,8 +17,8 @@ from launcher.cli_logging import configure_logging
 from launcher.envargs import EnvArgumentParser
 from ps.allocator import tune_malloc
 from ps.config import DEFAULT_MAX_MESSAGE_BYTES, ServerConfig
-from ps.consistency import Mode
-from ps.server import ShardServer
+from ps.shard.consistency import Mode
+from ps.serving.server import ShardServer
 
 log = logging.getLogger("ps-server")
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ps.auth import read_token
+from ps.protocol.auth import read_token
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

@@ -10,7 +10,7 @@ holds and one per worker it knows::
     0                       worker  1                                120    5.3 s ago     live; step 120 waits for it (slowest)
 
 A sync step also waits for workers blocked on another shard; "(slowest)" marks the ones
-furthest behind (:func:`worker.slow_wait.stragglers`), the workers to look at. Pure: no I/O.
+furthest behind (:func:`worker.observe.slow_wait.stragglers`), the workers to look at. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.slow_wait import stragglers
+from worker.observe.slow_wait import stragglers
 
 HEADER = ("SHARD", "ADDRESS", "KIND", "NAME", "VERSION", "SIZE", "CLOCK", "LAST CONTACT", "STATE")
 

@@ -29,9 +29,9 @@ from launcher import client_safety, worker_ops
 from launcher.cli_logging import configure_logging
 from launcher.envargs import EnvArgumentParser
 from ps.errors import PSError
-from worker.client import Client
-from worker.data import DEFAULT_SOURCE, DataError, open_source
-from worker.loop import StepRecord, TrainConfig, TrainingStopped, build_model, train
+from worker.client.client import Client
+from worker.data.dataset import DEFAULT_SOURCE, DataError, open_source
+from worker.training.loop import StepRecord, TrainConfig, TrainingStopped, build_model, train
 from worker.models import MODELS
 from worker.models.sparse_models import SPARSE_MODELS
 from worker.xp import DEVICES, DeviceUnavailableError, get_xp

@@ -1,9 +1,9 @@
 """The operational flags of ``ps-worker``: metrics, slow-wait warnings, ``--rank auto``.
 
 - ``--metrics-port``/``--metrics-host``: Prometheus metrics of this worker
-  (:class:`~worker.worker_metrics.WorkerMetrics`), off by default.
+  (:class:`~worker.observe.worker_metrics.WorkerMetrics`), off by default.
 - ``--warn-after SECONDS``: a pull or push that has waited this long logs a warning naming
-  the workers it waits for (:class:`~worker.slow_wait.SlowWaitWarner`); 0 never.
+  the workers it waits for (:class:`~worker.observe.slow_wait.SlowWaitWarner`); 0 never.
 - ``--rank auto``: take the worker id the cluster assigns (shard 0 hands out 0, 1, 2, ...
   in registration order) as the rank, i.e. as this worker's shard of the data. For
   replicas that cannot be told apart (``docker compose`` ``deploy.replicas``). The id
@@ -22,11 +22,11 @@ import logging
 from collections.abc import Callable
 
 from launcher import metrics_flags
-from worker.data import open_source
-from worker.loop import StepRecord, TrainConfig, build_model
-from worker.observed_client import ObservedClient
-from worker.slow_wait import SlowWaitWarner, describe_wait
-from worker.worker_metrics import WorkerMetrics
+from worker.data.dataset import open_source
+from worker.training.loop import StepRecord, TrainConfig, build_model
+from worker.observe.observed_client import ObservedClient
+from worker.observe.slow_wait import SlowWaitWarner, describe_wait
+from worker.observe.worker_metrics import WorkerMetrics
 
 log = logging.getLogger("ps-worker")
 

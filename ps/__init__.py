@@ -12,7 +12,7 @@ Errors are in :mod:`ps.errors`; the wire protocol is ``protos/ps.proto``.
 
 from ps import errors
 from ps.config import ServerConfig
-from ps.consistency import Mode
-from ps.server import ShardServer
+from ps.shard.consistency import Mode
+from ps.serving.server import ShardServer
 
 __all__ = ["Mode", "ServerConfig", "ShardServer", "errors"]

@@ -1,7 +1,7 @@
 """Configuration of one server shard, as a frozen dataclass.
 
 Only the command line (``launcher/``) reads argv and ``PS_*`` environment variables; it
-builds a :class:`ServerConfig` and hands it to :class:`ps.server.ShardServer`.
+builds a :class:`ServerConfig` and hands it to :class:`ps.serving.server.ShardServer`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from ps.consistency import Mode
+from ps.shard.consistency import Mode
 
 #: the largest gRPC message a server accepts or sends. Clients split bigger transfers
 #: into several messages, so a table of any size moves within this limit.
@@ -33,9 +33,9 @@ class ServerConfig:
     grace_s: float = 5.0             # on stop, how long in-flight calls may finish
     uds: str | None = None           # also serve gRPC on this unix socket path ("unix:PATH" for clients)
     local_plane: bool = True         # same-host workers may move tensors through shared memory
-    stream_plane: bool = True        # other hosts may move tensors over raw TCP (ps.stream_plane); not with TLS
+    stream_plane: bool = True        # other hosts may move tensors over raw TCP (ps.serving.stream_plane); not with TLS
     stream_port: int = 0             # the stream plane's TCP port on host; 0: the OS picks
-    metrics_port: int = 0            # > 0: serve Prometheus metrics on this HTTP port (ps.shard_metrics); 0 = off
+    metrics_port: int = 0            # > 0: serve Prometheus metrics on this HTTP port (ps.metrics.shard_metrics); 0 = off
     metrics_host: str | None = None  # address for the metrics port; None: the same as host
     # -- fault tolerance and safety (docs/failure-semantics.md) --
     clip_norm: float = 0.0           # > 0: scale each pushed block's gradient to L2 norm <= this
@@ -51,7 +51,7 @@ class ServerConfig:
     tls_cert: str | None = None      # PEM files: serve TLS with this certificate chain and key
     tls_key: str | None = None
     tls_client_ca: str | None = None  # PEM file: require client certificates signed by this CA
-    faults: str = ""                 # test only: injected faults, see ps.faults
+    faults: str = ""                 # test only: injected faults, see ps.serving.faults
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad field."""
@@ -110,6 +110,6 @@ class ServerConfig:
             raise ValueError("give both tls-cert and tls-key, or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls-client-ca needs tls-cert and tls-key")
-        from ps.faults import FaultPlan  # local import: faults is test machinery
+        from ps.serving.faults import FaultPlan  # local import: faults is test machinery
 
         FaultPlan.parse(self.faults)

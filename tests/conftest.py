@@ -57,7 +57,7 @@ def run_threads(fns, timeout_s: float = 60.0):
 def count_block_copies(monkeypatch) -> list[int]:
     """``[n]``: how many blocks the shards copy out from now on (reads whose version the
     worker did not already hold), counted in ``DenseTable.read_if_newer``."""
-    from ps.table import DenseTable
+    from ps.tables.dense_table import DenseTable
 
     copies = [0]
     real = DenseTable.read_if_newer

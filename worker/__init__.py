@@ -10,6 +10,6 @@ Public API (pinned by tests/unit/test_public_api.py)::
 """
 
 from ps.errors import PSError
-from worker.client import Client
+from worker.client.client import Client
 
 __all__ = ["Client", "PSError"]

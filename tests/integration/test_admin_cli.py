@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from launcher import admin_cli, server_cli
-from ps import ServerConfig, ShardServer, checkpoint
+from ps import ServerConfig, ShardServer
+from ps.checkpoint import state as checkpoint
 from worker import Client
 
 

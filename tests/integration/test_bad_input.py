@@ -8,9 +8,9 @@ import pytest
 
 from ps._proto import ps_pb2
 from ps.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
-from ps.wire import encode_framed
+from ps.protocol.wire import encode_framed
 from worker import Client
-from worker.transport import ShardChannel
+from worker.client.transport import ShardChannel
 
 
 def checksum(client):

@@ -9,7 +9,7 @@ import pytest
 
 from ps.errors import FailedPreconditionError
 from worker import Client
-from worker.dense_step import data_planes
+from worker.client.dense_step import data_planes
 
 
 def _status(address):

@@ -18,10 +18,10 @@ import pytest
 from ps import Mode, ServerConfig, ShardServer
 from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError
-from ps.wire import encode_framed
+from ps.protocol.wire import encode_framed
 from tests.conftest import count_block_copies, run_threads
 from worker import Client
-from worker.transport import ShardChannel
+from worker.client.transport import ShardChannel
 
 PATHS = ["shm", "stream", "tcp", "uds"]
 

@@ -11,11 +11,13 @@ import grpc
 import numpy as np
 import pytest
 
-from ps import Mode, ServerConfig, ShardServer, checkpoint
+from ps import Mode, ServerConfig, ShardServer
+
+from ps.checkpoint import state as checkpoint
 from ps._proto import ps_pb2
 from tests.conftest import run_threads
 from worker import Client
-from worker.transport import ShardChannel
+from worker.client.transport import ShardChannel
 
 
 def test_lost_push_replies_are_retried_and_applied_once(shards):
@@ -189,7 +191,7 @@ def test_unregistered_calls_are_refused_cleanly(shards, method):
                     channel.pull(req, timeout=5)
                 assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             else:
-                from ps.wire import encode_framed
+                from ps.protocol.wire import encode_framed
 
                 header = ps_pb2.PushHeader(worker_id=99, seq=1, step=0, part=0, num_parts=1)
                 with pytest.raises(grpc.RpcError) as info:
@@ -212,7 +214,7 @@ def test_shard_restarted_without_a_checkpoint_is_rejoined_and_its_tables_recreat
             first.stop(grace_s=0.1)
             second = ShardServer(ServerConfig(port=port, lease_s=0)).start()
             try:
-                with caplog.at_level(logging.WARNING, logger="worker.recovery"):
+                with caplog.at_level(logging.WARNING, logger="worker.client.recovery"):
                     ps.push({"w": np.full(6, 2, np.float32)})
                 np.testing.assert_array_equal(ps.pull("w")["w"], np.full(6, -2, np.float32))
                 assert ps.stats["rejoined"] == 1

@@ -17,10 +17,10 @@ import pytest
 from ps import Mode, ServerConfig, ShardServer
 from ps._proto import ps_pb2
 from ps.errors import FailedPreconditionError
-from ps.placement import block_shard
+from ps.tables.placement import block_shard
 from tests.conftest import run_threads
 from worker import Client
-from worker.transport import ShardChannel, call
+from worker.client.transport import ShardChannel, call
 
 K, J, M, N = 4, 7, 10, 16   # cluster checkpoint, shard 1's own checkpoint, crash, end
 SHAPE, BLOCK = (64,), 8

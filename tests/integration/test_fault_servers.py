@@ -7,12 +7,12 @@ import signal
 import numpy as np
 import pytest
 
-from ps import checkpoint
+from ps.checkpoint import state as checkpoint
 from ps.errors import PSError
-from ps.placement import block_shard
+from ps.tables.placement import block_shard
 from tests.integration.procs import Cluster
 from worker import Client
-from worker.transport import RetryPolicy
+from worker.client.transport import RetryPolicy
 
 pytestmark = pytest.mark.slow
 

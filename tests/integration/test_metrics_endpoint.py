@@ -14,13 +14,13 @@ import pytest
 from ps import Mode, ServerConfig, ShardServer
 from ps._proto import ps_pb2
 from ps.errors import UnavailableError
-from ps.metrics import Registry
-from ps.metrics_http import MetricsEndpoint
-from ps.service import SERVICE_NAME
+from ps.metrics.registry import Registry
+from ps.metrics.http import MetricsEndpoint
+from ps.serving.service import SERVICE_NAME
 from tests.integration.ports import free_port
 from tests.prometheus_text import scrape, total, value
 from worker import Client
-from worker.worker_metrics import WorkerMetrics
+from worker.observe.worker_metrics import WorkerMetrics
 
 
 def servers(n: int, **config):

@@ -3,10 +3,10 @@
 import numpy as np
 
 from ps._proto import ps_pb2
-from ps.wire import encode_framed
+from ps.protocol.wire import encode_framed
 from tests.conftest import run_threads
 from worker import Client
-from worker.transport import ShardChannel
+from worker.client.transport import ShardChannel
 
 
 def test_concurrent_async_pushes_sum_exactly(shards):

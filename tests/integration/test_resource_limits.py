@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from ps._proto import ps_pb2
-from ps.rows_wire import encode_rows
+from ps.protocol.rows_wire import encode_rows
 from worker import Client
-from worker.transport import ShardChannel
+from worker.client.transport import ShardChannel
 
 
 def register(channel, worker_id):

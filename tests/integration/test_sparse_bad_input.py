@@ -8,9 +8,9 @@ import pytest
 
 from ps._proto import ps_pb2
 from ps.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError, NotFoundError
-from ps.rows_wire import encode_rows
+from ps.protocol.rows_wire import encode_rows
 from worker import Client
-from worker.transport import ShardChannel
+from worker.client.transport import ShardChannel
 
 IDS = np.array([1, 5, 9, 1], dtype=np.int64)
 

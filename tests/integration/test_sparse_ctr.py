@@ -4,11 +4,11 @@ import pytest
 
 from tests.conftest import run_threads
 from worker import Client
-from worker.ctr_data import open_ctr_source
-from worker.loop import TrainConfig
+from worker.data.ctr import open_ctr_source
+from worker.training.loop import TrainConfig
 from worker.models.sparse_lr import SparseLogisticRegression
 from worker.models.sparse_mlp import SparseMLP
-from worker.sparse_loop import train_sparse, train_sparse_local
+from worker.training.sparse_loop import train_sparse, train_sparse_local
 
 DATA = "synthetic-ctr:n=16000&fields=8&ids=10000000&alpha=1.1&seed=5"
 WORKERS = 2

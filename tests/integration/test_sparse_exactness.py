@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from ps.optim import OptimizerSpec
-from ps.sparse_spec import SparseTableSpec
-from ps.spec import InitSpec
+from ps.tables.optim import OptimizerSpec
+from ps.tables.sparse_spec import SparseTableSpec
+from ps.tables.spec import InitSpec
 from tests.conftest import run_threads
 from worker import Client
 

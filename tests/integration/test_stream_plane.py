@@ -1,4 +1,4 @@
-"""The TCP data plane (``ps.stream_plane``) keeps the semantics of gRPC.
+"""The TCP data plane (``ps.serving.stream_plane``) keeps the semantics of gRPC.
 
 Real shards on loopback with ports from the OS. The same-host shared-memory plane is
 off on both sides (``local_plane=False``, ``Client(local=False)``), so workers take the
@@ -16,9 +16,9 @@ from launcher import server_cli
 from ps import ServerConfig, ShardServer
 from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError
-from ps.socket_server import recv_exact
-from ps.stream_plane import STREAM_HELLO, STREAM_PULL, STREAM_PUSH, STREAM_PUSH_PULL
-from ps.wire import LOCAL_REPLY_SIZE, pack_local_request, unpack_local_reply, with_token
+from ps.serving.socket_server import recv_exact
+from ps.serving.stream_plane import STREAM_HELLO, STREAM_PULL, STREAM_PUSH, STREAM_PUSH_PULL
+from ps.protocol.wire import LOCAL_REPLY_SIZE, pack_local_request, unpack_local_reply, with_token
 from tests.conftest import count_block_copies, run_threads, running_shards
 from tests.integration.test_fault_security import CA
 from worker import Client
@@ -131,7 +131,7 @@ def test_sync_mode_matches_single_process_sgd():
 
 
 def test_a_push_whose_reply_is_lost_is_retried_over_grpc_and_applied_once():
-    # the fault hook of ps.faults: every 2nd push is applied, then its connection closes
+    # the fault hook of ps.serving.faults: every 2nd push is applied, then its connection closes
     with cluster(1, mode="async", faults="drop_push_reply_every=2") as servers:
         with Client([servers[0].address], local=False) as ps:
             ps.create("w", shape=(8,), lr=1.0)

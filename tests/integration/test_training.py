@@ -15,9 +15,9 @@ import pytest
 
 from tests.conftest import run_threads, running_shards
 from worker import Client
-from worker.data import Dataset, open_source
-from worker.local_trainer import train_local
-from worker.loop import TrainConfig, TrainResult, build_model, initial_params, train
+from worker.data.dataset import Dataset, open_source
+from worker.training.local_trainer import train_local
+from worker.training.loop import TrainConfig, TrainResult, build_model, initial_params, train
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Checkpoint files: atomic, checksummed, no pickle, retention, and what a capture holds.
 
-Socket-free: shards are ``ps.shard.Shard`` objects driven directly.
+Socket-free: shards are ``ps.shard.shard.Shard`` objects driven directly.
 """
 
 import json
@@ -11,14 +11,14 @@ import threading
 import numpy as np
 import pytest
 
-from ps import checkpoint, checkpoint_files
-from ps.checkpointer import Checkpointer
+from ps.checkpoint import files as checkpoint_files, state as checkpoint
+from ps.checkpoint.checkpointer import Checkpointer
 from ps.config import ServerConfig
-from ps.consistency import Mode
+from ps.shard.consistency import Mode
 from ps.errors import AbortedError, FailedPreconditionError, InvalidArgumentError
-from ps.optim import OptimizerSpec
-from ps.shard import Shard
-from ps.spec import InitSpec, TableSpec
+from ps.tables.optim import OptimizerSpec
+from ps.shard.shard import Shard
+from ps.tables.spec import InitSpec, TableSpec
 
 SPEC = TableSpec("w", (40,), block_elems=16, optimizer=OptimizerSpec(name="momentum", lr=1.0, momentum=0.5),
                  init=InitSpec("normal", 1.0, 7))

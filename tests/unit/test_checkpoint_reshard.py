@@ -4,13 +4,13 @@ optimizer state, block by block (dense) and row by row (sparse). Socket-free."""
 import numpy as np
 import pytest
 
-from ps import checkpoint
+from ps.checkpoint import state as checkpoint
 from ps.config import ServerConfig
-from ps.optim import OptimizerSpec
-from ps.placement import row_shards
-from ps.shard import Shard
-from ps.sparse_spec import SparseTableSpec
-from ps.spec import InitSpec, TableSpec
+from ps.tables.optim import OptimizerSpec
+from ps.tables.placement import row_shards
+from ps.shard.shard import Shard
+from ps.tables.sparse_spec import SparseTableSpec
+from ps.tables.spec import InitSpec, TableSpec
 
 DENSE = [
     TableSpec("w", (30, 7), block_elems=16, optimizer=OptimizerSpec(name="adam", lr=0.05),

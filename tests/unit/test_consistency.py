@@ -2,7 +2,7 @@
 
 import pytest
 
-from ps.consistency import Accumulate, ConsistencyGate, Mode, Proceed, Stale, StepReady, Wait
+from ps.shard.consistency import Accumulate, ConsistencyGate, Mode, Proceed, Stale, StepReady, Wait
 from ps.errors import FailedPreconditionError, InvalidArgumentError
 
 

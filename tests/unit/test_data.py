@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.data import DataError, Dataset, batches, check_compatible, open_source, shard_range
-from worker.datasets import describe_digits, load_digits
+from worker.data.dataset import DataError, Dataset, batches, check_compatible, open_source, shard_range
+from worker.data.datasets import describe_digits, load_digits
 
 ROWS = 23  # per file: not a multiple of 2 or 3, so shards are uneven
 

@@ -1,4 +1,4 @@
-from ps.dedup import MAX_ABOVE, DedupTable, Seen
+from ps.shard.dedup import MAX_ABOVE, DedupTable, Seen
 
 
 def test_each_sequence_number_is_new_once():

@@ -3,10 +3,10 @@ restore, checkpoint holds, leases, dedup export and gradient clipping. No socket
 
 import numpy as np
 
-from ps.clipping import clip_by_norm
-from ps.consistency import Accumulate, ConsistencyGate, Mode, Proceed, Stale, StepReady, Wait
-from ps.dedup import DedupTable
-from ps.lease import expired
+from ps.tables.clipping import clip_by_norm
+from ps.shard.consistency import Accumulate, ConsistencyGate, Mode, Proceed, Stale, StepReady, Wait
+from ps.shard.dedup import DedupTable
+from ps.shard.lease import expired
 from tests.unit.test_consistency import contribute, sync_gate
 
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from ps.config import ServerConfig
-from ps.consistency import Mode
+from ps.shard.consistency import Mode
 from ps.errors import InvalidArgumentError
-from ps.optim import OptimizerSpec
-from ps.shard import Shard
-from ps.spec import TableSpec
+from ps.tables.optim import OptimizerSpec
+from ps.shard.shard import Shard
+from ps.tables.spec import TableSpec
 
 SPEC = TableSpec("w", (8,), block_elems=4, optimizer=OptimizerSpec(lr=1.0))  # plain SGD; two blocks
 

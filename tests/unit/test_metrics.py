@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from ps.metrics import Registry, format_value, register_process_metrics
+from ps.metrics.registry import Registry, format_value, register_process_metrics
 from tests.prometheus_text import parse, value
 
 

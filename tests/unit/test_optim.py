@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ps.errors import InvalidArgumentError
-from ps.optim import OptimizerSpec, make_optimizer
+from ps.tables.optim import OptimizerSpec, make_optimizer
 
 
 def reference(spec: OptimizerSpec, w, grads):

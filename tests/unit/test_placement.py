@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from ps.placement import block_shard, blocks_of_shard, jump_hash, row_shards
+from ps.tables.placement import block_shard, blocks_of_shard, jump_hash, row_shards
 
-_PROBE = "from ps.placement import block_shard; print([block_shard('layer1/w', b, 4) for b in range(200)])"
+_PROBE = "from ps.tables.placement import block_shard; print([block_shard('layer1/w', b, 4) for b in range(200)])"
 
 
 def test_block_placement_identical_across_processes_and_hash_seeds():

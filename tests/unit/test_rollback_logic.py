@@ -4,13 +4,13 @@ retention of cluster checkpoints, and the worker cap (docs/failure-semantics.md 
 import numpy as np
 import pytest
 
-from ps import checkpoint
+from ps.checkpoint import state as checkpoint
 from ps._proto import ps_pb2
-from ps.checkpointer import Checkpointer
-from ps.consistency import Mode
+from ps.checkpoint.checkpointer import Checkpointer
+from ps.shard.consistency import Mode
 from ps.errors import AbortedError, ResourceExhaustedError
 from tests.unit.test_checkpoint import make_shard, push, values
-from worker.recovery import newest_shared
+from worker.client.recovery import newest_shared
 
 
 def status(*checkpoints):

@@ -1,4 +1,4 @@
-"""worker.slow_wait: a long wait is reported once, naming the workers waited for."""
+"""worker.observe.slow_wait: a long wait is reported once, naming the workers waited for."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from worker.slow_wait import SlowWaitWarner, describe_wait, stragglers
+from worker.observe.slow_wait import SlowWaitWarner, describe_wait, stragglers
 
 
 def status(mode, waiting=(), workers=(), version=7, address="h:1"):

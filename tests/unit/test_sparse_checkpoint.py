@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from ps.errors import InvalidArgumentError
-from ps.optim import OptimizerSpec
-from ps.placement import row_shards
-from ps.sparse_spec import SparseTableSpec
-from ps.sparse_table import SparseTable
-from ps.spec import InitSpec
+from ps.tables.optim import OptimizerSpec
+from ps.tables.placement import row_shards
+from ps.tables.sparse_spec import SparseTableSpec
+from ps.tables.sparse_table import SparseTable
+from ps.tables.spec import InitSpec
 
 SPEC = SparseTableSpec("emb", 5, optimizer=OptimizerSpec("adam", lr=0.01), init=InitSpec("normal", 0.1, 4),
                        max_rows=10_000, eviction="lfu", admit_after=2)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from worker.auc import roc_auc
-from worker.ctr_data import SyntheticCtr, ctr_batches, open_ctr_source
-from worker.data import open_source
-from worker.data_files import DataError
+from worker.training.auc import roc_auc
+from worker.data.ctr import SyntheticCtr, ctr_batches, open_ctr_source
+from worker.data.dataset import open_source
+from worker.data.files import DataError
 from worker.models.sparse_lr import SparseLogisticRegression
 
 

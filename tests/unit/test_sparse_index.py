@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ps.row_index import RowIndex
+from ps.tables.row_index import RowIndex
 
 
 def check_against(index: RowIndex, ref: dict[int, int], probe: np.ndarray) -> None:

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from ps.config import ServerConfig
-from ps.consistency import Mode
+from ps.shard.consistency import Mode
 from ps.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
-from ps.optim import OptimizerSpec
-from ps.shard import Shard
-from ps.sparse_spec import SparseTableSpec
-from ps.spec import TableSpec
+from ps.tables.optim import OptimizerSpec
+from ps.shard.shard import Shard
+from ps.tables.sparse_spec import SparseTableSpec
+from ps.tables.spec import TableSpec
 
 EMB = SparseTableSpec("emb", 2, optimizer=OptimizerSpec("sgd", lr=1.0))
 BIAS = TableSpec("b", (2,), optimizer=OptimizerSpec("sgd", lr=1.0))

@@ -5,11 +5,11 @@ import pytest
 
 from ps._proto import ps_pb2
 from ps.errors import FailedPreconditionError, InvalidArgumentError
-from ps.optim import OptimizerSpec, make_optimizer
-from ps.placement import row_shards
-from ps.sparse_spec import SparseTableSpec
-from ps.sparse_table import SparseTable, sum_duplicates
-from ps.spec import InitSpec
+from ps.tables.optim import OptimizerSpec, make_optimizer
+from ps.tables.placement import row_shards
+from ps.tables.sparse_spec import SparseTableSpec
+from ps.tables.sparse_table import SparseTable, sum_duplicates
+from ps.tables.spec import InitSpec
 
 
 def spec(name="emb", dim=4, optimizer="sgd", lr=0.5, init="zeros", scale=0.0, seed=0, **kw):

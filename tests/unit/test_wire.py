@@ -3,7 +3,7 @@ import pytest
 
 from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError
-from ps.wire import decode_framed, encode_framed, split_payload, wire_dtype
+from ps.protocol.wire import decode_framed, encode_framed, split_payload, wire_dtype
 
 
 def _header(*counts, dtype=ps_pb2.FLOAT32):

@@ -1,13 +1,13 @@
-"""The same-host data plane's frames (ps.wire) and the shard's copy-into-slot pulls."""
+"""The same-host data plane's frames (ps.protocol.wire) and the shard's copy-into-slot pulls."""
 
 import numpy as np
 import pytest
 
 from ps.config import ServerConfig
-from ps.shard import Shard
-from ps.spec import TableSpec
-from ps.optim import OptimizerSpec
-from ps.wire import (
+from ps.shard.shard import Shard
+from ps.tables.spec import TableSpec
+from ps.tables.optim import OptimizerSpec
+from ps.protocol.wire import (
     LOCAL_FLAG_KNOWN,
     LOCAL_PUSH_PULL,
     LOCAL_REPLY_SIZE,

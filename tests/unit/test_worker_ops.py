@@ -7,7 +7,7 @@ import pytest
 
 from launcher import worker_cli
 from launcher.worker_ops import AUTO, adopt_rank, batch_rows, rank_arg
-from worker.loop import TrainConfig
+from worker.training.loop import TrainConfig
 
 
 def test_rank_is_an_index_or_auto():

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.ctr_data import CtrDataset
+from worker.data.ctr import CtrDataset
 from worker.models.base import ParamSpec
 
 __all__ = ["SparseLogisticRegression", "SparseParam"]

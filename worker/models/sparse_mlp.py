@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.ctr_data import CtrDataset
+from worker.data.ctr import CtrDataset
 from worker.models.base import ParamSpec, check_size
 from worker.models.sparse_lr import SparseParam, _sigmoid
 

@@ -1,8 +1,8 @@
 """The sparse (embedding-table) models a worker can train, by name.
 
 Kept apart from :data:`worker.models.MODELS` (dense models over a feature matrix): a
-sparse model reads click logs (:class:`worker.ctr_data.CtrDataset`) and keeps part of its
-parameters in sparse tables, so it trains with :func:`worker.sparse_loop.train_sparse`.
+sparse model reads click logs (:class:`worker.data.ctr.CtrDataset`) and keeps part of its
+parameters in sparse tables, so it trains with :func:`worker.training.sparse_loop.train_sparse`.
 """
 
 from __future__ import annotations

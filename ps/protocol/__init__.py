@@ -1,0 +1,1 @@
+"""Wire format, frames, auth and TLS: what servers and workers share on the wire."""

@@ -1,0 +1,197 @@
+"""The sparse side of one shard: its sparse tables and the row verbs, without networking.
+
+:class:`SparseRows` belongs to a :class:`~ps.shard.shard.Shard` (``shard.rows``) and shares
+its consistency gate, dedup table, counters and condition variable, so a ``PushRows``
+message is one *part* of a worker's push for a step exactly like a dense ``Push``
+message: a worker's step on a shard may be any mix of dense and row messages, and
+``num_parts`` counts them all. In sync mode row pushes are kept per table and applied,
+summed per id and scaled by 1 / contributors, when the step completes
+(:meth:`apply_step`, called by the shard); in async and ssp modes they apply on arrival.
+
+Thread-safe. The shard's condition guards the bookkeeping and is never held while
+arrays are touched; each sparse table has its own lock for that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ps.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from ps.tables.sparse_spec import SparseTableSpec
+from ps.tables.sparse_table import SparseTable, sum_duplicates
+from ps.tables.spec import exists_alike
+
+if TYPE_CHECKING:
+    from ps.shard.shard import PushResult, Shard
+
+log = logging.getLogger(__name__)
+
+
+def clip_rows(grads: np.ndarray, max_norm: float) -> np.ndarray:
+    """Each row scaled down to L2 norm <= ``max_norm`` (norms in float64); ``grads`` is not
+    modified (it may be a read-only view of the received bytes)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", grads, grads, dtype=np.float64))
+    over = norms > max_norm
+    if not over.any():
+        return grads
+    scale = np.ones(len(grads))
+    scale[over] = max_norm / norms[over]
+    return (grads * scale[:, None]).astype(grads.dtype, copy=False)
+
+
+class SparseRows:
+    """Sparse tables of one shard. Thread-safe; construction does no I/O."""
+
+    def __init__(self, shard: Shard) -> None:
+        self._shard = shard
+        self.tables: dict[str, SparseTable] = {}
+        self._pending: set[SparseTable] = set()   # sync: tables with rows kept for this step
+
+    # -- tables -------------------------------------------------------------------------
+
+    def create(self, spec: SparseTableSpec) -> bool:
+        """Create the sparse table, or accept an identical spec. Returns True if created.
+
+        Raises AlreadyExistsError for another spec (or a dense table) under the same
+        name, FailedPreconditionError before the shard's topology is known.
+        """
+        spec.validate()
+        shard = self._shard
+        with shard._cond:
+            if shard.topology is None:
+                raise FailedPreconditionError("shard topology unknown: register or give it with the request")
+            if exists_alike(spec, self.tables, shard.tables, "dense"):
+                return False
+            index, count = shard.topology
+            self.tables[spec.name] = SparseTable(spec, index, count)  # rows are lazy: cheap
+            return True
+
+    def adopt(self, table: SparseTable) -> None:
+        """Install a restored table (e.g. from a checkpoint), replacing one of the same name."""
+        with self._shard._cond:
+            self.tables[table.spec.name] = table
+
+    def table(self, name: str) -> SparseTable:
+        """Raises NotFoundError for an unknown table, FailedPreconditionError for a dense one."""
+        table = self.tables.get(name)
+        if table is None:
+            if name in self._shard.tables:
+                raise FailedPreconditionError(f"table {name!r} is dense: use pull/push, not the row verbs")
+            raise NotFoundError(f"unknown table {name!r}")
+        return table
+
+    # -- push and pull ------------------------------------------------------------------
+
+    def push(self, worker: int, seq: int, step: int, part: int, num_parts: int, name: str,
+             ids: np.ndarray, grads: np.ndarray, timeout_s: float, session: int = 0) -> PushResult:
+        """Apply, keep for the sync step, or drop one row push (one part of a worker's step).
+
+        ``ids`` int64 (n,), ``grads`` (n, dim) of the table's dtype; duplicates are summed.
+        Follows the shard's config like a dense push: ``nonfinite`` (refuse, skip the whole
+        message, or allow) and ``clip_norm`` (each row's summed gradient scaled to L2 norm
+        <= clip_norm, so the result does not depend on the shard count or message split).
+        Blocks up to ``timeout_s`` in sync mode. Raises InvalidArgumentError (row width,
+        dtype, lengths, non-finite values, part numbers), NotFoundError (unknown table),
+        FailedPreconditionError (dense table, unregistered worker, rows placed on another
+        shard, second contribution to a step, a fenced ``session``: see ``Shard.claim``),
+        DeadlineExceededError. A refused push changes nothing. Exactly once per ``(worker, seq)``.
+        """
+        shard = self._shard
+        deadline = shard._clock() + min(timeout_s, shard.config.sync_timeout_s)
+        try:
+            if seq < 1:
+                raise InvalidArgumentError(f"sequence numbers start at 1, got {seq}")
+            table = self.table(name)
+            table.check_push(ids, grads, refuse_nonfinite=shard.config.nonfinite == "refuse")
+        except Exception:
+            with shard._cond:
+                shard.counters["refused"] += 1
+            raise
+        skip = shard.config.nonfinite == "skip" and not np.isfinite(grads).all()
+        if shard.config.clip_norm and not skip:
+            ids, grads = sum_duplicates(ids, grads)
+            grads = clip_rows(grads, shard.config.clip_norm)
+
+        def update(accumulate: bool) -> None:
+            if accumulate:
+                table.accumulate(ids, grads)
+            else:
+                table.apply(ids, grads)
+
+        def remember() -> None:
+            self._pending.add(table)
+
+        result = shard.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
+                                remember=remember, session=session)
+        if result.outcome in ("applied", "accumulated"):
+            with shard._cond:
+                shard.counters["row_pushes"] += 1
+        return result
+
+    def pull(self, worker: int, step: int, name: str, ids: np.ndarray, timeout_s: float) -> tuple[int, np.ndarray]:
+        """Rows ``ids`` of table ``name`` as ``(version, (len(ids), dim) array)``.
+
+        Rows never pushed (or evicted, or not admitted) read as their initial values. Waits
+        (bounded) in sync mode for version >= ``step`` and in ssp mode for the staleness
+        bound; readers with ``worker < 0`` never wait. Raises NotFoundError,
+        FailedPreconditionError (dense table, rows placed elsewhere), InvalidArgumentError,
+        DeadlineExceededError.
+        """
+        shard = self._shard
+        deadline = shard._clock() + min(timeout_s, shard.config.sync_timeout_s)
+        table = self.table(name)
+        if ids.ndim != 1 or ids.dtype != np.int64:
+            raise InvalidArgumentError(f"{name}: ids must be a 1-D int64 array")
+        reply_bytes = len(ids) * table.spec.dim * np.dtype(table.spec.dtype).itemsize
+        if reply_bytes > shard.config.max_message_bytes:  # checked before anything is allocated
+            raise ResourceExhaustedError(f"{name}: {len(ids)} rows of {table.spec.dim} would make a reply of "
+                                         f"{reply_bytes} bytes, over max-message-bytes "
+                                         f"{shard.config.max_message_bytes}: pull fewer ids per call")
+        table.check_ids(ids)
+        with shard._cond:
+            version = shard.await_pull(worker, step, deadline)
+        values = table.read(ids)
+        with shard._cond:
+            shard.counters["row_pulls"] += 1
+        return version, values
+
+    # -- sync steps and status ----------------------------------------------------------
+
+    def apply_step(self, scale: float) -> None:
+        """Sync: apply every table's kept rows for the completed step (called by the shard)."""
+        with self._shard._cond:
+            pending, self._pending = self._pending, set()
+        for table in pending:
+            table.apply_accumulated(scale)
+
+    def discard_pending(self) -> None:
+        """Forget every table's rows kept for the open sync step (e.g. on a restore)."""
+        with self._shard._cond:
+            pending, self._pending = self._pending, set()
+        for table in pending:
+            table.discard_accumulated()
+
+    def status(self) -> list[tuple[SparseTableSpec, int, int, int]]:
+        """``(spec, rows, bytes, evicted)`` per sparse table, for the Status call."""
+        return [(t.spec, t.rows, t.nbytes, t.counters["evicted"]) for t in list(self.tables.values())]
+
+    def counters(self) -> dict[str, int]:
+        """Row counters summed over this shard's sparse tables: ``rows_created``, ``rows_evicted``,
+        ``rows_not_admitted`` (row pushes dropped by admission), ``rows_pushed``, ``rows_pulled``."""
+        out: dict[str, int] = {}
+        for t in list(self.tables.values()):
+            for k, v in t.counters.items():
+                out[f"rows_{k}"] = out.get(f"rows_{k}", 0) + v
+        return out
+
+    def names(self) -> Sequence[str]:
+        return list(self.tables)

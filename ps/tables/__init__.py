@@ -1,0 +1,1 @@
+"""Tables: specs, placement, dense and sparse storage, optimizers."""

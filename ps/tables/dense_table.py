@@ -1,0 +1,161 @@
+"""A dense table's blocks on one shard: values, optimizer state, a lock each.
+
+:class:`DenseTable` holds only the blocks its shard owns. Every block has its own lock,
+so pushes to different blocks apply in parallel (NumPy releases the GIL) and pushes to
+one block are serialized: no update is ever lost or torn. Reads copy a block under its
+lock, so a pull never sees half an update.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+import numpy as np
+
+from ps.errors import FailedPreconditionError, InvalidArgumentError
+from ps.tables.optim import Optimizer, make_optimizer
+from ps.tables.spec import TableSpec
+from ps.protocol.wire import wire_dtype
+
+
+class Block:
+    """One block's parameters, optimizer state, sync accumulator and update count."""
+
+    __slots__ = ("index", "values", "state", "lock", "version", "_scratch", "_acc", "pending", "contributions")
+
+    def __init__(self, index: int, values: np.ndarray, state: dict[str, np.ndarray]) -> None:
+        self.index = index
+        self.values = values
+        self.state = state
+        self.lock = threading.Lock()
+        self.version = 0
+        self._scratch: np.ndarray | None = None
+        self._acc: np.ndarray | None = None
+        self.pending = False  # the accumulator holds a sum for the current sync step
+        self.contributions = 0  # gradients in that sum
+
+    def accumulator(self) -> np.ndarray:
+        """The reusable sync accumulator; call with ``lock`` held."""
+        if self._acc is None:
+            self._acc = np.empty_like(self.values)
+        return self._acc
+
+    def scratch(self) -> np.ndarray:
+        """A reusable temporary buffer; call with ``lock`` held."""
+        if self._scratch is None:
+            self._scratch = np.empty_like(self.values)
+        return self._scratch
+
+
+class DenseTable:
+    """The blocks of one dense table that one shard owns. Thread-safe."""
+
+    def __init__(self, spec: TableSpec, blocks: dict[int, Block], optimizer: Optimizer) -> None:
+        self.spec = spec
+        self.blocks = blocks  # fixed once the table is built
+        self.optimizer = optimizer
+        dtype = np.dtype(spec.dtype)
+        self.wire_dtype = wire_dtype(dtype)
+        self.itemsize = dtype.itemsize
+        self._parts: dict[tuple[int, int], list[Block]] = {}
+
+    def part_blocks(self, part: int, num_parts: int) -> list[Block]:
+        """The owned blocks with ``index % num_parts == part``, by index (remembered: a loop asks again)."""
+        key = (part, num_parts)
+        picked = self._parts.get(key)
+        if picked is None:
+            if len(self._parts) > 64:
+                self._parts.clear()
+            picked = self._parts[key] = [self.blocks[i] for i in sorted(self.blocks) if i % num_parts == part]
+        return picked
+
+    @classmethod
+    def create(cls, spec: TableSpec, owned: Iterable[int]) -> DenseTable:
+        """Allocate and initialise the owned blocks of a validated spec."""
+        optimizer = make_optimizer(spec.optimizer)
+        blocks = {}
+        for b in owned:
+            values = spec.initial_block(b)
+            blocks[b] = Block(b, values, optimizer.init_state(values))
+        return cls(spec, blocks, optimizer)
+
+    @property
+    def nbytes(self) -> int:
+        """Parameter bytes held (optimizer state not included)."""
+        return sum(b.values.nbytes for b in self.blocks.values())
+
+    def block_for(self, index: int, grad: np.ndarray) -> Block:
+        """The owned block ``index``, after checking ``grad`` fits it.
+
+        Raises FailedPreconditionError when this shard does not own the block, and
+        InvalidArgumentError for a block index out of range or a wrong dtype or length.
+        """
+        spec = self.spec
+        if not 0 <= index < spec.num_blocks:
+            raise InvalidArgumentError(f"{spec.name}: block {index} out of range [0, {spec.num_blocks})")
+        block = self.blocks.get(index)
+        if block is None:
+            raise FailedPreconditionError(f"{spec.name}: block {index} is not placed on this shard")
+        if grad.dtype != block.values.dtype:
+            raise InvalidArgumentError(f"{spec.name}: gradient dtype {grad.dtype.name}, table dtype {spec.dtype}")
+        if grad.shape != block.values.shape:
+            raise InvalidArgumentError(
+                f"{spec.name}: block {index} holds {block.values.size} elements, gradient has {grad.size}"
+            )
+        return block
+
+    def apply(self, block: Block, grad: np.ndarray) -> None:
+        """Apply one gradient to one block with the table's optimizer. Blocks on the block lock."""
+        with block.lock:
+            self.optimizer.apply(block.values, grad, block.state, block.scratch())
+            block.version += 1
+
+    def accumulate(self, block: Block, grad: np.ndarray) -> None:
+        """Add a gradient to the block's pending sum for the current sync step."""
+        with block.lock:
+            acc = block.accumulator()
+            if block.pending:
+                acc += grad
+                block.contributions += 1
+            else:
+                np.copyto(acc, grad)
+                block.pending = True
+                block.contributions = 1
+
+    def apply_accumulated(self, block: Block, scale: float | None = None) -> bool:
+        """Apply ``scale * pending sum`` and clear it; False if nothing was pending.
+
+        ``scale`` None: the mean of the gradients summed (1 / their number).
+        """
+        with block.lock:
+            if not block.pending:
+                return False
+            acc = block.accumulator()
+            acc *= (1.0 / block.contributions) if scale is None else scale
+            self.optimizer.apply(block.values, acc, block.state, block.scratch())
+            block.version += 1
+            block.pending = False
+            return True
+
+    def read(self, block: Block) -> tuple[bytes, int]:
+        """A consistent copy of the block's values and its version."""
+        with block.lock:
+            return block.values.tobytes(), block.version
+
+    def read_if_newer(self, block: Block, known: int | None = None,
+                      out: np.ndarray | None = None) -> tuple[bytes | np.ndarray | None, int]:
+        """``(data, version)``: a consistent copy of the block, unless the reader has it.
+
+        When ``known`` equals the block's version nothing is copied and data is None.
+        Otherwise the values are copied (once, under the block lock) into ``out`` (a
+        writable array of the block's size and dtype; data is then ``out``) or into new
+        bytes. Blocks on the block lock.
+        """
+        with block.lock:
+            if known is not None and known == block.version:
+                return None, known
+            if out is None:
+                return block.values.tobytes(), block.version
+            np.copyto(out, block.values)
+            return out, block.version

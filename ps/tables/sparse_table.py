@@ -1,0 +1,407 @@
+"""A sparse table's rows on one shard: values, per-row optimizer state, eviction, admission.
+
+:class:`SparseTable` stores the rows this shard owns in contiguous NumPy arrays indexed
+by slot (``values`` is ``(capacity, dim)``; each optimizer state array is ``(capacity,
+dim)`` or ``(capacity,)``), with a :class:`~ps.tables.row_index.RowIndex` from id to slot. Every
+operation works on a whole batch of ids with array operations; no Python code runs per
+row. Arrays grow by 1.25x when full (never past ``max_rows`` plus one request's new rows),
+so allocated but unused rows stay under a quarter of the live ones.
+
+Semantics:
+
+- A row is created on the first push that touches it (initial values from the spec,
+  fresh optimizer state), then updated. A read of a row that is not stored returns its
+  initial values without storing anything, so reading is free of side effects on memory.
+- Duplicate ids in one push are summed first; the optimizer then updates each touched
+  row once. Rows not in a push do not change.
+- ``max_rows`` > 0: when a push leaves more than ``max_rows`` rows stored, rows are
+  evicted down to ``max_rows - max_rows // 32`` (the slack makes eviction amortised). The
+  victims are the least recently used (``lru``: the oldest last read or push) or least
+  frequently used (``lfu``: fewest reads plus pushes, the older first on ties), never a
+  row of the push being applied unless that push alone created more than the target. An
+  evicted row loses its values and optimizer state and reads as its initial row again.
+- ``admit_after`` = k > 1: pushes are counted per id (:class:`~ps.tables.admission.AdmissionSketch`);
+  a push to an id that is not stored and has been pushed fewer than k times (this push
+  included) is dropped for that row and counted in ``not_admitted``. The k-th push stores
+  and applies it.
+- Sync steps: :meth:`accumulate` keeps each push's rows; :meth:`apply_accumulated` sums
+  them per id, scales the sum (by 1 / contributing workers) and applies it once.
+
+Thread-safe: one lock per table guards its arrays (never held across the network path).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ps.tables.admission import AdmissionSketch
+from ps.errors import FailedPreconditionError, InvalidArgumentError
+from ps.tables.placement import row_shards
+from ps.tables.row_index import RowIndex
+from ps.tables.sparse_optim import RowOptimizer, gather_rows, scatter_rows
+from ps.tables.sparse_spec import SparseTableSpec
+
+#: on overflow, evict this fraction of max_rows beyond what is needed
+EVICT_SLACK = 1 / 32
+#: ids per message checked for placement on this shard (a misrouting client sends ~all wrong)
+PLACEMENT_SAMPLE = 64
+_COUNTERS = ("created", "evicted", "not_admitted", "pushed", "pulled")
+
+
+def sum_duplicates(ids: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique ``ids`` and the per-id sums of ``grads`` rows (first axis).
+
+    Returns the inputs themselves when ``ids`` is already strictly increasing (no copy).
+    Equal ids are summed in an order fixed by the input (deterministic, not necessarily
+    the order of appearance).
+    """
+    if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        return ids, grads
+    order = np.argsort(ids)
+    s = ids[order]
+    ordered = np.take(grads, order, axis=0)
+    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+    if len(starts) == len(s):
+        return s, ordered
+    return s[starts], np.add.reduceat(ordered, starts, axis=0)
+
+
+def unique_inverse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted unique ids, inverse)`` with ``unique[inverse] == ids``; like ``np.unique``
+    with ``return_inverse`` but on a quicksort (several times faster for int64 here)."""
+    if len(ids) == 0:
+        return ids.copy(), np.zeros(0, dtype=np.int64)
+    order = np.argsort(ids)
+    s = ids[order]
+    first = np.empty(len(s), dtype=bool)
+    first[0] = True
+    np.not_equal(s[1:], s[:-1], out=first[1:])
+    inverse = np.empty(len(s), dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return s[first], inverse
+
+
+class SparseTable:
+    """The rows of one sparse table that one shard owns. Thread-safe."""
+
+    def __init__(self, spec: SparseTableSpec, shard_index: int = 0, num_shards: int = 1) -> None:
+        spec.validate()
+        if num_shards < 1 or not 0 <= shard_index < num_shards:
+            raise InvalidArgumentError(f"shard {shard_index} of {num_shards} is impossible")
+        self.spec = spec
+        self.shard_index = shard_index
+        self.num_shards = num_shards
+        self.lock = threading.Lock()
+        self.optimizer = RowOptimizer(spec.optimizer)
+        self._dtype = np.dtype(spec.dtype)
+        self._layout = self.optimizer.state_layout(spec.dim, self._dtype)
+        self.index = RowIndex()
+        self.values = np.zeros((0, spec.dim), dtype=self._dtype)
+        self.state = {name: np.zeros((0, *shape), dtype=dt) for name, (shape, dt, _) in self._layout.items()}
+        bounded = spec.max_rows > 0
+        self.last_used = np.zeros(0, dtype=np.int64) if bounded else None
+        self.hits = np.zeros(0, dtype=np.uint32) if bounded and spec.eviction == "lfu" else None
+        self.sketch = AdmissionSketch() if spec.admit_after > 1 else None
+        self.tick = 0
+        self.counters = dict.fromkeys(_COUNTERS, 0)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+
+    # -- sizes -------------------------------------------------------------------------
+
+    @property
+    def rows(self) -> int:
+        """Rows stored on this shard."""
+        return self.index.live
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this table holds: row values, optimizer state, index, eviction and admission data.
+
+        Counts allocated capacity, not just live rows.
+        """
+        total = self.values.nbytes + sum(a.nbytes for a in self.state.values()) + self.index.nbytes
+        for extra in (self.last_used, self.hits, self.sketch):
+            total += extra.nbytes if extra is not None else 0
+        return total
+
+    @property
+    def raw_row_bytes(self) -> int:
+        """Bytes of one row's id, values and optimizer state, with no overhead."""
+        state = sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for shape, dt, _ in self._layout.values())
+        return 8 + self.spec.row_bytes + state
+
+    # -- checks ------------------------------------------------------------------------
+
+    def check_ids(self, ids: np.ndarray) -> None:
+        """Raises FailedPreconditionError when sampled ids are not placed on this shard."""
+        if self.num_shards == 1 or len(ids) == 0:
+            return
+        sample = ids[:: max(1, len(ids) // PLACEMENT_SAMPLE)]
+        shards = row_shards(self.spec.name, sample, self.num_shards)
+        wrong = np.flatnonzero(shards != self.shard_index)
+        if len(wrong):
+            i = int(sample[wrong[0]])
+            raise FailedPreconditionError(
+                f"{self.spec.name}: row {i} is placed on shard {int(shards[wrong[0]])} of {self.num_shards}, "
+                f"not on this shard ({self.shard_index})"
+            )
+
+    def check_push(self, ids: np.ndarray, grads: np.ndarray, refuse_nonfinite: bool = True) -> None:
+        """Check a push fits the table. Raises InvalidArgumentError or FailedPreconditionError."""
+        spec = self.spec
+        if ids.ndim != 1 or ids.dtype != np.int64:
+            raise InvalidArgumentError(f"{spec.name}: ids must be a 1-D int64 array, got {ids.ndim}-D {ids.dtype}")
+        if grads.dtype != self._dtype:
+            raise InvalidArgumentError(f"{spec.name}: gradient dtype {grads.dtype.name}, table dtype {spec.dtype}")
+        if grads.shape != (len(ids), spec.dim):
+            raise InvalidArgumentError(
+                f"{spec.name}: {len(ids)} ids need gradients of shape ({len(ids)}, {spec.dim}) (row width "
+                f"{spec.dim}), got {grads.shape}"
+            )
+        if refuse_nonfinite and not np.isfinite(grads).all():
+            raise InvalidArgumentError(f"{spec.name}: NaN or Inf in row gradients (refused)")
+        self.check_ids(ids)
+
+    # -- reads -------------------------------------------------------------------------
+
+    def read(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` (int64, any order, repeats allowed) as a new ``(len(ids), dim)`` array.
+
+        Rows not stored read as their initial values. Marks stored rows as used. Blocks on
+        the table lock.
+        """
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        with self.lock:
+            self.tick += 1
+            slots = self.index.lookup(ids)
+            found = slots >= 0
+            out = np.empty((len(ids), self.spec.dim), dtype=self._dtype)
+            if found.all():
+                np.take(self.values, slots, axis=0, out=out)
+            else:
+                out[found] = gather_rows(self.values, slots[found])
+            self._touch(slots[found])
+            self.counters["pulled"] += len(ids)
+        if not found.all():
+            missing = ~found
+            out[missing] = self.spec.initial_rows(ids[missing])
+        return out
+
+    # -- updates -----------------------------------------------------------------------
+
+    def apply(self, ids: np.ndarray, grads: np.ndarray) -> None:
+        """Apply one push now (async/ssp): sum duplicates, admit, create, update, evict.
+
+        Blocks on the table lock.
+        """
+        uniq, summed = sum_duplicates(ids, grads)
+        with self.lock:
+            counts = self.sketch.add(uniq) if self.sketch is not None else None
+            self._apply_unique(uniq, summed, counts)
+
+    def accumulate(self, ids: np.ndarray, grads: np.ndarray) -> None:
+        """Keep one push's rows for the current sync step (counted for admission now)."""
+        uniq, summed = sum_duplicates(ids, grads)
+        if len(uniq) == 0:
+            return
+        with self.lock:
+            if self.sketch is not None:
+                self.sketch.add(uniq)
+            self._pending.append((uniq, summed))
+
+    def apply_accumulated(self, scale: float) -> bool:
+        """Apply ``scale`` times the per-id sum of the step's pushes; False if none pending."""
+        with self.lock:
+            pending, self._pending = self._pending, []
+            if not pending:
+                return False
+            ids = np.concatenate([p[0] for p in pending])
+            grads = np.concatenate([p[1] for p in pending]) if len(pending) > 1 else pending[0][1].copy()
+            uniq, summed = sum_duplicates(ids, grads)
+            summed *= scale
+            counts = self.sketch.estimate(uniq) if self.sketch is not None else None
+            self._apply_unique(uniq, summed, counts)
+            return True
+
+    def discard_accumulated(self) -> None:
+        """Forget the rows kept for the current sync step (e.g. when it is rolled back)."""
+        with self.lock:
+            self._pending = []
+
+    # -- internals (lock held) ---------------------------------------------------------
+
+    def _apply_unique(self, uniq: np.ndarray, grads: np.ndarray, counts: np.ndarray | None) -> None:
+        self.tick += 1
+        self.counters["pushed"] += len(uniq)
+        slots = self.index.lookup(uniq)
+        missing = slots < 0
+        if counts is not None and missing.any():
+            refused = missing & (counts < self.spec.admit_after)
+            if refused.any():
+                self.counters["not_admitted"] += int(np.count_nonzero(refused))
+                keep = ~refused
+                uniq, grads, slots, missing = uniq[keep], grads[keep], slots[keep], missing[keep]
+        if missing.any():
+            new_ids = uniq[missing]
+            new_slots = self.index.insert(new_ids)
+            self._ensure_capacity(self.index.high)
+            scatter_rows(self.values, new_slots, self.spec.initial_rows(new_ids))
+            for name, (_, _, fill) in self._layout.items():
+                self.state[name][new_slots] = fill
+            if self.hits is not None:
+                self.hits[new_slots] = 0
+            slots[missing] = new_slots
+            self.counters["created"] += len(new_ids)
+        if len(slots):
+            self.optimizer.apply(self.values, self.state, slots, grads)
+        self._touch(slots)
+        self._evict(slots)
+
+    def _touch(self, slots: np.ndarray) -> None:
+        if self.last_used is not None:
+            self.last_used[slots] = self.tick
+        if self.hits is not None:
+            self.hits[slots] += np.uint32(1)
+
+    def _evict(self, protect: np.ndarray) -> None:
+        max_rows = self.spec.max_rows
+        if not max_rows or self.index.live <= max_rows:
+            return
+        target = max_rows - int(max_rows * EVICT_SLACK)
+        live = self.index.live_slots()
+        k = len(live) - target
+        assert self.last_used is not None
+        score = self.last_used[live].copy()
+        if self.hits is not None:
+            score = (self.hits[live].astype(np.int64) << 32) | (score & 0xFFFFFFFF)
+        protected = np.zeros(len(self.values), dtype=bool)
+        protected[protect] = True
+        score[protected[live]] = np.iinfo(np.int64).max  # the push being applied goes last
+        victims = live if k >= len(live) else live[np.argpartition(score, k - 1)[:k]]
+        self.index.remove(victims)
+        self.counters["evicted"] += len(victims)
+
+    def _ensure_capacity(self, rows: int) -> None:
+        cap = len(self.values)
+        if rows <= cap:
+            return
+        new = max(rows, cap * 5 // 4, 1024)
+        if self.spec.max_rows:
+            new = max(rows, min(new, self.spec.max_rows + 1024))
+        self.values = _grown(self.values, new)
+        self.state = {k: _grown(v, new) for k, v in self.state.items()}
+        if self.last_used is not None:
+            self.last_used = _grown(self.last_used, new)
+        if self.hits is not None:
+            self.hits = _grown(self.hits, new)
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        """A consistent copy of the table's state as named arrays, rows ordered by id.
+
+        Keys: ``ids`` (n,) int64, ``values`` (n, dim), ``state.<name>`` per optimizer state
+        array, ``last_used``/``hits`` when bounded, ``sketch`` with admission, ``tick`` and
+        ``counter.<name>`` (0-d int64). Pending sync sums are not included (checkpoint
+        between steps). Blocks on the table lock; copies every live row.
+        """
+        with self.lock:
+            live = self.index.live_slots()
+            ids = self.index.slot_ids[live]
+            order = np.argsort(ids)
+            live, ids = live[order], ids[order]
+            out = {"ids": ids, "values": self.values[live]}
+            for name, arr in self.state.items():
+                out[f"state.{name}"] = arr[live]
+            if self.last_used is not None:
+                out["last_used"] = self.last_used[live]
+            if self.hits is not None:
+                out["hits"] = self.hits[live]
+            if self.sketch is not None:
+                out["sketch"] = self.sketch.counts.copy()
+            out["tick"] = np.array(self.tick, dtype=np.int64)
+            for name, value in self.counters.items():
+                out[f"counter.{name}"] = np.array(value, dtype=np.int64)
+            return out
+
+    @classmethod
+    def restore(cls, spec: SparseTableSpec,
+                arrays: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+                shard_index: int, num_shards: int) -> SparseTable:
+        """Rebuild shard ``shard_index`` of ``num_shards`` from exported states.
+
+        ``arrays`` is one :meth:`export_state` dict or a sequence of them (every shard of a
+        checkpoint, any shard count): only the rows this shard owns are kept, so a table
+        saved on N shards restores onto M. Admission sketches are summed (still never
+        under-counting); counters are summed onto shard 0 (cluster totals are kept); the
+        use clock is the latest. Raises InvalidArgumentError when the arrays do not fit
+        ``spec`` (another width, dtype or optimizer) or an id appears twice.
+        """
+        sources = [arrays] if isinstance(arrays, Mapping) else list(arrays)
+        table = cls(spec, shard_index, num_shards)
+        dim, dtype = spec.dim, np.dtype(spec.dtype)
+        ids_parts, keep_parts = [], []
+        for src in sources:
+            ids = np.asarray(src["ids"])
+            if ids.ndim != 1 or ids.dtype != np.int64:
+                raise InvalidArgumentError(f"{spec.name}: checkpoint ids must be 1-D int64, got {ids.dtype}")
+            _check_array(spec.name, "values", src.get("values"), (len(ids), dim), dtype)
+            for name, (shape, dt, _) in table._layout.items():
+                _check_array(spec.name, f"state.{name}", src.get(f"state.{name}"), (len(ids), *shape), dt)
+            ids_parts.append(ids)
+            keep_parts.append(row_shards(spec.name, ids, num_shards) == shard_index)
+        ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int64)
+        keep = np.concatenate(keep_parts) if keep_parts else np.zeros(0, dtype=bool)
+        ordered = np.sort(ids)
+        if bool(np.any(ordered[1:] == ordered[:-1])):
+            raise InvalidArgumentError(f"{spec.name}: a row id appears in more than one checkpoint shard")
+
+        def gather(key: str, default_fill=None) -> np.ndarray:
+            parts = []
+            for src, k in zip(sources, keep_parts):
+                if key in src:
+                    parts.append(np.asarray(src[key])[k])
+                else:
+                    parts.append(np.full(int(k.sum()), default_fill))
+            return np.concatenate(parts)
+
+        own = ids[keep]
+        slots = table.index.insert(own)
+        table._ensure_capacity(table.index.high)
+        if len(own):
+            table.values[slots] = gather("values")
+            for name in table.state:
+                table.state[name][slots] = gather(f"state.{name}")
+            if table.last_used is not None:
+                table.last_used[slots] = gather("last_used", 0).astype(np.int64)
+            if table.hits is not None:
+                table.hits[slots] = gather("hits", 0).astype(np.uint32)
+        table.tick = max([int(np.asarray(s.get("tick", 0))) for s in sources] or [0])
+        if table.sketch is not None:
+            for src in sources:
+                if "sketch" in src:
+                    table.sketch.merge(AdmissionSketch(counts=np.asarray(src["sketch"])))
+        if shard_index == 0:
+            for name in _COUNTERS:
+                table.counters[name] = sum(int(np.asarray(s.get(f"counter.{name}", 0))) for s in sources)
+        return table
+
+
+def _grown(array: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
+    out[: len(array)] = array
+    return out
+
+
+def _check_array(table: str, key: str, array, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if array is None:
+        raise InvalidArgumentError(f"{table}: checkpoint lacks {key!r} (another optimizer?)")
+    array = np.asarray(array)
+    if array.shape != shape or array.dtype != dtype:
+        raise InvalidArgumentError(
+            f"{table}: checkpoint {key!r} is {array.dtype.name}{list(array.shape)}, "
+            f"expected {dtype.name}{list(shape)}"
+        )

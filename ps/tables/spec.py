@@ -1,0 +1,146 @@
+"""Table specifications: what a dense table is, independent of where its blocks live.
+
+A :class:`TableSpec` fixes a table's shape, dtype, block size, optimizer and initialiser.
+Two creates of the same name must carry equal specs (:meth:`TableSpec.__eq__`), which is
+what makes ``create`` idempotent across workers. Pure values; thread-safe.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ps._proto import ps_pb2
+from ps.errors import AlreadyExistsError, InvalidArgumentError
+from ps.tables.optim import OptimizerSpec
+from ps.tables.placement import table_hash
+from ps.protocol.wire import np_dtype, wire_dtype
+
+#: elements per block by default: 1 MiB of float32, well under the message size limit
+DEFAULT_BLOCK_ELEMS = 1 << 18
+#: the most elements one table may hold (2**40: 4 TiB of float32); guards size overflow
+MAX_TABLE_ELEMS = 1 << 40
+INIT_KINDS = ("zeros", "normal", "uniform", "glorot")
+_NAME = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How a table's initial values are drawn, per block, reproducibly from ``seed``.
+
+    ``scale`` is the standard deviation for ``normal`` and the half-width for ``uniform``;
+    ``glorot`` is uniform with half-width sqrt(6 / (fan_in + fan_out)) where fan_in is
+    ``shape[0]`` and fan_out is ``shape[-1]``.
+    """
+
+    kind: str = "zeros"
+    scale: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    block_elems: int = DEFAULT_BLOCK_ELEMS
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    init: InitSpec = field(default_factory=InitSpec)
+
+    def validate(self) -> None:
+        """Raises InvalidArgumentError when any field is out of range."""
+        if not _NAME.match(self.name):
+            raise InvalidArgumentError(
+                f"table name {self.name!r} must be 1-200 characters of letters, digits and _ . : / -"
+            )
+        if any(d < 0 for d in self.shape):
+            raise InvalidArgumentError(f"table {self.name!r}: negative dimension in shape {self.shape}")
+        if len(self.shape) > 32:
+            raise InvalidArgumentError(f"table {self.name!r}: more than 32 dimensions")
+        if math.prod(self.shape) > MAX_TABLE_ELEMS:
+            raise InvalidArgumentError(f"table {self.name!r}: {math.prod(self.shape)} elements exceeds {MAX_TABLE_ELEMS}")
+        if not 1 <= self.block_elems <= 1 << 26:
+            raise InvalidArgumentError(f"table {self.name!r}: block_elems must be in [1, 2**26], got {self.block_elems}")
+        wire_dtype(self.dtype)
+        self.optimizer.validate()
+        if self.init.kind not in INIT_KINDS:
+            raise InvalidArgumentError(f"unknown init {self.init.kind!r}; choose from {', '.join(INIT_KINDS)}")
+        if not math.isfinite(self.init.scale) or self.init.scale < 0:
+            raise InvalidArgumentError(f"init scale must be finite and >= 0, got {self.init.scale}")
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
+
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.size // self.block_elems)
+
+    def block_range(self, block: int) -> tuple[int, int]:
+        """``[start, stop)`` of block ``block`` in the flattened table."""
+        start = block * self.block_elems
+        return start, min(start + self.block_elems, self.size)
+
+    def initial_block(self, block: int) -> np.ndarray:
+        """The initial values of one block: the same on any shard count and process."""
+        start, stop = self.block_range(block)
+        n = stop - start
+        dtype = np.dtype(self.dtype)
+        kind = self.init.kind
+        if kind == "zeros":
+            return np.zeros(n, dtype=dtype)
+        rng = np.random.default_rng([self.init.seed, table_hash(self.name) & 0xFFFFFFFF, block])
+        if kind == "normal":
+            return (rng.standard_normal(n) * self.init.scale).astype(dtype)
+        if kind == "uniform":
+            limit = self.init.scale
+        else:  # glorot
+            fan_in = self.shape[0] if self.shape else 1
+            fan_out = self.shape[-1] if self.shape else 1
+            limit = math.sqrt(6.0 / max(1, fan_in + fan_out))
+        return rng.uniform(-limit, limit, n).astype(dtype)
+
+    def to_proto(self) -> ps_pb2.TableSpec:
+        return ps_pb2.TableSpec(
+            name=self.name,
+            shape=list(self.shape),
+            dtype=wire_dtype(self.dtype),
+            block_elems=self.block_elems,
+            optimizer=self.optimizer.to_proto(),
+            init=ps_pb2.InitSpec(kind=self.init.kind, scale=self.init.scale, seed=self.init.seed),
+        )
+
+    @classmethod
+    def from_proto(cls, msg: ps_pb2.TableSpec) -> TableSpec:
+        """Decode and validate. Raises InvalidArgumentError for any bad field."""
+        spec = cls(
+            name=msg.name,
+            shape=tuple(int(d) for d in msg.shape),
+            dtype=np_dtype(msg.dtype).name,
+            block_elems=int(msg.block_elems),
+            optimizer=OptimizerSpec.from_proto(msg.optimizer),
+            init=InitSpec(kind=msg.init.kind, scale=msg.init.scale, seed=msg.init.seed),
+        )
+        spec.validate()
+        return spec
+
+
+def exists_alike(spec, mine: Mapping, others: Mapping, other_kind: str) -> bool:
+    """Whether ``mine`` already holds a table with exactly ``spec`` (create is then a no-op).
+
+    False when the name is free. Raises AlreadyExistsError when ``mine`` holds the name
+    with another spec, or ``others`` (the tables of ``other_kind``) holds it at all.
+    """
+    if spec.name in others:
+        raise AlreadyExistsError(f"table {spec.name!r} exists as a {other_kind} table")
+    existing = mine.get(spec.name)
+    if existing is None:
+        return False
+    if existing.spec != spec:
+        raise AlreadyExistsError(f"table {spec.name!r} exists with a different spec: have {existing.spec}, asked {spec}")
+    return True

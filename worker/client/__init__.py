@@ -1,0 +1,1 @@
+"""The Client and its parts: transport, registration, recovery, table directory, steps."""

@@ -1,0 +1,1 @@
+"""Training data: sources, files, click logs, synthetic data and the bundled datasets."""

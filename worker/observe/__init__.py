@@ -1,0 +1,1 @@
+"""Observing a worker: metrics, slow-wait warnings, the observed client."""

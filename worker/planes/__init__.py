@@ -1,0 +1,1 @@
+"""The worker's data planes: gRPC, same-host shared memory, TCP stream."""

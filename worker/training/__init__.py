@@ -1,0 +1,1 @@
+"""The training loop, the sparse loop and the single-process reference trainer."""
