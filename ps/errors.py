@@ -19,17 +19,55 @@
 The server raises these from its logic and the servicer turns them into status codes
 (:func:`status_code_of`); the client turns status codes back into these (:func:`from_status`).
 That pair is the only place the mapping lives.
+
+Some errors also carry a :class:`Reason`: a name the client acts on (register again, a
+fenced session, a rollback to adopt), so that recovery never depends on the wording of a
+message. It travels beside the status: as the trailing metadata ``ps-reason`` (its name)
+over gRPC, and as its number in the error reply frame of the data planes
+(:mod:`ps.protocol.wire`).
 """
 
 from __future__ import annotations
 
+import enum
+
 import grpc
+
+#: the gRPC trailing-metadata key that carries an error's :class:`Reason` (by name)
+REASON_METADATA_KEY = "ps-reason"
+
+
+class Reason(enum.IntEnum):
+    """Why a call failed, by name, where the client must act on it. Numbers are the wire's."""
+
+    NONE = 0
+    NOT_REGISTERED = 1    # the shard does not know this worker (restarted, lease ran out): register again
+    UNKNOWN_TABLE = 2     # the shard does not hold the table (restarted from an older state): re-create it
+    FENCED = 3            # another session of the same worker id took it over: this client must stop
+    ROLLED_BACK = 4       # the cluster rolled back (or awaits one): adopt it, retry from a fresh pull
+
+    @classmethod
+    def parse(cls, value: str | int | None) -> Reason:
+        """The reason for a wire name or number; NONE for anything unknown (never raises)."""
+        if isinstance(value, int):
+            try:
+                return cls(value)
+            except ValueError:
+                return cls.NONE
+        return cls.__members__.get(value or "", cls.NONE)
 
 
 class PSError(Exception):
-    """Base of every error the parameter server raises to its users."""
+    """Base of every error the parameter server raises to its users.
+
+    ``reason`` (keyword only) names what the client should do about it (:class:`Reason`).
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, *args: object, reason: Reason = Reason.NONE) -> None:
+        super().__init__(*args)
+        self.reason = Reason(reason)
 
 
 class InvalidArgumentError(PSError, ValueError):
@@ -105,14 +143,17 @@ def status_code_of(error: PSError) -> grpc.StatusCode:
     return error.code if type(error) is not PSError else grpc.StatusCode.UNKNOWN
 
 
-def from_status(code: grpc.StatusCode, details: str) -> PSError:
-    """The project exception for a gRPC status, to be raised ``from`` the ``grpc.RpcError``."""
-    return _BY_CODE.get(code, RemoteError)(details or code.name)
+def from_status(code: grpc.StatusCode, details: str, reason: Reason | str | int | None = None) -> PSError:
+    """The project exception for a gRPC status, to be raised ``from`` the ``grpc.RpcError``.
+
+    ``reason``: the :class:`Reason` sent beside the status (a name, a number or None).
+    """
+    return _BY_CODE.get(code, RemoteError)(details or code.name, reason=Reason.parse(reason))
 
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
-def from_status_number(number: int, details: str) -> PSError:
+def from_status_number(number: int, details: str, reason: Reason | str | int | None = None) -> PSError:
     """:func:`from_status` for a status code sent as its number (the data planes' frames)."""
-    return from_status(_CODES.get(number, grpc.StatusCode.UNKNOWN), details)
+    return from_status(_CODES.get(number, grpc.StatusCode.UNKNOWN), details, reason)

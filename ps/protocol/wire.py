@@ -204,8 +204,16 @@ def unpack_local_request(frame: bytes) -> tuple[int, int, int, float, int, int, 
     return kind, flags, length, timeout_s, po, pb, qo, qc
 
 
-def pack_local_reply(kind: int, message: bytes, status: int = 0, outcome: int = 0, version: int = 0) -> bytes:
-    return _REPLY.pack(kind, 0, status, len(message), outcome, 0, version) + message
+def pack_local_reply(kind: int, message: bytes, status: int = 0, outcome: int = 0, version: int = 0,
+                     reason: int = 0) -> bytes:
+    """A reply frame followed by its message. An error reply (``status`` != 0) has the details
+    as its message and the error's :class:`ps.errors.Reason` number in ``reason``."""
+    return _REPLY.pack(kind, 0, status, len(message), outcome, reason, version) + message
+
+
+def local_reply_reason(frame: bytes) -> int:
+    """The :class:`ps.errors.Reason` number of an error reply frame (0: none)."""
+    return _REPLY.unpack(frame)[5]
 
 
 def unpack_local_reply(frame: bytes) -> tuple[int, int, int, int, int]:
