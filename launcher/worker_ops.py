@@ -1,7 +1,8 @@
 """The operational flags of ``ps-worker``: metrics, slow-wait warnings, ``--rank auto``.
 
 - ``--metrics-port``/``--metrics-host``: Prometheus metrics of this worker
-  (:class:`~worker.observe.worker_metrics.WorkerMetrics`), off by default.
+  (:class:`~worker.observe.worker_metrics.WorkerMetrics`), off by default; behind the
+  worker's token (``--token-file``/``PS_TOKEN``) when it has one.
 - ``--warn-after SECONDS``: a pull or push that has waited this long logs a warning naming
   the workers it waits for (:class:`~worker.observe.slow_wait.SlowWaitWarner`); 0 never.
 - ``--rank auto``: take the worker id the cluster assigns (shard 0 hands out 0, 1, 2, ...
@@ -85,10 +86,14 @@ def batch_rows(step: int, rows: int, batch_size: int) -> int:
 
 
 class WorkerOps:
-    """The metrics endpoint and slow-wait warner of one ps-worker run. No I/O until :meth:`start`."""
+    """The metrics endpoint and slow-wait warner of one ps-worker run. No I/O until :meth:`start`.
 
-    def __init__(self, args) -> None:
-        self.metrics = WorkerMetrics(args.metrics_host, args.metrics_port) if args.metrics_port else None
+    With ``token`` (the cluster token the worker sends), scrapes need it as a bearer token too.
+    """
+
+    def __init__(self, args, token: str | None = None) -> None:
+        self.metrics = (WorkerMetrics(args.metrics_host, args.metrics_port, token=token)
+                        if args.metrics_port else None)
         self.warn_after = args.warn_after
         self.warner: SlowWaitWarner | None = None
         self._rows = 0

@@ -1,19 +1,14 @@
-"""``MetricsInterceptor``: counts and times every unary gRPC call a server handles.
+"""``MetricsInterceptor``: counts and times the unary gRPC calls a server handles.
 
 A ``grpc.ServerInterceptor`` (register it first, so that calls refused by the token check
-are counted too). Per call it records, with labels ``service`` (``ps.v1.ParameterServer``,
-``grpc.health.v1.Health``, ...) and ``method`` (``Push``, ``Pull``, ``Check``, ...):
+are counted too). It records into :class:`~ps.metrics.request_metrics.RequestMetrics`, with
+labels ``service`` (``ps.v1.ParameterServer``, ``grpc.health.v1.Health``, ...) and
+``method`` (``Push``, ``Pull``, ``Check``, ...): each call's status code and duration,
+unless the request handler already counted it (it counts Push and Pull on every data plane),
+and always the serialized message bytes received and sent.
 
-- ``ps_requests_total{service,method,code}``: calls finished, by status code (``OK``,
-  ``DEADLINE_EXCEEDED``, ...);
-- ``ps_request_duration_seconds{service,method}``: time in the handler (a histogram);
-- ``ps_request_bytes_total`` and ``ps_response_bytes_total{service,method}``: serialized
-  message bytes received and sent.
-
-Streaming calls (health ``Watch``, reflection) pass through uncounted. Calls served by the
-same-host shared-memory data plane (:mod:`ps.serving.local_plane`) bypass gRPC and so this
-interceptor; the shard's own counters (:mod:`ps.metrics.shard_metrics`) cover every path.
-Thread-safe; adds a few microseconds per call.
+Streaming calls (health ``Watch``, reflection) pass through uncounted. Thread-safe; adds a
+few microseconds per call.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ from collections.abc import Callable
 
 import grpc
 
-from ps.metrics.registry import DURATION_BUCKETS, Registry
+from ps.metrics.request_metrics import RequestMetrics
 
 
 def split_method(full: str) -> tuple[str, str]:
@@ -35,20 +30,12 @@ def split_method(full: str) -> tuple[str, str]:
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
-    """Adds the request series above to ``registry``. Thread-safe."""
+    """Records every unary call into ``metrics``. Thread-safe."""
 
-    def __init__(self, registry: Registry) -> None:
-        self.requests = registry.counter("ps_requests_total", "gRPC calls handled, by final status code",
-                                         ("service", "method", "code"))
-        self.duration = registry.histogram("ps_request_duration_seconds", "time spent handling a gRPC call",
-                                           ("service", "method"), DURATION_BUCKETS)
-        self.request_bytes = registry.counter("ps_request_bytes_total", "serialized request bytes received",
-                                              ("service", "method"))
-        self.response_bytes = registry.counter("ps_response_bytes_total", "serialized response bytes sent",
-                                               ("service", "method"))
+    def __init__(self, metrics: RequestMetrics) -> None:
+        self.metrics = metrics
         self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         self._lock = threading.Lock()
-
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or not _is_unary(handler):
@@ -64,23 +51,26 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, service: str, method: str) -> grpc.RpcMethodHandler:
-        labels = {"service": service, "method": method}
+        metrics = self.metrics
+        received = metrics.request_bytes.labels(service, method)
+        sent = metrics.response_bytes.labels(service, method)
         behavior = handler.unary_unary
         deserialize = handler.request_deserializer
         serialize = handler.response_serializer
 
         def counted_deserialize(data: bytes):
-            self.request_bytes.inc(len(data), **labels)
+            received.inc(len(data))
             return deserialize(data) if deserialize is not None else data
 
         def counted_serialize(message) -> bytes:
             data = serialize(message) if serialize is not None else message
-            self.response_bytes.inc(len(data), **labels)
+            sent.inc(len(data))
             return data
 
         def timed(request, context):
             start = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
+            metrics.begin_call()
             try:
                 reply = behavior(request, context)
                 code = _code(context, grpc.StatusCode.OK)
@@ -89,8 +79,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 code = _code(context, grpc.StatusCode.UNKNOWN)
                 raise
             finally:
-                self.duration.observe(time.perf_counter() - start, **labels)
-                self.requests.inc(code=code.name, **labels)
+                if not metrics.observed_in_call():  # else the request handler counted it
+                    metrics.observe(service, method, code.name, time.perf_counter() - start)
 
         return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=counted_deserialize,
                                                    response_serializer=counted_serialize)

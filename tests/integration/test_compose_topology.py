@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+import urllib.error
 
 import grpc
 import pytest
@@ -21,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ps.serving.service import SERVICE_NAME
 from tests.integration.compose_topology import Topology
-from tests.prometheus_text import scrape, value
+from tests.scraped_metrics import scrape, value
 from worker import Client
 
 pytestmark = pytest.mark.slow
@@ -42,9 +43,9 @@ def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.02):
         time.sleep(poll_s)
 
 
-def try_scrape(url: str) -> dict | None:
+def try_scrape(url: str, token: str) -> dict | None:
     try:
-        return scrape(url, timeout_s=2)
+        return scrape(url, token, timeout_s=2)
     except OSError:
         return None
 
@@ -75,7 +76,7 @@ def test_the_compose_topology_trains_to_completion_on_loopback(tmp_path):
 
         # pause one worker mid-run: the sync steps then wait for it
         def steps_and_id(proc):
-            m = try_scrape(proc.metrics_url)
+            m = try_scrape(proc.metrics_url, token)  # workers' metrics need their token too
             if m is None or value(m, "ps_worker_steps_total") < 5:
                 return None
             return [int(dict(labels)["worker_id"]) for name, labels in m if name == "ps_worker_info"]
@@ -102,7 +103,11 @@ def test_the_compose_topology_trains_to_completion_on_loopback(tmp_path):
                          r"\(slowest\)$", status.stdout, re.M), status.stdout
         other.wait_for_line(rf"has waited [\d.]+ s: slowest: worker {paused_id} at clock \d+; shard", 20,
                             stream="err")
-        mid = [scrape(p.metrics_url) for p in servers]
+        mid = [scrape(p.metrics_url, token) for p in servers]
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the same token guards the metrics
+            scrape(servers[0].metrics_url)
+        assert refused.value.code == 401
+        refused.value.close()
         assert max(value(m, "ps_sync_waiting_workers") for m in mid) >= 1
         paused.popen.send_signal(signal.SIGCONT)
 
@@ -117,7 +122,7 @@ def test_the_compose_topology_trains_to_completion_on_loopback(tmp_path):
         assert min(float(m.group(2)) for m in results) > 0.9
 
         # the servers counted exactly what the workers pushed: one message per shard per step
-        final = [scrape(p.metrics_url) for p in servers]
+        final = [scrape(p.metrics_url, token) for p in servers]
         for m in final:
             assert value(m, "ps_updates_total", outcome="accumulated") == sum(steps.values())
             assert value(m, "ps_updates_total", outcome="stale") == 0

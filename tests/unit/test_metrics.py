@@ -1,108 +1,113 @@
-"""ps.metrics: the Prometheus text format, naming rules, histograms, thread safety."""
+"""ps.metrics and worker.observe's metrics on prometheus-client, rendered without sockets and
+read back with its parser: scrape-time shard series, one registry per object, no I/O before start."""
 
 from __future__ import annotations
 
-import math
-import threading
+import types
 
+import numpy as np
 import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from ps.metrics.registry import Registry, format_value, register_process_metrics
-from tests.prometheus_text import parse, value
+from ps.config import ServerConfig
+from ps.metrics.shard_collector import ShardCollector
+from ps.metrics.shard_metrics import ShardMetrics
+from ps.shard.consistency import Mode
+from ps.shard.shard import Shard
+from ps.tables.optim import OptimizerSpec
+from ps.tables.sparse_spec import SparseTableSpec
+from ps.tables.spec import TableSpec
+from tests.scraped_metrics import parse, total, value
+from worker.observe.worker_metrics import WorkerMetrics
 
-
-def test_counters_gauges_and_callbacks_render_in_the_text_format():
-    r = Registry()
-    c = r.counter("ps_requests_total", "calls\nhandled", ("method", "code"))
-    c.inc(method="Push", code="OK")
-    c.inc(2, method="Push", code="OK")
-    g = r.gauge("ps_worker_loss", "loss")
-    g.set(0.25)
-    r.gauge_callback("ps_table_bytes", "bytes", ("table",), lambda: [(("w",), 4096), (('we"ird\\',), 1)])
-    text = r.render()
-    assert "# HELP ps_requests_total calls\\nhandled\n# TYPE ps_requests_total counter\n" in text
-    assert 'ps_requests_total{method="Push",code="OK"} 3\n' in text
-    assert "ps_worker_loss 0.25\n" in text
-    assert 'ps_table_bytes{table="we\\"ird\\\\"} 1\n' in text
-    samples = parse(text)
-    assert value(samples, "ps_table_bytes", table="w") == 4096
-    assert value(samples, "ps_table_bytes", table='we"ird\\') == 1
-    assert text.endswith("\n")
+SGD = OptimizerSpec("sgd", lr=1.0)
 
 
-def test_histograms_are_cumulative_with_sum_and_count():
-    r = Registry()
-    h = r.histogram("ps_request_duration_seconds", "time", ("method",), buckets=(0.1, 1.0))
-    for v in (0.05, 0.1, 0.5, 3.0, float("nan")):
-        h.observe(v, method="Pull")
-    samples = parse(r.render())
-    buckets = {le: value(samples, "ps_request_duration_seconds_bucket", method="Pull", le=le)
-               for le in ("0.1", "1", "+Inf")}
-    assert buckets == {"0.1": 2, "1": 3, "+Inf": 4}  # an observation equal to a bound is in its bucket
-    assert value(samples, "ps_request_duration_seconds_count", method="Pull") == 4 == h.count(method="Pull")
-    assert value(samples, "ps_request_duration_seconds_sum", method="Pull") == pytest.approx(3.65)
+def rendered(registry) -> dict:
+    return parse(generate_latest(registry).decode())
 
 
-@pytest.mark.parametrize("make, problem", [
-    (lambda r: r.counter("ps_requests", "no _total"), "_total"),
-    (lambda r: r.gauge("requests_in_flight", "no prefix"), "prefix"),
-    (lambda r: r.gauge("ps_bad-name", "dash"), "invalid metric name"),
-    (lambda r: r.gauge("ps_x", "bad label", ("__reserved",)), "invalid label"),
-    (lambda r: r.histogram("ps_h_seconds", "le", ("le",)), "reserved"),
-    (lambda r: r.histogram("ps_h_seconds", "order", (), buckets=(1.0, 0.5)), "ascending"),
-])
-def test_naming_rules_are_enforced(make, problem):
-    with pytest.raises(ValueError, match=problem):
-        make(Registry())
+def make_shard(config: ServerConfig) -> Shard:
+    shard = Shard(config)
+    for worker in (0, 1):
+        shard.register(worker)
+    shard.create_table(TableSpec("b", (2,), optimizer=SGD))
+    shard.rows.create(SparseTableSpec("emb", 2, optimizer=SGD))
+    return shard
 
 
-def test_misuse_is_refused():
-    r = Registry()
-    c = r.counter("ps_x_total", "x", ("kind",))
-    with pytest.raises(ValueError, match="decrease"):
-        c.inc(-1, kind="a")
-    with pytest.raises(ValueError, match="labels"):
-        c.inc(kind="a", extra="b")
-    with pytest.raises(ValueError, match="already registered"):
-        r.gauge("ps_x_total", "again")
+def test_shard_series_are_read_from_the_shard_when_scraped():
+    config = ServerConfig(mode=Mode.ASYNC, shard_index=0, num_shards=1)
+    shard = make_shard(config)
+    metrics = ShardMetrics(shard, config)
+    before = rendered(metrics.registry)
+    assert value(before, "ps_updates_total", outcome="applied") == 0
+    assert value(before, "ps_build_info", mode="async", version=dict(
+        next(lbl for n, lbl in before if n == "ps_build_info"))["version"]) == 1
+    for seq in (1, 2, 2):  # the second seq 2 is a retry: acknowledged, not applied
+        shard.push(0, seq, 0, 0, 1, [("b", 0)], [np.ones(2, np.float32)], 5.0)
+    shard.rows.push(1, 1, 0, 0, 1, "emb", np.array([3, 4, 5], np.int64), np.ones((3, 2), np.float32), 5.0)
+    after = rendered(metrics.registry)
+    assert value(after, "ps_updates_total", outcome="applied") == 3
+    assert value(after, "ps_updates_total", outcome="duplicate") == 1
+    assert value(after, "ps_shard_version") == 3
+    assert value(after, "ps_workers", state="live") == 2 and value(after, "ps_workers", state="left") == 0
+    assert value(after, "ps_worker_clock", stat="min") == 1 and value(after, "ps_worker_clock", stat="max") == 1
+    assert value(after, "ps_table_blocks", table="b") == 1 and value(after, "ps_table_bytes", table="b") == 8
+    assert value(after, "ps_table_version", table="b") == 2
+    assert value(after, "ps_table_rows", table="emb") == 3
+    assert value(after, "ps_shard_events_total", event="rows_pushed") > 0
+    assert value(after, "ps_metrics_errors_total") == 0
 
 
-def test_a_failing_callback_leaves_out_only_its_family():
-    r = Registry()
-    r.gauge("ps_ok", "fine").set(1)
-    r.gauge_callback("ps_broken", "raises", (), lambda: 1 / 0)
-    samples = parse(r.render())
-    assert value(samples, "ps_ok") == 1 and value(samples, "ps_metrics_errors_total") == 1
-    assert not any(name == "ps_broken" for name, _ in samples)
+def test_constructors_do_no_io_and_process_series_come_with_start():
+    config = ServerConfig(shard_index=0, num_shards=1, metrics_port=1)  # a port nobody may bind: never bound
+    metrics = ShardMetrics(Shard(config), config)
+    worker = WorkerMetrics(port=1)
+    for registry in (metrics.registry, worker.registry):
+        assert not any(name.startswith("process_") for name, _ in rendered(registry))
+    with pytest.raises(RuntimeError, match="not started"):
+        metrics.endpoint.port
+    metrics.stop()  # stopping what never started is a no-op
+    worker.stop()
 
 
-def test_concurrent_updates_are_not_lost():
-    r = Registry()
-    c = r.counter("ps_events_total", "events", ("kind",))
-    h = r.histogram("ps_wait_seconds", "waits")
-
-    def work():
-        for i in range(2000):
-            c.inc(kind="a")
-            h.observe(i % 3 * 0.01)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert c.value(kind="a") == 8000 and h.count() == 8000
+def test_each_object_has_its_own_registry_never_the_default():
+    config = ServerConfig(shard_index=0, num_shards=1)
+    a, b = ShardMetrics(Shard(config), config), ShardMetrics(Shard(config), config)
+    WorkerMetrics(), WorkerMetrics()  # a second worker in the same process registers fine too
+    a.observe_request("ps.v1.ParameterServer", "Push", "OK", 0.004)
+    a.observe_request("ps.v1.ParameterServer", "Push", "UNAVAILABLE", 0.5)
+    ra, rb = rendered(a.registry), rendered(b.registry)
+    assert value(ra, "ps_requests_total", service="ps.v1.ParameterServer", method="Push", code="OK") == 1
+    assert total(ra, "ps_requests_total") == 2
+    assert value(ra, "ps_request_duration_seconds_count", service="ps.v1.ParameterServer", method="Push") == 2
+    assert value(ra, "ps_request_duration_seconds_bucket", service="ps.v1.ParameterServer", method="Push",
+                 le="0.005") == 1
+    assert total(rb, "ps_requests_total") == 0
+    assert b"ps_requests_total" not in generate_latest(REGISTRY)
 
 
-def test_process_metrics_report_this_process():
-    r = Registry()
-    register_process_metrics(r)
-    samples = parse(r.render())
-    assert value(samples, "process_resident_memory_bytes") > 1 << 20
-    assert value(samples, "process_cpu_seconds_total") > 0
-    assert value(samples, "process_start_time_seconds") > 1.6e9
+def test_a_failing_source_leaves_out_only_its_family():
+    registry = CollectorRegistry()
+    broken = types.SimpleNamespace()  # no .last: ps_checkpoint_last_version cannot be read
+    ShardCollector(Shard(ServerConfig(shard_index=0, num_shards=1)), registry, checkpointer=broken)
+    samples = rendered(registry)
+    assert not any(name == "ps_checkpoint_last_version" for name, _ in samples)
+    assert value(samples, "ps_shard_version") == 0
+    assert value(samples, "ps_metrics_errors_total") == 1
 
 
-def test_values_are_written_as_prometheus_reads_them():
-    assert [format_value(v) for v in (3.0, 0.25, math.inf, -math.inf, math.nan, 2**60)] == \
-        ["3", "0.25", "+Inf", "-Inf", "NaN", "1.152921504606847e+18"]
+def test_worker_series_follow_the_watched_client():
+    metrics = WorkerMetrics()
+    assert not any(name == "ps_worker_info" for name, _ in rendered(metrics.registry))  # no client yet
+    metrics.watch_client(types.SimpleNamespace(stats={"accumulated": 7}, clock=7, worker_id=3, mode="sync"))
+    metrics.on_step(types.SimpleNamespace(loss=0.25, epoch=2), rows=32)
+    metrics.observe_call("pull", 0.02)
+    samples = rendered(metrics.registry)
+    assert value(samples, "ps_worker_push_outcomes_total", outcome="accumulated") == 7
+    assert value(samples, "ps_worker_push_outcomes_total", outcome="stale") == 0
+    assert value(samples, "ps_worker_info", worker_id="3", mode="sync") == 1
+    assert value(samples, "ps_worker_clock") == 7 and value(samples, "ps_worker_epoch") == 2
+    assert value(samples, "ps_worker_samples_total") == 32
+    assert value(samples, "ps_worker_call_duration_seconds_bucket", call="pull", le="0.025") == 1

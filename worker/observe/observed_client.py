@@ -42,7 +42,7 @@ class ObservedClient:
                 yield
         finally:
             if self._metrics is not None:
-                self._metrics.calls.observe(time.perf_counter() - start, call=call)
+                self._metrics.observe_call(call, time.perf_counter() - start)
 
     def pull(self, names, out=None):
         with self._observed("pull", f"pull for step {self._client.clock}"):
