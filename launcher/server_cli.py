@@ -9,8 +9,10 @@ start or the final checkpoint failed.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+import threading
 
 from launcher import metrics_flags, server_safety
 from launcher.cli_logging import configure_logging
@@ -21,6 +23,9 @@ from ps.shard.consistency import Mode
 from ps.serving.server import ShardServer
 
 log = logging.getLogger("ps-server")
+
+#: seconds the interpreter may take to exit after a finished stop (see _exit_unheld)
+EXIT_BOUND_S = 1.0
 
 
 def build_parser(environ=None) -> EnvArgumentParser:
@@ -104,9 +109,32 @@ def main(argv: list[str] | None = None) -> int:
         pass
     if server.stop_error is not None:
         print(f"ps-server: final checkpoint failed: {server.stop_error}", file=sys.stderr)
-        return 1
-    return 0
+        return _exit_unheld(1)
+    return _exit_unheld(0)
 
+
+def _exit_unheld(code: int) -> int:
+    """``code``, with a watchdog that ends the process ``EXIT_BOUND_S`` after a finished stop.
+
+    The stop has cancelled every call after the grace period, written the final checkpoint
+    and closed every port. A handler thread may still sit inside the shard, though (a sync
+    pull waiting on other workers, until --sync-timeout), and the interpreter joins gRPC's
+    handler threads at exit: the watchdog flushes the logs and leaves with ``code``. For the
+    process's entry point only (like the signal handlers ``main`` installs).
+    """
+
+    def leave() -> None:
+        log.warning("a cancelled call still waits inside the shard %.0f s after the stop: exiting anyway",
+                    EXIT_BOUND_S)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    watchdog = threading.Timer(EXIT_BOUND_S, leave)
+    watchdog.daemon = True  # it never holds the exit itself
+    watchdog.start()
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())
