@@ -38,7 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--clip-norm", type=float, default=0.0,
                    help="scale each pushed block's gradient to L2 norm at most this (0: off)")
     p.add_argument("--token-file", default=None, metavar="FILE",
-                   help="require this shared token (also PS_TOKEN) on every call but health checks")
+                   help="require this shared token (also PS_TOKEN) on every call but health checks, "
+                        "and on /metrics")
     p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve TLS with this certificate chain")
     p.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
     p.add_argument("--tls-client-ca", default=None, metavar="PEM",

@@ -109,6 +109,9 @@ def test_prometheus_scrapes_every_server_and_worker(compose):
             assert (name, int(port)) in dns
     mounted = compose["services"]["prometheus"]["volumes"][0].split(":")
     assert mounted[0] == "./deploy/prometheus/prometheus.yml"
+    tokens = {service_env(s).get("PS_TOKEN") for s in our_services(compose).values()}
+    for job in config["scrape_configs"]:  # /metrics needs the cluster's token: Prometheus sends it
+        assert job["authorization"] == {"type": "Bearer", "credentials": next(iter(tokens))}, job["job_name"]
 
 
 def test_healthcheck_and_admin_scripts_are_installed():
