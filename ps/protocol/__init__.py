@@ -1,1 +1,1 @@
-"""Wire format, frames, auth and TLS: what servers and workers share on the wire."""
+"""Wire format, frames, auth, TLS and the metrics endpoint: what servers and workers share on the wire."""
