@@ -80,7 +80,7 @@ class SlowWaitWarner:
         self.after_s = after_s
         self.repeat_s = repeat_s if repeat_s is not None else max(after_s, 30.0)
         self.log = logger
-        self.warnings = 0  # how many warnings were logged
+        self.warnings = 0  # how many warnings were logged (counted once logged)
         self._cond = threading.Condition()
         self._call: tuple[int, str, float] | None = None  # (token, what, started)
         self._token = 0
@@ -139,6 +139,8 @@ class SlowWaitWarner:
             with self._cond:
                 still = self._call is not None and self._call[0] == token
             if still:
-                self.warnings += 1
+                # log first, count second: whoever sees the count can already read the warning
                 self.log.warning("%s has waited %.1f s: %s", what, time.monotonic() - started, detail)
+                with self._cond:
+                    self.warnings += 1
             warned = {token: time.monotonic() + self.repeat_s}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 
@@ -13,6 +14,16 @@ from worker.slow_wait import SlowWaitWarner, describe_wait, stragglers
 def status(mode, waiting=(), workers=(), version=7, address="h:1"):
     return {"address": address, "mode": mode, "version": version, "waiting_for": list(waiting),
             "workers": [{"id": i, "clock": c, "live": live, "last_contact_age_s": age} for i, c, live, age in workers]}
+
+
+def wait_for_warnings(warner, timeout_s=10.0) -> bool:
+    """Whether ``warner`` counted a warning within ``timeout_s`` (bounded poll)."""
+    deadline = time.monotonic() + timeout_s
+    while not warner.warnings:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_describe_names_whom_sync_and_ssp_wait_for():
@@ -49,11 +60,7 @@ def test_a_long_call_is_reported_once_per_period_and_a_short_one_never(caplog):
         with caplog.at_level(logging.WARNING, logger="test-slow-wait"):
             with warner.watching("pull for step 3"):
                 assert asked.wait(10), "the warner never asked whom the call waits for"
-                deadline = threading.Event()
-                for _ in range(200):  # bounded: until the warning is logged
-                    if warner.warnings:
-                        break
-                    deadline.wait(0.01)
+                assert wait_for_warnings(warner), "the warner never warned"
         assert warner.warnings == 1
         (record,) = [r for r in caplog.records if r.name == "test-slow-wait"]
         assert "pull for step 3 has waited" in record.getMessage()
@@ -70,12 +77,30 @@ def test_a_failing_status_still_warns_and_bad_settings_are_refused(caplog):
     warner = SlowWaitWarner(describe, after_s=0.01, logger=logging.getLogger("test-slow-wait-2")).start()
     try:
         with caplog.at_level(logging.WARNING, logger="test-slow-wait-2"), warner.watching("push of step 1"):
-            for _ in range(500):
-                if warner.warnings:
-                    break
-                threading.Event().wait(0.01)
+            assert wait_for_warnings(warner), "the warner never warned"
     finally:
         warner.stop(5)
     assert warner.warnings >= 1 and "status is unavailable (shard down)" in caplog.text
     with pytest.raises(ValueError):
         SlowWaitWarner(describe, after_s=0)
+
+
+def test_a_warning_is_logged_before_it_is_counted():
+    # a reader that sees the count must find the warning in the log: the count comes last
+    counted_at_emit = []
+    warner = None
+
+    class Spy(logging.Handler):
+        def emit(self, record):
+            counted_at_emit.append(warner.warnings)
+
+    logger = logging.getLogger("test-slow-wait-order")
+    logger.propagate = False
+    logger.addHandler(Spy())
+    warner = SlowWaitWarner(lambda: "whom", after_s=0.01, logger=logger).start()
+    try:
+        with warner.watching("pull for step 1"):
+            assert wait_for_warnings(warner), "the warner never warned"
+    finally:
+        warner.stop(5)
+    assert counted_at_emit[0] == 0
