@@ -35,6 +35,16 @@ def test_describe_names_whom_sync_and_ssp_wait_for():
     assert describe_wait([status("async", workers=[(0, 1, True, 0.0)])]) == "no shard reports a worker it waits for"
 
 
+def test_describe_names_workers_that_never_registered():
+    # shard 1 expects 3 workers; 0 and 2 came and contributed; worker 1 never registered
+    shards = [status("sync", version=0, waiting=[1], workers=[(0, 1, True, 0.2), (2, 1, True, 0.1)]),
+              status("sync", version=0, waiting=[1], workers=[(0, 1, True, 0.2), (2, 1, True, 0.1)], address="h:2")]
+    text = describe_wait(shards)
+    assert text == ("shard 0 (h:1): sync step 0 waits for worker 1 (never registered); "
+                    "shard 1 (h:2): sync step 0 waits for worker 1 (never registered)")
+    assert "never registered" in describe_wait([status("ssp", waiting=[1], workers=[(0, 3, True, 0.0)])])
+
+
 def test_the_slowest_of_the_workers_waited_for_is_the_one_behind_on_any_shard():
     # worker 1 pushed step 6 to shard 0 only; shard 0's step 7 also waits for worker 0, which
     # itself waits for shard 1's step 6

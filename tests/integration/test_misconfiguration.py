@@ -1,0 +1,49 @@
+"""Misconfiguration named at once (issue 12, items 10, 11 and 13), with real processes.
+
+Servers and workers are the real command lines on loopback ports from the OS; every wait
+is bounded (``Proc.wait_for``/``wait_for_log``/``wait``), so a hang is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.procs import ROOT, Cluster
+
+pytestmark = pytest.mark.slow
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("PS_")}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    c.close()
+
+
+def run(*argv: str, timeout_s: float = 60.0, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m ARGV`` to completion (bounded), without the caller's PS_* variables."""
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=timeout_s,
+                          cwd=ROOT, env={**ENV, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+# -- 10: a worker that never arrives is named, by id, within seconds ------------------------
+
+
+def test_a_missing_worker_is_named_by_the_waiting_worker_and_by_ps_admin_status(cluster):
+    _, address = cluster.server("--mode", "sync", "--num-workers", "2")
+    worker = cluster.ps_worker("--servers", address, "--rank", "0", "--num-workers", "2", "--epochs", "1",
+                               "--warn-after", "2")
+    # worker 1 never starts: worker 0's first sync step waits for it
+    worker.wait_for_log(r"has waited \d+\.\d s: .*sync step 0 waits for worker 1 \(never registered\)", 30)
+    status = run("launcher.admin_cli", "status", "--servers", address, "--timeout", "10")
+    assert status.returncode == 0, status.stderr
+    shard_row = next(ln for ln in status.stdout.splitlines() if address in ln)
+    assert "sync; step 0 waits for worker 1 (never registered)" in shard_row, status.stdout
+    worker.signal(signal.SIGTERM)
