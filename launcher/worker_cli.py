@@ -237,7 +237,7 @@ def _run(args, cfg: TrainConfig, model, train_ds, test_ds, stop: StopSignals) ->
                 return _fail(f"--metrics-file {args.metrics_file}: {exc.strerror or exc}")
         auto = args.rank == worker_ops.AUTO  # the cluster assigns the id; it becomes the rank
         client = Client(args.servers, worker_id=None if auto else cfg.rank, connect_timeout_s=args.connect_timeout,
-                        wait_timeout_s=args.wait_timeout, **DATA_PLANES[args.data_plane],
+                        wait_timeout_s=args.wait_timeout, num_workers=cfg.num_workers, **DATA_PLANES[args.data_plane],
                         **client_safety.client_kwargs(args))
         ops = worker_ops.WorkerOps(args)  # metrics endpoint and slow-wait warnings
         try:

@@ -29,6 +29,7 @@ from ps import faults, tls
 from ps._proto import ps_pb2
 from ps.auth import TokenAuth
 from ps.checkpointer import Checkpointer, Written
+from ps.cluster_size import ClusterSizeCheck
 from ps.config import ServerConfig
 from ps.control import ControlService
 from ps.errors import UnavailableError
@@ -100,6 +101,7 @@ class ShardServer:
             self.checkpointer.restore()
         interceptors = [TokenAuth(cfg.auth_token)] if cfg.auth_token else []
         interceptors += faults.interceptors(self._faults)
+        interceptors.append(ClusterSizeCheck(cfg.num_workers))  # a worker expecting another --num-workers
         if self.metrics is not None:  # first: calls the token check refuses are counted too
             interceptors.insert(0, self.metrics.interceptor)
         server = grpc.server(

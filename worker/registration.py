@@ -24,7 +24,8 @@ log = logging.getLogger("worker.client")  # the client's logger: these lines are
 
 def register_request(client: Client, shard: int, worker_id: int) -> ps_pb2.RegisterRequest:
     """The Register request for ``shard``, stating where it sits (``worker_id`` < 0: assign one)."""
-    req = ps_pb2.RegisterRequest(worker_id=worker_id if not client.observer else -1, session=client.session)
+    req = ps_pb2.RegisterRequest(worker_id=worker_id if not client.observer else -1, session=client.session,
+                                 num_workers=client.num_workers)
     req.topology.shard_index, req.topology.num_shards = shard, len(client._channels)
     return req
 

@@ -13,7 +13,10 @@ import sys
 
 import pytest
 
+from ps import ServerConfig, ShardServer
+from ps.errors import FailedPreconditionError
 from tests.integration.procs import ROOT, Cluster
+from worker import Client
 
 pytestmark = pytest.mark.slow
 
@@ -47,3 +50,27 @@ def test_a_missing_worker_is_named_by_the_waiting_worker_and_by_ps_admin_status(
     shard_row = next(ln for ln in status.stdout.splitlines() if address in ln)
     assert "sync; step 0 waits for worker 1 (never registered)" in shard_row, status.stdout
     worker.signal(signal.SIGTERM)
+
+
+# -- 11: a worker expecting another cluster size is refused when it registers ----------------
+
+
+def test_a_client_expecting_another_cluster_size_is_refused_at_registration():
+    with ShardServer(ServerConfig(port=0, num_workers=2)) as server:
+        with pytest.raises(FailedPreconditionError, match=r"--num-workers 3, but the servers with --num-workers 2"):
+            Client(server.address, num_workers=3, local=False).connect()
+        for agrees in (2, 0):  # the same count, or none stated
+            with Client(server.address, num_workers=agrees, local=False) as ps:
+                assert ps.worker_id >= 0
+        with Client(server.address, observer=True, local=False) as observer:
+            assert [w["id"] for w in observer.status()[0]["workers"]] == [0, 1]   # the refused one left no trace
+    with ShardServer(ServerConfig(port=0)) as server, Client(server.address, num_workers=3, local=False) as ps:
+        assert ps.worker_id == 0  # a server that expects no count accepts any
+
+
+def test_ps_worker_with_another_num_workers_than_the_servers_exits_naming_both(cluster):
+    _, address = cluster.server("--mode", "async", "--num-workers", "2")
+    worker = cluster.ps_worker("--servers", address, "--rank", "0", "--num-workers", "3", "--epochs", "1")
+    assert worker.wait(60) == 1
+    error = worker.log()
+    assert "ps-worker: error:" in error and "--num-workers 3" in error and "--num-workers 2" in error, error
