@@ -116,6 +116,13 @@ class SlowWaitWarner:
             self._thread.join(timeout_s)
             self._thread = None
 
+    def current(self) -> tuple[str, float] | None:
+        """``(what, seconds)``: the watched call running now and how long it has run; None
+        when none runs. Any thread; does not block."""
+        with self._cond:
+            call = self._call
+        return None if call is None else (call[1], time.monotonic() - call[2])
+
     @contextlib.contextmanager
     def watching(self, what: str) -> Iterator[None]:
         """Mark the call ``what`` (e.g. ``"pull for step 12"``) as running in this block."""
