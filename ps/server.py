@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from ps import faults, tls
 from ps._proto import ps_pb2
 from ps.auth import TokenAuth
+from ps.bind_probe import bind_problem
 from ps.checkpointer import Checkpointer, Written
 from ps.cluster_size import ClusterSizeCheck
 from ps.config import ServerConfig
@@ -142,10 +143,10 @@ class ShardServer:
                                                                              cfg.tls_client_ca))
             else:
                 port = server.add_insecure_port(target)
-        except RuntimeError as exc:
-            raise UnavailableError(f"cannot bind {target}: {exc}") from exc
+        except RuntimeError:  # its text ends in gRPC's GRPC_VERBOSITY hint: ask the OS why instead
+            port = 0
         if port == 0:
-            raise UnavailableError(f"cannot bind {target}")
+            raise UnavailableError(f"cannot bind {target}: {bind_problem(host, cfg.port)}")
         if cfg.uds:
             path = cfg.uds[len("unix:"):] if cfg.uds.startswith("unix:") else cfg.uds
             if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
@@ -165,7 +166,8 @@ class ShardServer:
                 self._stream.start()
             except OSError as exc:
                 if cfg.stream_port:
-                    raise UnavailableError(f"cannot bind the stream port {cfg.stream_port}: {exc}") from exc
+                    raise UnavailableError(f"cannot bind the stream port {cfg.stream_port}: "
+                                           f"{bind_problem(host, cfg.stream_port, '--stream-port')}") from exc
                 log.warning("TCP stream data plane unavailable: %s", exc)
                 self._stream = service.stream_plane = None
         if self.metrics is not None:

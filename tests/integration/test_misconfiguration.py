@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -74,3 +75,26 @@ def test_ps_worker_with_another_num_workers_than_the_servers_exits_naming_both(c
     assert worker.wait(60) == 1
     error = worker.log()
     assert "ps-worker: error:" in error and "--num-workers 3" in error and "--num-workers 2" in error, error
+
+
+# -- 13: small things a new user hits ---------------------------------------------------------
+
+
+def last_line(text: str) -> str:
+    return [ln for ln in text.splitlines() if ln.strip()][-1]
+
+
+def test_a_port_in_use_says_so_and_how_to_pick_another():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("launcher.server_cli", "--port", str(port))
+        assert result.returncode == 1
+        assert last_line(result.stderr) == (f"ps-server: cannot bind 127.0.0.1:{port}: port {port} is in use; "
+                                            "pick another --port (0 = any free port)"), result.stderr
+        result = run("launcher.server_cli", "--port", "0", "--stream-port", str(port))
+        assert result.returncode == 1
+        assert last_line(result.stderr).endswith(f"port {port} is in use; pick another --stream-port "
+                                                 "(0 = any free port)"), result.stderr
+    assert "GRPC_VERBOSITY" not in result.stderr
