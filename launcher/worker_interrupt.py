@@ -16,7 +16,8 @@ signal:
    most ``LEAVE_TIMEOUT_S``), which makes the blocked call fail so the main thread
    unwinds, closes the client and exits with 128 + the signal number;
 4. if the main thread still has not finished ``EXIT_AFTER_S`` later (a server that does
-   not answer), exits the process itself with that status.
+   not answer), or at once when the worker had not registered yet (still connecting),
+   exits the process itself with that status.
 
 So the first signal ends the worker within about ``GRACE_S + LEAVE_TIMEOUT_S +
 EXIT_AFTER_S`` seconds (6 s); a second signal exits at once
@@ -95,12 +96,12 @@ class WorkerInterrupt:
         if self._finished.wait(GRACE_S):
             return
         client = self.client
-        if client is not None:
+        if client is not None and client.worker_id >= 0:  # registered: leave, so the call fails
             unreached = leave_now(client, LEAVE_TIMEOUT_S)
             if unreached:
                 self._say(f"could not leave {', '.join(unreached)} (its lease will expire)")
-        if self._finished.wait(EXIT_AFTER_S):
-            return
-        self._say(f"the worker did not stop within {GRACE_S + LEAVE_TIMEOUT_S + EXIT_AFTER_S:g} s; exiting")
+            if self._finished.wait(EXIT_AFTER_S):
+                return
+        self._say("the worker did not stop by itself; exiting")
         sys.stdout.flush()
         os._exit(self.stop.exit_code)
