@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from ps import ServerConfig, ShardServer
-from ps.errors import FailedPreconditionError
+from ps.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
+from tests.integration.ports import free_port
 from tests.integration.procs import ROOT, Cluster
 from worker import Client
 
@@ -98,3 +99,41 @@ def test_a_port_in_use_says_so_and_how_to_pick_another():
         assert last_line(result.stderr).endswith(f"port {port} is in use; pick another --stream-port "
                                                  "(0 = any free port)"), result.stderr
     assert "GRPC_VERBOSITY" not in result.stderr
+
+
+def test_a_create_with_other_settings_names_only_the_fields_that_differ_and_what_to_do():
+    with ShardServer(ServerConfig(port=0)) as server:
+        with Client(server.address, local=False) as first:
+            first.create("w", shape=(64, 10), optimizer="adam", lr=0.01)
+        with Client(server.address, local=False) as second:
+            with pytest.raises(AlreadyExistsError) as refused:
+                second.create("w", shape=(64, 10), optimizer="adam", lr=0.1)
+    message = str(refused.value)
+    assert message.startswith(f"{server.address}: table 'w' exists with a different spec: optimizer.lr is 0.01 "
+                              "on the servers, 0.1 asked. "), message
+    assert "same flags" in message and "restart the servers" in message
+    assert "TableSpec(" not in message and len(message) < 300
+
+
+@pytest.mark.parametrize("plane", ["grpc", "local"])
+def test_float64_gradients_are_refused_with_how_to_convert_them(plane):
+    import numpy as np
+
+    with ShardServer(ServerConfig(port=0)) as server, Client(server.address, local=plane == "local") as ps:
+        ps.create("w", shape=(4,))
+        with pytest.raises(InvalidArgumentError, match=r"w: gradient dtype float64, table dtype float32: convert the "
+                                                       r"gradient with \.astype\(np\.float32\), or create the table "
+                                                       r"with dtype='float64'"):
+            ps.push({"w": np.ones(4)})
+        ps.create_sparse("e", dim=2)
+        with pytest.raises(InvalidArgumentError, match=r"\.astype\(np\.float32\)"):
+            ps.push_rows("e", np.array([1, 2]), np.ones((2, 2)))
+
+
+def test_ps_worker_says_whom_it_waits_for_when_no_server_answers_and_ctrl_c_ends_it(cluster):
+    address = f"127.0.0.1:{free_port()}"                      # nothing listens there
+    worker = cluster.ps_worker("--servers", address, "--connect-timeout", "60")
+    worker.wait_for_log(rf"waiting for {address} \.\.\. \(no server answers there yet; giving up after 60 s\)", 15)
+    worker.signal(signal.SIGINT)
+    assert worker.wait(15) == 130
+    assert "SIGINT during start-up (connecting to the servers)" in worker.log()
