@@ -2,10 +2,11 @@
 
 Reads this worker's shard of the data, connects to every server (registering as worker
 ``--rank``), trains for ``--epochs`` epochs, prints the final evaluation as one line on
-stdout, leaves the quorum and exits 0. Bad input (a missing or malformed data file, an
-unknown model, labels or features that do not fit the model, an unusable ``--device``)
-is one line on stderr starting ``ps-worker: error:`` and exit status 1, before anything
-connects. SIGTERM and SIGINT: it says what it was doing, leaves the quorum and exits 143
+stdout, leaves the quorum and exits 0. Bad flags (an unknown model, options that do not
+go together) are usage errors: the usage and a ``ps-worker: error:`` line, exit status
+2. Bad input (a missing or malformed data file, labels or features that do not fit the
+model, an unusable ``--device``) is one line on stderr starting ``ps-worker: error:``
+and exit status 1, before anything connects. SIGTERM and SIGINT: it says what it was doing, leaves the quorum and exits 143
 or 130 within a few seconds, even when blocked in a wait (:mod:`launcher.worker_interrupt`);
 a second signal exits at once.
 
@@ -30,6 +31,7 @@ from typing import IO
 from launcher import client_safety, worker_ops
 from launcher.cli_logging import configure_logging
 from launcher.envargs import EnvArgumentParser
+from launcher.server_addresses import server_addresses
 from launcher.worker_interrupt import WorkerInterrupt
 from ps.errors import PSError
 from worker.client import Client
@@ -181,7 +183,7 @@ def build_parser(environ=None) -> EnvArgumentParser:
         prog="ps-worker", environ=environ,
         description="Train one worker against running ps-server shards; print the final test evaluation.",
     )
-    p.add_argument("--servers", required=True,
+    p.add_argument("--servers", required=True, type=server_addresses,
                    help="comma-separated HOST:PORT of every server, in the same order on every worker")
     add_training_flags(p)
     p.add_argument("--rank", type=worker_ops.rank_arg, default=0,
@@ -212,23 +214,27 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    with StopSignals(second="exit") as stop:
-        interrupt = WorkerInterrupt(stop).start()  # the first signal: say so, leave, exit (bounded)
-        try:
-            return _main(args, stop, interrupt)
-        finally:
-            interrupt.close()
-
-
-def _main(args: argparse.Namespace, stop: StopSignals, interrupt: WorkerInterrupt) -> int:
-    try:
+    try:  # flags that cannot work together are usage errors: exit 2, like argparse's own
         cfg = train_config_from_args(args, rank=0 if args.rank == worker_ops.AUTO else args.rank,
                                      num_workers=args.num_workers, staleness_every=args.staleness_every)
         worker_ops.check(args)
         if args.log_every < 0:
             raise ValueError(f"--log-every must be >= 0, got {args.log_every}")
+    except ValueError as exc:
+        parser.error(str(exc))
+    with StopSignals(second="exit") as stop:
+        interrupt = WorkerInterrupt(stop).start()  # the first signal: say so, leave, exit (bounded)
+        try:
+            return _main(args, cfg, stop, interrupt)
+        finally:
+            interrupt.close()
+
+
+def _main(args: argparse.Namespace, cfg: TrainConfig, stop: StopSignals, interrupt: WorkerInterrupt) -> int:
+    try:
         get_xp(cfg.device)  # fail before reading data or connecting
         train_ds, test_ds = open_source(cfg.data, rank=cfg.rank, num_workers=cfg.num_workers, seed=cfg.seed)
         model = build_model(cfg, train_ds)

@@ -137,3 +137,25 @@ def test_ps_worker_says_whom_it_waits_for_when_no_server_answers_and_ctrl_c_ends
     worker.signal(signal.SIGINT)
     assert worker.wait(15) == 130
     assert "SIGINT during start-up (connecting to the servers)" in worker.log()
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    (["launcher.worker_cli", "--servers", "127.0.0.1:9", "--model", "nosuch"], {}, "--model: unknown model 'nosuch'"),
+    (["launcher.launch_cli", "--model", "nosuch"], {}, "--model: unknown model 'nosuch'"),
+    (["launcher.server_cli", "--mode", "sync", "--replicas-to-aggregate", "3", "--num-workers", "2"], {}, "exceeds"),
+    (["launcher.admin_cli", "status"], {"PS_SERVERS": "2"}, "'2' is not HOST:PORT"),
+    (["launcher.health_cli", "127.0.0.1:9", "--timeout", "0"], {}, "--timeout must be > 0"),
+    (["launcher.worker_cli"], {"PS_SERVERS": "2"}, "(from PS_SERVERS='2')"),
+    (["launcher.server_cli"], {"PS_MODE": "fast"}, "(from PS_MODE='fast')"),
+])
+def test_usage_errors_exit_2_from_every_command_and_name_the_variable(argv, env, expected):
+    result = run(*argv, env=env)
+    assert result.returncode == 2, result.stderr
+    assert expected in last_line(result.stderr) and ": error: " in last_line(result.stderr)
+
+
+def test_ps_servers_for_the_workers_does_not_change_ps_launch():
+    # exported for ps-worker/ps-admin, PS_SERVERS must not be read as ps-launch's count
+    result = run("launcher.launch_cli", "--model", "nosuch", env={"PS_SERVERS": "127.0.0.1:1,127.0.0.1:2"})
+    assert result.returncode == 2 and "--model: unknown model" in last_line(result.stderr), result.stderr
+    assert "PS_SERVERS" not in result.stderr
