@@ -14,22 +14,34 @@ error on stderr), 2 on bad usage. New verbs add a function to ``COMMANDS``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
 
 from launcher import client_safety, status_table
 from launcher.envargs import EnvArgumentParser
+from launcher.server_addresses import server_addresses
 from ps.protocol import tls
 from ps._proto import ps_pb2
+from ps.checkpoint.files import check_tag
 from ps.config import DEFAULT_MAX_MESSAGE_BYTES
 from ps.errors import PSError
 from worker import Client
 from worker.client.transport import RetryPolicy, ShardChannel, fan_out
 
 
+def _tag(value: str) -> str:
+    """``--tag``: a checkpoint tag (ps.checkpoint.files.check_tag); argparse.ArgumentTypeError otherwise."""
+    try:
+        return check_tag(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _connection_args(p) -> None:
-    p.add_argument("--servers", required=True, help="the shards, HOST:PORT,HOST:PORT in the workers' order")
+    p.add_argument("--servers", required=True, type=server_addresses,
+                   help="the shards, HOST:PORT,HOST:PORT in the workers' order")
     client_safety.add_arguments(p)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the servers")
 
@@ -40,7 +52,7 @@ def build_parser(environ=None) -> EnvArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     c = sub.add_parser("checkpoint", help="checkpoint every shard under one tag", environ=environ)
     _connection_args(c)
-    c.add_argument("--tag", default=None, help="checkpoint name (default ckpt-<UTC time>)")
+    c.add_argument("--tag", default=None, type=_tag, help="checkpoint name (default ckpt-<UTC time>)")
     s = sub.add_parser("shutdown", aliases=["stop"], help="stop every shard gracefully", environ=environ)
     _connection_args(s)
     st = sub.add_parser("status", help="one table: shards, tables, workers, whom a sync step waits for",

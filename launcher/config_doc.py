@@ -42,8 +42,11 @@ Every flag of every command line can also be set by an environment variable: `--
 is `PS_NUM_WORKERS`, the flag's name upper-cased with dashes as underscores and a `PS_`
 prefix. A flag given on the command line wins over its variable, which wins over the
 default. Switches (flags without a value) take `1`/`0`, `true`/`false`, `yes`/`no` or
-`on`/`off` from their variable. `docker-compose.yml` and `deploy/kubernetes/` set most of
-their configuration this way.
+`on`/`off` from their variable. A flag with two names reads the variable of the first:
+`ps-launch --num-servers` (also `--servers`), a count, reads `PS_NUM_SERVERS`, while
+`PS_SERVERS` is the address list of `ps-worker` and `ps-admin`. An error in a value says
+which variable it came from (`(from PS_MODE='fast')`); usage errors exit with status 2.
+`docker-compose.yml` and `deploy/kubernetes/` set most of their configuration this way.
 
 This file is generated from the parsers by `python -m launcher.config_doc`; do not edit it
 by hand (a test regenerates it and fails when it differs).
@@ -77,7 +80,8 @@ def _flag(action: argparse.Action) -> str:
     name = max(action.option_strings, key=len) if action.option_strings else action.metavar or action.dest
     if action.option_strings and action.nargs != 0:
         name += f" {action.metavar or action.dest.upper()}"
-    return f"`{name}`"
+    aliases = [o for o in action.option_strings if o.startswith("--") and o != name.split()[0]]
+    return f"`{name}`" + "".join(f" (also `{a}`)" for a in aliases)
 
 
 def _parsers(command: str, parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:

@@ -47,8 +47,9 @@ def build_parser(environ=None) -> EnvArgumentParser:
                     "train, show progress, evaluate the final model and write a run folder. With no "
                     "arguments: 2 servers, 2 sync workers, an MLP on the embedded digits.",
     )
-    p.add_argument("--servers", type=int, default=2,
-                   help="number of ps-server shards (a count here; ps-worker's --servers is a list of addresses)")
+    p.add_argument("--num-servers", "--servers", type=int, default=2,
+                   help="number of ps-server shards (a count, read from PS_NUM_SERVERS; ps-worker's --servers and "
+                        "PS_SERVERS are a list of addresses)")
     p.add_argument("--workers", type=int, default=2, help="number of ps-worker processes")
     p.add_argument("--mode", choices=["sync", "async", "ssp"], default="sync",
                    help="consistency: sync (BSP), async (apply on arrival), ssp (bounded staleness)")
@@ -71,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
-        for flag, value in (("--servers", args.servers), ("--workers", args.workers)):
+        for flag, value in (("--num-servers (--servers)", args.num_servers), ("--workers", args.workers)):
             if value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
         train_cfg = train_config_from_args(args, num_workers=args.workers)
         cluster_cfg = ClusterConfig(
             run_dir=Path(args.run_dir) if args.run_dir else _new_run_dir(Path("runs")),
-            num_servers=args.servers, num_workers=args.workers, mode=args.mode, staleness=args.staleness,
+            num_servers=args.num_servers, num_workers=args.workers, mode=args.mode, staleness=args.staleness,
             sync_timeout_s=args.sync_timeout, worker_args=tuple(training_argv(args)),
             start_timeout_s=args.start_timeout, stop_timeout_s=args.stop_timeout)
         cluster_cfg.validate()

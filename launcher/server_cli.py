@@ -69,11 +69,14 @@ def build_parser(environ=None) -> EnvArgumentParser:
 
 
 def config_from_args(args) -> ServerConfig:
-    """Build and validate the config. Raises ValueError with the flag's problem."""
+    """Build and validate the config. Raises ValueError with the flag's problem. With
+    ``--restore`` and no ``--shard-index``/``--num-shards`` it reads the checkpoint
+    manifests (:func:`launcher.server_safety.restore_topology`)."""
+    shard_index, num_shards = server_safety.restore_topology(args)
     cfg = ServerConfig(
         host=args.host, port=args.port, mode=Mode(args.mode), staleness=args.staleness,
-        num_workers=args.num_workers, sync_timeout_s=args.sync_timeout, shard_index=args.shard_index,
-        num_shards=args.num_shards, nonfinite=args.nonfinite, max_message_bytes=args.max_message_bytes,
+        num_workers=args.num_workers, sync_timeout_s=args.sync_timeout, shard_index=shard_index,
+        num_shards=num_shards, nonfinite=args.nonfinite, max_message_bytes=args.max_message_bytes,
         threads=args.threads, grace_s=args.grace, uds=args.uds or None, local_plane=not args.no_local_plane,
         stream_plane=not args.no_stream_plane, stream_port=args.stream_port,
         **server_safety.config_fields(args), **metrics_flags.server_config_fields(args),

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ps.protocol.auth import read_token
+from ps.checkpoint.files import layouts
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -25,7 +26,12 @@ def add_arguments(p) -> None:
                    help="also checkpoint this often (0: only on request and when stopping)")
     p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K", help="keep this shard's newest K checkpoints")
     p.add_argument("--restore", action="store_true",
-                   help="start from the newest valid checkpoint in --checkpoint-dir (needs --shard-index/--num-shards)")
+                   help="start from the newest valid checkpoint in --checkpoint-dir; refuse to start when there is "
+                        "none (see --allow-empty-restore). Without --shard-index/--num-shards: shard 0 of 1, when "
+                        "the directory holds no other shard's checkpoints")
+    p.add_argument("--allow-empty-restore", action="store_true",
+                   help="with --restore: start with an empty shard when --checkpoint-dir holds no valid checkpoint "
+                        "(a first start on an empty volume); off by default, because that resets the model")
     p.add_argument("--restore-tag", default=None, metavar="TAG",
                    help="with --restore: exactly this checkpoint (give every shard the same tag to roll the "
                         "whole cluster back consistently)")
@@ -55,11 +61,33 @@ def config_fields(args, environ: Mapping[str, str] | None = None) -> dict[str, A
     return dict(
         checkpoint_dir=args.checkpoint_dir or None, checkpoint_every_s=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, restore=args.restore, restore_tag=args.restore_tag or None,
+        allow_empty_restore=args.allow_empty_restore,
         lease_s=args.lease, max_workers=args.max_workers,
         replicas_to_aggregate=args.replicas_to_aggregate, clip_norm=args.clip_norm, auth_token=token,
         tls_cert=args.tls_cert or None, tls_key=args.tls_key or None, tls_client_ca=args.tls_client_ca or None,
         faults=args.faults,
     )
+
+
+def restore_topology(args) -> tuple[int | None, int | None]:
+    """``(shard_index, num_shards)`` for the config: the flags' values, or for ``--restore``
+    without them ``(0, 1)``, a single server, when ``--checkpoint-dir`` holds no other
+    shard's checkpoints. Reads the checkpoint manifests (disk I/O). Raises ValueError
+    saying which flags to add when it holds checkpoints of several shards."""
+    if not args.restore or args.shard_index is not None or args.num_shards is not None or not args.checkpoint_dir:
+        return args.shard_index, args.num_shards
+    found = layouts(args.checkpoint_dir)
+    counts = sorted({n for _, n in found if n > 1})
+    if not counts:
+        return 0, 1
+    if len(found) == 1:
+        (index, count), = found
+        add = f"--shard-index {index} --num-shards {count} (the checkpoints there are shard {index} of {count}'s)"
+    else:
+        add = (f"--shard-index I --num-shards {counts[-1] if len(counts) == 1 else 'N'}, I being this server's "
+               "place in the workers' --servers list")
+    raise ValueError(f"--restore: {args.checkpoint_dir} holds checkpoints of {' or '.join(map(str, counts))} shards, "
+                     f"so which shard this server is must be given: add {add}")
 
 
 def exposure_warnings(cfg) -> list[str]:

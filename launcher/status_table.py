@@ -9,7 +9,9 @@ holds and one per worker it knows::
     0                       worker  0                                121    0.1 s ago     live
     0                       worker  1                                120    5.3 s ago     live; step 120 waits for it (slowest)
 
-A sync step also waits for workers blocked on another shard; "(slowest)" marks the ones
+A worker expected (``--num-workers``) that never registered has no row; the shard's state
+names it: ``step 0 waits for workers 0, 2 (never registered)``. A sync step also waits for
+workers blocked on another shard; "(slowest)" marks the ones
 furthest behind (:func:`worker.observe.slow_wait.stragglers`), the workers to look at. Pure: no I/O.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.observe.slow_wait import stragglers
+from worker.observe.slow_wait import never_registered, stragglers
 
 HEADER = ("SHARD", "ADDRESS", "KIND", "NAME", "VERSION", "SIZE", "CLOCK", "LAST CONTACT", "STATE")
 
@@ -36,8 +38,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _workers(ids: Sequence[int]) -> str:
-    return ("worker " if len(ids) == 1 else "workers ") + ", ".join(str(i) for i in ids)
+def _workers(ids: Sequence[int], missing: Sequence[int] = ()) -> str:
+    """``workers 0, 2 (never registered)``: ``missing`` ids are marked."""
+    names = [f"{i} (never registered)" if i in missing else str(i) for i in ids]
+    return ("worker " if len(ids) == 1 else "workers ") + ", ".join(names)
 
 
 def rows(statuses: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -49,8 +53,11 @@ def rows(statuses: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
         dense, sparse = s.get("tables") or [], s.get("sparse_tables") or []
         total = sum(t["bytes"] for t in dense) + sum(t["bytes"] for t in sparse)
         state = s["mode"] + (f", restored {s['epoch']}x" if s.get("epoch") else "")
+        missing = never_registered({"workers": s.get("workers") or (), "waiting_for": waiting})
         if s["mode"] == "sync":
-            state += f"; step {s['version']} waits for {_workers(waiting)}" if waiting else "; no step waiting"
+            state += f"; step {s['version']} waits for {_workers(waiting, missing)}" if waiting else "; no step waiting"
+        elif missing:
+            state += f"; pulls wait for {_workers(missing, missing)}"
         shard = str(index)
         out.append((shard, s["address"], "shard", "", str(s["version"]),
                     f"{_plural(len(dense) + len(sparse), 'table')}, {human_bytes(total)}", "", "", state))

@@ -2,11 +2,13 @@
 
 Reads this worker's shard of the data, connects to every server (registering as worker
 ``--rank``), trains for ``--epochs`` epochs, prints the final evaluation as one line on
-stdout, leaves the quorum and exits 0. Bad input (a missing or malformed data file, an
-unknown model, labels or features that do not fit the model, an unusable ``--device``)
-is one line on stderr starting ``ps-worker: error:`` and exit status 1, before anything
-connects. SIGTERM and SIGINT stop it before its next step: it leaves the quorum and exits
-143 or 130 (a second signal exits at once).
+stdout, leaves the quorum and exits 0. Bad flags (an unknown model, options that do not
+go together) are usage errors: the usage and a ``ps-worker: error:`` line, exit status
+2. Bad input (a missing or malformed data file, labels or features that do not fit the
+model, an unusable ``--device``) is one line on stderr starting ``ps-worker: error:``
+and exit status 1, before anything connects. SIGTERM and SIGINT: it says what it was doing, leaves the quorum and exits 143
+or 130 within a few seconds, even when blocked in a wait (:mod:`launcher.worker_interrupt`);
+a second signal exits at once.
 
 ``--rank auto``, ``--metrics-port`` and ``--warn-after`` are described in
 :mod:`launcher.worker_ops`.
@@ -23,11 +25,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import IO
 
 from launcher import client_safety, worker_ops
 from launcher.cli_logging import configure_logging
 from launcher.envargs import EnvArgumentParser
+from launcher.server_addresses import server_addresses
+from launcher.worker_interrupt import WorkerInterrupt
 from ps.errors import PSError
 from worker.client.client import Client
 from worker.data.dataset import DEFAULT_SOURCE, DataError, open_source
@@ -49,17 +54,21 @@ class StopSignals:
     """SIGTERM and SIGINT, turned into a flag that long-running code checks.
 
     The handler never raises: an exception raised inside a blocking gRPC call can leave
-    gRPC's internal locks held and hang the process. On a second signal, ``second="exit"``
-    exits at once (``os._exit``: a worker stuck on a dead cluster); ``"ignore"`` keeps
-    going (a launcher that must finish stopping its children). Use as a context manager
-    from the main thread; the previous handlers come back on exit.
+    gRPC's internal locks held and hang the process. It sets :attr:`arrived` for a thread
+    that acts at once (:class:`launcher.worker_interrupt.WorkerInterrupt`). On a second
+    signal, ``second="exit"`` says so on stderr and exits at once (``os._exit``: a worker
+    stuck on a dead cluster); ``"ignore"`` keeps going (a launcher that must finish
+    stopping its children). Use as a context manager from the main thread; the previous
+    handlers come back on exit.
     """
 
-    def __init__(self, second: str = "exit") -> None:
+    def __init__(self, second: str = "exit", prog: str = "ps-worker") -> None:
         if second not in ("exit", "ignore"):
             raise ValueError(f"second must be exit or ignore, got {second!r}")
         self.second = second
+        self.prog = prog
         self.signum = 0
+        self.arrived = threading.Event()  # set by the first signal
         self._previous: dict[int, object] = {}
 
     @property
@@ -74,8 +83,10 @@ class StopSignals:
 
     def _handle(self, signum: int, _frame) -> None:
         if self.signum and self.second == "exit":
+            os.write(2, f"{self.prog}: second signal ({signal.Signals(signum).name}): exiting at once\n".encode())
             os._exit(128 + signum)
         self.signum = self.signum or signum
+        self.arrived.set()
 
     def __enter__(self) -> StopSignals:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -172,7 +183,7 @@ def build_parser(environ=None) -> EnvArgumentParser:
         prog="ps-worker", environ=environ,
         description="Train one worker against running ps-server shards; print the final test evaluation.",
     )
-    p.add_argument("--servers", required=True,
+    p.add_argument("--servers", required=True, type=server_addresses,
                    help="comma-separated HOST:PORT of every server, in the same order on every worker")
     add_training_flags(p)
     p.add_argument("--rank", type=worker_ops.rank_arg, default=0,
@@ -203,19 +214,27 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    with StopSignals(second="exit") as stop:
-        return _main(args, stop)
-
-
-def _main(args: argparse.Namespace, stop: StopSignals) -> int:
-    try:
+    try:  # flags that cannot work together are usage errors: exit 2, like argparse's own
         cfg = train_config_from_args(args, rank=0 if args.rank == worker_ops.AUTO else args.rank,
                                      num_workers=args.num_workers, staleness_every=args.staleness_every)
         worker_ops.check(args)
         if args.log_every < 0:
             raise ValueError(f"--log-every must be >= 0, got {args.log_every}")
+    except ValueError as exc:
+        parser.error(str(exc))
+    with StopSignals(second="exit") as stop:
+        interrupt = WorkerInterrupt(stop).start()  # the first signal: say so, leave, exit (bounded)
+        try:
+            return _main(args, cfg, stop, interrupt)
+        finally:
+            interrupt.close()
+
+
+def _main(args: argparse.Namespace, cfg: TrainConfig, stop: StopSignals, interrupt: WorkerInterrupt) -> int:
+    try:
         get_xp(cfg.device)  # fail before reading data or connecting
         train_ds, test_ds = open_source(cfg.data, rank=cfg.rank, num_workers=cfg.num_workers, seed=cfg.seed)
         model = build_model(cfg, train_ds)
@@ -224,10 +243,10 @@ def _main(args: argparse.Namespace, stop: StopSignals) -> int:
         return _fail(exc)
     if stop.requested:
         return stop.exit_code
-    return _run(args, cfg, model, train_ds, test_ds, stop)
+    return _run(args, cfg, model, train_ds, test_ds, stop, interrupt)
 
 
-def _run(args, cfg: TrainConfig, model, train_ds, test_ds, stop: StopSignals) -> int:
+def _run(args, cfg: TrainConfig, model, train_ds, test_ds, stop: StopSignals, interrupt: WorkerInterrupt) -> int:
     metrics: IO[str] | None = None
     try:
         if args.metrics_file:
@@ -238,13 +257,16 @@ def _run(args, cfg: TrainConfig, model, train_ds, test_ds, stop: StopSignals) ->
         auto = args.rank == worker_ops.AUTO  # the cluster assigns the id; it becomes the rank
         safety = client_safety.client_kwargs(args)
         client = Client(args.servers, worker_id=None if auto else cfg.rank, connect_timeout_s=args.connect_timeout,
-                        wait_timeout_s=args.wait_timeout, **DATA_PLANES[args.data_plane], **safety)
+                        wait_timeout_s=args.wait_timeout, num_workers=cfg.num_workers, **DATA_PLANES[args.data_plane],
+                        **safety)
         ops = worker_ops.WorkerOps(args, token=safety["token"])  # metrics endpoint (behind the token) and warnings
+        interrupt.client = client
         try:
             client.connect()
             if auto:
                 cfg, model, train_ds, test_ds = worker_ops.adopt_rank(client, cfg)
             observed = ops.start(client, cfg, len(train_ds))
+            interrupt.warner = ops.warner
             log.info("worker %d training %s on %d rows of %s", cfg.rank, model, len(train_ds), train_ds.name)
             result = train(observed, model, train_ds, test_ds, cfg,
                            on_step=ops.step_sink(_step_sink(metrics, args.log_every)),
@@ -256,8 +278,9 @@ def _run(args, cfg: TrainConfig, model, train_ds, test_ds, stop: StopSignals) ->
         print(f"ps-worker: worker {cfg.rank} stopped by signal; left the cluster", file=sys.stderr, flush=True)
         return stop.exit_code
     except PSError as exc:
-        if stop.requested:
-            print(f"ps-worker: worker {cfg.rank} stopped by signal ({exc})", file=sys.stderr, flush=True)
+        if stop.requested:  # the call the signal interrupted failed once the worker left (WorkerInterrupt)
+            log.debug("interrupted call: %s", exc)
+            print(f"ps-worker: worker {cfg.rank} stopped by signal; left the cluster", file=sys.stderr, flush=True)
             return stop.exit_code
         return _fail(f"worker {cfg.rank}: {type(exc).__name__}: {exc}")
     except (DeviceUnavailableError, ValueError) as exc:

@@ -46,6 +46,7 @@ class ServerConfig:
     checkpoint_every_s: float = 0.0  # > 0: also checkpoint periodically, in seconds
     keep_checkpoints: int = 3        # this shard keeps its newest K checkpoints
     restore: bool = False            # on start, load the newest valid checkpoint from checkpoint_dir
+    allow_empty_restore: bool = False  # restore: start empty when no valid checkpoint exists (else refuse)
     restore_tag: str | None = None   # ... or exactly this one (every shard the same: a consistent rollback)
     auth_token: str = field(default="", repr=False)  # non-empty: every call but health needs it
     tls_cert: str | None = None      # PEM files: serve TLS with this certificate chain and key

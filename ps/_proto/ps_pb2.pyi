@@ -120,16 +120,18 @@ class TableSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., block_elems: _Optional[int] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., init: _Optional[_Union[InitSpec, _Mapping]] = ..., kind: _Optional[_Union[TableKind, str]] = ..., dim: _Optional[int] = ..., max_rows: _Optional[int] = ..., eviction: _Optional[str] = ..., admit_after: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("worker_id", "topology", "resync", "session")
+    __slots__ = ("worker_id", "topology", "resync", "session", "num_workers")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     RESYNC_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     topology: Topology
     resync: bool
     session: int
-    def __init__(self, worker_id: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., resync: _Optional[bool] = ..., session: _Optional[int] = ...) -> None: ...
+    num_workers: int
+    def __init__(self, worker_id: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., resync: _Optional[bool] = ..., session: _Optional[int] = ..., num_workers: _Optional[int] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("worker_id", "next_seq", "mode", "staleness", "clock", "num_workers", "tables", "server_id", "epoch", "lease_s", "fenced")

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from ps.checkpoint import state as checkpoint
+from ps.checkpoint.files import why_none
 from ps.config import ServerConfig
 from ps.shard.consistency import Mode
 from ps.errors import DeadlineExceededError, FailedPreconditionError
@@ -160,16 +161,26 @@ class Checkpointer:
     def restore(self) -> checkpoint.ShardState | None:
         """Load the newest valid checkpoint (or ``restore_tag``) into the shard, before
         serving. Blocks on I/O. Returns what was restored, or None (with a warning) when
-        nothing valid exists; raises FailedPreconditionError when ``restore_tag`` is not
-        there or not valid (a named checkpoint is never silently replaced by another).
+        nothing valid exists and ``allow_empty_restore`` says to start empty. Raises
+        FailedPreconditionError when nothing valid exists otherwise (serving an empty
+        shard would silently reset the model: workers re-create its tables at their
+        initial values), and when ``restore_tag`` is not there or not valid (a named
+        checkpoint is never silently replaced by another).
         """
         cfg = self.config
         state = checkpoint.load(cfg.checkpoint_dir, cfg.shard_index, cfg.num_shards, cfg.restore_tag)
         if state is None and cfg.restore_tag:
             raise FailedPreconditionError(f"no valid checkpoint {cfg.restore_tag!r} for shard {cfg.shard_index} "
                                           f"of {cfg.num_shards} in {cfg.checkpoint_dir}")
+        if state is None and not cfg.allow_empty_restore:
+            raise FailedPreconditionError(
+                f"--restore: no valid checkpoint for shard {cfg.shard_index} of {cfg.num_shards} in "
+                f"{cfg.checkpoint_dir} ({why_none(cfg.checkpoint_dir)}); refusing to start with an empty "
+                "shard (that would reset the model). To start empty on purpose (a first start), add "
+                "--allow-empty-restore (PS_ALLOW_EMPTY_RESTORE=1)")
         if state is None:
-            log.warning("no valid checkpoint in %s: starting with an empty shard", cfg.checkpoint_dir)
+            log.warning("no valid checkpoint in %s: starting with an empty shard (allow-empty-restore)",
+                        cfg.checkpoint_dir)
             return None
         checkpoint.install(self.shard, state)
         self.shard.restored_from = (state.tag, state.version)

@@ -166,6 +166,24 @@ def manifests(directory: str) -> list[tuple[str, str, dict]]:
     return out
 
 
+def layouts(directory: str) -> set[tuple[int, int]]:
+    """``{(shard_index, num_shards)}`` of the shards whose valid manifests ``directory``
+    holds (empty when it does not exist). Reads manifests only; blocks on disk I/O."""
+    if not directory or not os.path.isdir(directory):
+        return set()
+    return {(m["shard_index"], m["num_shards"]) for _, _, m in manifests(directory)}
+
+
+def why_none(directory: str) -> str:
+    """Why ``directory`` gave no checkpoint to restore, in a few words for an error message."""
+    if not os.path.isdir(directory):
+        return "no such directory"
+    tags = [t for t in os.listdir(directory) if TAG.match(t) and os.path.isdir(os.path.join(directory, t))]
+    if not tags:
+        return "it holds no checkpoint"
+    return f"none of its {len(tags)} checkpoint folder(s) is valid and complete for this shard; see the warnings above"
+
+
 def listing(directory: str, shard_index: int, num_shards: int) -> list[dict]:
     """This shard's own valid checkpoints: ``{"tag", "version", "cluster", "created"}`` each,
     newest first. Reads manifests only (the data files are checked when restoring)."""

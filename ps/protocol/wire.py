@@ -45,6 +45,13 @@ def wire_dtype(dtype: Any) -> int:
     return _WIRE_DTYPES[name]
 
 
+def dtype_refusal(table: str, got: np.dtype, want: str) -> InvalidArgumentError:
+    """The error for a gradient of dtype ``got`` pushed to a table of dtype ``want``, saying
+    how to fix it (NumPy computes in float64 unless told otherwise)."""
+    return InvalidArgumentError(f"{table}: gradient dtype {got.name}, table dtype {want}: convert the gradient "
+                                f"with .astype(np.{want}), or create the table with dtype={got.name!r}")
+
+
 def np_dtype(wire: int) -> np.dtype:
     """The NumPy dtype for a wire enum. Raises InvalidArgumentError if unknown."""
     try:

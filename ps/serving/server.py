@@ -30,7 +30,9 @@ from ps.serving import faults
 from ps.protocol import tls
 from ps._proto import ps_pb2
 from ps.protocol.auth import TokenAuth
+from ps.serving.bind_probe import bind_problem
 from ps.checkpoint.checkpointer import Checkpointer, Written
+from ps.serving.cluster_size import ClusterSizeCheck
 from ps.config import ServerConfig
 from ps.serving.control import ControlService
 from ps.errors import UnavailableError
@@ -102,6 +104,7 @@ class ShardServer:
             self.checkpointer.restore()
         interceptors = [TokenAuth(cfg.auth_token)] if cfg.auth_token else []
         interceptors += faults.interceptors(self._faults)
+        interceptors.append(ClusterSizeCheck(cfg.num_workers))  # a worker expecting another --num-workers
         if self.metrics is not None:  # first: calls the token check refuses are counted too
             interceptors.insert(0, self.metrics.interceptor)
         server = grpc.server(
@@ -142,10 +145,10 @@ class ShardServer:
                                                                              cfg.tls_client_ca))
             else:
                 port = server.add_insecure_port(target)
-        except RuntimeError as exc:
-            raise UnavailableError(f"cannot bind {target}: {exc}") from exc
+        except RuntimeError:  # its text ends in gRPC's GRPC_VERBOSITY hint: ask the OS why instead
+            port = 0
         if port == 0:
-            raise UnavailableError(f"cannot bind {target}")
+            raise UnavailableError(f"cannot bind {target}: {bind_problem(host, cfg.port)}")
         if cfg.uds:
             path = cfg.uds[len("unix:"):] if cfg.uds.startswith("unix:") else cfg.uds
             if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
@@ -165,7 +168,8 @@ class ShardServer:
                 self._stream.start()
             except OSError as exc:
                 if cfg.stream_port:
-                    raise UnavailableError(f"cannot bind the stream port {cfg.stream_port}: {exc}") from exc
+                    raise UnavailableError(f"cannot bind the stream port {cfg.stream_port}: "
+                                           f"{bind_problem(host, cfg.stream_port, '--stream-port')}") from exc
                 log.warning("TCP stream data plane unavailable: %s", exc)
                 self._stream = service.stream_plane = None
         if self.metrics is not None:

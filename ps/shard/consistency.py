@@ -71,11 +71,13 @@ class Wait:
     reason: str
     waiting_for: tuple[int, ...] = ()
     unregistered: int = 0  # expected workers that have not registered yet
+    never_registered: tuple[int, ...] = ()  # ... their likely ids (ConsistencyGate.never_registered)
 
     def describe(self) -> str:
-        who = [f"worker {w}" for w in self.waiting_for]
-        if self.unregistered:
-            who.append(f"{self.unregistered} worker(s) not yet registered")
+        who = [f"worker {w}" for w in self.waiting_for if w not in self.never_registered]
+        who += [f"worker {w} (never registered)" for w in self.never_registered]
+        if self.unregistered > len(self.never_registered):
+            who.append(f"{self.unregistered - len(self.never_registered)} worker(s) not yet registered")
         return f"{self.reason}; waiting for {', '.join(who) or 'nobody'}"
 
 
@@ -204,6 +206,19 @@ class ConsistencyGate:
     def _unregistered(self) -> int:
         return max(0, self.num_workers - len(self.workers))
 
+    def never_registered(self) -> tuple[int, ...]:
+        """Ids of the expected workers (``num_workers``) that never registered: the lowest
+        ids nobody took, i.e. the missing ranks when workers register as ranks
+        0..num_workers-1 (as ``ps-worker --rank`` and ``--rank auto`` do). Empty once
+        ``num_workers`` ids are known."""
+        missing: list[int] = []
+        candidate = 0
+        while len(missing) < self._unregistered():
+            if candidate not in self.workers:
+                missing.append(candidate)
+            candidate += 1
+        return tuple(missing)
+
     def _min_clock(self) -> int:
         clocks = [w.clock for w in self.workers.values() if w.live]
         if self._unregistered() or not clocks:
@@ -292,9 +307,11 @@ class ConsistencyGate:
         s.applying = True
         return StepReady(step=self.version, contributors=max(1, len(s.done - s.abstained)))
 
-    def _sync_waiting(self) -> tuple[tuple[int, ...], int]:
+    def _sync_waiting(self) -> tuple[tuple[int, ...], int, tuple[int, ...]]:
+        """``(waiting_for, unregistered, never_registered)`` fields of a sync :class:`Wait`."""
         pending = tuple(w for w in self.live_workers() if w not in self._step.done)
-        return pending, self._unregistered()
+        missing = self.never_registered()
+        return tuple(sorted(pending + missing)), len(missing), missing
 
     # -- pulls ------------------------------------------------------------------------
 
@@ -328,8 +345,15 @@ class ConsistencyGate:
         if self._min_clock() >= bound:
             return Proceed()
         slow = tuple(i for i in self.live_workers() if self.workers[i].clock < bound)
-        return Wait(f"pull at clock {step} waits for every worker to reach clock {bound}", slow, self._unregistered())
+        missing = self.never_registered()
+        return Wait(f"pull at clock {step} waits for every worker to reach clock {bound}",
+                    tuple(sorted(slow + missing)), len(missing), missing)
 
     def waiting_for(self) -> tuple[int, ...]:
-        """Sync: live workers the current step still needs (empty in other modes)."""
-        return self._sync_waiting()[0] if self.mode is Mode.SYNC else ()
+        """Whom the cluster waits for, in ascending order. Sync: the live workers the
+        current step still needs, and the expected workers that never registered
+        (:meth:`never_registered`, also in ssp mode, where pulls wait for them at clock
+        0). Empty in async mode."""
+        if self.mode is Mode.SYNC:
+            return self._sync_waiting()[0]
+        return self.never_registered() if self.mode is Mode.SSP else ()

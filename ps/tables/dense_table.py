@@ -16,7 +16,7 @@ import numpy as np
 from ps.errors import FailedPreconditionError, InvalidArgumentError
 from ps.tables.optim import Optimizer, make_optimizer
 from ps.tables.spec import TableSpec
-from ps.protocol.wire import wire_dtype
+from ps.protocol.wire import dtype_refusal, wire_dtype
 
 
 class Block:
@@ -98,7 +98,7 @@ class DenseTable:
         if block is None:
             raise FailedPreconditionError(f"{spec.name}: block {index} is not placed on this shard")
         if grad.dtype != block.values.dtype:
-            raise InvalidArgumentError(f"{spec.name}: gradient dtype {grad.dtype.name}, table dtype {spec.dtype}")
+            raise dtype_refusal(spec.name, grad.dtype, spec.dtype)
         if grad.shape != block.values.shape:
             raise InvalidArgumentError(
                 f"{spec.name}: block {index} holds {block.values.size} elements, gradient has {grad.size}"

@@ -43,6 +43,7 @@ from ps.tables.placement import row_shards
 from ps.tables.row_index import RowIndex
 from ps.tables.sparse_optim import RowOptimizer, gather_rows, scatter_rows
 from ps.tables.sparse_spec import SparseTableSpec
+from ps.protocol.wire import dtype_refusal
 
 #: on overflow, evict this fraction of max_rows beyond what is needed
 EVICT_SLACK = 1 / 32
@@ -155,7 +156,7 @@ class SparseTable:
         if ids.ndim != 1 or ids.dtype != np.int64:
             raise InvalidArgumentError(f"{spec.name}: ids must be a 1-D int64 array, got {ids.ndim}-D {ids.dtype}")
         if grads.dtype != self._dtype:
-            raise InvalidArgumentError(f"{spec.name}: gradient dtype {grads.dtype.name}, table dtype {spec.dtype}")
+            raise dtype_refusal(spec.name, grads.dtype, spec.dtype)
         if grads.shape != (len(ids), spec.dim):
             raise InvalidArgumentError(
                 f"{spec.name}: {len(ids)} ids need gradients of shape ({len(ids)}, {spec.dim}) (row width "

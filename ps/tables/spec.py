@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 
 import numpy as np
 
@@ -142,5 +142,23 @@ def exists_alike(spec, mine: Mapping, others: Mapping, other_kind: str) -> bool:
     if existing is None:
         return False
     if existing.spec != spec:
-        raise AlreadyExistsError(f"table {spec.name!r} exists with a different spec: have {existing.spec}, asked {spec}")
+        raise AlreadyExistsError(
+            f"table {spec.name!r} exists with a different spec: {'; '.join(spec_differences(existing.spec, spec))}. "
+            "Create it as it was created (start this worker with the same flags as the others), or restart the "
+            "servers (without --restore) to start over with the new settings")
     return True
+
+
+def spec_differences(have, asked, prefix: str = "") -> list[str]:
+    """``["optimizer.lr is 0.1 on the servers, 0.01 asked", ...]``: only the fields in which
+    two specs (frozen dataclasses, nested ones field by field) differ."""
+    out = []
+    for f in fields(have):
+        mine, theirs = getattr(have, f.name), getattr(asked, f.name, None)
+        if mine == theirs:
+            continue
+        if is_dataclass(mine) and type(mine) is type(theirs):
+            out += spec_differences(mine, theirs, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name} is {mine!r} on the servers, {theirs!r} asked")
+    return out

@@ -27,7 +27,8 @@ class Proc:
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("PS_")}, "PYTHONUNBUFFERED": "1",
+                 **(env or {})},
         )
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
@@ -58,6 +59,21 @@ class Proc:
             match = regex.search(line)
             if match:
                 return match
+
+    def wait_for_log(self, pattern: str, timeout_s: float = 20.0) -> re.Match:
+        """The first match of ``pattern`` in the stderr log; AssertionError after ``timeout_s``
+        or when the process exits without writing it (the log is read every 50 ms)."""
+        deadline = time.monotonic() + timeout_s
+        regex = re.compile(pattern)
+        while True:
+            exited = self.proc.poll() is not None
+            match = regex.search(self.log())
+            if match:
+                return match
+            if exited or time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} in the log of {self.args} within {timeout_s} s "
+                                     f"(exit status {self.proc.poll()}); log tail:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
 
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:
@@ -102,6 +118,12 @@ class Cluster:
     def worker(self, *flags: str, name: str = "worker") -> Proc:
         """Start ``tests/integration/fault_worker.py FLAGS``."""
         proc = Proc(["-m", "tests.integration.fault_worker", *flags], self.tmp_path / f"{name}-{len(self.procs)}.log")
+        self.procs.append(proc)
+        return proc
+
+    def ps_worker(self, *flags: str, name: str = "ps-worker") -> Proc:
+        """Start the real ``ps-worker`` command line (``launcher.worker_cli``) with ``flags``."""
+        proc = Proc(["-m", "launcher.worker_cli", *flags], self.tmp_path / f"{name}-{len(self.procs)}.log")
         self.procs.append(proc)
         return proc
 

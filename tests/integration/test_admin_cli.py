@@ -57,7 +57,8 @@ def test_server_flags_build_the_config(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flags, problem", [
-    (["--restore", "--checkpoint-dir", "d"], "shard-index"),
+    (["--restore"], "checkpoint-dir"),
+    (["--restore", "--checkpoint-dir", "d", "--num-shards", "2"], "shard-index"),
     (["--checkpoint-every", "10"], "checkpoint-dir"),
     (["--mode", "sync", "--num-workers", "2", "--replicas-to-aggregate", "3"], "exceeds"),
     (["--tls-cert", "c.pem"], "tls-key"),

@@ -142,12 +142,9 @@ def test_servers_and_workers_via_the_clis_exit_cleanly(spawn, plane, used):
 
 @pytest.mark.parametrize("flags, expected", [
     (["--data", "{tmp}/missing.csv"], "missing.csv: no such file"),
-    (["--model", "resnet"], "--model: unknown model 'resnet'"),
     (["--num-features", "32"], "feature count 64 in digits does not match the model's 32"),
     (["--data", "{tmp}/bad.csv"], "bad.csv line 3"),
     (["--data", "{tmp}/labels.csv", "--num-classes", "3"], "label 7 in"),
-    (["--l1", "0.1"], "--l1 only applies to --optimizer ftrl, not 'adam'"),
-    (["--optimizer", "ftrl", "--l2", "-1"], "ftrl l1, l2 and beta must be >= 0"),
 ])
 def test_ps_worker_bad_input_is_one_line(tmp_path: Path, flags: list[str], expected: str):
     (tmp_path / "bad.csv").write_text("1,2,3,0\n4,5,6,1\n7,8,1\n")
@@ -158,6 +155,19 @@ def test_ps_worker_bad_input_is_one_line(tmp_path: Path, flags: list[str], expec
     assert expected in one_error_line(result)
     assert result.returncode == 1
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--model", "resnet"], "--model: unknown model 'resnet'"),
+    (["--l1", "0.1"], "--l1 only applies to --optimizer ftrl, not 'adam'"),
+    (["--optimizer", "ftrl", "--l2", "-1"], "ftrl l1, l2 and beta must be >= 0"),
+])
+def test_ps_worker_bad_flags_are_usage_errors(flags: list[str], expected: str):
+    result = run("launcher.worker_cli", "--servers", "127.0.0.1:9", *flags)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("usage: ps-worker") and lines[-1].startswith("ps-worker: error: ")
+    assert expected in lines[-1] and result.stdout == ""
 
 
 def test_ps_worker_device_cuda_without_a_gpu_is_refused():

@@ -81,9 +81,37 @@ def test_sync_waits_for_the_expected_cluster_to_form():
     gate = sync_gate(1, expected=2)
     assert contribute(gate, 0) is None  # worker 1 has not registered yet
     wait = gate.on_pull(0, 1)
-    assert isinstance(wait, Wait) and wait.unregistered == 1 and "not yet registered" in wait.describe()
+    assert isinstance(wait, Wait) and wait.unregistered == 1 and "worker 1 (never registered)" in wait.describe()
     gate.register(1)
     assert contribute(gate, 1) == StepReady(0, 2)
+
+
+def test_a_worker_that_never_registered_is_named_by_id():
+    # --num-workers 3, ranks 0 and 2 came: every worker has contributed, yet the step
+    # waits, and it says for whom (before, waiting_for was empty: "no step waiting")
+    gate = ConsistencyGate(Mode.SYNC, num_workers=3)
+    gate.register(0)
+    gate.register(2)
+    assert contribute(gate, 0) is None and contribute(gate, 2) is None
+    assert gate.never_registered() == (1,)
+    assert gate.waiting_for() == (1,)
+    wait = gate.on_pull(0, 1)
+    assert wait.waiting_for == (1,) and wait.never_registered == (1,)
+    assert wait.describe().endswith("waiting for worker 1 (never registered)")
+    gate.register(1)
+    assert gate.never_registered() == () and gate.waiting_for() == (1,)    # now it owes step 0
+    # a worker waited for and one missing, in order; in ssp the missing ones too
+    gate = ConsistencyGate(Mode.SYNC, num_workers=4)
+    gate.register(1)
+    gate.register(3)
+    assert gate.waiting_for() == (0, 1, 2, 3)
+    assert contribute(gate, 1) is None
+    assert gate.waiting_for() == (0, 2, 3)
+    assert gate.on_pull(1, 1).describe().endswith("worker 3, worker 0 (never registered), worker 2 (never registered)")
+    ssp = ConsistencyGate(Mode.SSP, staleness=0, num_workers=2)
+    ssp.register(0)
+    assert ssp.waiting_for() == (1,) and ssp.on_pull(0, 1).never_registered == (1,)
+    assert ConsistencyGate(Mode.ASYNC, num_workers=2).waiting_for() == ()
 
 
 def test_in_flight_part_holds_the_step_even_if_its_worker_leaves():

@@ -41,3 +41,10 @@ def test_async_shards_say_nothing_about_waiting_and_columns_align():
 
 def test_human_bytes():
     assert [human_bytes(n) for n in (0, 1023, 1024, 1536, 5 << 30)] == ["0 B", "1023 B", "1 KiB", "1.5 KiB", "5 GiB"]
+
+
+def test_a_worker_that_never_registered_is_named_in_the_shard_row():
+    lines = render([shard("h:1", version=0, waiting=[1, 3], workers=[(0, 1, True, 0.1), (1, 0, True, 0.2)]),
+                    shard("h:2", mode="ssp", waiting=[3], workers=[(0, 4, True, 0.1)])]).splitlines()
+    assert "step 0 waits for workers 1, 3 (never registered)" in next(ln for ln in lines if "h:1" in ln)
+    assert "ssp; pulls wait for worker 3 (never registered)" in next(ln for ln in lines if "h:2" in ln)

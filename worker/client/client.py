@@ -71,6 +71,9 @@ class Client:
             host of the addresses.
         heartbeat_s: seconds between heartbeats that keep this worker's lease alive;
             None: a third of the shortest lease the servers announce; 0: none.
+        num_workers: the cluster size this worker expects (``ps-worker --num-workers``);
+            servers started with another non-zero ``--num-workers`` refuse to register
+            it (FailedPreconditionError naming both). 0: not stated, not checked.
 
     Failures (docs/failure-semantics.md): calls that fail with UNAVAILABLE or
     DEADLINE_EXCEEDED are retried with capped exponential backoff (``retry``) and the
@@ -103,6 +106,7 @@ class Client:
         tls_key: str | None = None,
         tls_server_name: str | None = None,
         heartbeat_s: float | None = None,
+        num_workers: int = 0,
     ) -> None:
         addresses = [a.strip() for a in servers.split(",")] if isinstance(servers, str) else list(servers)
         if not addresses or not all(addresses):
@@ -154,6 +158,9 @@ class Client:
         self.token = token
         self.tls_ca, self.tls_cert, self.tls_key, self.tls_server_name = tls_ca, tls_cert, tls_key, tls_server_name
         self.heartbeat_s = heartbeat_s
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.num_workers = num_workers
 
     def __repr__(self) -> str:  # never shows the token
         return f"Client({self.addresses!r}, worker_id={self.worker_id}, state={self._state!r})"

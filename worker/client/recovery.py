@@ -106,7 +106,7 @@ def rejoin(client: Client, shard: int) -> None:
     """
     ch = client._channels[shard]
     with client._rejoin_lock:
-        req = ps_pb2.RegisterRequest(worker_id=client.worker_id)
+        req = ps_pb2.RegisterRequest(worker_id=client.worker_id, num_workers=client.num_workers)
         req.topology.shard_index, req.topology.num_shards = shard, len(client._channels)
         reply = call(ch, ch.register, req, client.timeout_s, client.retry)
         client.stats["rejoined"] = client.stats.get("rejoined", 0) + 1
@@ -255,7 +255,7 @@ def reconcile(client: Client) -> bool:
                     client.wait_timeout_s, client.retry)
         clocks = []
         for i, ch in enumerate(chans):
-            req = ps_pb2.RegisterRequest(worker_id=client.worker_id, resync=True)
+            req = ps_pb2.RegisterRequest(worker_id=client.worker_id, resync=True, num_workers=client.num_workers)
             req.topology.shard_index, req.topology.num_shards = i, len(chans)
             reply = call(ch, ch.register, req, client.timeout_s, client.retry)
             _note_incarnation(client, i, reply.server_id, reply.epoch)

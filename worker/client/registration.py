@@ -8,10 +8,11 @@ Not thread-safe, like the client.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from ps._proto import ps_pb2
-from ps.errors import FailedPreconditionError
+from ps.errors import FailedPreconditionError, UnavailableError
 from ps.tables.spec import TableSpec
 from worker.client.shard_status import MODES
 from worker.client.transport import call, fan_out
@@ -21,12 +22,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("worker.client")  # the client's logger: these lines are the client's
 
+#: seconds without an answer from a server before connecting says whom it waits for
+NOTICE_AFTER_S = 2.0
+
 
 def register_request(client: Client, shard: int, worker_id: int) -> ps_pb2.RegisterRequest:
     """The Register request for ``shard``, stating where it sits (``worker_id`` < 0: assign one)."""
-    req = ps_pb2.RegisterRequest(worker_id=worker_id if not client.observer else -1, session=client.session)
+    req = ps_pb2.RegisterRequest(worker_id=worker_id if not client.observer else -1, session=client.session,
+                                 num_workers=client.num_workers)
     req.topology.shard_index, req.topology.num_shards = shard, len(client._channels)
     return req
+
+
+def wait_for_server(ch, timeout_s: float, notice_after_s: float = NOTICE_AFTER_S) -> None:
+    """Block until ``ch`` connects, logging ``waiting for HOST:PORT ...`` (a warning) once it
+    has not after ``notice_after_s``: a silent wait for a server that is not there looks
+    like a hang. Raises UnavailableError after ``timeout_s`` in all."""
+    started = time.monotonic()
+    try:
+        ch.wait_ready(min(notice_after_s, timeout_s))
+        return
+    except UnavailableError:
+        left = timeout_s - (time.monotonic() - started)
+        if left <= 0:
+            raise
+    log.warning("waiting for %s ... (no server answers there yet; giving up after %g s)", ch.address, timeout_s)
+    try:
+        ch.wait_ready(left)
+    except UnavailableError:
+        raise UnavailableError(f"{ch.address}: no server answered within {timeout_s:g} s") from None
 
 
 def register(client: Client, shard: int, worker_id: int) -> ps_pb2.RegisterReply:
@@ -44,7 +68,7 @@ def register_everywhere(client: Client) -> list[ps_pb2.RegisterReply]:
     the others at once under that id. Replies in server order. Blocks (bounded); raises
     UnavailableError when a server does not answer within ``connect_timeout_s``."""
     for ch in client._channels:
-        ch.wait_ready(client.connect_timeout_s)
+        wait_for_server(ch, client.connect_timeout_s)
     n = len(client._channels)
     first = register(client, 0, -1 if client._requested_id is None else client._requested_id)
     if client.observer:  # observers only read status: they never join a shard's quorum

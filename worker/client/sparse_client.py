@@ -31,7 +31,7 @@ from ps.tables.sparse_optim import gather_rows, scatter_rows
 from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.sparse_table import sum_duplicates, unique_inverse
 from ps.tables.spec import InitSpec
-from ps.protocol.wire import encode_framed, wire_dtype
+from ps.protocol.wire import dtype_refusal, encode_framed, wire_dtype
 from worker.client.dense_step import advance_clock, flatten_grads
 from worker.client.transport import call, fan_out
 
@@ -159,7 +159,7 @@ def _check_rows(client: Client, name: str, ids: Any, grads: Any) -> tuple[Sparse
             f"got {g.shape}"
         )
     if g.dtype != np.dtype(spec.dtype):
-        raise InvalidArgumentError(f"{name}: gradient dtype {g.dtype.name}, table dtype {spec.dtype}")
+        raise dtype_refusal(name, g.dtype, spec.dtype)
     return spec, ids, np.ascontiguousarray(g, dtype=g.dtype.newbyteorder("<"))
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ps.errors import InvalidArgumentError
+from ps.protocol.wire import dtype_refusal
 
 if TYPE_CHECKING:
     from worker.client.client import Client
@@ -29,7 +30,7 @@ def flatten_grads(client: Client, grads: Mapping[str, Any]) -> dict[str, np.ndar
         if arr.shape != spec.shape:
             raise InvalidArgumentError(f"{name}: gradient shape {arr.shape}, table shape {spec.shape}")
         if arr.dtype != np.dtype(spec.dtype):
-            raise InvalidArgumentError(f"{name}: gradient dtype {arr.dtype.name}, table dtype {spec.dtype}")
+            raise dtype_refusal(name, arr.dtype, spec.dtype)
         flat[name] = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).reshape(-1)
     return flat
 

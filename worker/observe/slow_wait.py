@@ -8,6 +8,9 @@ repeats every ``repeat_s`` while the call goes on::
     WARNING pull for step 12 has waited 10.0 s: slowest: worker 3 at clock 12; shard 1
     (10.0.0.7:50051): sync step 12 waits for worker 3 (last heard 9.8 s ago)
 
+A worker that was expected (the servers' ``--num-workers``) but never registered is
+named too: ``waits for worker 2 (never registered)``.
+
 The constructor does no I/O; :meth:`SlowWaitWarner.start` starts the one thread it owns,
 :meth:`SlowWaitWarner.stop` joins it. :meth:`SlowWaitWarner.watching` marks a call; it
 costs a lock and a notify. Thread-safe.
@@ -43,6 +46,13 @@ def stragglers(shards: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
     return sorted((w, c) for w, c in clocks.items() if c == low)
 
 
+def never_registered(shard: dict[str, Any]) -> list[int]:
+    """The ids a shard waits for that it has never seen: expected workers that never
+    registered (``--num-workers`` more than have come), from one ``Client.status()`` dict."""
+    known = {w["id"] for w in shard["workers"]}
+    return [w for w in shard["waiting_for"] if w not in known]
+
+
 def describe_wait(shards: Sequence[dict[str, Any]], my_clock: int | None = None) -> str:
     """Whom the cluster waits for, from ``Client.status()`` dicts (one per shard)."""
     slow = stragglers(shards)
@@ -50,9 +60,12 @@ def describe_wait(shards: Sequence[dict[str, Any]], my_clock: int | None = None)
     for i, s in enumerate(shards):
         ages = {w["id"]: w["last_contact_age_s"] for w in s["workers"]}
         if s["mode"] == "sync" and s["waiting_for"]:
-            who = ", ".join(f"worker {w} (last heard {ages.get(w, float('nan')):.1f} s ago)"
-                            for w in s["waiting_for"])
+            who = ", ".join(f"worker {w} (last heard {ages[w]:.1f} s ago)" if w in ages else
+                            f"worker {w} (never registered)" for w in s["waiting_for"])
             parts.append(f"shard {i} ({s['address']}): sync step {s['version']} waits for {who}")
+        elif s["mode"] == "ssp" and never_registered(s):
+            who = ", ".join(f"worker {w} (never registered)" for w in never_registered(s))
+            parts.append(f"shard {i} ({s['address']}): ssp pulls wait for {who}")
         elif s["mode"] == "ssp":
             live = [w for w in s["workers"] if w["live"]]
             if live:
@@ -80,7 +93,7 @@ class SlowWaitWarner:
         self.after_s = after_s
         self.repeat_s = repeat_s if repeat_s is not None else max(after_s, 30.0)
         self.log = logger
-        self.warnings = 0  # how many warnings were logged
+        self.warnings = 0  # how many warnings were logged (counted once logged)
         self._cond = threading.Condition()
         self._call: tuple[int, str, float] | None = None  # (token, what, started)
         self._token = 0
@@ -102,6 +115,13 @@ class SlowWaitWarner:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+
+    def current(self) -> tuple[str, float] | None:
+        """``(what, seconds)``: the watched call running now and how long it has run; None
+        when none runs. Any thread; does not block."""
+        with self._cond:
+            call = self._call
+        return None if call is None else (call[1], time.monotonic() - call[2])
 
     @contextlib.contextmanager
     def watching(self, what: str) -> Iterator[None]:
@@ -139,6 +159,8 @@ class SlowWaitWarner:
             with self._cond:
                 still = self._call is not None and self._call[0] == token
             if still:
-                self.warnings += 1
+                # log first, count second: whoever sees the count can already read the warning
                 self.log.warning("%s has waited %.1f s: %s", what, time.monotonic() - started, detail)
+                with self._cond:
+                    self.warnings += 1
             warned = {token: time.monotonic() + self.repeat_s}
