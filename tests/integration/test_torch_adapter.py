@@ -246,3 +246,26 @@ def test_cuda_parameters_go_through_pinned_memory(shards):
         served = ps.pull(["fc.weight", "norm.weight"])
         np.testing.assert_array_equal(model.fc.weight.detach().cpu().numpy(), served["fc.weight"])
         np.testing.assert_array_equal(model.norm.weight.detach().cpu().numpy(), served["norm.weight"])
+
+
+def test_an_exported_model_loads_into_torch_with_load_state_dict(shards, tmp_path):
+    from worker.export import export_model
+
+    model = Net()
+    with shards(2, mode="async") as servers, Client([s.address for s in servers], worker_id=0) as ps:
+        opt = ParameterServerOptimizer(model, ps, optimizer="adam", lr=0.05)
+        for step in range(5):
+            opt.zero_grad()
+            loss_of(model, *batch(0, step)).backward()
+            opt.step()
+        path = tmp_path / "net.npz"
+        export_model([s.address for s in servers], path)
+        ids = torch.arange(VOCAB).reshape(5, 4)
+        with torch.no_grad():
+            trained = model(ids)                        # the hook pulls every row it needs
+        loaded = Net(sparse=False)
+        loaded.load_state_dict({k: torch.from_numpy(v) for k, v in np.load(path).items()})
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(ids), trained, rtol=0, atol=0)
+        np.testing.assert_array_equal(loaded.emb.weight.detach().numpy(),
+                                      ps.pull_rows("emb.weight", np.arange(VOCAB)))
