@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ps.errors import NotFoundError
 from ps.tables.spec import DEFAULT_BLOCK_ELEMS
 from worker.torch.host import HostArrays
 from worker.torch.tables import SparseParam, model_tables
@@ -207,7 +208,6 @@ class ParameterServerOptimizer:
         for s in self._sparse:
             if s.name == name:
                 return s
-        from ps.errors import NotFoundError
         raise NotFoundError(f"{name!r} is not a sparse embedding of this model; sparse: "
                             f"{', '.join(s.name for s in self._sparse) or 'none'}")
 

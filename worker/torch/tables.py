@@ -82,8 +82,8 @@ def model_tables(model: nn.Module, *, prefix: str = "", init: Mapping[str, tuple
     """The dense and sparse tables ``model`` needs, in ``named_parameters()`` order.
 
     ``init`` overrides the initialiser of named parameters (names without the prefix);
-    ``seed`` goes into every InitSpec. Raises InvalidArgumentError (see module docstring)
-    and KeyError-free: an ``init`` entry for a name the model lacks is an InvalidArgumentError.
+    ``seed`` goes into every InitSpec. Does not block. Raises InvalidArgumentError (see the
+    module docstring; also for an ``init`` entry naming a parameter the model lacks).
     """
     init = dict(init or {})
     unknown = set(init) - {n for n, _ in model.named_parameters()}
