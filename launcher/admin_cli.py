@@ -3,6 +3,10 @@
 - ``ps-admin checkpoint --servers A,B [--tag T]``: every shard writes a checkpoint under
   one tag (in sync mode at one step); prints the tag, version and files as JSON.
 - ``ps-admin shutdown --servers A,B`` (or ``stop``): every shard stops gracefully (final checkpoint).
+- ``ps-admin export --servers A,B --out PATH [--tables T,U] [--force]``: every table (or
+  ``--tables``) to one ``.npz`` or ``.safetensors`` file, atomically, refusing to replace
+  an existing file without ``--force`` (layout: :mod:`worker.export.model_file`); prints
+  the path, format, tables, keys and bytes as JSON.
 - ``ps-admin status --servers A,B [--json]``: one table of every shard's tables, version,
   blocks and bytes, the workers it knows with their clocks and last contact, and in sync
   mode the workers the open step still waits for (:mod:`launcher.status_table`).
@@ -59,7 +63,23 @@ def build_parser(environ=None) -> EnvArgumentParser:
                         environ=environ)
     _connection_args(st)
     st.add_argument("--json", action="store_true", help="print each shard's status as JSON instead")
+    e = sub.add_parser("export", help="write every table to one .npz or .safetensors file", environ=environ)
+    _connection_args(e)
+    e.add_argument("--out", required=True, help="the file to write: PATH.npz, or PATH.safetensors (needs safetensors)")
+    e.add_argument("--tables", default=None, help="comma-separated table names (default: every table)")
+    e.add_argument("--force", action="store_true", help="replace the file if it exists")
     return p
+
+
+def export(args) -> int:
+    """Write the cluster's tables to ``--out`` (worker.export) and print what was written."""
+    from worker.export import export_model
+
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
+    result = export_model(args.servers, args.out, tables=tables, force=args.force, timeout_s=args.timeout,
+                          **client_safety.client_kwargs(args))
+    print(json.dumps(result.to_json()))
+    return 0
 
 
 def checkpoint(args) -> int:
@@ -96,7 +116,8 @@ def status(args) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable] = {"checkpoint": checkpoint, "shutdown": shutdown, "stop": shutdown, "status": status}
+COMMANDS: dict[str, Callable] = {"checkpoint": checkpoint, "shutdown": shutdown, "stop": shutdown, "status": status,
+                                  "export": export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,9 @@ everything it started, and writes a run folder (default ``runs/<timestamp>``):
 - ``metrics.jsonl``: one JSON line per step per worker, merged in time order;
 - ``loss.png``: training loss against time and against steps, one line per worker
   (skipped with a message when matplotlib is not installed);
-- ``server-I.log``, ``worker-I.log`` (stderr) and ``worker-I.out`` (stdout).
+- ``server-I.log``, ``worker-I.log`` (stderr) and ``worker-I.out`` (stdout);
+- ``model.json`` with ``--save PATH``: where the trained model was written (every table to
+  one ``.npz``/``.safetensors`` file, as ``ps-admin export`` writes it), its tables and size.
 
 Exit status: 0 when every process succeeded; 1 when any failed (each named, with the last
 lines of its stderr) or the run exceeded ``--timeout``; 130/143 after SIGINT/SIGTERM,
@@ -31,6 +33,7 @@ from launcher.cli_logging import configure_logging
 from launcher.envargs import EnvArgumentParser
 from launcher.local_cluster import ClusterConfig, ClusterError, LocalCluster
 from launcher.progress import MetricsTail, Progress
+from ps.errors import PSError
 from launcher.worker_cli import StopSignals, add_training_flags, train_config_from_args, training_argv
 from worker.training.loop import TrainConfig
 
@@ -57,6 +60,9 @@ def build_parser(environ=None) -> EnvArgumentParser:
     p.add_argument("--sync-timeout", type=float, default=60.0,
                    help="seconds a server lets a push or pull wait on other workers")
     add_training_flags(p)
+    p.add_argument("--save", default=None,
+                   help="after training, write every table to this .npz (or .safetensors) file, as ps-admin export "
+                        "does; refuses an existing file")
     p.add_argument("--run-dir", default=None, help="run folder for metrics, plot and logs (default runs/<timestamp>)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds the whole run may take before it is stopped")
     p.add_argument("--start-timeout", type=float, default=30.0,
@@ -84,13 +90,28 @@ def main(argv: list[str] | None = None) -> int:
         cluster_cfg.validate()
         if args.timeout <= 0:
             raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+        save = _save_path(args.save)
     except ValueError as exc:
         parser.error(str(exc))
-    return run(cluster_cfg, train_cfg, timeout_s=args.timeout)
+    return run(cluster_cfg, train_cfg, timeout_s=args.timeout, save=save)
 
 
-def run(cluster_cfg: ClusterConfig, train_cfg: TrainConfig, *, timeout_s: float, out: IO[str] = sys.stdout) -> int:
-    """Start the cluster, watch it train, evaluate, stop it, write the run folder.
+def _save_path(value: str | None) -> Path | None:
+    """``--save``, checked before anything starts. Raises ValueError (suffix, existing file)."""
+    if not value:
+        return None
+    from worker.export.model_file import file_format
+
+    file_format(value)
+    if Path(value).exists():
+        raise ValueError(f"--save {value}: the file exists; remove it or choose another name")
+    return Path(value)
+
+
+def run(cluster_cfg: ClusterConfig, train_cfg: TrainConfig, *, timeout_s: float, out: IO[str] = sys.stdout,
+        save: Path | None = None) -> int:
+    """Start the cluster, watch it train, evaluate, save the model to ``save`` (if given),
+    stop it, write the run folder.
 
     Blocks for the whole run (bounded by ``timeout_s`` plus the start and stop timeouts).
     Returns the exit status. SIGTERM/SIGINT (handled while it runs; call from the main
@@ -104,6 +125,7 @@ def run(cluster_cfg: ClusterConfig, train_cfg: TrainConfig, *, timeout_s: float,
     tail = MetricsTail([cluster.metrics_path(r) for r in range(cluster_cfg.num_workers)])
     records: list[dict[str, Any]] = []
     final: tuple[str, float, int] | None = None
+    saved = None
     problems: list[str] = []
     with StopSignals(second="ignore") as stop:  # a second Ctrl-C must not cut the shutdown short
         try:
@@ -114,6 +136,11 @@ def run(cluster_cfg: ClusterConfig, train_cfg: TrainConfig, *, timeout_s: float,
                 problems += _watch(cluster, tail, progress, records, started + timeout_s, timeout_s, stop)
             if not (problems or cluster.failures() or stop.requested):
                 final = _final_evaluation(cluster.addresses, train_cfg)
+                if save is not None:
+                    try:
+                        saved = _save_model(cluster, save)
+                    except (PSError, OSError, ValueError) as exc:
+                        problems.append(f"--save {save}: {type(exc).__name__}: {exc}")
         except ClusterError as exc:
             problems.append(str(exc))
         except Exception as exc:  # final evaluation (data, model, cluster errors): report, still clean up
@@ -148,6 +175,9 @@ def run(cluster_cfg: ClusterConfig, train_cfg: TrainConfig, *, timeout_s: float,
     metric, value, rows = final
     score = f"{value:.4f}" if metric == "accuracy" else f"{value:.6g}"
     progress.print(f"ps-launch: final model: test {metric} {score} on {rows} held-out rows of {train_cfg.data}")
+    if saved is not None:
+        progress.print(f"ps-launch: saved the model to {saved.path} ({len(saved.tables)} tables, {saved.bytes} bytes)")
+        artefacts.append("model.json")
     progress.print(f"ps-launch: done in {elapsed:.1f} s; run folder {cluster_cfg.run_dir} ({', '.join(artefacts)})")
     return 0
 
@@ -178,14 +208,31 @@ def _watch(cluster: LocalCluster, tail: MetricsTail, progress: Progress, records
     return []
 
 
+def _save_model(cluster: LocalCluster, path: Path):
+    """``--save``: export every table to ``path`` and record it in the run folder's ``model.json``."""
+    from worker.export import export_model
+
+    result = export_model(cluster.addresses, path, timeout_s=60.0)
+    cluster.config.run_dir.mkdir(parents=True, exist_ok=True)
+    record = {**result.to_json(), "path": str(Path(result.path).resolve())}
+    (cluster.config.run_dir / "model.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return result
+
+
 def _final_evaluation(addresses: list[str], cfg: TrainConfig) -> tuple[str, float, int]:
     """Pull the final model with an observer client and score it on the held-out split."""
     from worker.client.client import Client
     from worker.data.dataset import open_source
-    from worker.training.loop import build_model, evaluate
+    from worker.training.loop import build_model, evaluate, is_torch_model
 
     _, test = open_source(cfg.data, rank=0, num_workers=cfg.num_workers, seed=cfg.seed)
     model = build_model(cfg, test)
+    if is_torch_model(cfg.model):  # every table, read as ps-admin export reads it, into the module
+        from worker.export import fetch_tables
+        from worker.torch.training import evaluate_torch, load_values
+
+        load_values(model, fetch_tables(addresses, timeout_s=10.0)[0])
+        return (*evaluate_torch(model, test), len(test))
     with Client(addresses, observer=True, connect_timeout_s=10.0) as client:
         params = client.pull(list(model.parameters()))
         if getattr(model, "sparse", False):  # embedding tables: rows come through pull_rows; AUC

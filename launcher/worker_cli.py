@@ -36,7 +36,7 @@ from launcher.worker_interrupt import WorkerInterrupt
 from ps.errors import PSError
 from worker.client.client import Client
 from worker.data.dataset import DEFAULT_SOURCE, DataError, open_source
-from worker.training.loop import StepRecord, TrainConfig, TrainingStopped, build_model, train
+from worker.training.loop import StepRecord, TrainConfig, TrainingStopped, build_model, is_torch_model, train
 from worker.models import MODELS
 from worker.models.sparse_models import SPARSE_MODELS
 from worker.xp import DEVICES, DeviceUnavailableError, get_xp
@@ -103,7 +103,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     p.add_argument("--model", default=d.model,
                    help=f"model to train: {', '.join(sorted(MODELS))}; or on click logs (--data synthetic-ctr:..., "
-                        f"ctr-libsvm:..., ctr-csv:...): {', '.join(sorted(SPARSE_MODELS))}")
+                        f"ctr-libsvm:..., ctr-csv:...): {', '.join(sorted(SPARSE_MODELS))}; or a PyTorch model: "
+                        f"torch:package.module:factory (a function returning (module, loss_fn); needs torch)")
     p.add_argument("--hidden", default=None,
                    help="mlp only: comma-separated hidden layer widths, e.g. 128,64 (None: %s)"
                    % ",".join(map(str, d.hidden)))
@@ -143,7 +144,7 @@ def training_argv(args: argparse.Namespace) -> list[str]:
 def train_config_from_args(args: argparse.Namespace, *, rank: int = 0, num_workers: int = 1,
                            staleness_every: int = 0) -> TrainConfig:
     """Build and validate the config. Raises ValueError naming the flag at fault."""
-    if args.model not in MODELS and args.model not in SPARSE_MODELS:
+    if args.model not in MODELS and args.model not in SPARSE_MODELS and not is_torch_model(args.model):
         known = ", ".join(sorted({**MODELS, **SPARSE_MODELS}))
         raise ValueError(f"--model: unknown model {args.model!r}; choose from {known}")
     if args.device not in DEVICES:
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, cfg: TrainConfig, stop: StopSignals, interrupt: WorkerInterrupt) -> int:
     try:
-        get_xp(cfg.device)  # fail before reading data or connecting
+        if not is_torch_model(cfg.model):  # torch models check their device when built
+            get_xp(cfg.device)  # fail before reading data or connecting
         train_ds, test_ds = open_source(cfg.data, rank=cfg.rank, num_workers=cfg.num_workers, seed=cfg.seed)
         model = build_model(cfg, train_ds)
         build_model(cfg, test_ds)  # the held-out split must fit the same model

@@ -94,7 +94,7 @@ class InitSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., scale: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class TableSpec(_message.Message):
-    __slots__ = ("name", "shape", "dtype", "block_elems", "optimizer", "init", "kind", "dim", "max_rows", "eviction", "admit_after")
+    __slots__ = ("name", "shape", "dtype", "block_elems", "optimizer", "init", "kind", "dim", "max_rows", "eviction", "admit_after", "num_rows")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class TableSpec(_message.Message):
     MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
     EVICTION_FIELD_NUMBER: _ClassVar[int]
     ADMIT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: DType
@@ -117,7 +118,8 @@ class TableSpec(_message.Message):
     max_rows: int
     eviction: str
     admit_after: int
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., block_elems: _Optional[int] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., init: _Optional[_Union[InitSpec, _Mapping]] = ..., kind: _Optional[_Union[TableKind, str]] = ..., dim: _Optional[int] = ..., max_rows: _Optional[int] = ..., eviction: _Optional[str] = ..., admit_after: _Optional[int] = ...) -> None: ...
+    num_rows: int
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., block_elems: _Optional[int] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., init: _Optional[_Union[InitSpec, _Mapping]] = ..., kind: _Optional[_Union[TableKind, str]] = ..., dim: _Optional[int] = ..., max_rows: _Optional[int] = ..., eviction: _Optional[str] = ..., admit_after: _Optional[int] = ..., num_rows: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("worker_id", "topology", "resync", "session", "num_workers")
@@ -479,3 +481,15 @@ class SparseTableStatus(_message.Message):
     bytes: int
     evicted: int
     def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., rows: _Optional[int] = ..., bytes: _Optional[int] = ..., evicted: _Optional[int] = ...) -> None: ...
+
+class ListRowsRequest(_message.Message):
+    __slots__ = ("table", "after_id", "from_start", "max_rows")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_START_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    after_id: int
+    from_start: bool
+    max_rows: int
+    def __init__(self, table: _Optional[str] = ..., after_id: _Optional[int] = ..., from_start: _Optional[bool] = ..., max_rows: _Optional[int] = ...) -> None: ...

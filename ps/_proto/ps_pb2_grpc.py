@@ -99,6 +99,11 @@ class ParameterServerStub:
                 request_serializer=ps_dot___proto_dot_ps__pb2.RestoreRequest.SerializeToString,
                 response_deserializer=ps_dot___proto_dot_ps__pb2.RestoreReply.FromString,
                 _registered_method=True)
+        self.ListRows = channel.unary_unary(
+                '/ps.v1.ParameterServer/ListRows',
+                request_serializer=ps_dot___proto_dot_ps__pb2.ListRowsRequest.SerializeToString,
+                response_deserializer=ps_dot___proto_dot_ps__pb2.RowsReply.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -194,6 +199,14 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRows(self, request, context):
+        """The rows a sparse table stores on this shard, ascending by id, one page per call
+        (export). Reply payload: `num_ids` int64 ids, then num_ids x dim values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -261,6 +274,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=ps_dot___proto_dot_ps__pb2.RestoreRequest.FromString,
                     response_serializer=ps_dot___proto_dot_ps__pb2.RestoreReply.SerializeToString,
+            ),
+            'ListRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRows,
+                    request_deserializer=ps_dot___proto_dot_ps__pb2.ListRowsRequest.FromString,
+                    response_serializer=ps_dot___proto_dot_ps__pb2.RowsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -614,6 +632,33 @@ class ParameterServer:
             '/ps.v1.ParameterServer/Restore',
             ps_dot___proto_dot_ps__pb2.RestoreRequest.SerializeToString,
             ps_dot___proto_dot_ps__pb2.RestoreReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ps.v1.ParameterServer/ListRows',
+            ps_dot___proto_dot_ps__pb2.ListRowsRequest.SerializeToString,
+            ps_dot___proto_dot_ps__pb2.RowsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -183,6 +183,15 @@ class ParameterServerService:
         return encode_rows(reply, None, values)
 
     @_handled
+    def ListRows(self, request: ps_pb2.ListRowsRequest, context) -> bytes:
+        """One page of a sparse table's stored rows (ids, then values); see ``SparseRows.list``."""
+        after = None if request.from_start else request.after_id
+        version, ids, values = self.shard.rows.list(request.table, after, request.max_rows)
+        reply = ps_pb2.RowsHeader(table=request.table, num_ids=len(ids), dim=values.shape[1],
+                                  dtype=wire_dtype(values.dtype), version=version)
+        return encode_rows(reply, ids, values)
+
+    @_handled
     def Push(self, request, context) -> ps_pb2.PushReply:
         header, payload = request
         result = push_blocks(self.shard, header, payload, _remaining(context))
@@ -253,5 +262,6 @@ class ParameterServerService:
             "Status": unary(self.Status, ps_pb2.StatusRequest.FromString, ps_pb2.StatusReply),
             "PushRows": unary(self.PushRows, decode_rows, ps_pb2.PushReply),
             "PullRows": unary(self.PullRows, decode_rows, None),
+            "ListRows": unary(self.ListRows, ps_pb2.ListRowsRequest.FromString, None),
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)

@@ -164,6 +164,23 @@ class SparseRows:
             shard.counters["row_pulls"] += 1
         return version, values
 
+    def list(self, name: str, after: int | None, max_rows: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """One page of table ``name``'s stored rows: ``(version, ids, values)``, ascending by
+        id, ids > ``after`` (all when None), at most ``max_rows`` (0: no count limit) and
+        no more than fit half of ``max_message_bytes``. Never waits: it reads the rows as
+        they are (an export). Raises NotFoundError, FailedPreconditionError (dense table),
+        InvalidArgumentError (negative ``max_rows``).
+        """
+        shard = self._shard
+        table = self.table(name)
+        if max_rows < 0:
+            raise InvalidArgumentError(f"{name}: max_rows must be >= 0, got {max_rows}")
+        fit = max(1, (shard.config.max_message_bytes // 2) // (8 + table.spec.row_bytes))
+        ids, values = table.list_rows(after, min(max_rows, fit) if max_rows else fit)
+        with shard._cond:
+            version = shard.gate.version
+        return version, ids, values
+
     # -- sync steps and status ----------------------------------------------------------
 
     def apply_step(self, scale: float) -> None:

@@ -58,6 +58,9 @@ class SparseTableSpec:
     uniform (on [-scale, scale]). ``max_rows`` bounds the rows one shard stores (0: no
     bound); past it the least recently (``lru``) or least frequently (``lfu``) used rows are
     evicted. ``admit_after`` > 1 stores a row only once pushes touched it that many times.
+    ``num_rows`` > 0 declares the ids to lie in ``[0, num_rows)`` (an embedding of that many
+    rows): other ids are refused, and an export writes the table as one dense
+    ``(num_rows, dim)`` array; 0: any int64 id.
     """
 
     name: str
@@ -68,6 +71,7 @@ class SparseTableSpec:
     max_rows: int = 0
     eviction: str = "lru"
     admit_after: int = 0
+    num_rows: int = 0
 
     def validate(self) -> None:
         """Raises InvalidArgumentError when any field is out of range."""
@@ -93,6 +97,8 @@ class SparseTableSpec:
             raise InvalidArgumentError(f"unknown eviction {self.eviction!r}; choose from {', '.join(EVICTIONS)}")
         if self.admit_after < 0:
             raise InvalidArgumentError(f"admit_after must be >= 0, got {self.admit_after}")
+        if self.num_rows < 0:
+            raise InvalidArgumentError(f"num_rows must be >= 0 (0: any id), got {self.num_rows}")
 
     @property
     def row_bytes(self) -> int:
@@ -133,6 +139,7 @@ class SparseTableSpec:
             max_rows=self.max_rows,
             eviction=self.eviction,
             admit_after=self.admit_after,
+            num_rows=self.num_rows,
         )
 
     @classmethod
@@ -149,6 +156,7 @@ class SparseTableSpec:
             max_rows=int(msg.max_rows),
             eviction=msg.eviction or "lru",
             admit_after=int(msg.admit_after),
+            num_rows=int(msg.num_rows),
         )
         spec.validate()
         return spec

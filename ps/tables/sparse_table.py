@@ -137,7 +137,13 @@ class SparseTable:
     # -- checks ------------------------------------------------------------------------
 
     def check_ids(self, ids: np.ndarray) -> None:
-        """Raises FailedPreconditionError when sampled ids are not placed on this shard."""
+        """Raises InvalidArgumentError for an id outside ``[0, num_rows)`` (a table that
+        declares ``num_rows``), FailedPreconditionError when sampled ids are not placed on
+        this shard."""
+        if len(ids) and self.spec.num_rows and (int(ids.min()) < 0 or int(ids.max()) >= self.spec.num_rows):
+            bad = ids[(ids < 0) | (ids >= self.spec.num_rows)]
+            raise InvalidArgumentError(f"{self.spec.name}: id {int(bad[0])} is outside [0, {self.spec.num_rows}), "
+                                       f"the table's rows")
         if self.num_shards == 1 or len(ids) == 0:
             return
         sample = ids[:: max(1, len(ids) // PLACEMENT_SAMPLE)]
@@ -190,6 +196,26 @@ class SparseTable:
             missing = ~found
             out[missing] = self.spec.initial_rows(ids[missing])
         return out
+
+    def list_rows(self, after: int | None, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored rows with ids > ``after`` (every stored row when None), ascending by
+        id, at most ``limit`` (>= 1) of them: ``(ids, (n, dim) values)``, both new arrays.
+
+        Does not mark rows as used. O(stored rows) per call plus sorting the selected ones;
+        blocks on the table lock.
+        """
+        with self.lock:
+            slots = self.index.live_slots()
+            ids = self.index.slot_ids[slots]
+            if after is not None:
+                keep = ids > after
+                slots, ids = slots[keep], ids[keep]
+            if len(ids) > limit:
+                first = np.argpartition(ids, limit - 1)[:limit]
+                slots, ids = slots[first], ids[first]
+            order = np.argsort(ids, kind="stable")
+            slots, ids = slots[order], ids[order]
+            return ids.astype(np.int64, copy=True), gather_rows(self.values, slots)
 
     # -- updates -----------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from ps.protocol.wire import np_dtype, wire_dtype
 DEFAULT_BLOCK_ELEMS = 1 << 18
 #: the most elements one table may hold (2**40: 4 TiB of float32); guards size overflow
 MAX_TABLE_ELEMS = 1 << 40
-INIT_KINDS = ("zeros", "normal", "uniform", "glorot")
+INIT_KINDS = ("zeros", "normal", "uniform", "glorot", "constant")
 _NAME = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
 
 
@@ -32,8 +32,9 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
 class InitSpec:
     """How a table's initial values are drawn, per block, reproducibly from ``seed``.
 
-    ``scale`` is the standard deviation for ``normal`` and the half-width for ``uniform``;
-    ``glorot`` is uniform with half-width sqrt(6 / (fan_in + fan_out)) where fan_in is
+    ``scale`` is the standard deviation for ``normal``, the half-width for ``uniform`` and
+    the value of every element for ``constant`` (any finite number; e.g. 1.0 for the gain
+    of a normalisation layer); ``glorot`` is uniform with half-width sqrt(6 / (fan_in + fan_out)) where fan_in is
     ``shape[0]`` and fan_out is ``shape[-1]``.
     """
 
@@ -69,7 +70,7 @@ class TableSpec:
         self.optimizer.validate()
         if self.init.kind not in INIT_KINDS:
             raise InvalidArgumentError(f"unknown init {self.init.kind!r}; choose from {', '.join(INIT_KINDS)}")
-        if not math.isfinite(self.init.scale) or self.init.scale < 0:
+        if not math.isfinite(self.init.scale) or (self.init.scale < 0 and self.init.kind != "constant"):
             raise InvalidArgumentError(f"init scale must be finite and >= 0, got {self.init.scale}")
 
     @property
@@ -94,6 +95,8 @@ class TableSpec:
         kind = self.init.kind
         if kind == "zeros":
             return np.zeros(n, dtype=dtype)
+        if kind == "constant":
+            return np.full(n, self.init.scale, dtype=dtype)
         rng = np.random.default_rng([self.init.seed, table_hash(self.name) & 0xFFFFFFFF, block])
         if kind == "normal":
             return (rng.standard_normal(n) * self.init.scale).astype(dtype)

@@ -185,3 +185,49 @@ def test_spec_round_trips_through_the_proto_and_validates():
                 dict(name="bad name")):
         with pytest.raises(InvalidArgumentError):
             spec(**bad).validate()
+
+
+def test_num_rows_bounds_the_ids_and_round_trips_through_the_proto():
+    s = spec(num_rows=10)
+    assert SparseTableSpec.from_proto(s.to_proto()) == s
+    with pytest.raises(InvalidArgumentError, match="num_rows"):
+        spec(num_rows=-1).validate()
+    t = SparseTable(s)
+    t.apply(np.array([0, 9], dtype=np.int64), ones(2))
+    for bad in ([10], [-1], [3, 12]):
+        with pytest.raises(InvalidArgumentError, match=r"outside \[0, 10\)"):
+            t.check_push(np.array(bad, dtype=np.int64), ones(len(bad)))
+        with pytest.raises(InvalidArgumentError, match="outside"):
+            t.check_ids(np.array(bad, dtype=np.int64))
+    SparseTable(spec()).check_ids(np.array([-5, 2**62], dtype=np.int64))  # unbounded: any int64
+
+
+def test_list_rows_pages_the_stored_rows_in_id_order():
+    t = SparseTable(spec(init="normal", scale=1.0))
+    ids = np.array([40, -7, 2**40, 3, 15], dtype=np.int64)
+    t.apply(ids, ones(5))
+    t.read(np.array([99], dtype=np.int64))          # read, never pushed: not stored, not listed
+    expect = np.sort(ids)
+    got, after = [], None
+    while True:
+        page_ids, page_rows = t.list_rows(after, 2)
+        if not len(page_ids):
+            break
+        assert len(page_ids) <= 2 and np.all(np.diff(page_ids) > 0)
+        np.testing.assert_array_equal(page_rows, t.read(page_ids))
+        got.append(page_ids)
+        after = int(page_ids[-1])
+    np.testing.assert_array_equal(np.concatenate(got), expect)
+    all_ids, all_rows = t.list_rows(None, 100)
+    np.testing.assert_array_equal(all_ids, expect)
+    assert all_rows.shape == (5, 4)
+
+
+def test_constant_init_fills_every_element_with_its_value():
+    from ps.tables.spec import TableSpec
+
+    s = TableSpec("g", (5, 3), block_elems=4, init=InitSpec("constant", -0.5))
+    s.validate()
+    assert all(np.all(s.initial_block(b) == -0.5) for b in range(s.num_blocks))
+    with pytest.raises(InvalidArgumentError, match="scale"):
+        TableSpec("g", (2,), init=InitSpec("normal", -1.0)).validate()

@@ -372,7 +372,7 @@ class Client:
 
     def create_sparse(self, name: str, dim: int, *, dtype: str = "float32", init: str = "zeros",
                       init_scale: float = 0.0, seed: int = 0, optimizer: str = "sgd", lr: float = 0.01,
-                      max_rows: int = 0, eviction: str = "lru", admit_after: int = 0,
+                      max_rows: int = 0, eviction: str = "lru", admit_after: int = 0, num_rows: int = 0,
                       **optimizer_options: Any) -> None:
         """Create a sparse table of rows of width ``dim`` keyed by int64 ids (idempotent).
 
@@ -381,13 +381,15 @@ class Client:
         ``(seed, name, id)`` only. ``optimizer`` is sgd | momentum | adagrad | adam (per-row
         state). ``max_rows`` > 0 bounds the rows each shard stores, evicting ``eviction``
         (lru | lfu) victims; ``admit_after`` > 1 stores a row only from its
-        ``admit_after``-th push (earlier pushes to it are dropped and counted). Blocks.
+        ``admit_after``-th push (earlier pushes to it are dropped and counted). ``num_rows``
+        > 0 declares the ids to lie in ``[0, num_rows)`` (an embedding of that many rows:
+        other ids are refused, and an export writes the table as one dense array). Blocks.
         Raises InvalidArgumentError for a bad spec, AlreadyExistsError when the name
         exists with another spec or as a dense table.
         """
         sparse_client.create_sparse(self, name, dim, dtype=dtype, init=init, init_scale=init_scale, seed=seed,
                                     optimizer=optimizer, lr=lr, max_rows=max_rows, eviction=eviction,
-                                    admit_after=admit_after, **optimizer_options)
+                                    admit_after=admit_after, num_rows=num_rows, **optimizer_options)
 
     def pull_rows(self, name: str, ids: Any) -> np.ndarray:
         """Rows ``ids`` (1-D integers, any order, repeats allowed) as a new ``(len(ids), dim)`` array.

@@ -62,7 +62,7 @@ def as_ids(ids: Any) -> np.ndarray:
 
 def create_sparse(client: Client, name: str, dim: int, *, dtype: str = "float32", init: str = "zeros",
                   init_scale: float = 0.0, seed: int = 0, optimizer: str = "sgd", lr: float = 0.01,
-                  max_rows: int = 0, eviction: str = "lru", admit_after: int = 0,
+                  max_rows: int = 0, eviction: str = "lru", admit_after: int = 0, num_rows: int = 0,
                   **optimizer_options: Any) -> None:
     """See :meth:`worker.Client.create_sparse`."""
     client._require_open()
@@ -70,7 +70,7 @@ def create_sparse(client: Client, name: str, dim: int, *, dtype: str = "float32"
         name=name, dim=int(dim), dtype=np.dtype(dtype).name,
         optimizer=OptimizerSpec.from_options(optimizer, lr, **optimizer_options),
         init=InitSpec(kind=init, scale=float(init_scale), seed=int(seed)),
-        max_rows=int(max_rows), eviction=eviction, admit_after=int(admit_after),
+        max_rows=int(max_rows), eviction=eviction, admit_after=int(admit_after), num_rows=int(num_rows),
     )
     spec.validate()
     proto = spec.to_proto()

@@ -123,6 +123,7 @@ class ShardChannel:
         # sparse rows (ps.protocol.rows_wire): requests are already bytes; pull replies decode to (header, payload)
         self.push_rows = unary(p + "PushRows", None, ps_pb2.PushReply.FromString)
         self.pull_rows = unary(p + "PullRows", None, decode_rows)
+        self.list_rows = unary(p + "ListRows", ps_pb2.ListRowsRequest.SerializeToString, decode_rows)
         # leases, checkpoints and graceful stop (ps.serving.control)
         self.heartbeat = unary(p + "Heartbeat", ps_pb2.HeartbeatRequest.SerializeToString,
                                ps_pb2.HeartbeatReply.FromString)

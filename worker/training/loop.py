@@ -34,13 +34,21 @@ from worker.models import MODELS, Model, make_model
 from worker.models.sparse_models import SPARSE_MODELS, make_sparse_model
 from worker.xp import DEVICES, get_xp, to_device, to_host
 
-__all__ = ["EvalRecord", "StepRecord", "TrainConfig", "TrainResult", "TrainingStopped", "build_model", "create_tables",
-           "evaluate", "initial_params", "optimizer_kwargs", "table_specs", "train"]
+__all__ = ["TORCH_PREFIX", "EvalRecord", "StepRate", "StepRecord", "TrainConfig", "TrainResult", "TrainingStopped",
+           "build_model", "create_tables", "evaluate", "initial_params", "is_torch_model", "optimizer_kwargs",
+           "staleness_of", "table_specs", "train"]
 
 log = logging.getLogger(__name__)
 
 #: rows per forward pass when evaluating, so a large test split does not need a huge array
 EVAL_CHUNK_ROWS = 8192
+#: ``--model torch:package.module:factory``: a PyTorch model (worker.torch.training; needs torch)
+TORCH_PREFIX = "torch:"
+
+
+def is_torch_model(name: str) -> bool:
+    """Whether model ``name`` is a ``torch:package.module:factory`` model."""
+    return name.startswith(TORCH_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raises ValueError naming the first bad field (and the flag that sets it)."""
-        if self.model not in MODELS and self.model not in SPARSE_MODELS:
+        if self.model not in MODELS and self.model not in SPARSE_MODELS and not is_torch_model(self.model):
             known = ", ".join(sorted({**MODELS, **SPARSE_MODELS}))
             raise ValueError(f"unknown model {self.model!r}; choose from {known}")
         if any(int(h) < 1 for h in self.hidden):
@@ -202,6 +210,12 @@ def build_model(config: TrainConfig, ds: Dataset) -> Model:
     Raises DataError when ``ds`` does not fit (feature count, label range, regression
     targets for a classifier), ValueError for an unknown model or bad options.
     """
+    if is_torch_model(config.model):  # a PyTorch module and loss from a factory (imports torch)
+        try:
+            from worker.torch.training import build_torch_model
+        except ImportError as exc:  # torch is not installed
+            raise ValueError(f"--model {config.model}: {exc}") from None
+        return build_torch_model(config, ds)
     if config.model in SPARSE_MODELS:  # click-log models with embedding tables (worker.training.sparse_loop)
         return make_sparse_model(config.model, ds.num_features, ds.num_classes)
     if ds.num_classes:
@@ -283,7 +297,7 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-class _Rate:
+class StepRate:
     """Rows per second over the last ``window`` steps."""
 
     def __init__(self, start: float, window: int = 20) -> None:
@@ -328,6 +342,10 @@ def train(
     ValueError for a bad config, :class:`~ps.errors.PSError` subclasses from the cluster
     (e.g. AlreadyExistsError when the tables exist with other shapes).
     """
+    if is_torch_model(config.model):  # torch computes the gradients (worker.torch.training)
+        from worker.torch.training import train_torch
+        return train_torch(client, model, train_ds, test_ds, config, on_step=on_step, on_eval=on_eval,
+                           should_stop=should_stop)
     if getattr(model, "sparse", False):  # embedding tables: pull_rows/push_rows (worker.training.sparse_loop)
         from worker.training.sparse_loop import train_sparse
         return train_sparse(client, model, train_ds, test_ds, config, on_step=on_step, on_eval=on_eval,
@@ -347,7 +365,7 @@ def _loop(client, model, train_ds, test_ds, config, xp, names, on_step, on_eval,
     per_epoch = _steps_per_epoch(len(train_ds), config.batch_size)
     total_steps = per_epoch * config.epochs
     start = time.monotonic()
-    rate = _Rate(start)
+    rate = StepRate(start)
     history: list[EvalRecord] = []
     step = samples = 0
     staleness: int | None = None
@@ -366,7 +384,7 @@ def _loop(client, model, train_ds, test_ds, config, xp, names, on_step, on_eval,
             loss_sum += loss * len(x)
             rows += len(x)
             if config.staleness_every and step % config.staleness_every == 1 % config.staleness_every:
-                staleness = _staleness(client)
+                staleness = staleness_of(client)
             if on_step is not None:
                 on_step(StepRecord(time=time.time(), worker=config.rank, epoch=epoch + 1, step=step, loss=float(loss),
                                    samples_per_s=rate.add(time.monotonic(), len(x)), staleness=staleness,
@@ -389,7 +407,7 @@ def _host(grad: Any, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(to_host(grad), dtype=dtype)
 
 
-def _staleness(client: Any) -> int | None:
+def staleness_of(client: Any) -> int | None:
     """This worker's clock minus the slowest live worker's, from every shard's status."""
     clocks = [w["clock"] for shard in client.status() for w in shard["workers"] if w["live"]]
     return max(0, client.clock - min(clocks)) if clocks else None
