@@ -5,8 +5,12 @@
 
 Each system runs in its own processes (servers as real ``ps-server`` processes), one after
 the other, each bounded by a timeout. Results go to ``--out`` as JSON and as a markdown
-table, with the machine, the library versions and the settings. ps-lite (C++) cannot be
-built here: its row quotes the numbers from issue 4 and is labelled so.
+table, with the machine, the library versions and the settings. Bare ps-lite (C++) is
+measured when ``PSLITE_HOME`` points at a ps-lite built by hand outside the repository
+(:mod:`bench.peers.pslite`); without it its rows are skipped with a message.
+
+The project has one row per path: ``ps shm`` (same host, shared memory), ``ps stream-tcp``
+(the TCP data plane that workers on other hosts use) and ``ps grpc-tcp`` (gRPC alone).
 """
 
 from __future__ import annotations
@@ -25,16 +29,13 @@ from bench.harness import SIZES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: issue 4's numbers for ps-lite (C++, ZeroMQ), measured on this kind of VM: not re-measured here
-PSLITE = {"system": "ps-lite (C++, ZeroMQ) [from the issue, not measured in this run]",
-          "4KiB": (1800, 5000), "1MiB": (1.8, 2.8), "16MiB": (1.6, 1.9), "128MiB": (0.9, 1.1)}
 #: issue 4's GB/s for the peers this run also measures, for the ceiling-scaled comparison
 QUOTED_PEERS = {"torch rpc PS": {"1MiB": (1.3, 2.2), "16MiB": (2.5, 3.1), "128MiB": (1.0, 1.1)},
                 "Ray actor PS": {"1MiB": (0.35, 0.38), "16MiB": (1.7, 2.2), "128MiB": (4.7, 5.5)}}
 
 
 def systems(quick: bool) -> list[tuple[str, list[str], str]]:
-    """(key, module args, kind) in run order; kinds "ray" and "mxnet" run in a loopback-only namespace."""
+    """(key, module args, kind) in run order; kinds in ``NAMESPACED`` run in a loopback-only namespace."""
     out = [
         ("ps shm buffers", ["bench.peers.project", "--path", "shm", "--api", "buffers", "--shards", "1,2"], "ps"),
         ("ps shm", ["bench.peers.project", "--path", "shm", "--shards", "1,2"], "ps"),
@@ -46,11 +47,18 @@ def systems(quick: bool) -> list[tuple[str, list[str], str]]:
         ("grpc protobuf-bytes PS", ["bench.peers.naive_pb"], "baseline"),
         ("torch rpc PS", ["bench.peers.torch_rpc"], "peer"),
         ("Ray actor PS", ["bench.peers.ray_ps"], "ray"),
+        ("ps-lite (TCP)", ["bench.peers.pslite"], "pslite"),
         ("MXNet KVStore PS (ps-lite)", ["bench.peers.mxnet_ps"], "mxnet"),
     ]
     if quick:
         out = [s for s in out if s[0] not in ("ps grpc-uds x1", "ps shm push+pull x1")]
     return out
+
+
+#: kinds that bind the host's address: started only under `unshare --net` with loopback up
+NAMESPACED = ("ray", "mxnet", "pslite")
+#: kinds whose module names its own rows (several per module)
+SELF_NAMED = ("ps", "pslite")
 
 
 def machine() -> dict:
@@ -79,8 +87,10 @@ def run_system(key: str, argv: list[str], kind: str, args) -> tuple[list[dict], 
     # mxnet 1.9.1 needs numpy<1.24: its own interpreter (bench/peers/mxnet_ps.py)
     python = os.environ.get("MXNET_PYTHON", sys.executable) if kind == "mxnet" else sys.executable
     cmd = [python, "-m", *argv, "--sizes", args.sizes, "--seconds", str(args.seconds)]
+    if kind == "pslite":  # its processes stop before this run's timeout kills the module
+        cmd += ["--deadline", str(max(10.0, args.timeout - 10))]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if kind in ("ray", "mxnet"):  # peers that bind the host's address: a loopback-only namespace
+    if kind in NAMESPACED:  # peers that bind the host's address: a loopback-only namespace
         if shutil.which("unshare") is None:
             return [], [f"{key}: skipped: `unshare` not found (it runs only in a loopback-only namespace)"]
         env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -98,7 +108,7 @@ def run_system(key: str, argv: list[str], kind: str, args) -> tuple[list[dict], 
         tail = (proc.stderr or "").strip().splitlines()[-5:]
         skips.append(f"{key}: failed (exit {proc.returncode}): {' | '.join(tail)}")
     for r in results:
-        r["key"] = r["system"] if kind == "ps" else key  # ps systems name their shard count
+        r["key"] = r["system"] if kind in SELF_NAMED else key  # shard counts, ps-lite's two variants
     print(f"  {key}: {len(results)} results in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     return results, skips
 
@@ -136,14 +146,12 @@ def tables(results: list[dict], sizes: list[str], ceiling: float | None = None) 
     lines = [head, "|---|" + "---:|" * len(sizes)]
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(_fmt(s, by.get((k, s))) for s in sizes) + " |")
-    lo_hi = []
-    for s in sizes:
-        lo, hi = PSLITE[s]
-        lo_hi.append(f"{lo:,}-{hi:,}" if s == "4KiB" else f"{lo}-{hi}")
-    lines.append(f"| {PSLITE['system']} | " + " | ".join(lo_hi) + " |")
     if ceiling:
         lines.append("| NumPy copy of 128 MiB into a warm buffer, one process (memory ceiling, this run) | "
                      + " | ".join(f"{ceiling:.2f}" if s == "128MiB" else "" for s in sizes) + " |")
+    lines += ["", "Project paths: `ps shm` = same host (shared memory); `ps stream-tcp` = the TCP data plane "
+              "(`Client(local=False)`, workers on other hosts); `ps grpc-tcp` = gRPC alone. "
+              "`ps-lite (TCP)` is bare ps-lite with `ZPushPull`; `push+pull` rows are two calls per step."]
     # ratios: the project's best path at each size against each peer
     ps_keys = [k for k in keys if k.startswith("ps ")]
     peers = [k for k in keys if not k.startswith("ps ")]
@@ -159,12 +167,6 @@ def tables(results: list[dict], sizes: list[str], ceiling: float | None = None) 
                 a, b = by.get((pk, s)), by.get((peer, s))
                 cells.append(f"{metric(s, a) / metric(s, b):.2f}" if a and b else "-")
             lines.append(f"| {pk} | {peer} | " + " | ".join(cells) + " |")
-        cells = []
-        for s in sizes:
-            a = by.get((pk, s))
-            lo, hi = PSLITE[s]
-            cells.append(f"{metric(s, a) / lo:.2f} / {metric(s, a) / hi:.2f}" if a else "-")
-        lines.append(f"| {pk} | ps-lite (issue's low / high) | " + " | ".join(cells) + " |")
     for two, one in (("ps shm buffers x2", "ps shm buffers x1"), ("ps shm x2", "ps shm x1"),
                      ("ps grpc-tcp x2", "ps grpc-tcp x1"), ("ps stream-tcp x2", "ps stream-tcp x1"),
                      ("ps stream-tcp x1", "ps grpc-tcp x1"), ("ps stream-tcp x2", "ps grpc-tcp x2")):
@@ -187,7 +189,7 @@ def scaled(by: dict, ps_keys: list[str], sizes: list[str], ceiling: float) -> li
 
     big = [s for s in sizes if s != "4KiB"]
     best = {s: max((by[(k, s)]["gb_per_s"] for k in ps_keys if (k, s) in by), default=None) for s in big}
-    quoted = {**QUOTED_PEERS, "ps-lite": {s: PSLITE[s] for s in big}}
+    quoted = QUOTED_PEERS
     lines = ["", f"Against issue 4's quoted peers, each as a fraction of its run's memory ceiling "
              f"(this run {ceiling:.2f} GB/s, the issue's {ISSUE_CEILING_GB_S:g} GB/s). "
              "Project's best path / peer's quoted high (low); > 1 means the project is faster:", "",
@@ -264,7 +266,7 @@ def main() -> None:
     stamp = started.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
     with open(os.path.join(args.out, f"run-{stamp}.json"), "w") as f:
         json.dump({"machine": info, "settings": settings, "results": results, "training": training,
-                   "pslite_reference": PSLITE, "notes": notes}, f, indent=1)
+                   "notes": notes}, f, indent=1)
     with open(os.path.join(args.out, f"run-{stamp}.md"), "w") as f:
         f.write(text)
     print(f"wrote {args.out}/run-{stamp}.json and .md", file=sys.stderr)

@@ -12,10 +12,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @contextlib.contextmanager
-def ps_servers(n: int, *args: str, per_server=None, timeout_s: float = 30.0) -> Iterator[list[str]]:
+def ps_servers(n: int, *args: str, per_server=None, timeout_s: float = 30.0,
+               procs_out: list | None = None) -> Iterator[list[str]]:
     """``n`` servers (``python -m launcher.server_cli --port 0 ...``); yields their addresses.
 
-    ``per_server(i)`` gives extra arguments for server ``i``.
+    ``per_server(i)`` gives extra arguments for server ``i``. ``procs_out``, when given,
+    receives the servers' ``Popen`` objects (their pids, e.g. for ``/proc/<pid>/status``).
     """
     procs: list[subprocess.Popen] = []
     addresses: list[str] = []
@@ -27,6 +29,8 @@ def ps_servers(n: int, *args: str, per_server=None, timeout_s: float = 30.0) -> 
                 stdout=subprocess.PIPE, text=True, cwd=REPO,
             )
             procs.append(p)
+            if procs_out is not None:
+                procs_out.append(p)
         for p in procs:
             line = readline(p, timeout_s)
             if not line.startswith("ps-server listening on "):
