@@ -1,0 +1,88 @@
+"""``FrameConnection``: one socket to a shard's data plane, speaking the frames of :mod:`ps.protocol.wire`.
+
+Both data planes (same-host shared memory over a unix socket, and TCP) send request
+frames and read reply frames the same way; this class is that one way, and the one
+place where their failures become :mod:`ps.errors` exceptions: an error reply becomes the
+shard's error (with the reason its frame carries, through
+:func:`worker.client.transport.status_error`), and a broken or timed-out socket becomes
+an :class:`~ps.errors.UnavailableError` or :class:`~ps.errors.DeadlineExceededError` and
+closes the connection for good (its byte stream is out of step). Not thread-safe: one
+call at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ps.errors import DeadlineExceededError, UnavailableError
+from ps.protocol.sockets import recv_frame, recv_into_exact, send_all
+from ps.protocol.wire import (
+    LOCAL_MAX_MESSAGE,
+    LOCAL_REPLY_SIZE,
+    local_reply_reason,
+    pack_local_request,
+    unpack_local_reply,
+)
+from worker.client.transport import status_error
+
+
+class FrameConnection:
+    """A connected socket to ``address`` (for messages). The constructor does no I/O."""
+
+    def __init__(self, sock: socket.socket, address: str) -> None:
+        self.sock = sock
+        self.address = address
+        self.closed = False
+
+    @contextlib.contextmanager
+    def _io(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            self.close()
+            kind = DeadlineExceededError if isinstance(exc, TimeoutError) else UnavailableError
+            raise kind(f"data plane {self.address}: {exc}") from exc
+
+    def send(self, kind: int, message: bytes, timeout_s: float, *, flags: int = 0, payload: Sequence[Any] = (),
+             payload_bytes: int = 0, fds: Sequence[int] = ()) -> None:
+        """Send one request: its frame, ``message``, then ``payload`` (bytes-likes, unjoined);
+        ``fds`` travel beside it (SCM_RIGHTS). ``timeout_s`` is the shard's bound on its own
+        waits; the socket waits 5 s more. Blocks until the kernel has it. Raises
+        UnavailableError, DeadlineExceededError."""
+        frame = pack_local_request(kind, message, timeout_s, 0, payload_bytes, flags=flags)
+        with self._io():
+            self.sock.settimeout(timeout_s + 5.0)
+            if fds:
+                self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                             b"".join(fd.to_bytes(4, "little") for fd in fds))])
+            send_all(self.sock, [frame, *payload] if not fds else payload)
+
+    def receive(self) -> tuple[bytes, int, int]:
+        """The reply's ``(message, push outcome, push version)``; a payload after it stays for
+        :meth:`read_into`. Blocks (the socket's timeout). Raises the shard's error as a
+        PSError, UnavailableError, DeadlineExceededError."""
+        with self._io():
+            head = recv_frame(self.sock, LOCAL_REPLY_SIZE)
+            _, status, length, outcome, version = unpack_local_reply(head) if head else (0, 0, -1, 0, 0)
+            if not 0 <= length <= LOCAL_MAX_MESSAGE:
+                raise ConnectionError("the shard closed the connection or sent a malformed reply")
+            body = recv_frame(self.sock, length) if length else b""
+            if body is None:
+                raise ConnectionError("the shard closed the connection")
+        if status:
+            raise status_error(status, body.decode(errors="replace"), local_reply_reason(head))
+        return body, outcome, version
+
+    def read_into(self, view: memoryview) -> None:
+        """Receive the next ``view.nbytes`` payload bytes into ``view``. Blocks. Raises
+        UnavailableError, DeadlineExceededError."""
+        with self._io():
+            recv_into_exact(self.sock, view)
+
+    def close(self) -> None:
+        """Close the socket. Idempotent; does not block or raise."""
+        self.closed = True
+        self.sock.close()
