@@ -12,12 +12,11 @@ call at a time.
 
 from __future__ import annotations
 
-import contextlib
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from ps.errors import DeadlineExceededError, UnavailableError
+from ps.errors import DeadlineExceededError, PSError, UnavailableError
 from ps.protocol.sockets import recv_frame, recv_into_exact, send_all
 from ps.protocol.wire import (
     LOCAL_MAX_MESSAGE,
@@ -37,14 +36,11 @@ class FrameConnection:
         self.address = address
         self.closed = False
 
-    @contextlib.contextmanager
-    def _io(self) -> Iterator[None]:
-        try:
-            yield
-        except OSError as exc:
-            self.close()
-            kind = DeadlineExceededError if isinstance(exc, TimeoutError) else UnavailableError
-            raise kind(f"data plane {self.address}: {exc}") from exc
+    def _failed(self, exc: OSError) -> PSError:
+        """``exc`` as the transient error it means; the connection is closed (out of step)."""
+        self.close()
+        kind = DeadlineExceededError if isinstance(exc, TimeoutError) else UnavailableError
+        return kind(f"data plane {self.address}: {exc}")
 
     def send(self, kind: int, message: bytes, timeout_s: float, *, flags: int = 0, payload: Sequence[Any] = (),
              payload_bytes: int = 0, fds: Sequence[int] = ()) -> None:
@@ -53,18 +49,24 @@ class FrameConnection:
         waits; the socket waits 5 s more. Blocks until the kernel has it. Raises
         UnavailableError, DeadlineExceededError."""
         frame = pack_local_request(kind, message, timeout_s, 0, payload_bytes, flags=flags)
-        with self._io():
-            self.sock.settimeout(timeout_s + 5.0)
+        sock = self.sock
+        try:
+            sock.settimeout(timeout_s + 5.0)
             if fds:
-                self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                             b"".join(fd.to_bytes(4, "little") for fd in fds))])
-            send_all(self.sock, [frame, *payload] if not fds else payload)
+                sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                        b"".join(fd.to_bytes(4, "little") for fd in fds))])
+            if payload:
+                send_all(sock, [frame, *payload] if not fds else payload)
+            elif not fds:
+                sock.sendall(frame)
+        except OSError as exc:
+            raise self._failed(exc) from exc
 
     def receive(self) -> tuple[bytes, int, int]:
         """The reply's ``(message, push outcome, push version)``; a payload after it stays for
         :meth:`read_into`. Blocks (the socket's timeout). Raises the shard's error as a
         PSError, UnavailableError, DeadlineExceededError."""
-        with self._io():
+        try:
             head = recv_frame(self.sock, LOCAL_REPLY_SIZE)
             _, status, length, outcome, version = unpack_local_reply(head) if head else (0, 0, -1, 0, 0)
             if not 0 <= length <= LOCAL_MAX_MESSAGE:
@@ -72,6 +74,8 @@ class FrameConnection:
             body = recv_frame(self.sock, length) if length else b""
             if body is None:
                 raise ConnectionError("the shard closed the connection")
+        except OSError as exc:
+            raise self._failed(exc) from exc
         if status:
             raise status_error(status, body.decode(errors="replace"), local_reply_reason(head))
         return body, outcome, version
@@ -79,8 +83,10 @@ class FrameConnection:
     def read_into(self, view: memoryview) -> None:
         """Receive the next ``view.nbytes`` payload bytes into ``view``. Blocks. Raises
         UnavailableError, DeadlineExceededError."""
-        with self._io():
+        try:
             recv_into_exact(self.sock, view)
+        except OSError as exc:
+            raise self._failed(exc) from exc
 
     def close(self) -> None:
         """Close the socket. Idempotent; does not block or raise."""
