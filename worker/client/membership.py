@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 from ps._proto import ps_pb2
 from ps.errors import FailedPreconditionError, PSError, TransientError
 from ps.tables.spec import TableSpec
-from worker.client.heartbeat import Heartbeat
 from worker.client.shard_status import MODES
 from worker.client.transport import REJOIN_REASONS, rpc_errors
 
@@ -33,8 +32,9 @@ class Membership:
       again (at their initial values, with a warning); the transport then resends the
       same request with the same sequence number. A changed ``server_id`` or ``epoch`` is
       logged (docs/failure-semantics.md).
-    - **Heartbeats**: a :class:`~worker.client.heartbeat.Heartbeat` thread renews the lease
-      on every shard every ``heartbeat_s`` (default: a third of the shortest lease).
+    - **Heartbeats**: a daemon thread renews the lease on every shard every ``heartbeat_s``
+      (default: a third of the shortest lease) while the worker computes or waits; a
+      failed beat is logged at debug level and the next one tries again.
     - **Rollbacks** (:meth:`reconcile`): when a sync shard restored from a checkpoint awaits
       the cluster's decision, every shard restores the newest cluster checkpoint all of
       them hold (or, with none, nothing is rolled back); then this worker resyncs.
@@ -57,7 +57,9 @@ class Membership:
         self.rejoins = 0
         self._lock = threading.Lock()
         self._incarnations: list[tuple[str, int]] = []   # per shard: (server_id, epoch)
-        self._heartbeat: Heartbeat | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_s_now = 0.0                      # the interval in use
+        self._stopping = threading.Event()
 
     def _request(self, shard: int, worker_id: int, resync: bool = False) -> ps_pb2.RegisterRequest:
         """The one Register request: ``worker_id`` (< 0: assign one) at ``shard``'s place."""
@@ -96,15 +98,18 @@ class Membership:
             leases = [r.lease_s for r in replies if r.lease_s > 0]
             interval = self._heartbeat_s if self._heartbeat_s is not None else (min(leases) / 3 if leases else 0)
             if interval > 0:
-                self._heartbeat = Heartbeat(self.beat, max(0.05, interval)).start()
+                self._heartbeat_s_now = max(0.05, interval)
+                self._heartbeat = threading.Thread(target=self._beating, name="ps-heartbeat", daemon=True)
+                self._heartbeat.start()
         return clock, [r.next_seq for r in replies]
 
     def leave(self) -> None:
         """Stop heartbeats and rejoining, and leave every shard's quorum so sync steps stop
         waiting for this worker. Best effort: a shard that cannot be reached is skipped (the
         lease covers the rest). Blocks briefly (at most 5 s per call)."""
+        self._stopping.set()
         if self._heartbeat is not None:
-            self._heartbeat.stop()
+            self._heartbeat.join(10.0)
             self._heartbeat = None
         if self.worker_id < 0 or self._observer:
             return
@@ -140,10 +145,17 @@ class Membership:
             self._note_incarnation(shard, reply.server_id, reply.epoch)
             self._directory.recreate(shard, {t.name for t in reply.tables})
 
+    def _beating(self) -> None:
+        while not self._stopping.wait(self._heartbeat_s_now):
+            try:
+                self.beat()
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.debug("heartbeat failed: %s", exc)
+
     def beat(self) -> None:
         """One heartbeat to every shard (concurrently); rejoins shards that forgot this worker.
         Blocks, each call bounded by the interval (at least 1 s)."""
-        timeout_s = max(1.0, self._heartbeat.interval_s if self._heartbeat else self._cluster.timeout_s)
+        timeout_s = max(1.0, self._heartbeat_s_now or self._cluster.timeout_s)
         req = ps_pb2.HeartbeatRequest(worker_id=self.worker_id)
         channels = self._cluster.channels
         futures = [ch.heartbeat.future(req, timeout=timeout_s) for ch in channels]

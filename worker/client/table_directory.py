@@ -74,36 +74,25 @@ class TableDirectory:
     def spec(self, name: str) -> TableSpec:
         """The dense spec of ``name``, asking shard 0 if unknown. Raises NotFoundError,
         FailedPreconditionError (a sparse table)."""
-        spec = self._dense.get(name)
-        if spec is None:
-            self._fetch()
-            if name in self._sparse:
-                raise FailedPreconditionError(f"table {name!r} is sparse: use pull_rows/push_rows")
-            spec = self._dense.get(name)
-            if spec is None:
-                raise NotFoundError(f"unknown table {name!r}")
-        return spec
+        return self._dense.get(name) or self._fetch(name, self._dense, "is sparse: use pull_rows/push_rows")
 
     def sparse_spec(self, name: str) -> SparseTableSpec:
         """The sparse spec of ``name``, asking shard 0 if unknown. Raises NotFoundError,
         FailedPreconditionError (a dense table)."""
-        spec = self._sparse.get(name)
-        if spec is None:
-            if name not in self._dense:
-                self._fetch()
-            if name in self._dense:
-                raise FailedPreconditionError(f"table {name!r} is dense: use pull/push, not the row verbs")
-            spec = self._sparse.get(name)
-            if spec is None:
-                raise NotFoundError(f"unknown table {name!r}")
-        return spec
+        return self._sparse.get(name) or self._fetch(name, self._sparse, "is dense: use pull/push, not the row verbs")
 
-    def _fetch(self) -> None:
-        reply = self._cluster.call(0, "status", ps_pb2.StatusRequest())
-        for t in reply.tables:
-            self.learn(TableSpec.from_proto(t.spec))
-        for t in reply.sparse_tables:
-            self.learn(SparseTableSpec.from_proto(t.spec))
+    def _fetch(self, name: str, kind: dict, otherwise: str):
+        if name not in self._dense and name not in self._sparse:
+            reply = self._cluster.call(0, "status", ps_pb2.StatusRequest())
+            for t in reply.tables:
+                self.learn(TableSpec.from_proto(t.spec))
+            for t in reply.sparse_tables:
+                self.learn(SparseTableSpec.from_proto(t.spec))
+        if name in kind:
+            return kind[name]
+        if name in self._dense or name in self._sparse:
+            raise FailedPreconditionError(f"table {name!r} {otherwise}")
+        raise NotFoundError(f"unknown table {name!r}")
 
     def _create_request(self, shard: int, spec: TableSpec | SparseTableSpec) -> ps_pb2.CreateTableRequest:
         req = ps_pb2.CreateTableRequest(spec=spec.to_proto())

@@ -1,12 +1,17 @@
-"""``SlotChannel``: a shard's data-plane connections by slot, one per call kept in flight."""
+"""``SlotChannel``: a shard's data-plane connections by slot; ``SlotPlane``: a plane made of them."""
 
 from __future__ import annotations
 
+import logging
 import socket
 
+from ps._proto import ps_pb2
 from ps.errors import PSError, UnavailableError
 from ps.protocol.wire import LOCAL_HELLO
 from worker.planes.frame_connection import FrameConnection
+from worker.planes.plane import DataPlane
+
+log = logging.getLogger(__name__)
 
 
 class SlotChannel:
@@ -62,3 +67,39 @@ class SlotChannel:
         for conn in self._slots.values():
             conn.close()
         self._slots.clear()
+
+
+class SlotPlane(DataPlane):
+    """A data plane with a :class:`SlotChannel` to each shard it serves (:meth:`offer`)."""
+
+    def __init__(self) -> None:
+        self._channels: dict[int, SlotChannel] = {}
+
+    def channel(self, address: str, status: ps_pb2.StatusReply) -> SlotChannel | None:
+        """The channel to the shard at ``address`` if its Status offers this plane. No I/O."""
+        raise NotImplementedError
+
+    def offer(self, shard: int, address: str, status: ps_pb2.StatusReply) -> bool:
+        """Serve ``shard`` if its Status offers this plane and a connection answers. Blocks for
+        one connect and hello (bounded). Never raises."""
+        channel = self.channel(address, status)
+        if channel is None:
+            return False
+        try:
+            channel.connection(0)  # proves the shard is there and answers
+        except PSError as exc:
+            log.info("%s: no %s data plane (%s); using gRPC", address, self.name, exc)
+            channel.close()
+            return False
+        self._channels[shard] = channel
+        return True
+
+    def drop(self, shard: int) -> None:
+        channel = self._channels.pop(shard, None)
+        if channel is not None:
+            channel.close()
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()

@@ -1,14 +1,4 @@
-"""``FrameConnection``: one socket to a shard's data plane, speaking the frames of :mod:`ps.protocol.wire`.
-
-Both data planes (same-host shared memory over a unix socket, and TCP) send request
-frames and read reply frames the same way; this class is that one way, and the one
-place where their failures become :mod:`ps.errors` exceptions: an error reply becomes the
-shard's error (with the reason its frame carries, through
-:func:`worker.client.transport.status_error`), and a broken or timed-out socket becomes
-an :class:`~ps.errors.UnavailableError` or :class:`~ps.errors.DeadlineExceededError` and
-closes the connection for good (its byte stream is out of step). Not thread-safe: one
-call at a time.
-"""
+"""``FrameConnection``: one socket to a shard's data plane, speaking the frames of :mod:`ps.protocol.wire`."""
 
 from __future__ import annotations
 
@@ -29,7 +19,15 @@ from worker.client.transport import status_error
 
 
 class FrameConnection:
-    """A connected socket to ``address`` (for messages). The constructor does no I/O."""
+    """A connected socket to the data plane at ``address``; the constructor does no I/O.
+
+    Both data planes (shared memory over a unix socket, and TCP) send requests and read
+    replies this one way, and their failures become :mod:`ps.errors` exceptions here: an
+    error reply becomes the shard's error, with the reason its frame carries
+    (:func:`worker.client.transport.status_error`); a broken or timed-out socket an
+    UnavailableError or DeadlineExceededError, and the connection closes for good (its
+    byte stream is out of step). Not thread-safe: one call at a time.
+    """
 
     def __init__(self, sock: socket.socket, address: str) -> None:
         self.sock = sock

@@ -13,7 +13,6 @@ so a late write by a shard can never land in memory it reads. Not thread-safe (o
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from ps._proto import ps_pb2
-from ps.errors import InvalidArgumentError, PSError
+from ps.errors import InvalidArgumentError
 from ps.protocol.wire import (
     LOCAL_ATTACH,
     LOCAL_FLAG_KNOWN,
@@ -33,14 +32,11 @@ from ps.protocol.wire import (
     with_token,
 )
 from ps.tables.spec import TableSpec
-from worker.planes.channel_slots import SlotChannel
+from worker.planes.channel_slots import SlotChannel, SlotPlane
 from worker.planes.frame_connection import FrameConnection
 from worker.planes.local_region import LocalRegion
 from worker.planes.part import Part
-from worker.planes.plane import DataPlane
 from worker.planes.step import Step
-
-log = logging.getLogger(__name__)
 
 #: most concurrent calls (connections, so shard threads) per shard on this plane: enough
 #: to use every core and to overlap the worker's copies with the shard's work
@@ -89,7 +85,7 @@ class LocalChannel(SlotChannel):
         return sock
 
 
-class LocalPlane(DataPlane):
+class LocalPlane(SlotPlane):
     """The same-host plane to the shards :meth:`offer` accepted, and the worker's region.
 
     The region also backs :meth:`buffers` when no shard is on this machine. The
@@ -100,27 +96,17 @@ class LocalPlane(DataPlane):
     pipelined = True
 
     def __init__(self, timeout_s: float) -> None:
+        super().__init__()
         self._timeout_s = timeout_s
-        self._channels: dict[int, LocalChannel] = {}
         self._region: LocalRegion | None = None
         self._generation = 0
         self._tokens: dict[int, str] = {}          # shard -> state token of its last pull
         self._aliases: dict[tuple[str, int], np.ndarray] = {}  # buffers() weights: writable views
 
-    def offer(self, shard: int, address: str, status: ps_pb2.StatusReply) -> bool:
-        """Serve ``shard`` if it is on this machine and its Status offers this plane. Blocks
-        for one connect and hello. Never raises."""
+    def channel(self, address: str, status: ps_pb2.StatusReply) -> LocalChannel | None:
         if not is_local_address(address) or not status.local_plane:
-            return False
-        channel = LocalChannel(status.local_plane, status.server_id, self._timeout_s)
-        try:
-            channel.connection(0)  # proves the shard is on this machine and answers
-        except PSError as exc:
-            log.info("%s: no same-host data plane (%s); using gRPC", address, exc)
-            channel.close()
-            return False
-        self._channels[shard] = channel
-        return True
+            return None
+        return LocalChannel(status.local_plane, status.server_id, self._timeout_s)
 
     def buffers(self, specs: Sequence[TableSpec]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """``(grads, weights)`` arrays in the region, shaped; see ``Client.buffers``. Raises OSError."""
@@ -213,9 +199,7 @@ class LocalPlane(DataPlane):
         return (outcome, version) if part.push is not None else None
 
     def drop(self, shard: int) -> None:
-        channel = self._channels.pop(shard, None)
-        if channel is not None:
-            channel.close()
+        super().drop(shard)
         self._abandon()
 
     def _abandon(self) -> None:
@@ -225,7 +209,5 @@ class LocalPlane(DataPlane):
             self._region = None
 
     def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-        self._channels.clear()
+        super().close()
         self._abandon()

@@ -1,10 +1,7 @@
 """``DataPlane``: how the parts of a step travel to the shards, whatever carries the bytes.
 
-Four planes implement it: gRPC (:mod:`worker.planes.grpc_plane`, every shard, the fallback
-of the others), same-host shared memory (:mod:`worker.planes.local_plane`), raw TCP
-(:mod:`worker.planes.stream_plane`) and in-process calls of ``Shard`` objects
-(:mod:`worker.planes.inprocess_plane`, for tests). The step engine
-(:mod:`worker.client.step_engine`) plans the parts, numbers them, and drives a plane.
+Planes: gRPC (every shard; the fallback of the others), same-host shared memory, raw TCP,
+and in-process calls of ``Shard`` objects (tests). :mod:`worker.client.step_engine` drives them.
 """
 
 from __future__ import annotations

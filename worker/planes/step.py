@@ -76,13 +76,11 @@ class Step:
 
     def rows_header(self, part: Part, seq: int) -> ps_pb2.RowsHeader:
         """A rows part's header: a push (with ``seq``) or a pull of its ids."""
-        values = part.values if part.values is not None else self.rows
-        if part.values is None:
-            return ps_pb2.RowsHeader(worker_id=self.worker_id, step=self.pull_step, table=part.table,
-                                     num_ids=len(part.ids), dim=values.shape[1], dtype=wire_dtype(values.dtype))
-        return ps_pb2.RowsHeader(worker_id=self.worker_id, seq=seq, step=self.clock, part=part.part,
-                                 num_parts=part.num_parts, table=part.table, num_ids=len(part.ids),
-                                 dim=values.shape[1], dtype=wire_dtype(values.dtype), session=self.session)
+        push = part.values is not None
+        values = part.values if push else self.rows
+        return ps_pb2.RowsHeader(worker_id=self.worker_id, seq=seq, step=self.clock if push else self.pull_step,
+                                 part=part.part, num_parts=part.num_parts, table=part.table, num_ids=len(part.ids),
+                                 dim=values.shape[1], dtype=wire_dtype(values.dtype), session=self.session if push else 0)
 
     def block(self, part: Part, table: str, block: int, count: int, dtype: int) -> tuple[int, int]:
         """Where a pulled block goes in ``dest[table]``: ``(start, stop)``. Every plane checks a

@@ -13,25 +13,21 @@ is closed and never reused. Not thread-safe (one Client).
 
 from __future__ import annotations
 
-import logging
 import socket
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
 from ps._proto import ps_pb2
-from ps.errors import InvalidArgumentError, PSError
+from ps.errors import InvalidArgumentError
 from ps.protocol.wire import LOCAL_PULL, LOCAL_PUSH, LOCAL_PUSH_PULL, with_token
-from worker.planes.channel_slots import SlotChannel
+from worker.planes.channel_slots import SlotChannel, SlotPlane
 from worker.planes.frame_connection import FrameConnection
 from worker.planes.part import Part
-from worker.planes.plane import DataPlane
 from worker.planes.step import Step
 
 if TYPE_CHECKING:
     from worker.client.pull_cache import PullCache
-
-log = logging.getLogger(__name__)
 
 #: seconds to connect and say hello to a shard's stream plane before using gRPC instead
 CONNECT_TIMEOUT_S = 3.0
@@ -67,33 +63,24 @@ class StreamChannel(SlotChannel):
         return sock
 
 
-class StreamPlane(DataPlane):
+class StreamPlane(SlotPlane):
     """The TCP data plane to the shards that :meth:`offer` accepted. The constructor does no I/O."""
 
     name = "tcp"
 
     def __init__(self, token: str | None, connect_timeout_s: float, timeout_s: float,
                  cache: PullCache | None = None) -> None:
+        super().__init__()
         self._token = token
         self._timeouts = (min(connect_timeout_s, CONNECT_TIMEOUT_S), timeout_s)
         self._cache = cache
-        self._channels: dict[int, StreamChannel] = {}
 
-    def offer(self, shard: int, address: str, status: ps_pb2.StatusReply) -> bool:
-        """Serve ``shard`` if its Status offers a stream port that answers. Blocks for one
-        connect and hello (short: a port a firewall drops costs little). Never raises."""
+    def channel(self, address: str, status: ps_pb2.StatusReply) -> StreamChannel | None:
         target = split_host_port(address)
         if target is None or not status.stream_port:
-            return False
-        channel = StreamChannel(target[0], status.stream_port, status.server_id, self._token, *self._timeouts)
-        try:
-            channel.connection(0)  # proves the port is reachable and the shard answers
-        except PSError as exc:
-            log.info("%s: no stream data plane (%s); using gRPC", address, exc)
-            channel.close()
-            return False
-        self._channels[shard] = channel
-        return True
+            return None
+        # a short connect bound: a port that a firewall drops costs little
+        return StreamChannel(target[0], status.stream_port, status.server_id, self._token, *self._timeouts)
 
     def send(self, part: Part, seq: int, step: Step) -> FrameConnection:
         conn = self._channels[part.shard].connection(part.part)  # one per part: a queued one could wait
@@ -128,13 +115,3 @@ class StreamPlane(DataPlane):
             if self._cache is not None:
                 self._cache.fill(part.shard, header.state_token, part.pull_blocks, got, step.dest)
         return (outcome, version) if part.push is not None else None
-
-    def drop(self, shard: int) -> None:
-        channel = self._channels.pop(shard, None)
-        if channel is not None:
-            channel.close()
-
-    def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-        self._channels.clear()
