@@ -54,8 +54,9 @@ def status_error(code: grpc.StatusCode | int, details: str, reason: Reason | str
 def infer_reason(error: PSError) -> PSError:
     """``error``, its reason named from its message when the server sent none. Pure.
 
-    TODO(merge): drop once the server sends reasons (``error.reason`` then says it all).
+    Called where errors enter the worker: :func:`status_error` and the in-process plane.
     """
+    # TODO(merge): drop once the server sends reasons
     if error.reason is Reason.NONE:
         text = str(error)
         if isinstance(error, NotFoundError) and "unknown table" in text:
