@@ -12,7 +12,7 @@ signal:
        cluster and exiting with status 130; a second Ctrl-C exits at once
 
 2. gives the main thread ``GRACE_S`` to stop by itself (it was between steps);
-3. otherwise leaves the cluster from this thread (:func:`worker.client.leave_now.leave_now`, at
+3. otherwise leaves the cluster from this thread (:meth:`worker.Client.leave_now`, at
    most ``LEAVE_TIMEOUT_S``), which makes the blocked call fail so the main thread
    unwinds, closes the client and exits with 128 + the signal number;
 4. if the main thread still has not finished ``EXIT_AFTER_S`` later (a server that does
@@ -33,7 +33,6 @@ import sys
 import threading
 from typing import IO
 
-from worker.client.leave_now import leave_now
 
 #: seconds the main thread gets to stop by itself after the first signal
 GRACE_S = 0.5
@@ -97,7 +96,7 @@ class WorkerInterrupt:
             return
         client = self.client
         if client is not None and client.worker_id >= 0:  # registered: leave, so the call fails
-            unreached = leave_now(client, LEAVE_TIMEOUT_S)
+            unreached = client.leave_now(LEAVE_TIMEOUT_S)
             if unreached:
                 self._say(f"could not leave {', '.join(unreached)} (its lease will expire)")
             if self._finished.wait(EXIT_AFTER_S):

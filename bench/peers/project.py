@@ -70,7 +70,7 @@ def _stepper(stack: contextlib.ExitStack, args, shards: int, n: int, tmp: str):
         addresses = [f"unix:{s}" for s in socks]
     ps = stack.enter_context(Client(addresses, local=args.path == "shm", stream=args.path == "stream", timeout_s=60,
                                     wait_timeout_s=120))
-    if args.path == "stream" and not all(s is not None for s in ps._stream):
+    if args.path == "stream" and ps.data_planes() != ["tcp"] * shards:
         raise RuntimeError("the stream plane is not in use")
     ps.create("w", shape=(n,), lr=0.001)
     grad = np.full(n, 1e-3, dtype=np.float32)

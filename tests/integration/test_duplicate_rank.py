@@ -9,7 +9,6 @@ import pytest
 
 from ps.errors import FailedPreconditionError
 from worker import Client
-from worker.client.dense_step import data_planes
 
 
 def _status(address):
@@ -30,7 +29,7 @@ def test_a_second_client_under_the_same_id_fences_the_first(shards, plane):
             first.create("w", shape=(8,), lr=1.0)
             first.push({"w": np.full(8, 1.0, np.float32)})
             first.push({"w": np.full(8, 2.0, np.float32)})
-            assert data_planes(first) == [plane.replace("-", " ")]
+            assert first.data_planes() == [plane.replace("-", " ")]
             with Client([address], worker_id=3, **PLANES[plane]) as second:   # same rank, another process
                 second.push({"w": np.full(8, 10.0, np.float32)})
                 with pytest.raises(FailedPreconditionError, match="fenced"):

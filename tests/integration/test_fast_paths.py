@@ -52,7 +52,7 @@ def cluster(num: int, path: str, **config):
 
 
 def _uses_shm(ps: Client) -> bool:
-    return any(x is not None for x in ps._local)
+    return "shared memory" in ps.data_planes()
 
 
 @pytest.mark.parametrize("api", ["push_pull", "push+pull", "buffers"])
@@ -64,7 +64,7 @@ def test_concurrent_pushes_sum_exactly(path, api):
         with Client(addresses, **opts) as ps:
             ps.create("t", shape=shape, lr=1.0, block_elems=128)
             assert _uses_shm(ps) == (path == "shm")
-            assert any(x is not None for x in ps._stream) == (path == "stream")
+            assert ("tcp" in ps.data_planes()) == (path == "stream")
 
         def worker(rank):
             # small parts: several calls in flight per shard, on every path
@@ -155,13 +155,23 @@ def test_pulls_skip_blocks_the_worker_already_holds(path, monkeypatch):
 def test_known_versions_of_another_server_are_ignored(monkeypatch):
     with cluster(1, "tcp", mode="async") as (addresses, opts, servers):
         copies = count_block_copies(monkeypatch)
-        with Client(addresses, cache_pulls=True, **opts) as ps:
+        with Client(addresses, **opts) as ps:
             ps.create("w", shape=(300,), lr=1.0, block_elems=100)
-            ps.pull("w")
-            ps._known_tokens[0] = "another-server:0"     # as after a restart
-            copies[0] = 0
-            np.testing.assert_array_equal(ps.pull("w")["w"], 0.0)
+        channel = ShardChannel(addresses[0], 64 << 20)
+        try:
+            def pull(known_for=None, versions=()):
+                header = ps_pb2.PullHeader(worker_id=-1, tables=["w"], num_parts=1, known_for=known_for or "")
+                for ref in versions:
+                    header.known.add(table=ref.table, block=ref.block, version=ref.version)
+                copies[0] = 0
+                return channel.pull(ps_pb2.PullRequest(header=header), timeout=5)[0]
+
+            first = pull()
             assert copies[0] == 3
+            assert not pull(first.state_token, first.blocks).blocks and copies[0] == 0   # all held
+            assert len(pull("another-server:0", first.blocks).blocks) == 3 and copies[0] == 3  # as after a restart
+        finally:
+            channel.close()
 
 
 def test_buffers_are_zero_copy_and_weights_read_only():
@@ -212,13 +222,12 @@ def test_bad_input_over_shared_memory_is_refused_and_changes_nothing(bad):
 
 
 def test_a_broken_data_plane_falls_back_to_grpc_exactly_once():
-    with cluster(2, "shm", mode="async") as (addresses, opts, _):
+    with cluster(2, "shm", mode="async") as (addresses, opts, servers):
         with Client(addresses, local_part_bytes=512, **opts) as ps:
             ps.create("w", shape=(1000,), lr=1.0, block_elems=64)
             ps.push_pull({"w": np.ones(1000, np.float32)})
-            for local in ps._local:                      # the sockets die under the worker
-                for conn in local._slots.values():
-                    conn.sock.close()
+            for server in servers:                       # the sockets die under the worker
+                server._local.stop()
             got = ps.push_pull({"w": np.ones(1000, np.float32)})
             assert not _uses_shm(ps)
             np.testing.assert_array_equal(got["w"], -2.0)

@@ -22,6 +22,7 @@ from ps.protocol.wire import LOCAL_REPLY_SIZE, pack_local_request, unpack_local_
 from tests.conftest import count_block_copies, run_threads, running_shards
 from tests.integration.test_fault_security import CA
 from worker import Client
+from worker.planes.stream_plane import StreamChannel
 
 OK, INVALID, NOT_FOUND, EXHAUSTED, UNAUTHENTICATED = 0, 3, 5, 8, 16
 
@@ -31,7 +32,7 @@ def cluster(num: int = 2, **config):
 
 
 def on_stream(ps: Client) -> list[bool]:
-    return [s is not None for s in ps._stream]
+    return [plane == "tcp" for plane in ps.data_planes()]
 
 
 # -- a raw client of the protocol ---------------------------------------------------------
@@ -72,8 +73,11 @@ def push_frame(worker: int, seq: int, grads: bytes, *, table="w", block=0, count
 # -- semantics ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("api", ["push_pull", "push+pull"])
-def test_concurrent_clients_sum_exactly_over_two_shards(api):
+def test_concurrent_clients_sum_exactly_over_two_shards(api, monkeypatch):
     workers, steps, shape = 3, 10, (300, 7)
+    connects = []
+    real_connect = StreamChannel.connect
+    monkeypatch.setattr(StreamChannel, "connect", lambda self: connects.append(self) or real_connect(self))
     with cluster(2, mode="async") as servers:
         addresses = [s.address for s in servers]
         with Client(addresses, local=False) as ps:
@@ -94,10 +98,10 @@ def test_concurrent_clients_sum_exactly_over_two_shards(api):
                         seen = ps.pull("t")["t"]
                     assert seen.shape == shape and np.all(seen < 0)
                 assert on_stream(ps) == [True, True]  # no call fell back to gRPC
-                assert max(len(s._slots) for s in ps._stream) > 1
                 return ps.stats
 
         stats = run_threads([lambda r=r: worker(r) for r in range(workers)], 60)
+        assert len(connects) > 2 + 2 * workers  # more than one connection per shard and client
         with Client(addresses, observer=True, local=False) as ps:
             final = ps.pull("t")["t"]
     expected = -sum(r + 1 + k % 3 for r in range(workers) for k in range(steps))

@@ -10,7 +10,7 @@ from ps.checkpoint.checkpointer import Checkpointer
 from ps.shard.consistency import Mode
 from ps.errors import AbortedError, ResourceExhaustedError
 from tests.unit.test_checkpoint import make_shard, push, values
-from worker.client.recovery import newest_shared
+from worker.client.membership import Membership
 
 
 def status(*checkpoints):
@@ -23,9 +23,9 @@ def status(*checkpoints):
 def test_newest_shared_counts_only_cluster_checkpoints_every_shard_holds_at_one_version():
     a = status(("k1", 4, True, 1.0), ("k2", 8, True, 2.0), ("auto-s0", 9, False, 3.0), ("k3", 12, True, 4.0))
     b = status(("k1", 4, True, 1.1), ("k2", 8, True, 2.1), ("auto-s1", 11, False, 3.1), ("k3", 13, True, 4.1))
-    assert newest_shared([a, b]) == ("k2", 8)            # k3 differs in version; auto-* are per shard
-    assert newest_shared([a, status(("auto-s0", 9, False, 3.0))]) is None
-    assert newest_shared([a]) == ("k3", 12)
+    assert Membership.newest_shared([a, b]) == ("k2", 8)            # k3 differs in version; auto-* are per shard
+    assert Membership.newest_shared([a, status(("auto-s0", 9, False, 3.0))]) is None
+    assert Membership.newest_shared([a]) == ("k3", 12)
 
 
 def test_rollback_installs_once_fences_workers_and_aborts_them_until_they_resync(tmp_path):

@@ -17,7 +17,8 @@ in one process, each with its own worker id).
 from __future__ import annotations
 
 import logging
-import secrets
+import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -25,15 +26,26 @@ import numpy as np
 
 from ps._proto import ps_pb2
 from ps.config import DEFAULT_MAX_MESSAGE_BYTES
+from ps.errors import AbortedError
 from ps.tables.optim import OptimizerSpec
-from ps.tables.spec import DEFAULT_BLOCK_ELEMS, InitSpec, TableSpec
 from ps.tables.sparse_spec import SparseTableSpec
-from worker.client import dense_step, recovery, registration, sparse_client, table_directory
-from worker.planes import stream_step
+from ps.tables.spec import DEFAULT_BLOCK_ELEMS, InitSpec, TableSpec
+from worker.client.cluster import Cluster
+from worker.client.membership import Membership
+from worker.client.pull_cache import PullCache
 from worker.client.shard_status import shard_status
-from worker.client.transport import RetryPolicy, ShardChannel, call, fan_out
+from worker.client.step_engine import StepEngine
+from worker.client.step_plan import StepPlanner
+from worker.client.table_directory import TableDirectory
+from worker.client.transport import RetryPolicy
+from worker.planes.grpc_plane import GrpcPlane
+from worker.planes.local_plane import LocalPlane
+from worker.planes.stream_plane import StreamPlane
 
 log = logging.getLogger(__name__)
+
+#: tries of a cluster checkpoint when a shard had already passed the chosen sync version
+CHECKPOINT_TRIES = 4
 
 
 class Client:
@@ -80,8 +92,14 @@ class Client:
     same sequence numbers; a shard that restarted, or that let this worker's lease
     expire, is joined again under the same id, transparently. In sync mode, when a shard
     came back from a checkpoint the cluster rolls back to the newest cluster checkpoint
-    every shard holds, and the step in flight is retried from a fresh pull
-    (``worker.client.recovery.run_step``).
+    every shard holds, and the step in flight is retried from a fresh pull.
+
+    Parts: :class:`~worker.client.cluster.Cluster` (the channels),
+    :class:`~worker.client.table_directory.TableDirectory` (tables and placement),
+    :class:`~worker.client.membership.Membership` (registration, heartbeats, rejoins,
+    rollbacks), :class:`~worker.client.pull_cache.PullCache` (``cache_pulls``) and
+    :class:`~worker.client.step_engine.StepEngine` (steps over the data planes of
+    :mod:`worker.planes`).
     """
 
     def __init__(
@@ -113,54 +131,65 @@ class Client:
             raise ValueError(f"need at least one server address, got {servers!r}")
         if part_bytes < 1 or part_bytes > max_message_bytes // 2:
             raise ValueError(f"part_bytes must be in [1, max_message_bytes/2], got {part_bytes}")
-        self.addresses = addresses
-        self.timeout_s = timeout_s
-        self.wait_timeout_s = wait_timeout_s
-        self.connect_timeout_s = connect_timeout_s
-        self.part_bytes = part_bytes
-        self.max_message_bytes = max_message_bytes
-        self.retry = retry
-        self.observer = observer
         if local_part_bytes < 1:
             raise ValueError(f"local_part_bytes must be >= 1, got {local_part_bytes}")
-        self.local = local
-        self.local_part_bytes = local_part_bytes
-        self.stream = stream
-        self._stream: list = []                     # per shard: worker.planes.stream_plane.StreamChannel or None
-        self.cache_pulls = cache_pulls
-        self._local: list = []                      # per shard: worker.planes.local_plane.LocalChannel or None
-        self._known_values: dict[str, np.ndarray] = {}   # cache_pulls: last pulled values per table
-        self._known_versions: dict[tuple[str, int], int] = {}  # ... and their block versions
-        self._known_tokens: dict[int, str] = {}     # ... and the shard state they belong to
-        self._region = None                         # worker.planes.local_plane.LocalRegion (shared memory)
-        self._region_generation = 0
-        self._local_tokens: dict[int, str] = {}     # per shard: state token of its last data-plane pull
-        self._weights: dict[tuple[str, int], np.ndarray] = {}  # buffers() weights: writable aliases
-        self._requested_id = worker_id
-        #: identifies this Client to the shards (kept across its re-registrations): a second
-        #: Client registering under the same worker id fences this one (ps.shard.membership)
-        self.session = secrets.randbits(63) | 1
-        self._channels: list[ShardChannel] = []
-        self._specs: dict[str, TableSpec] = {}
-        self._placement: dict[str, list[list[int]]] = {}  # table -> shard -> owned blocks
-        self._sparse_specs: dict[str, SparseTableSpec] = {}  # sparse tables (worker.client.sparse_client)
-        self._next_seq: list[int] = []
-        self.worker_id: int = -1
-        self.mode: str = ""
-        self.clock: int = 0
-        self.stats = {"applied": 0, "accumulated": 0, "duplicate": 0, "stale": 0}
-        self._state = "new"
-        # safety and recovery (worker.client.recovery): token, TLS, heartbeats
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("give both tls_cert and tls_key, or neither")
         if heartbeat_s is not None and heartbeat_s < 0:
             raise ValueError(f"heartbeat_s must be >= 0, got {heartbeat_s}")
+        self.addresses = addresses
+        self.timeout_s, self.wait_timeout_s, self.connect_timeout_s = timeout_s, wait_timeout_s, connect_timeout_s
+        self.part_bytes, self.local_part_bytes, self.max_message_bytes = part_bytes, local_part_bytes, max_message_bytes
+        self.retry, self.observer, self.heartbeat_s = retry, observer, heartbeat_s
+        self.local, self.stream, self.cache_pulls = local, stream, cache_pulls
         self.token = token
         self.tls_ca, self.tls_cert, self.tls_key, self.tls_server_name = tls_ca, tls_cert, tls_key, tls_server_name
-        self.heartbeat_s = heartbeat_s
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        self.num_workers = num_workers
+        # the parts (no I/O until connect): channels, tables, membership, the data planes, steps
+        self._cluster = Cluster(addresses, timeout_s=timeout_s, wait_timeout_s=wait_timeout_s, retry=retry,
+                                max_message_bytes=max_message_bytes, token=token, tls_ca=tls_ca, tls_cert=tls_cert,
+                                tls_key=tls_key, tls_server_name=tls_server_name)
+        self._directory = TableDirectory(self._cluster)
+        self._membership = Membership(self._cluster, self._directory, requested_id=worker_id, observer=observer,
+                                      heartbeat_s=heartbeat_s, num_workers=num_workers)
+        cache = PullCache(self._directory.specs) if cache_pulls else None
+        self._local_plane = LocalPlane(wait_timeout_s)
+        # TCP payloads: not with TLS (they stay on gRPC's TLS), and little-endian hosts only
+        self._stream_plane = (StreamPlane(token, timeout_s, wait_timeout_s, cache)
+                              if stream and not tls_ca and sys.byteorder == "little" else None)
+        planner = StepPlanner(self._directory, len(addresses), part_bytes, local_part_bytes)
+        self._engine = StepEngine(self._directory, planner, GrpcPlane(self._cluster, cache), timeout_s=wait_timeout_s,
+                                  shared=self._local_plane, reconcile=self._membership.reconcile, observer=observer)
+        self._state = "new"
+
+    @property
+    def worker_id(self) -> int:
+        """This worker's id in the cluster (-1 before connecting, and for an observer)."""
+        return self._membership.worker_id
+
+    @property
+    def session(self) -> int:
+        """Identifies this Client to the shards (kept across its re-registrations): a second
+        Client registering under the same worker id fences this one (ps.shard.membership)."""
+        return self._membership.session
+
+    @property
+    def mode(self) -> str:
+        """The cluster's consistency mode: "sync", "async" or "ssp" ("" before connecting)."""
+        return self._membership.mode
+
+    @property
+    def clock(self) -> int:
+        """This worker's step: the one its next push counts for."""
+        return self._engine.clock
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts of push outcomes (applied, accumulated, duplicate, stale) and recoveries
+        (rolled_back, rejoined). A fresh dict."""
+        rejoined = self._membership.rejoins
+        return {**self._engine.stats, **({"rejoined": rejoined} if rejoined else {})}
 
     def __repr__(self) -> str:  # never shows the token
         return f"Client({self.addresses!r}, worker_id={self.worker_id}, state={self._state!r})"
@@ -176,20 +205,37 @@ class Client:
         """
         if self._state != "new":
             raise RuntimeError("Client cannot be reconnected; make a new one")
-        self._channels = recovery.make_channels(self)
         self._state = "open"
         try:
-            replies = registration.register_everywhere(self)
+            self._cluster.open()
+            clock, next_seqs = self._membership.join(self.connect_timeout_s)
+            planes = self._open_planes()
         except BaseException:
             self.close()
             raise
-        registration.adopt(self, replies)
-        recovery.after_connect(self, replies)
-        dense_step.attach_local(self)
-        stream_step.attach_stream(self)
+        self._engine.start(self.worker_id, self.session, self.mode, clock, next_seqs, planes)
         log.info("worker %d moves tensors over: %s", self.worker_id,
-                 ", ".join(f"{ch.address} {plane}" for ch, plane in zip(self._channels, dense_step.data_planes(self))))
+                 ", ".join(f"{a} {plane}" for a, plane in zip(self.addresses, self.data_planes())))
         return self
+
+    def _open_planes(self) -> list:
+        """Per shard, the fast data plane that serves it (None: gRPC). Best effort: blocks for one
+        round of Status calls and a connect per shard; never raises."""
+        offers = [p for p in (self._local_plane if self.local else None, self._stream_plane) if p is not None]
+        if not offers:
+            return []
+        try:
+            statuses = self._cluster.fan_out("status", [ps_pb2.StatusRequest()] * len(self.addresses))
+        except Exception as exc:  # noqa: BLE001 - the fast planes are an optimisation
+            log.info("no fast data plane (%s); using gRPC", exc)
+            return []
+        return [next((p for p in offers if p.offer(i, a, r)), None)
+                for i, (a, r) in enumerate(zip(self.addresses, statuses))]
+
+    def data_planes(self) -> list[str]:
+        """How each shard's tensors travel, in server order: ``"shared memory"``, ``"tcp"``
+        (the TCP data plane beside gRPC) or ``"grpc"``. Does not block."""
+        return self._engine.planes()
 
     def close(self) -> None:
         """Leave the quorum (so sync steps stop waiting for this worker) and disconnect.
@@ -200,17 +246,17 @@ class Client:
             self._state = "closed"
             return
         self._state = "closed"
-        recovery.before_close(self)  # joins the heartbeat thread first
-        if self.worker_id >= 0 and not self.observer:
-            try:
-                leave = ps_pb2.LeaveRequest(worker_id=self.worker_id, session=self.session)
-                fan_out([(ch, ch.leave, leave) for ch in self._channels], min(self.timeout_s, 5.0))
-            except Exception as exc:  # leaving is a courtesy; the lease covers the rest
-                log.warning("worker %d could not leave cleanly: %s", self.worker_id, exc)
-        dense_step.close_local(self)
-        stream_step.close_stream(self)
-        for ch in self._channels:
-            ch.close()
+        self._membership.leave()  # joins the heartbeat thread first
+        self._engine.close()
+        self._cluster.close()
+
+    def leave_now(self, timeout_s: float = 3.0) -> list[str]:
+        """Leave the cluster from another thread while this client's own thread may be
+        blocked in a call, which then fails and unwinds (for signal handlers: ``ps-worker``'s
+        first Ctrl-C). The one thread-safe verb; :meth:`close` afterwards is harmless.
+        Blocks at most about ``timeout_s``; returns ``"ADDRESS: why"`` per shard that did
+        not confirm."""
+        return self._membership.leave_now(timeout_s)
 
     def __enter__(self) -> Client:
         return self.connect()
@@ -254,32 +300,14 @@ class Client:
             optimizer=OptimizerSpec.from_options(optimizer, lr, **optimizer_options),
             init=InitSpec(kind=init, scale=float(init_scale), seed=int(seed)),
         )
-        spec.validate()
-        proto = spec.to_proto()
-
-        def request(i: int) -> ps_pb2.CreateTableRequest:
-            req = ps_pb2.CreateTableRequest(spec=proto)
-            req.topology.shard_index, req.topology.num_shards = i, len(self._channels)
-            return req
-
-        # shard 0 first: of two racing, conflicting creates, exactly one wins everywhere
-        ch0 = self._channels[0]
-        call(ch0, ch0.create_table, request(0), self.timeout_s, self.retry)
-        fan_out([(self._channels[i], self._channels[i].create_table, request(i)) for i in range(1, len(self._channels))],
-                self.timeout_s, self.retry)
-        self._learn(spec)
+        self._directory.create(spec)
 
     def spec(self, name: str) -> TableSpec:
         """The spec of table ``name``, asking the cluster if this client has not seen it.
 
         Raises NotFoundError for a table that does not exist.
         """
-        if name not in self._specs:
-            table_directory.fetch_spec(self, name)
-        return self._specs[name]
-
-    def _learn(self, spec: TableSpec) -> None:
-        table_directory.learn(self, spec)  # where its blocks live
+        return self._directory.spec(name)
 
     # -- pull and push ------------------------------------------------------------------
 
@@ -295,7 +323,8 @@ class Client:
         InvalidArgumentError (a bad ``out``), DeadlineExceededError (naming the workers
         waited for), UnavailableError.
         """
-        return recovery.run_step(self, lambda: dense_step.run(self, None, names, out))
+        self._require_open()
+        return self._engine.pull(names, out)
 
     def push_pull(self, grads: Mapping[str, np.ndarray], names: Iterable[str] | str | None = None,
                   out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -305,10 +334,8 @@ class Client:
         exactly-once guarantee as ``push(grads)`` followed by ``pull(names, out)``; each
         part pulls the blocks it pushed, so the values include this worker's update.
         """
-        if names is None:
-            names = list(grads)
-        return recovery.run_step(self, lambda: dense_step.run(self, grads, names, out), pushes=True,
-                                 pull_again=lambda: dense_step.run(self, None, names, out))
+        self._require_open()
+        return self._engine.push_pull(grads, names, out)
 
     def buffers(self, names: Iterable[str] | str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """``(grads, weights)``: arrays for a step that copies nothing on the worker side.
@@ -322,7 +349,8 @@ class Client:
         all. Both live in this worker's shared-memory region; with remote shards they
         are ordinary memory and the same calls copy. Call once and reuse every step.
         """
-        return dense_step.buffers(self, names)
+        self._require_open()
+        return self._engine.buffers(names)
 
     def push(self, grads: Mapping[str, np.ndarray],
              rows: Mapping[str, tuple[Any, np.ndarray]] | None = None) -> None:
@@ -336,10 +364,8 @@ class Client:
         ``rows`` (``{sparse table: (ids, grads)}``) go in the same step as ``grads``:
         one clock tick for the whole model (see :meth:`push_rows`).
         """
-        if rows:
-            return recovery.run_step(self, lambda: sparse_client.push_step(self, grads, rows), pushes=True)
-        # same-host shared memory or gRPC; see worker.client.dense_step
-        recovery.run_step(self, lambda: dense_step.run(self, grads, None), pushes=True)
+        self._require_open()
+        self._engine.push(grads, rows)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -354,7 +380,22 @@ class Client:
         "paths", "versions"}``. Raises FailedPreconditionError when a server has no
         checkpoint directory, InvalidArgumentError for a bad tag, DeadlineExceededError.
         """
-        return recovery.checkpoint(self, tag)
+        self._require_open()
+        # the servers check the tag; the default names the time, to the millisecond
+        tag = tag or f"ckpt-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.{int(time.time() * 1000) % 1000:03d}Z"
+        for attempt in range(CHECKPOINT_TRIES):
+            at = max(s["version"] for s in self.status()) if self.mode == "sync" else 0
+            try:
+                replies = self._cluster.fan_out("checkpoint", [ps_pb2.CheckpointRequest(at_version=at, tag=tag)]
+                                                * len(self.addresses), wait=True)
+            except AbortedError as exc:  # a shard moved past `at` meanwhile: choose again
+                if attempt == CHECKPOINT_TRIES - 1:
+                    raise
+                log.info("checkpoint %s at version %d missed (%s); trying again", tag, at, exc)
+                continue
+            return {"tag": tag, "version": at if at else None, "paths": [r.path for r in replies],
+                    "versions": [r.version for r in replies]}
+        raise AssertionError("unreachable")
 
     # -- status -------------------------------------------------------------------------
 
@@ -364,11 +405,10 @@ class Client:
         Blocks (bounded by ``timeout_s``).
         """
         self._require_open()
-        replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest()) for ch in self._channels],
-                          self.timeout_s, self.retry)
-        return [shard_status(ch.address, r) for ch, r in zip(self._channels, replies)]
+        replies = self._cluster.fan_out("status", [ps_pb2.StatusRequest()] * len(self.addresses))
+        return [shard_status(a, r) for a, r in zip(self.addresses, replies)]
 
-    # -- sparse tables (worker.client.sparse_client) ---------------------------------------------
+    # -- sparse tables --------------------------------------------------------------------
 
     def create_sparse(self, name: str, dim: int, *, dtype: str = "float32", init: str = "zeros",
                       init_scale: float = 0.0, seed: int = 0, optimizer: str = "sgd", lr: float = 0.01,
@@ -387,9 +427,13 @@ class Client:
         Raises InvalidArgumentError for a bad spec, AlreadyExistsError when the name
         exists with another spec or as a dense table.
         """
-        sparse_client.create_sparse(self, name, dim, dtype=dtype, init=init, init_scale=init_scale, seed=seed,
-                                    optimizer=optimizer, lr=lr, max_rows=max_rows, eviction=eviction,
-                                    admit_after=admit_after, num_rows=num_rows, **optimizer_options)
+        self._require_open()
+        self._directory.create(SparseTableSpec(
+            name=name, dim=int(dim), dtype=np.dtype(dtype).name,
+            optimizer=OptimizerSpec.from_options(optimizer, lr, **optimizer_options),
+            init=InitSpec(kind=init, scale=float(init_scale), seed=int(seed)),
+            max_rows=int(max_rows), eviction=eviction, admit_after=int(admit_after), num_rows=int(num_rows),
+        ))
 
     def pull_rows(self, name: str, ids: Any) -> np.ndarray:
         """Rows ``ids`` (1-D integers, any order, repeats allowed) as a new ``(len(ids), dim)`` array.
@@ -399,7 +443,8 @@ class Client:
         InvalidArgumentError (non-integer ids), NotFoundError (unknown table),
         FailedPreconditionError (a dense table), DeadlineExceededError.
         """
-        return recovery.run_step(self, lambda: sparse_client.pull_rows(self, name, ids))
+        self._require_open()
+        return self._engine.pull_rows(name, ids)
 
     def push_rows(self, name: str, ids: Any, grads: np.ndarray) -> None:
         """Push row gradients ``grads`` of shape ``(len(ids), dim)`` for rows ``ids``: one step.
@@ -410,4 +455,5 @@ class Client:
         InvalidArgumentError (row width, dtype, lengths, non-integer ids; checked before
         anything is sent), NotFoundError, FailedPreconditionError, DeadlineExceededError.
         """
-        recovery.run_step(self, lambda: sparse_client.push_step(self, None, {name: (ids, grads)}), pushes=True)
+        self._require_open()
+        self._engine.push(None, {name: (ids, grads)})

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from ps._proto import ps_pb2
-from worker.client.sparse_client import sparse_status
 
 MODES = {ps_pb2.ASYNC: "async", ps_pb2.SYNC: "sync", ps_pb2.SSP: "ssp"}  # wire mode -> its name
 
@@ -31,5 +30,8 @@ def shard_status(address: str, r: ps_pb2.StatusReply) -> dict[str, Any]:
         ],
         "waiting_for": list(r.waiting_for),
         "counters": dict(r.counters),
-        "sparse_tables": sparse_status(r),
+        "sparse_tables": [
+            {"name": t.spec.name, "dim": t.spec.dim, "rows": t.rows, "bytes": t.bytes, "evicted": t.evicted}
+            for t in r.sparse_tables
+        ],
     }

@@ -1,145 +1,144 @@
-"""How one dense step is cut into calls: the :class:`Part` plan and each part's headers.
-
-Parts are formed the way the server selects pull parts (block index modulo the number
-of parts), so part *k* of a fused step pulls exactly the blocks it pushed: a worker
-always reads its own update. Over gRPC the number of parts grows until every part fits
-``client.part_bytes``; on the same-host data plane parts are ``client.local_part_bytes``
-big. :func:`cached_plan` returns None when a fused part cannot fit one message (the
-engine in :mod:`worker.client.dense_step` then pushes and pulls separately).
-
-Pure: no I/O, nothing blocks. Not thread-safe (a Client is one worker).
-"""
+"""``StepPlanner``: how a step is cut into calls, the :class:`~worker.planes.part.Part` plan."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ps._proto import ps_pb2
-from ps.protocol.wire import wire_dtype
+from ps.tables.placement import row_shards
+from ps.tables.sparse_spec import SparseTableSpec
+from worker.planes.local_plane import LOCAL_MAX_PARTS
+from worker.planes.part import Part
 
 if TYPE_CHECKING:
-    from worker.client.client import Client
-
-#: most concurrent calls (connections, so shard threads) per shard on the data plane:
-#: enough to use every core and to overlap the worker's copies with the shard's work
-LOCAL_MAX_PARTS = int(os.environ.get("PS_LOCAL_MAX_PARTS", "0")) or max(2, min(8, os.cpu_count() or 2))
+    from worker.client.table_directory import TableDirectory
 
 
-@dataclass
-class Part:
-    """One call of a step: part ``part`` of ``num_parts`` of one shard's blocks; ``seq`` is set by the engine."""
+class StepPlanner:
+    """Plans the parts of dense, sparse and mixed steps, one shard's blocks at a time.
 
-    shard: int
-    part: int
-    num_parts: int
-    push: list[tuple[str, int]] | None      # blocks pushed (None: no push in this call)
-    pull: list[str] | None                  # tables pulled (None: no pull in this call)
-    pull_blocks: list[tuple[str, int]] = field(default_factory=list)
-    seq: int = 0
+    Dense parts are formed the way a shard selects pull parts (block index modulo the
+    number of parts), so part *k* of a fused step pulls exactly the blocks it pushed: a
+    worker always reads its own update. Over gRPC and TCP the number of parts grows until
+    every part fits ``part_bytes`` (a message limit); on the same-host plane parts are
+    ``local_part_bytes`` big (smaller parts pipeline the worker's copies with the shard's
+    work). In sync and ssp mode every shard gets a part every step, because each step must
+    hear from every worker. Rows go ``part_bytes`` at a time, as parts of the same step.
 
-
-def block_bytes(client: Client, name: str, b: int) -> int:
-    """Bytes of block ``b`` of table ``name``."""
-    spec = client._specs[name]
-    start, stop = spec.block_range(b)
-    return (stop - start) * np.dtype(spec.dtype).itemsize
-
-
-def _num_parts(client: Client, shard: int, tables: list[str], part_bytes: int) -> int | None:
-    """Smallest n with every modulo-n group of the shard's blocks within ``part_bytes``.
-
-    None when even one block per table per part does not fit.
+    Pure: no I/O. Dense plans are remembered per (tables, planes, mode), so a training
+    loop plans once. Not thread-safe (one Client).
     """
-    blocks = [(name, b) for name in tables for b in client._placement[name][shard]]
-    total = sum(block_bytes(client, name, b) for name, b in blocks)
-    most = max((client._specs[name].num_blocks for name in tables), default=1)
-    n = max(1, -(-total // part_bytes))
-    while True:
-        sizes = [0] * n
-        for name, b in blocks:
-            sizes[b % n] += block_bytes(client, name, b)
-        if max(sizes) <= part_bytes:
-            return n
-        if n >= most:
-            return None
-        n = min(most, max(n + 1, int(n * 1.25)))
 
+    def __init__(self, directory: TableDirectory, num_shards: int, part_bytes: int, local_part_bytes: int) -> None:
+        self._directory = directory
+        self._num_shards = num_shards
+        self._part_bytes = part_bytes
+        self._local_part_bytes = local_part_bytes
+        self._plans: dict[tuple, list[Part] | None] = {}
 
-def _plan(client: Client, push: list[str] | None, pull: list[str] | None,
-          local: list[bool]) -> list[Part] | None:
-    """The calls of one step, or None when a fused part cannot fit a message."""
-    parts: list[Part] = []
-    for shard in range(len(client._channels)):
-        tables = sorted(set(push or ()) | set(pull or ()))
-        if local[shard]:
-            # no message limit here: parts of local_part_bytes keep each part's gradient
-            # and weights in cache between the shard's check, apply and copy; in async mode
-            # they queue on LOCAL_MAX_PARTS connections (shard threads). Where a pull may
-            # wait for other workers (sync, ssp) a queued part could wait on the one
-            # before it, so there every part gets its own connection, as many as allowed.
-            total = sum(block_bytes(client, name, b) for name in tables for b in client._placement[name][shard])
-            n = max(1, -(-total // client.local_part_bytes))
-            if client.mode != "async":
-                n = min(n, LOCAL_MAX_PARTS)
-        else:
-            n = _num_parts(client, shard, tables, client.part_bytes)
-        if n is None:
-            if push is not None and pull is not None:
+    def dense(self, push: tuple[str, ...] | None, pull: tuple[str, ...] | None, local: tuple[bool, ...],
+              mode: str) -> list[Part] | None:
+        """The parts of a step that pushes blocks of ``push`` and pulls ``pull`` (None: neither),
+        ``local[shard]`` telling which shards are on a pipelined plane (same-host): part 0 of every
+        shard, then part 1, ... so that every shard gets work early. None when a fused part
+        cannot fit one message (then push, then pull)."""
+        key = (push, pull, local, mode, len(self._directory.specs))
+        if key not in self._plans:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            planned = self._plan(push, pull, local, mode)
+            if planned is not None:
+                planned.sort(key=lambda p: (p.part, p.shard))
+            self._plans[key] = planned
+        return self._plans[key]
+
+    def _bytes(self, name: str, b: int) -> int:
+        spec = self._directory.specs[name]
+        start, stop = spec.block_range(b)
+        return (stop - start) * np.dtype(spec.dtype).itemsize
+
+    def _num_parts(self, blocks: list[tuple[str, int]], tables: list[str]) -> int | None:
+        """Smallest n with every modulo-n group of ``blocks`` within ``part_bytes``; None when
+        even one block per table per part does not fit."""
+        most = max((self._directory.specs[name].num_blocks for name in tables), default=1)
+        n = max(1, -(-sum(self._bytes(name, b) for name, b in blocks) // self._part_bytes))
+        while True:
+            sizes = [0] * n
+            for name, b in blocks:
+                sizes[b % n] += self._bytes(name, b)
+            if max(sizes) <= self._part_bytes:
+                return n
+            if n >= most:
                 return None
-            n = max(1, client._specs[tables[0]].num_blocks) if tables else 1
-        shard_pushes = [(name, b) for name in (push or ()) for b in client._placement[name][shard]]
-        for k in range(n):
-            mine = [(name, b) for name, b in shard_pushes if b % n == k] if push is not None else None
-            pulled = ([(name, b) for name in pull for b in client._placement[name][shard] if b % n == k]
-                      if pull is not None else [])
-            if mine is not None and not mine and client.mode == "async":
-                mine = None  # nothing to apply here; sync and ssp need every part every step
-            if mine is None and not pulled:
-                continue
-            parts.append(Part(shard, k, n, mine, pull if pulled else None, pulled))
-    return parts
+            n = min(most, max(n + 1, int(n * 1.25)))
 
+    def _plan(self, push, pull, local, mode) -> list[Part] | None:
+        parts: list[Part] = []
+        tables = sorted(set(push or ()) | set(pull or ()))
+        for shard in range(self._num_shards):
+            blocks = [(name, b) for name in tables for b in self._directory.blocks(name, shard)]
+            if local[shard]:
+                # no message limit here; in async mode parts queue on LOCAL_MAX_PARTS connections
+                # (shard threads). Where a pull may wait for other workers (sync, ssp) a queued
+                # part could wait on the one before it: every part gets its own connection.
+                n = max(1, -(-sum(self._bytes(name, b) for name, b in blocks) // self._local_part_bytes))
+                if mode != "async":
+                    n = min(n, LOCAL_MAX_PARTS)
+            else:
+                n = self._num_parts(blocks, tables)
+            if n is None:
+                if push is not None and pull is not None:
+                    return None
+                n = max(1, self._directory.specs[tables[0]].num_blocks)
+            for k in range(n):
+                mine = tuple(x for x in blocks if x[1] % n == k and x[0] in push) if push is not None else None
+                pulled = tuple(x for x in blocks if x[1] % n == k and x[0] in pull) if pull is not None else ()
+                if mine is not None and not mine and mode == "async":
+                    mine = None  # nothing to apply here; sync and ssp need every part every step
+                if mine is not None or pulled:
+                    parts.append(Part(shard, k, n, mine, pull if pulled else None, pulled))
+        return parts
 
-def cached_plan(client: Client, push, pull, local: list[bool]) -> list[Part] | None:
-    """:func:`_plan`, remembered per (tables, paths, mode): a training loop plans once.
+    def with_rows(self, dense: list[Part], rows: Sequence[tuple[SparseTableSpec, np.ndarray, np.ndarray]],
+                  ) -> list[Part]:
+        """A push step: the pushing ``dense`` parts and ``rows`` (per sparse table: unique ids
+        and their summed gradient rows), renumbered per shard. A shard's part that pushes
+        no block goes only where the shard gets no rows either (sync and ssp)."""
+        per_shard: list[list[Part]] = [[] for _ in range(self._num_shards)]
+        for spec, ids, grads in rows:
+            per_call = max(1, self._part_bytes // (spec.row_bytes + 8))
+            for shard, positions in enumerate(self.row_positions(spec.name, ids)):
+                for start in range(0, len(positions), per_call):
+                    sel = positions[start:start + per_call]
+                    per_shard[shard].append(Part(shard, 0, 0, table=spec.name, ids=ids[sel],
+                                                 values=np.take(grads, sel, axis=0)))
+        planned: list[list[Part]] = [[] for _ in range(self._num_shards)]
+        for p in dense:
+            if p.push or not per_shard[p.shard]:
+                planned[p.shard].append(p)
+        out = []
+        for shard in range(self._num_shards):
+            mine = planned[shard] + per_shard[shard]
+            out += [Part(shard, k, len(mine), p.push, None, (), p.table, p.ids, p.values) for k, p in enumerate(mine)]
+        return out
 
-    Parts come interleaved across shards (part 0 of every shard, then part 1, ...) so
-    that every shard gets work as early as possible.
-    """
-    cache = client.__dict__.setdefault("_plan_cache", {})
-    key = (tuple(push) if push is not None else None, tuple(pull) if pull is not None else None, tuple(local),
-           client.mode, len(client._specs))
-    if key not in cache:
-        if len(cache) > 64:
-            cache.clear()
-        planned = _plan(client, push, pull, local)
-        if planned is not None:
-            planned.sort(key=lambda p: (p.part, p.shard))
-        cache[key] = planned
-    planned = cache[key]
-    if planned is None:
-        return None
-    return [Part(p.shard, p.part, p.num_parts, p.push, p.pull, p.pull_blocks) for p in planned]  # fresh seq each
+    def rows_pull(self, spec: SparseTableSpec, ids: np.ndarray) -> list[Part]:
+        """The parts that pull rows ``ids`` (unique), ``part_bytes`` of rows at a time; each
+        lands at its positions (``target``) in ``ids``."""
+        per_call = max(1, self._part_bytes // max(spec.row_bytes, 8))
+        return [Part(shard, 0, 1, table=spec.name, ids=ids[positions[i:i + per_call]],
+                     target=positions[i:i + per_call])
+                for shard, positions in enumerate(self.row_positions(spec.name, ids))
+                for i in range(0, len(positions), per_call)]
 
-
-def headers(client: Client, p: Part, pull_step: int):
-    """(PushHeader or None, PullHeader or None) of one part; blocks without payload."""
-    pull_header = None
-    if p.pull is not None:
-        pull_header = ps_pb2.PullHeader(worker_id=client.worker_id, step=pull_step, tables=p.pull,
-                                        part=p.part, num_parts=p.num_parts)
-    push_header = None
-    if p.push is not None:
-        push_header = ps_pb2.PushHeader(worker_id=client.worker_id, seq=p.seq, step=client.clock, part=p.part,
-                                        num_parts=p.num_parts, session=client.session)
-        for name, b in p.push:
-            spec = client._specs[name]
-            start, stop = spec.block_range(b)
-            push_header.blocks.add(table=name, block=b, dtype=wire_dtype(spec.dtype), count=stop - start)
-        if pull_header is not None:
-            push_header.then_pull.CopyFrom(pull_header)
-    return push_header, pull_header
+    def row_positions(self, name: str, ids: np.ndarray) -> list[np.ndarray]:
+        """Positions into ``ids`` per shard (each ascending)."""
+        if self._num_shards == 1:
+            return [np.arange(len(ids))]
+        shard_of = row_shards(name, ids, self._num_shards)
+        small = np.uint8 if self._num_shards <= 256 else np.uint32  # a stable radix sort on small ints
+        order = np.argsort(shard_of.astype(small), kind="stable")
+        bounds = np.searchsorted(shard_of[order], np.arange(self._num_shards + 1))
+        return [order[bounds[s]:bounds[s + 1]] for s in range(self._num_shards)]

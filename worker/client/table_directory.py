@@ -1,46 +1,100 @@
-"""The dense tables a :class:`~worker.client.client.Client` knows, and where their blocks live.
-
-``client._specs`` maps a table to its spec, ``client._placement`` to the blocks each shard
-owns (stable hashing, :mod:`ps.tables.placement`). Not thread-safe, like the client.
-"""
+"""``TableDirectory``: the tables a worker knows, and which shard owns each dense block."""
 
 from __future__ import annotations
 
+import logging
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from ps._proto import ps_pb2
 from ps.errors import FailedPreconditionError, NotFoundError
 from ps.tables.placement import block_shard
+from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.spec import TableSpec
-from worker.client.transport import call
 
 if TYPE_CHECKING:
-    from worker.client.client import Client
+    from worker.client.cluster import Cluster
+
+log = logging.getLogger("worker.client")  # the client's logger: these lines are the client's
 
 
-def learn(client: Client, spec: TableSpec) -> None:
-    """Remember ``spec`` and which shard owns each of its blocks (a known table is kept). No I/O."""
-    if spec.name in client._specs:
-        return
-    n = len(client._channels)
-    owned: list[list[int]] = [[] for _ in range(n)]
-    for b in range(spec.num_blocks):
-        owned[block_shard(spec.name, b, n)].append(b)
-    client._specs[spec.name] = spec
-    client._placement[spec.name] = owned
+class TableDirectory:
+    """Dense specs with their placement (stable hashing, :mod:`ps.tables.placement`), sparse specs.
 
-
-def fetch_spec(client: Client, name: str) -> None:
-    """Learn every dense table shard 0 reports. Blocks (bounded by ``timeout_s``).
-
-    Raises FailedPreconditionError when ``name`` is a sparse table, NotFoundError when
-    it is no table at all.
+    Learns tables from register replies and from creating them; asks shard 0 (one Status
+    call, bounded by the cluster's ``timeout_s``) about a name it does not know. A known
+    table is never forgotten. The constructor does no I/O. Thread-safe for one writer (the
+    Client) beside readers (the heartbeat thread's rejoin).
     """
-    ch = client._channels[0]
-    reply = call(ch, ch.status, ps_pb2.StatusRequest(), client.timeout_s, client.retry)
-    for t in reply.tables:
-        learn(client, TableSpec.from_proto(t.spec))
-    if name not in client._specs and any(t.spec.name == name for t in reply.sparse_tables):
-        raise FailedPreconditionError(f"table {name!r} is sparse: use pull_rows/push_rows")
-    if name not in client._specs:
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._dense: dict[str, TableSpec] = {}
+        self._sparse: dict[str, SparseTableSpec] = {}
+        self._owned: dict[str, list[list[int]]] = {}   # table -> shard -> its blocks
+        #: read-only view of the dense specs by name
+        self.specs = MappingProxyType(self._dense)
+
+    def learn(self, spec: TableSpec | SparseTableSpec) -> None:
+        """Remember ``spec`` (and where a dense table's blocks live). No I/O."""
+        if isinstance(spec, SparseTableSpec):
+            self._sparse.setdefault(spec.name, spec)
+            return
+        if spec.name in self._dense:
+            return
+        owned: list[list[int]] = [[] for _ in range(len(self._cluster))]
+        for b in range(spec.num_blocks):
+            owned[block_shard(spec.name, b, len(owned))].append(b)
+        self._owned[spec.name] = owned
+        self._dense[spec.name] = spec
+
+    def blocks(self, name: str, shard: int) -> list[int]:
+        """The blocks of known dense table ``name`` that ``shard`` owns. Raises KeyError."""
+        return self._owned[name][shard]
+
+    def create(self, spec: TableSpec | SparseTableSpec) -> None:
+        """Create the table on every shard (shard 0 first: of two racing, conflicting creates,
+        exactly one wins everywhere), or check it exists alike. Blocks. Raises
+        InvalidArgumentError, AlreadyExistsError."""
+        spec.validate()
+        requests = [self._create_request(i, spec) for i in range(len(self._cluster))]
+        self._cluster.call(0, "create_table", requests[0])
+        self._cluster.fan_out("create_table", {i: r for i, r in enumerate(requests) if i})
+        self.learn(spec)
+
+    def recreate(self, shard: int, held: set[str]) -> None:
+        """Create on ``shard`` (which restarted) every known table it may have lost: dense
+        ones not in ``held``, every sparse one. Blocks; raises PSError."""
+        lost = [s for s in list(self._dense.values()) if s.name not in held] + list(self._sparse.values())
+        for spec in lost:
+            if self._cluster.call(shard, "create_table", self._create_request(shard, spec)).created:
+                log.warning("shard %d (%s) had lost table %r (it restarted without it): created it again at "
+                            "its initial values", shard, self._cluster.addresses[shard], spec.name)
+
+    def spec(self, name: str) -> TableSpec:
+        """The dense spec of ``name``, asking shard 0 if unknown. Raises NotFoundError,
+        FailedPreconditionError (a sparse table)."""
+        return self._dense.get(name) or self._fetch(name, self._dense, "is sparse: use pull_rows/push_rows")
+
+    def sparse_spec(self, name: str) -> SparseTableSpec:
+        """The sparse spec of ``name``, asking shard 0 if unknown. Raises NotFoundError,
+        FailedPreconditionError (a dense table)."""
+        return self._sparse.get(name) or self._fetch(name, self._sparse, "is dense: use pull/push, not the row verbs")
+
+    def _fetch(self, name: str, kind: dict, otherwise: str):
+        if name not in self._dense and name not in self._sparse:
+            reply = self._cluster.call(0, "status", ps_pb2.StatusRequest())
+            for t in reply.tables:
+                self.learn(TableSpec.from_proto(t.spec))
+            for t in reply.sparse_tables:
+                self.learn(SparseTableSpec.from_proto(t.spec))
+        if name in kind:
+            return kind[name]
+        if name in self._dense or name in self._sparse:
+            raise FailedPreconditionError(f"table {name!r} {otherwise}")
         raise NotFoundError(f"unknown table {name!r}")
+
+    def _create_request(self, shard: int, spec: TableSpec | SparseTableSpec) -> ps_pb2.CreateTableRequest:
+        req = ps_pb2.CreateTableRequest(spec=spec.to_proto())
+        req.topology.shard_index, req.topology.num_shards = shard, len(self._cluster)
+        return req

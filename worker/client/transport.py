@@ -1,7 +1,10 @@
 """gRPC transport to the shards: channels, method stubs, retries, and the error mapping.
 
-Everything that touches ``grpc`` on the worker side lives here; :func:`rpc_errors` is the
-one place where a ``grpc.RpcError`` becomes a project exception (:mod:`ps.errors`).
+Everything that touches ``grpc`` on the worker side lives here. :func:`status_error` is the
+one place where a failed call's status becomes a project exception (:mod:`ps.errors`),
+whether it came as a ``grpc.RpcError`` (:func:`rpc_errors`, the reason read from the
+trailing metadata ``ps-reason``) or as a data plane's error frame (the reason's number in
+the frame, :mod:`worker.planes.frame_connection`).
 """
 
 from __future__ import annotations
@@ -17,21 +20,54 @@ from typing import Any
 import grpc
 
 from ps._proto import ps_pb2
-from ps.protocol.auth import BearerToken
 from ps.errors import (
+    REASON_METADATA_KEY,
+    AbortedError,
     FailedPreconditionError,
     NotFoundError,
     PSError,
+    Reason,
     TransientError,
     UnavailableError,
     from_status,
+    from_status_number,
 )
+from ps.protocol.auth import BearerToken
 from ps.protocol.rows_wire import decode_rows
-from ps.serving.server import channel_options
-from ps.serving.service import SERVICE_NAME
 from ps.protocol.wire import decode_framed
 
 log = logging.getLogger(__name__)
+
+#: the gRPC service every shard serves
+SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+#: reasons after which registering again under the same id and resending recovers
+REJOIN_REASONS = frozenset({Reason.NOT_REGISTERED, Reason.UNKNOWN_TABLE})
+
+
+def status_error(code: grpc.StatusCode | int, details: str, reason: Reason | str | int | None) -> PSError:
+    """The project exception for a failed call's status ``code`` (or its number, from a data
+    plane's frame), ``details`` and :class:`~ps.errors.Reason`. Pure; thread-safe."""
+    error = (from_status_number if isinstance(code, int) else from_status)(code, details, reason)
+    return infer_reason(error)
+
+
+def infer_reason(error: PSError) -> PSError:
+    """``error``, its reason named from its message when the server sent none. Pure.
+
+    Called where errors enter the worker: :func:`status_error` and the in-process plane.
+    """
+    # TODO(merge): drop once the server sends reasons
+    if error.reason is Reason.NONE:
+        text = str(error)
+        if isinstance(error, NotFoundError) and "unknown table" in text:
+            error.reason = Reason.UNKNOWN_TABLE
+        elif isinstance(error, FailedPreconditionError) and ("is not registered" in text or "register again" in text):
+            error.reason = Reason.NOT_REGISTERED
+        elif isinstance(error, FailedPreconditionError) and "belongs to another client" in text:
+            error.reason = Reason.FENCED
+        elif isinstance(error, AbortedError) and "roll" in text:
+            error.reason = Reason.ROLLED_BACK
+    return error
 
 
 @contextlib.contextmanager
@@ -42,18 +78,9 @@ def rpc_errors(address: str) -> Iterator[None]:
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
         details = exc.details() if hasattr(exc, "details") else str(exc)
-        raise from_status(code, f"{address}: {details}") from exc
-
-
-def lost_registration(error: PSError) -> bool:
-    """Does ``error`` say the shard lost this worker or a table? That happens after the
-    shard restarted (without a checkpoint, or from one older than the table) or when the
-    worker's lease ran out; registering again under the same id, which also re-creates
-    the tables this client knows, and resending the same request recovers."""
-    text = str(error)
-    if isinstance(error, NotFoundError):
-        return "unknown table" in text
-    return isinstance(error, FailedPreconditionError) and ("is not registered" in text or "register again" in text)
+        trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+        reason = next((v for k, v in trailing or () if k == REASON_METADATA_KEY), None)
+        raise status_error(code, f"{address}: {details}", reason) from exc
 
 
 def _decode_pull_reply(data: bytes):
@@ -93,7 +120,9 @@ class ShardChannel:
     def __init__(self, address: str, max_message_bytes: int, *, credentials: grpc.ChannelCredentials | None = None,
                  token: str | None = None, server_name: str | None = None) -> None:
         self.address = address
-        options = channel_options(max_message_bytes) + [
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
             # a restarted shard is found again quickly, not after the 20 s default backoff
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
@@ -143,32 +172,60 @@ class ShardChannel:
         self._channel.close()
 
 
+class PendingCall:
+    """One call of ``method(request)``: started now as a future (:meth:`start`), or made as a
+    blocking call when its result is first asked for (cheaper in gRPC Python, so a lone
+    call should not be started). Not thread-safe."""
+
+    __slots__ = ("channel", "method", "request", "timeout_s", "retry", "future")
+
+    def __init__(self, channel: ShardChannel, method: Callable, request: Any, timeout_s: float,
+                 retry: RetryPolicy | None = None) -> None:
+        self.channel, self.method, self.request = channel, method, request
+        self.timeout_s, self.retry = timeout_s, retry
+        self.future = None
+
+    def start(self) -> PendingCall:
+        """Send the request now (does not block). Idempotent."""
+        if self.future is None:
+            self.future = self.method.future(self.request, timeout=self.timeout_s)
+        return self
+
+    def result(self) -> Any:
+        """The reply. Transient failures are retried per ``retry`` (capped exponential
+        backoff, the same request: the same sequence number); a shard that forgot this
+        worker (restarted, or its lease ran out) is registered with again under the same id
+        through ``channel.rejoin``, then sent the same request. Blocks. Raises PSError."""
+        retry = self.retry
+        backoffs = retry.backoffs() if retry else iter(())
+        give_up = time.monotonic() + retry.max_elapsed_s if retry and retry.max_elapsed_s else float("inf")
+        rejoins = 0
+        while True:
+            future, self.future = self.future, None
+            try:
+                with rpc_errors(self.channel.address):
+                    return future.result() if future is not None else self.method(self.request,
+                                                                                   timeout=self.timeout_s)
+            except TransientError as exc:
+                delay = next(backoffs, None)
+                if delay is None or time.monotonic() + delay > give_up:
+                    raise
+                log.debug("retrying after %s (in %.2f s)", exc, delay)
+                time.sleep(delay)
+            except PSError as exc:
+                if rejoins >= 2 or self.channel.rejoin is None or exc.reason not in REJOIN_REASONS:
+                    raise
+                rejoins += 1
+                self.channel.rejoin()
+
+
 def call(channel: ShardChannel, method: Callable, request: Any, timeout_s: float,
          retry: RetryPolicy | None = None) -> Any:
-    """Call ``method(request)`` with a deadline; retry transient failures per ``retry``.
+    """Call ``method(request)`` with a deadline, retried like :meth:`PendingCall.result`.
 
     Blocks. Raises the project exception for the final status.
     """
-    backoffs = retry.backoffs() if retry else iter(())
-    give_up = time.monotonic() + retry.max_elapsed_s if retry and retry.max_elapsed_s else float("inf")
-    rejoins = 0
-    while True:
-        try:
-            with rpc_errors(channel.address):
-                return method(request, timeout=timeout_s)
-        except TransientError as exc:
-            delay = next(backoffs, None)
-            if delay is None or time.monotonic() + delay > give_up:
-                raise
-            log.debug("retrying after %s (in %.2f s)", exc, delay)
-            time.sleep(delay)
-        except PSError as exc:
-            # the shard forgot this worker (restarted, or its lease ran out): register
-            # again under the same id, then send the same request (same sequence number)
-            if rejoins >= 2 or channel.rejoin is None or not lost_registration(exc):
-                raise
-            rejoins += 1
-            channel.rejoin()
+    return PendingCall(channel, method, request, timeout_s, retry).result()
 
 
 def fan_out(calls: list[tuple[ShardChannel, Callable, Any]], timeout_s: float,
@@ -178,29 +235,12 @@ def fan_out(calls: list[tuple[ShardChannel, Callable, Any]], timeout_s: float,
     Calls that fail transiently are retried (one at a time, with backoff). Blocks until
     every call answered. Raises the first non-transient (or finally failed) error.
     """
-    pending = [method.future(request, timeout=timeout_s) for _, method, request in calls]
+    pending = [PendingCall(channel, method, request, timeout_s, retry).start() for channel, method, request in calls]
     results: list[Any] = []
     first_error: PSError | None = None
-    for (channel, method, request), future in zip(calls, pending):
+    for p in pending:
         try:
-            with rpc_errors(channel.address):
-                results.append(future.result())
-                continue
-        except TransientError:
-            pass
-        except PSError as exc:
-            if not (channel.rejoin is not None and lost_registration(exc)):
-                first_error = first_error or exc
-                results.append(None)
-                continue
-            try:
-                channel.rejoin()  # then retried below like a transient failure
-            except PSError as rejoin_error:
-                first_error = first_error or rejoin_error
-                results.append(None)
-                continue
-        try:
-            results.append(call(channel, method, request, timeout_s, retry))
+            results.append(p.result())
         except PSError as exc:
             first_error = first_error or exc
             results.append(None)

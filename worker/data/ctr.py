@@ -106,17 +106,6 @@ class CtrDataset:
         return f"CtrDataset(name={self.name!r}, rows={len(self)}, features={len(self.ids)})"
 
 
-def concat(parts: list[CtrDataset], name: str, id_space: int) -> CtrDataset:
-    """Rows of ``parts`` one after another."""
-    if not parts:
-        return CtrDataset(np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
-                          np.zeros(0, np.int64), name, id_space)
-    offsets = np.cumsum([0] + [p.indptr[-1] for p in parts[:-1]])
-    indptr = np.concatenate([[0]] + [p.indptr[1:] + off for p, off in zip(parts, offsets)]).astype(np.int64)
-    return CtrDataset(indptr, np.concatenate([p.ids for p in parts]), np.concatenate([p.vals for p in parts]),
-                      np.concatenate([p.y for p in parts]), name, id_space)
-
-
 def ctr_batches(ds: CtrDataset, batch_size: int, *, epoch: int, seed: int) -> Iterator[CtrDataset]:
     """Batches covering ``ds`` once in an order shuffled by ``(seed, epoch)``, the same order
     :func:`worker.data.dataset.batches` uses. The last batch may be short. Raises ValueError at the

@@ -1,174 +1,213 @@
-"""The worker's end of the same-host data plane (see :mod:`ps.serving.local_plane`).
+"""``LocalPlane``: tensors through shared memory with shards on this machine (see :mod:`ps.serving.local_plane`).
 
-A :class:`LocalRegion` is one shared-memory region (a ``memfd``) per worker. For every
-table it uses it holds two flat arrays of the table's size: the *push area* (gradients
-the shards read) and the *pull area* (weights the shards write). Every block sits at its
-own place in its table, so shards write and read blocks in place, in parallel, and a
-table in the region is an ordinary NumPy array: :meth:`~worker.client.client.Client.buffers`
-hands these arrays to the user, and then a step copies nothing on the worker side. The
-region is reused every step (its pages stay warm) and grows (a new region) when a step
-names a table it does not hold yet.
+A part's gradient is written into the worker's :class:`~worker.planes.local_region.LocalRegion`
+(reused every step; not at all when the user computed into ``Client.buffers``) and the
+shard is rung over a unix socket; the reply names the blocks the shard wrote back into
+the region. A pull that asks for blocks the region already holds names their versions,
+so unchanged blocks are not copied at all. Each shard gets up to :data:`LOCAL_MAX_PARTS`
+connections (:class:`LocalChannel`), each attached to the current region.
 
-Because the pull area keeps what the shards last wrote, the worker knows which block
-versions it holds there and names them in the next pull: a shard copies only blocks that
-changed. The arrays of the pull area that the user sees are read-only.
-
-A :class:`LocalChannel` is a set of unix-socket connections to one shard, one per call
-the worker keeps in flight (``slot``); each attaches the current region. After a call
-fails half-way (timeout, broken socket) the worker stops using the region for good (see
-``worker.planes.local_step.abandon_region``), so a late write by a shard can never land in memory it reads.
-Not thread-safe: one per :class:`~worker.client.client.Client`.
+After a call fails half-way the worker never uses that region again (:meth:`LocalPlane.drop`),
+so a late write by a shard can never land in memory it reads. Not thread-safe (one Client).
 """
 
 from __future__ import annotations
 
-import json
-import mmap
 import os
 import socket
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
-from ps.errors import PSError, UnavailableError, from_status_number
-from ps.serving.socket_server import recv_exact
-from ps.tables.spec import TableSpec
+from ps._proto import ps_pb2
+from ps.errors import InvalidArgumentError
 from ps.protocol.wire import (
     LOCAL_ATTACH,
-    LOCAL_HELLO,
-    LOCAL_MAX_MESSAGE,
-    LOCAL_REPLY_SIZE,
-    pack_local_request,
-    unpack_local_reply,
+    LOCAL_FLAG_KNOWN,
+    LOCAL_PULL,
+    LOCAL_PUSH,
+    LOCAL_PUSH_PULL,
+    split_token,
+    with_token,
 )
-from worker.planes.channel_slots import SlotChannel
+from ps.tables.spec import TableSpec
+from worker.planes.channel_slots import SlotChannel, SlotPlane
+from worker.planes.frame_connection import FrameConnection
+from worker.planes.local_region import LocalRegion
+from worker.planes.part import Part
+from worker.planes.step import Step
 
-_PAGE = mmap.PAGESIZE
+#: most concurrent calls (connections, so shard threads) per shard on this plane: enough
+#: to use every core and to overlap the worker's copies with the shard's work
+LOCAL_MAX_PARTS = int(os.environ.get("PS_LOCAL_MAX_PARTS", "0")) or max(2, min(8, os.cpu_count() or 2))
 
-
-def _round_up(n: int) -> int:
-    return -(-n // _PAGE) * _PAGE
-
-
-class LocalRegion:
-    """A worker's shared memory: a push array and a pull array per table. Not thread-safe."""
-
-    def __init__(self, specs: list[TableSpec], generation: int) -> None:
-        self.generation = generation
-        self.specs = {s.name: s for s in specs}
-        layout: dict[str, tuple[int, int, int]] = {}
-        offset = 0
-        for s in specs:
-            nbytes = s.size * np.dtype(s.dtype).itemsize
-            layout[s.name] = (offset, offset + _round_up(nbytes), nbytes)
-            offset += 2 * _round_up(nbytes)
-        self.size = max(offset, _PAGE)
-        self.layout = layout
-        self.fd = os.memfd_create("grpc-ps-worker", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(self.fd, self.size)
-            self.map = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        self.push: dict[str, np.ndarray] = {}      # writable flat arrays
-        self.pull: dict[str, np.ndarray] = {}      # writable flat arrays (the worker's own view)
-        self.user_pull: dict[str, np.ndarray] = {}  # read-only, shaped: what buffers() hands out
-        for name, (push_off, pull_off, nbytes) in layout.items():
-            spec = self.specs[name]
-            dtype = np.dtype(spec.dtype)
-            self.push[name] = np.frombuffer(self.map, dtype=dtype, count=spec.size, offset=push_off)
-            self.pull[name] = np.frombuffer(self.map, dtype=dtype, count=spec.size, offset=pull_off)
-            ro = self.pull[name].reshape(spec.shape).view()
-            ro.flags.writeable = False
-            self.user_pull[name] = ro
-        #: what the pull area holds: (table, block) -> (version, shard state token)
-        self.versions: dict[tuple[str, int], tuple[int, str]] = {}
-
-    def holds(self, names) -> bool:
-        return all(n in self.layout for n in names)
-
-    def layout_json(self) -> bytes:
-        return json.dumps({"tables": {n: list(v) for n, v in self.layout.items()}}).encode()
-
-    def is_push(self, name: str, array: np.ndarray) -> bool:
-        """Whether ``array`` is this region's push array of ``name`` (a zero-copy push)."""
-        mine = self.push.get(name)
-        return mine is not None and _same_memory(mine, array)
-
-    def is_pull(self, name: str, array: np.ndarray) -> bool:
-        mine = self.pull.get(name)
-        return mine is not None and _same_memory(mine, array)
-
-    def close(self) -> None:
-        """Forget the region. Arrays the user still holds keep the memory alive."""
-        self.versions.clear()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+_LOCAL_HOSTS = ("127.", "localhost", "[::1]", "::1", "unix:", "unix-abstract:")
 
 
-def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.size == b.size
-            and a.dtype == b.dtype and b.flags.c_contiguous)
+def is_local_address(address: str) -> bool:
+    """Whether ``address`` names this machine (loopback or a unix socket)."""
+    return address.startswith(_LOCAL_HOSTS)
 
 
-class LocalConnection:
-    """One unix-socket connection to a shard, with the region it attached."""
+class LocalConnection(FrameConnection):
+    """A unix-socket connection to a shard, and the region generation it attached."""
 
-    def __init__(self, address: str, server_id: str, timeout_s: float) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout_s)
-        self.generation = -1  # of the region attached
-        try:
-            self.sock.connect("\0" + address.removeprefix("unix-abstract:"))
-            self.sock.sendall(pack_local_request(LOCAL_HELLO, server_id.encode(), timeout_s))
-            self.receive()
-        except BaseException:
-            self.sock.close()
-            raise
+    def __init__(self, sock: socket.socket, address: str) -> None:
+        super().__init__(sock, address)
+        self.generation = -1
 
     def attach(self, region: LocalRegion) -> None:
-        """Hand the shard ``region`` (once per region). Raises OSError, PSError."""
-        if self.generation == region.generation:
-            return
-        self.sock.sendmsg([pack_local_request(LOCAL_ATTACH, region.layout_json(), 30.0, 0, region.size)],
-                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, region.fd.to_bytes(4, "little"))])
-        self.receive()
-        self.generation = region.generation
-
-    def send(self, kind: int, message: bytes, timeout_s: float, flags: int = 0) -> None:
-        self.sock.settimeout(timeout_s + 5.0)  # the shard bounds its own waits by timeout_s
-        self.sock.sendall(pack_local_request(kind, message, timeout_s, flags=flags))
-
-    def receive(self) -> tuple[bytes, int, int]:
-        """``(message, push outcome, push version)``; raises the shard's error as a PSError."""
-        head = recv_exact(self.sock, LOCAL_REPLY_SIZE)
-        _, status, length, outcome, version = unpack_local_reply(head)
-        if length > LOCAL_MAX_MESSAGE:
-            raise ConnectionError("malformed reply from the shard")
-        body = recv_exact(self.sock, length) if length else b""
-        if status:
-            raise from_status_number(status, body.decode(errors="replace"))
-        return body, outcome, version
-
-    def close(self) -> None:
-        self.sock.close()
+        """Hand the shard ``region`` (once per region). Blocks. Raises PSError."""
+        if self.generation != region.generation:
+            self.send(LOCAL_ATTACH, region.layout_json(), 30.0, payload_bytes=region.size, fds=[region.fd])
+            self.receive()
+            self.generation = region.generation
 
 
 class LocalChannel(SlotChannel):
-    """The data plane to one shard: connections by slot, opened on first use."""
+    """Unix-socket connections to one shard's plane at ``address``; the hello names the shard."""
+
+    connection_type = LocalConnection
 
     def __init__(self, address: str, server_id: str, timeout_s: float) -> None:
-        super().__init__()
-        self.address = address
-        self.server_id = server_id
-        self.timeout_s = timeout_s
+        super().__init__(address, server_id.encode(), timeout_s, timeout_s)
+        self._timeout_s = timeout_s
 
-    def open(self) -> LocalConnection:
-        """Connect and say hello. Raises UnavailableError when it cannot, or the shard's PSError."""
+    def connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            return LocalConnection(self.address, self.server_id, self.timeout_s)
-        except PSError:
+            sock.settimeout(self._timeout_s)
+            sock.connect("\0" + self.address.removeprefix("unix-abstract:"))
+        except BaseException:
+            sock.close()
             raise
-        except OSError as exc:
-            raise UnavailableError(f"{self.address}: {exc}") from exc
+        return sock
+
+
+class LocalPlane(SlotPlane):
+    """The same-host plane to the shards :meth:`offer` accepted, and the worker's region.
+
+    The region also backs :meth:`buffers` when no shard is on this machine. The
+    constructor does no I/O; ``timeout_s`` bounds each reply.
+    """
+
+    name = "shared memory"
+    pipelined = True
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self._timeout_s = timeout_s
+        self._region: LocalRegion | None = None
+        self._generation = 0
+        self._tokens: dict[int, str] = {}          # shard -> state token of its last pull
+        self._aliases: dict[tuple[str, int], np.ndarray] = {}  # buffers() weights: writable views
+
+    def channel(self, address: str, status: ps_pb2.StatusReply) -> LocalChannel | None:
+        if not is_local_address(address) or not status.local_plane:
+            return None
+        return LocalChannel(status.local_plane, status.server_id, self._timeout_s)
+
+    def buffers(self, specs: Sequence[TableSpec]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``(grads, weights)`` arrays in the region, shaped; see ``Client.buffers``. Raises OSError."""
+        region = self._holding({s.name: s for s in specs})
+        for s in specs:
+            self._aliases[(s.name, region.pull[s.name].__array_interface__["data"][0])] = region.pull[s.name]
+        return ({s.name: region.push[s.name].reshape(s.shape) for s in specs},
+                {s.name: region.user_pull[s.name] for s in specs})
+
+    def writable(self, name: str, array: object) -> np.ndarray | None:
+        """The writable flat array behind a weights array :meth:`buffers` handed out, else None."""
+        if not isinstance(array, np.ndarray):
+            return None
+        alias = self._aliases.get((name, array.__array_interface__["data"][0]))
+        if alias is None or alias.size != array.size or alias.dtype != array.dtype:
+            return None
+        return alias
+
+    def _holding(self, specs: Mapping[str, TableSpec]) -> LocalRegion:
+        """The region, grown (a new one) to hold ``specs`` too."""
+        region = self._region
+        if region is None or not region.holds(specs):
+            self._generation += 1
+            new = LocalRegion.allocate(list({**(region.specs if region else {}), **specs}.values()), self._generation)
+            if region is not None:
+                region.close()
+            self._region = region = new
+        return region
+
+    def _memo(self, step: Step) -> dict:
+        """This step's answers (the region it uses; which arrays are the region's), kept on the step."""
+        memo = step.memo
+        if memo is None or memo.get("region") is not self._region:
+            tables = {n: step.specs[n] for n in (*step.grads, *step.dest)}
+            memo = step.memo = {"region": self._holding(tables)}
+        return memo
+
+    def send(self, part: Part, seq: int, step: Step) -> tuple[LocalConnection, dict]:
+        memo = self._memo(step)
+        region: LocalRegion = memo["region"]
+        conn = self._channels[part.shard].connection(part.part % LOCAL_MAX_PARTS)  # several parts each: async
+        conn.attach(region)
+        token = self._tokens.get(part.shard, "")
+        held = []
+        if part.pull is not None and token:
+            for name, b in part.pull_blocks:
+                v = region.versions.get((name, b))
+                if v is not None and v[1] == token:
+                    held.append((name, b, v[0]))
+        known = (lambda h: [h.known.add(table=n, block=b, version=v) for n, b, v in held]) if held else None
+        push, pull = step.headers(part, seq, known)
+        if push is not None:
+            for name, b in part.push:
+                src = step.grads[name]
+                zero = memo.get(("push", name))
+                if zero is None:
+                    zero = memo[("push", name)] = region.is_push(name, src)
+                if not zero:  # the user did not compute into the region: copy the block there
+                    start, stop = step.specs[name].block_range(b)
+                    region.push[name][start:stop] = src[start:stop]
+        if push is None:
+            kind, message = LOCAL_PULL, with_token(token, pull.SerializeToString())
+        elif pull is None:
+            kind, message = LOCAL_PUSH, push.SerializeToString()
+        else:
+            kind, message = LOCAL_PUSH_PULL, with_token(token, push.SerializeToString())
+        conn.send(kind, message, step.timeout_s, flags=LOCAL_FLAG_KNOWN if held else 0)
+        return conn, memo
+
+    def finish(self, sent: tuple[LocalConnection, dict], part: Part, step: Step) -> tuple[int, int] | None:
+        conn, memo = sent
+        body, outcome, version = conn.receive()
+        if part.pull is not None:
+            region: LocalRegion = memo["region"]
+            try:
+                token, body = split_token(body)
+                header = ps_pb2.PullReplyHeader.FromString(body)
+            except (ValueError, DecodeError) as exc:
+                raise InvalidArgumentError(f"malformed reply from the data plane {conn.address}: {exc}") from exc
+            for ref in header.blocks:
+                start, stop = step.block(part, ref.table, ref.block, ref.count, ref.dtype)
+                region.versions[(ref.table, ref.block)] = (ref.version, token)
+                dst = step.dest[ref.table]
+                zero = memo.get(("pull", ref.table))
+                if zero is None:
+                    zero = memo[("pull", ref.table)] = dst is region.pull[ref.table] or region.is_pull(ref.table, dst)
+                if not zero:  # the caller's own array: copy the block out of shared memory
+                    dst[start:stop] = region.pull[ref.table][start:stop]
+            self._tokens[part.shard] = token
+        return (outcome, version) if part.push is not None else None
+
+    def drop(self, shard: int) -> None:
+        super().drop(shard)
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Never use the region again: a shard may still write into it."""
+        if self._region is not None:
+            self._region.close()
+            self._region = None
+
+    def close(self) -> None:
+        super().close()
+        self._abandon()

@@ -1,28 +1,36 @@
-"""The worker's end of the TCP data plane (see :mod:`ps.serving.stream_plane`).
+"""``StreamPlane``: payloads over raw TCP beside gRPC, for shards on other hosts (see :mod:`ps.serving.stream_plane`).
 
-A :class:`StreamChannel` is a set of TCP connections to one shard, one per call the
-worker keeps in flight (``slot``), opened on first use; each says hello first (the
-shard's id and, when the cluster has one, the shared token). A
-:class:`StreamConnection` sends a request's frame and header and then the gradient
-blocks with ``sendmsg`` straight from the caller's arrays, and receives pulled blocks
-with ``recv_into`` straight into the destination arrays: one kernel copy per side.
-
-A connection whose call failed half-way (timeout, reset, a malformed reply) is closed
-and never reused: its byte stream is out of step. Not thread-safe: one per
-:class:`~worker.client.client.Client`.
+For every shard that offers one (its Status names a ``stream_port``) the worker keeps a
+:class:`StreamChannel`: TCP connections by slot, each saying hello first (the shard's id
+and, when the cluster has one, the shared token). A part's frame and header go out, then
+its gradient blocks with ``sendmsg`` straight from the caller's arrays; pulled blocks come
+back with ``recv_into`` straight into the destination arrays: one kernel copy per side.
+Parts are gRPC's (``Client.part_bytes``), each on its own connection, so the calls of a
+step run in parallel and a sync pull never waits behind another part. With a pull
+cache, pulls name the blocks held, as over gRPC. A connection whose call failed half-way
+is closed and never reused. Not thread-safe (one Client).
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
-from ps.errors import PSError, UnavailableError, from_status_number
-from ps.serving.socket_server import recv_frame, recv_into_exact, send_all
-from ps.serving.stream_plane import STREAM_HELLO
-from ps.protocol.wire import LOCAL_MAX_MESSAGE, LOCAL_REPLY_SIZE, pack_local_request, unpack_local_reply, with_token
-from worker.planes.channel_slots import SlotChannel
+from google.protobuf.message import DecodeError
+
+from ps._proto import ps_pb2
+from ps.errors import InvalidArgumentError
+from ps.protocol.wire import LOCAL_PULL, LOCAL_PUSH, LOCAL_PUSH_PULL, with_token
+from worker.planes.channel_slots import SlotChannel, SlotPlane
+from worker.planes.frame_connection import FrameConnection
+from worker.planes.part import Part
+from worker.planes.step import Step
+
+if TYPE_CHECKING:
+    from worker.client.pull_cache import PullCache
+
+#: seconds to connect and say hello to a shard's stream plane before using gRPC instead
+CONNECT_TIMEOUT_S = 3.0
 
 
 def split_host_port(address: str) -> tuple[str, int] | None:
@@ -35,89 +43,75 @@ def split_host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-class StreamConnection:
-    """One TCP connection to a shard's stream plane. Blocks in every call (bounded).
-
-    The constructor connects (within ``connect_timeout_s``) and says hello. Raises
-    OSError when the shard cannot be reached, the shard's PSError (UNAUTHENTICATED for
-    a wrong token) when it refuses.
-    """
-
-    def __init__(self, host: str, port: int, server_id: str, token: str, connect_timeout_s: float,
-                 timeout_s: float) -> None:
-        self.sock = socket.create_connection((host, port), timeout=connect_timeout_s)
-        self.closed = False
-        try:
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock.sendall(pack_local_request(STREAM_HELLO, with_token(token, server_id.encode()), timeout_s))
-            self.receive()
-        except BaseException:
-            self.close()
-            raise
-        self.sock.settimeout(timeout_s)
-
-    def send(self, kind: int, message: bytes, payload: Sequence[Any], payload_bytes: int, timeout_s: float) -> None:
-        """Send one request: frame, ``message``, then ``payload`` (bytes-likes, in order, unjoined).
-
-        ``timeout_s`` is the shard's bound on its own waits; the socket waits 5 s more.
-        Raises OSError.
-        """
-        self.sock.settimeout(timeout_s + 5.0)
-        send_all(self.sock, [pack_local_request(kind, message, timeout_s, 0, payload_bytes), *payload])
-
-    def receive(self) -> tuple[bytes, int, int]:
-        """The reply's ``(message, push outcome, push version)``; its payload stays to :meth:`read_into`.
-
-        Raises OSError (TimeoutError, ConnectionError) and the shard's error as a PSError.
-        """
-        head = recv_frame(self.sock, LOCAL_REPLY_SIZE)
-        if head is None:
-            raise ConnectionError("the shard closed the connection")
-        _, status, length, outcome, version = unpack_local_reply(head)
-        if length > LOCAL_MAX_MESSAGE:
-            raise ConnectionError("malformed reply from the shard")
-        body = recv_frame(self.sock, length) if length else b""
-        if body is None:
-            raise ConnectionError("the shard closed the connection")
-        if status:
-            raise from_status_number(status, body.decode(errors="replace"))
-        return body, outcome, version
-
-    def read_into(self, view: memoryview) -> None:
-        """Receive the next ``view.nbytes`` payload bytes into ``view``. Raises OSError."""
-        recv_into_exact(self.sock, view)
-
-    def close(self) -> None:
-        self.closed = True
-        self.sock.close()
-
-
 class StreamChannel(SlotChannel):
-    """The TCP data plane to one shard: connections by slot, opened on first use.
-
-    ``timeout_s`` bounds each reply (the client's wait timeout); ``connect_timeout_s``
-    each connect and hello. The token is never shown.
-    """
+    """TCP connections to one shard's stream plane; the hello names the shard and carries the token."""
 
     def __init__(self, host: str, port: int, server_id: str, token: str | None, connect_timeout_s: float,
                  timeout_s: float) -> None:
-        super().__init__()
-        self.host, self.port = host, port
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.server_id = server_id
-        self._token = token or ""
-        self.connect_timeout_s = connect_timeout_s
-        self.timeout_s = timeout_s
+        super().__init__(f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                         with_token(token or "", server_id.encode()), connect_timeout_s, timeout_s)
+        self._target = (host, port)
+        self._connect_timeout_s = connect_timeout_s
 
-    def __repr__(self) -> str:
-        return f"StreamChannel({self.address!r})"
-
-    def open(self) -> StreamConnection:
-        """Connect and say hello. Blocks. Raises UnavailableError (also when refused)."""
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(self._target, timeout=self._connect_timeout_s)
         try:
-            return StreamConnection(self.host, self.port, self.server_id, self._token, self.connect_timeout_s,
-                                    self.timeout_s)
-        except PSError as exc:  # refused (a wrong token, another server on the port): use gRPC
-            raise UnavailableError(f"stream plane {self.address} refused the connection: {exc}") from exc
-        except OSError as exc:
-            raise UnavailableError(f"stream plane {self.address}: {exc}") from exc
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+class StreamPlane(SlotPlane):
+    """The TCP data plane to the shards that :meth:`offer` accepted. The constructor does no I/O."""
+
+    name = "tcp"
+
+    def __init__(self, token: str | None, connect_timeout_s: float, timeout_s: float,
+                 cache: PullCache | None = None) -> None:
+        super().__init__()
+        self._token = token
+        self._timeouts = (min(connect_timeout_s, CONNECT_TIMEOUT_S), timeout_s)
+        self._cache = cache
+
+    def channel(self, address: str, status: ps_pb2.StatusReply) -> StreamChannel | None:
+        target = split_host_port(address)
+        if target is None or not status.stream_port:
+            return None
+        # a short connect bound: a port that a firewall drops costs little
+        return StreamChannel(target[0], status.stream_port, status.server_id, self._token, *self._timeouts)
+
+    def send(self, part: Part, seq: int, step: Step) -> FrameConnection:
+        conn = self._channels[part.shard].connection(part.part)  # one per part: a queued one could wait
+        known = None if self._cache is None else (lambda h: self._cache.name_known(part.shard, h, part.pull_blocks))
+        push, pull = step.headers(part, seq, known)
+        if push is None:
+            conn.send(LOCAL_PULL, pull.SerializeToString(), step.timeout_s)
+            return conn
+        payload = step.payload(part)
+        conn.send(LOCAL_PUSH_PULL if pull is not None else LOCAL_PUSH, push.SerializeToString(), step.timeout_s,
+                  payload=payload, payload_bytes=sum(a.nbytes for a in payload))
+        return conn
+
+    def finish(self, sent: FrameConnection, part: Part, step: Step) -> tuple[int, int] | None:
+        message, outcome, version = sent.receive()
+        if part.pull is not None:
+            try:
+                header = ps_pb2.PullReplyHeader.FromString(message)
+                got = set()
+                for ref in header.blocks:
+                    start, stop = step.block(part, ref.table, ref.block, ref.count, ref.dtype)
+                    if (ref.table, ref.block) in got:
+                        raise InvalidArgumentError(f"server sent {ref.table}[{ref.block}] twice")
+                    got.add((ref.table, ref.block))
+                    values = step.dest[ref.table][start:stop]
+                    sent.read_into(memoryview(values).cast("B"))
+                    if self._cache is not None:
+                        self._cache.remember(ref.table, ref.block, ref.version, values)
+            except (InvalidArgumentError, DecodeError) as exc:  # the byte stream is out of step
+                sent.close()
+                raise InvalidArgumentError(f"malformed reply from the stream plane {sent.address}: {exc}") from exc
+            if self._cache is not None:
+                self._cache.fill(part.shard, header.state_token, part.pull_blocks, got, step.dest)
+        return (outcome, version) if part.push is not None else None

@@ -33,18 +33,11 @@ from torch import nn
 
 from worker.data.dataset import Dataset, batches
 from worker.torch.optimizer import ParameterServerOptimizer
-from worker.training.loop import (
-    EVAL_CHUNK_ROWS,
-    TORCH_PREFIX,
-    EvalRecord,
-    StepRate,
-    StepRecord,
-    TrainConfig,
-    TrainingStopped,
-    TrainResult,
-    optimizer_kwargs,
-    staleness_of,
-)
+from worker.training.evaluation import EVAL_CHUNK_ROWS
+from worker.training.progress import StepRate, staleness_of
+from worker.training.model_tables import optimizer_kwargs
+from worker.training.records import EvalRecord, StepRecord, TrainingStopped, TrainResult
+from worker.training.train_config import TORCH_PREFIX, TrainConfig
 from worker.xp import DeviceUnavailableError
 
 __all__ = ["TorchModel", "build_torch_model", "evaluate_torch", "load_factory", "train_torch"]

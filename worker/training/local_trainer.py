@@ -25,7 +25,10 @@ import numpy as np
 
 from ps.tables.optim import make_optimizer
 from worker.data.dataset import Dataset, batches
-from worker.training.loop import EvalRecord, TrainConfig, TrainResult, evaluate, initial_params, table_specs
+from worker.training.evaluation import evaluate
+from worker.training.model_tables import initial_params, table_specs
+from worker.training.records import EvalRecord, TrainResult
+from worker.training.train_config import TrainConfig
 from worker.models import Model
 
 __all__ = ["reference_loop", "reference_shards", "train_local"]

@@ -32,17 +32,9 @@ from ps.tables.spec import InitSpec
 from worker.training.auc import roc_auc
 from worker.data.ctr import CtrDataset, ctr_batches
 from worker.training.local_trainer import reference_loop, reference_shards
-from worker.training.loop import (
-    EvalRecord,
-    StepRecord,
-    TrainConfig,
-    TrainingStopped,
-    TrainResult,
-    create_tables,
-    initial_params,
-    optimizer_kwargs,
-    table_specs,
-)
+from worker.training.model_tables import create_tables, initial_params, optimizer_kwargs, table_specs
+from worker.training.records import EvalRecord, StepRecord, TrainingStopped, TrainResult
+from worker.training.train_config import TrainConfig
 
 __all__ = ["evaluate_ctr", "sparse_table_specs", "train_sparse", "train_sparse_local"]
 
