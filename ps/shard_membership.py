@@ -43,9 +43,15 @@ class ShardMembership:
         wins (a restarted worker must be able to rejoin under its rank), and the older
         session's pushes are refused from then on (:meth:`claim`), so two clients sharing
         one id are told apart loudly instead of merged silently.
+        A new id is the lowest below ``config.num_workers`` that no live worker holds (an id
+        whose worker left, before a restore too, is free again), else the lowest id this
+        shard never knew.
         Raises ResourceExhaustedError when ``config.max_workers`` ids are already known.
         """
         with self._cond:
+            if worker < 0:
+                live = set(self.gate.live_workers())
+                worker = next((w for w in range(self.config.num_workers) if w not in live), -1)
             if worker < 0:
                 while self._next_worker in self.gate.workers:
                     self._next_worker += 1
