@@ -44,14 +44,14 @@ class ShardMembership:
         session's pushes are refused from then on (:meth:`claim`), so two clients sharing
         one id are told apart loudly instead of merged silently.
         A new id is the lowest below ``config.num_workers`` that no live worker holds (an id
-        whose worker left, before a restore too, is free again), else the lowest id this
-        shard never knew.
+        whose worker left is free again, and so is one restored live from a checkpoint and
+        not heard from since), else the lowest id this shard never knew.
         Raises ResourceExhaustedError when ``config.max_workers`` ids are already known.
         """
         with self._cond:
             if worker < 0:
-                live = set(self.gate.live_workers())
-                worker = next((w for w in range(self.config.num_workers) if w not in live), -1)
+                held = set(self.gate.live_workers()) - self.unheard
+                worker = next((w for w in range(self.config.num_workers) if w not in held), -1)
             if worker < 0:
                 while self._next_worker in self.gate.workers:
                     self._next_worker += 1
@@ -63,6 +63,7 @@ class ShardMembership:
                                              f"(max-workers {self.config.max_workers})")
             clock = self.gate.register(worker)
             self.last_contact[worker] = self._clock()
+            self.unheard.discard(worker)
             if session:
                 held = self.sessions.get(worker)
                 if held is not None and held != session:
@@ -78,7 +79,10 @@ class ShardMembership:
         """Call with the lock held before a push. Raises FailedPreconditionError when another
         client's session now holds ``worker``'s id. A session pushing under an id nobody
         holds (e.g. after this shard restarted) claims it. Session 0 is not checked."""
-        if not session or worker < 0:
+        if worker < 0:
+            return
+        self.unheard.discard(worker)
+        if not session:
             return
         held = self.sessions.setdefault(worker, session)
         if held != session:
@@ -135,6 +139,7 @@ class ShardMembership:
         with self._cond:
             self.gate.check_live(worker)
             self.last_contact[worker] = self._clock()
+            self.unheard.discard(worker)
             return self.epoch
 
     def expire_leases(self) -> list[int]:

@@ -136,3 +136,17 @@ def test_the_gate_loads_departed_workers_and_forgets_a_finished_run():
     assert gate.workers == {} and gate.waiting_for() == ()
     gate.load(5, {0: 5, 1: 5})
     assert gate.live_workers() == [0, 1]
+
+
+def test_ids_restored_live_are_free_for_automatic_workers_until_heard_from(tmp_path):
+    shard = shard_of(3)
+    for w in (0, 1, 2):
+        shard.register(w, session=41 + w)
+    shard.leave(2, session=43)
+    save(shard, tmp_path, "interrupted")                  # stopped while workers 0 and 1 were live
+    again = restore(tmp_path, num_workers=3)
+    assert again.gate.live_workers() == [0, 1] and again.unheard == {0, 1}
+    again.heartbeat(1)                                     # worker 1 is still running: its id stays its own
+    assert [again.register(-1, session=s)[0] for s in (51, 53)] == [0, 2]
+    assert again.unheard == set()
+    assert again.register(-1, session=55)[0] == 3          # every id below --num-workers is held now
