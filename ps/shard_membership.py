@@ -43,15 +43,17 @@ class ShardMembership:
         wins (a restarted worker must be able to rejoin under its rank), and the older
         session's pushes are refused from then on (:meth:`claim`), so two clients sharing
         one id are told apart loudly instead of merged silently.
-        A new id is the lowest below ``config.num_workers`` that no live worker holds (an id
-        whose worker left is free again, and so is one restored live from a checkpoint and
-        not heard from since), else the lowest id this shard never knew.
+        A new id is the lowest below ``config.num_workers`` that no worker used since this
+        shard started: never known, or restored from a checkpoint and not heard from since
+        (``unheard``: the ids of a previous run are free for the next run's workers), else
+        the lowest id this shard never knew. An id whose worker left during this run is not
+        handed out again: a second worker would train on the same rank's data.
         Raises ResourceExhaustedError when ``config.max_workers`` ids are already known.
         """
         with self._cond:
             if worker < 0:
-                held = set(self.gate.live_workers()) - self.unheard
-                worker = next((w for w in range(self.config.num_workers) if w not in held), -1)
+                known = self.gate.workers
+                worker = next((w for w in range(self.config.num_workers) if w not in known or w in self.unheard), -1)
             if worker < 0:
                 while self._next_worker in self.gate.workers:
                     self._next_worker += 1

@@ -70,8 +70,8 @@ class ShardRecovery:
 
         Workers come back live with a fresh lease, except those in ``left``, which had left
         the quorum (``ConsistencyGate.load``: when all had, the next run forms its quorum
-        anew and automatic ids start again at 0). Until a live one is heard from again
-        (``unheard``), an automatic registration may take its id. The gate adopts the
+        anew and automatic ids start again at 0). Until a restored worker is heard from
+        again (``unheard``), an automatic registration may take its id. The gate adopts the
         cluster's step if workers turn out to be ahead (``ConsistencyGate.resyncing``).
         ``dedup`` None starts an empty dedup table (restoring onto another shard count).
         """
@@ -81,7 +81,7 @@ class ShardRecovery:
             self.epoch = epoch
             now = self._clock()
             self.last_contact = {w: now for w in clocks}
-            self.unheard = set(self.gate.live_workers())
+            self.unheard = set(self.gate.workers)
             self._step_seqs = []
             install_tables(self)
             self._cond.notify_all()

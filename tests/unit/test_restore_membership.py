@@ -84,13 +84,15 @@ def test_workers_that_left_mid_run_come_back_departed_and_free_their_ids(tmp_pat
     assert again.register(-1, session=35)[0] == 1         # a replacement takes the free id
 
 
-def test_automatic_ids_reuse_the_lowest_id_no_live_worker_holds():
+def test_within_one_run_an_automatic_id_is_never_handed_out_twice():
+    # async workers that finish before the others registered: the next one must not take the
+    # finished worker's id, or two workers would train on the same rank's data
     shard = shard_of(3, Mode.ASYNC)
-    assert [shard.register(-1, session=s)[0] for s in (1, 3, 5)] == [0, 1, 2]
-    shard.leave(1, session=3)
-    assert shard.register(-1, session=7)[0] == 1
-    assert shard.register(-1, session=9)[0] == 3          # every id below --num-workers is live
-    unbounded = shard_of(0, Mode.ASYNC)                    # no --num-workers: ids are never reused
+    assert shard.register(-1, session=1)[0] == 0
+    shard.leave(0, session=1)
+    assert [shard.register(-1, session=s)[0] for s in (3, 5)] == [1, 2]
+    assert shard.register(-1, session=7)[0] == 3          # past --num-workers: ps-worker refuses the rank
+    unbounded = shard_of(0, Mode.ASYNC)                    # no --num-workers: the same
     assert [unbounded.register(-1)[0] for _ in range(2)] == [0, 1]
     unbounded.leave(0)
     assert unbounded.register(-1)[0] == 2
@@ -138,14 +140,14 @@ def test_the_gate_loads_departed_workers_and_forgets_a_finished_run():
     assert gate.live_workers() == [0, 1]
 
 
-def test_ids_restored_live_are_free_for_automatic_workers_until_heard_from(tmp_path):
+def test_restored_ids_are_free_for_automatic_workers_until_heard_from(tmp_path):
     shard = shard_of(3)
     for w in (0, 1, 2):
         shard.register(w, session=41 + w)
     shard.leave(2, session=43)
     save(shard, tmp_path, "interrupted")                  # stopped while workers 0 and 1 were live
     again = restore(tmp_path, num_workers=3)
-    assert again.gate.live_workers() == [0, 1] and again.unheard == {0, 1}
+    assert again.gate.live_workers() == [0, 1] and again.unheard == {0, 1, 2}
     again.heartbeat(1)                                     # worker 1 is still running: its id stays its own
     assert [again.register(-1, session=s)[0] for s in (51, 53)] == [0, 2]
     assert again.unheard == set()
