@@ -184,6 +184,26 @@ def test_kubernetes_manifests_validate_against_the_api_schemas():
         kv.validate(broken, K8S_VERSIONS[-1], strict=True)
 
 
+def test_kubernetes_runs_the_compose_image_without_pulling_it(compose):
+    # compose builds grpc-ps:latest (pull_policy: build); Kubernetes would always pull a
+    # `:latest` image unless told to use the one loaded into the cluster
+    images = {s["image"] for s in our_services(compose).values()}
+    containers = [c for kind in ("StatefulSet", "Job") for m in by_kind(kind)
+                  for c in m["spec"]["template"]["spec"]["containers"]]
+    assert len(containers) == 2
+    for c in containers:
+        assert c["image"] in images and c["imagePullPolicy"] == "IfNotPresent", c["name"]
+
+
+def test_kubernetes_restores_like_compose(compose):
+    # a restarted shard resumes from its volume, as a second `docker compose up` does
+    (sts,) = by_kind("StatefulSet")
+    plain, _ = _env(sts["spec"]["template"]["spec"]["containers"][0])
+    server = service_env(our_services(compose)["ps-server-0"])
+    for key in ("PS_RESTORE", "PS_CHECKPOINT_DIR", "PS_NUM_SHARDS", "PS_NUM_WORKERS", "PS_MODE"):
+        assert plain[key] == server[key], key
+
+
 def _env(container: dict) -> tuple[dict[str, str], dict[str, dict]]:
     plain = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     sourced = {e["name"]: e["valueFrom"] for e in container["env"] if "valueFrom" in e}
