@@ -1,14 +1,15 @@
-# syntax=docker/dockerfile:1
 # The grpc-ps image: ps-server, ps-worker, ps-admin, ps-health and ps-launch, run as a
 # non-root user. Build from the checkout:  docker build -t grpc-ps .
 # The build stage turns the project and its dependencies into wheels; the final stage
 # installs only those wheels (no compiler, no source tree, no build tools, no pip cache).
+# No `syntax` parser directive at the top: the engine's built-in frontend supports
+# `RUN --mount`, so the build needs no frontend image from a registry (it builds offline).
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY ps ./ps
 COPY worker ./worker
 COPY launcher ./launcher

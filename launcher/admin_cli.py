@@ -3,6 +3,9 @@
 - ``ps-admin checkpoint --servers A,B [--tag T]``: every shard writes a checkpoint under
   one tag (in sync mode at one step); prints the tag, version and files as JSON.
 - ``ps-admin shutdown --servers A,B`` (or ``stop``): every shard stops gracefully (final checkpoint).
+  With ``--when-done`` it first waits until the run is over (:mod:`launcher.done_watch`):
+  every one of ``--num-workers`` workers joined and left, or no worker was live for
+  ``--idle`` seconds. ``docker compose up`` runs it so, as its ``stop`` service.
 - ``ps-admin export --servers A,B --out PATH [--tables T,U] [--force]``: every table (or
   ``--tables``) to one ``.npz`` or ``.safetensors`` file, atomically, refusing to replace
   an existing file without ``--force`` (layout: :mod:`worker.export.model_file`); prints
@@ -24,6 +27,7 @@ import sys
 from collections.abc import Callable
 
 from launcher import client_safety, status_table
+from launcher.done_watch import DoneWatch, wait_until_done
 from launcher.envargs import EnvArgumentParser
 from launcher.server_addresses import server_addresses
 from ps.protocol import tls
@@ -59,6 +63,12 @@ def build_parser(environ=None) -> EnvArgumentParser:
     c.add_argument("--tag", default=None, type=_tag, help="checkpoint name (default ckpt-<UTC time>)")
     s = sub.add_parser("shutdown", aliases=["stop"], help="stop every shard gracefully", environ=environ)
     _connection_args(s)
+    s.add_argument("--when-done", action="store_true",
+                   help="first wait until the run is over: every worker joined and left, or none live for --idle s")
+    s.add_argument("--num-workers", type=int, default=0,
+                   help="--when-done: the workers the run expects (0: at least one)")
+    s.add_argument("--idle", type=float, default=60.0, metavar="SECONDS",
+                   help="--when-done: stop once no worker was live this long (workers that never joined)")
     st = sub.add_parser("status", help="one table: shards, tables, workers, whom a sync step waits for",
                         environ=environ)
     _connection_args(st)
@@ -90,7 +100,17 @@ def checkpoint(args) -> int:
 
 
 def shutdown(args) -> int:
+    """Stop every shard; with ``--when-done`` first wait (blocks) until the run is over."""
     kw = client_safety.client_kwargs(args)
+    if args.when_done:
+        if args.num_workers < 0 or not args.idle >= 0:
+            raise ValueError("--num-workers and --idle must be >= 0")
+        print(f"ps-admin stop: waiting until the run is over ({args.num_workers or 'any number of'} worker(s) "
+              f"joined and left, or none live for {args.idle:g} s)", file=sys.stderr, flush=True)
+        with Client(args.servers, observer=True, local=False, connect_timeout_s=args.timeout,
+                    timeout_s=args.timeout, **kw) as client:
+            reason = wait_until_done(client.status, DoneWatch(args.num_workers, args.idle), args.timeout)
+        print(f"ps-admin stop: the run is over: {reason}; stopping the servers", file=sys.stderr, flush=True)
     creds = tls.channel_credentials(kw["tls_ca"], kw["tls_cert"], kw["tls_key"]) if kw["tls_ca"] else None
     channels = [ShardChannel(a.strip(), DEFAULT_MAX_MESSAGE_BYTES, credentials=creds, token=kw["token"],
                              server_name=kw["tls_server_name"]) for a in args.servers.split(",")]

@@ -248,16 +248,19 @@ def prune(directory: str, shard_index: int, num_shards: int, keep: int) -> list[
         with contextlib.suppress(OSError):
             os.rmdir(tag_dir)  # only when no other shard's files remain
         removed.append(tag)
-    # temporary files a crash left behind (checkpoints are serialized: none is in progress)
+    # temporary files a crash left behind (checkpoints are serialized: none is in progress).
+    # Only a folder this emptied goes: an empty one may be another shard's, made a moment
+    # ago for the checkpoint it is writing now (shards may share the directory).
     for tag in os.listdir(directory):
         tag_dir = os.path.join(directory, tag)
         if TAG.match(tag) and os.path.isdir(tag_dir):
-            for name in os.listdir(tag_dir):
-                if name.startswith(f".tmp-{base}"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(tag_dir, name))
-            with contextlib.suppress(OSError):
-                os.rmdir(tag_dir)  # only when empty
+            leftovers = [name for name in os.listdir(tag_dir) if name.startswith(f".tmp-{base}")]
+            for name in leftovers:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(tag_dir, name))
+            if leftovers:
+                with contextlib.suppress(OSError):
+                    os.rmdir(tag_dir)  # only when empty
     if removed:
         with contextlib.suppress(OSError):
             fsync_dir(directory)

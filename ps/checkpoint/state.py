@@ -7,9 +7,9 @@ the same tag; periodic and final checkpoints are per shard)::
     DIR/<tag>/shard-00000-of-00002.manifest.json               written last
 
 The data file is an ``.npz`` (``np.savez``, read back with ``allow_pickle=False``): a
-``header`` array holding JSON (version, epoch, mode, worker clocks, the dedup table and
-each table's metadata) and the arrays, named ``a0, a1, ...`` and mapped by the header
-to ``(table, block, field)``. The manifest holds the data file's name, size and
+``header`` array holding JSON (version, epoch, mode, worker clocks, which workers had left,
+the dedup table and each table's metadata) and the arrays, named ``a0, a1, ...`` and
+mapped by the header to ``(table, block, field)``. The manifest holds the data file's name, size and
 SHA-256, and a SHA-256 of its own content. Each file is written under a temporary name,
 fsynced, renamed into place, and the directory fsynced; the manifest comes last, so a
 crash at any point leaves the previous checkpoint whole and the new one invisible.
@@ -98,6 +98,7 @@ class ShardState:
     created: float = 0.0
     sources: list[str] = field(default_factory=list)  # files a restore read
     cluster: bool = False  # written under a cluster-wide tag on request (sync rollbacks use these)
+    left: list[int] = field(default_factory=list)  # workers that had left the quorum (not live on restore)
 
 
 # -- capture ------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def capture(shard, tag: str, at_version: int = 0, timeout_s: float = 60.0) -> Sh
     index, count = meta["topology"]
     return ShardState(tag=tag, shard_index=index, num_shards=count, version=meta["version"],
                       epoch=meta["epoch"], mode=meta["mode"], clocks=meta["clocks"], dedup=meta["dedup"],
-                      tables=parts, created=time.time())
+                      tables=parts, created=time.time(), left=meta["left"])
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def write(directory: str, state: ShardState, hook: WriteHook | None = None) -> s
     header = {
         "format": FORMAT, "tag": state.tag, "shard_index": state.shard_index, "num_shards": state.num_shards,
         "version": state.version, "epoch": state.epoch, "mode": state.mode, "created": state.created,
-        "clocks": {str(w): c for w, c in state.clocks.items()},
+        "clocks": {str(w): c for w, c in state.clocks.items()}, "left": [int(w) for w in state.left],
         "dedup": {str(w): [floor, above] for w, (floor, above) in (state.dedup or {}).items()},
         "tables": tables,
     }
@@ -257,6 +258,13 @@ def _restore(files: list[tuple[str, dict]], shard_index: int, num_shards: int) -
         for h in headers:
             for w, c in h["clocks"].items():
                 clocks[int(w)] = max(clocks.get(int(w), 0), int(c))
+        left: set[int] = set()  # departed on every shard that knew them (no "left" key: all live)
+        live: set[int] = set()
+        for h in headers:
+            gone = {int(w) for w in h.get("left", ())}
+            left |= gone
+            live |= {int(w) for w in h["clocks"]} - gone
+        left -= live
         dedup = None
         if same_topology:
             dedup = {int(w): (int(floor), [int(s) for s in above]) for w, (floor, above) in headers[0]["dedup"].items()}
@@ -266,7 +274,7 @@ def _restore(files: list[tuple[str, dict]], shard_index: int, num_shards: int) -
             version=max(h["version"] for h in headers), epoch=max(h["epoch"] for h in headers),
             mode=modes.pop() if len(modes) == 1 else "mixed", clocks=clocks, dedup=dedup,
             tables=dict(tables), created=max(m["created"] for _, m in files),
-            sources=[h["_path"] for h in headers],
+            sources=[h["_path"] for h in headers], left=sorted(left),
         )
 
 
@@ -302,6 +310,6 @@ def install(shard, state: ShardState) -> None:
         for kind, codec in CODECS.items():
             codec.install(s, state.tables.get(kind, []))
 
-    shard.install(state.version, state.clocks, state.dedup, state.epoch + 1, install_tables)
+    shard.install(state.version, state.clocks, state.dedup, state.epoch + 1, install_tables, state.left)
 
 

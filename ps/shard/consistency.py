@@ -33,6 +33,7 @@ capture a state no push is changing.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ps.errors import FailedPreconditionError, InvalidArgumentError
@@ -155,12 +156,26 @@ class ConsistencyGate:
             i: (min(w.clock, cap) if cap is not None else w.clock) for i, w in self.workers.items()
         }
 
-    def load(self, version: int, clocks: dict[int, int]) -> None:
-        """Replace the state with a checkpoint's: workers live at their clocks, no step open."""
+    def departed(self) -> list[int]:
+        """The workers known here that left the quorum (done, or declared dead), sorted."""
+        return sorted(i for i, w in self.workers.items() if not w.live)
+
+    def load(self, version: int, clocks: dict[int, int], left: Iterable[int] = ()) -> None:
+        """Replace the state with a checkpoint's: workers at their clocks, no step open.
+
+        Workers come back live, except those in ``left`` (they had left the quorum): no
+        step waits for them, and their ids are free for new workers again. When every
+        worker had left, the checkpoint is of a finished run: the gate then knows no worker,
+        so the next run's quorum forms anew (a sync step waits for ``num_workers``
+        registrations, as after a fresh start).
+        """
         if version < 0 or any(c < 0 for c in clocks.values()):
             raise ValueError("versions and clocks must be >= 0")
+        left = {int(i) for i in left}
         self.version = version
-        self.workers = {int(i): _Worker(clock=int(c)) for i, c in clocks.items()}
+        finished = bool(clocks) and {int(i) for i in clocks} <= left
+        self.workers = {} if finished else {
+            int(i): _Worker(clock=int(c), live=int(i) not in left) for i, c in clocks.items()}
         self._step = _Step()
         self.resyncing = True
 

@@ -43,9 +43,17 @@ class ShardMembership:
         wins (a restarted worker must be able to rejoin under its rank), and the older
         session's pushes are refused from then on (:meth:`claim`), so two clients sharing
         one id are told apart loudly instead of merged silently.
+        A new id is the lowest below ``config.num_workers`` that no worker used since this
+        shard started: never known, or restored from a checkpoint and not heard from since
+        (``unheard``: the ids of a previous run are free for the next run's workers), else
+        the lowest id this shard never knew. An id whose worker left during this run is not
+        handed out again: a second worker would train on the same rank's data.
         Raises ResourceExhaustedError when ``config.max_workers`` ids are already known.
         """
         with self._cond:
+            if worker < 0:
+                known = self.gate.workers
+                worker = next((w for w in range(self.config.num_workers) if w not in known or w in self.unheard), -1)
             if worker < 0:
                 while self._next_worker in self.gate.workers:
                     self._next_worker += 1
@@ -57,6 +65,7 @@ class ShardMembership:
                                              f"(max-workers {self.config.max_workers})")
             clock = self.gate.register(worker)
             self.last_contact[worker] = self._clock()
+            self.unheard.discard(worker)
             if session:
                 held = self.sessions.get(worker)
                 if held is not None and held != session:
@@ -72,7 +81,10 @@ class ShardMembership:
         """Call with the lock held before a push. Raises FailedPreconditionError when another
         client's session now holds ``worker``'s id. A session pushing under an id nobody
         holds (e.g. after this shard restarted) claims it. Session 0 is not checked."""
-        if not session or worker < 0:
+        if worker < 0:
+            return
+        self.unheard.discard(worker)
+        if not session:
             return
         held = self.sessions.setdefault(worker, session)
         if held != session:
@@ -129,6 +141,7 @@ class ShardMembership:
         with self._cond:
             self.gate.check_live(worker)
             self.last_contact[worker] = self._clock()
+            self.unheard.discard(worker)
             return self.epoch
 
     def expire_leases(self) -> list[int]:

@@ -8,7 +8,7 @@ docs/failure-semantics.md section 3.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ps.shard.consistency import Mode, Proceed, Wait
@@ -57,7 +57,7 @@ class ShardRecovery:
                 meta = {
                     "version": version, "clocks": clocks, "epoch": self.epoch, "topology": self.topology,
                     "dedup": self.dedup.export(without=self._step_seqs if sync else ()),
-                    "mode": self.config.mode.value,
+                    "mode": self.config.mode.value, "left": self.gate.departed(),
                 }
                 return meta, export(self)
             finally:
@@ -65,19 +65,23 @@ class ShardRecovery:
                 self._cond.notify_all()
 
     def install(self, version: int, clocks: dict[int, int], dedup: dict | None, epoch: int,
-                install_tables: Callable[[Shard], None]) -> None:
+                install_tables: Callable[[Shard], None], left: Iterable[int] = ()) -> None:
         """Replace the state with a restored checkpoint's (before serving).
 
-        Workers come back live with a fresh lease; the gate adopts the cluster's step if
-        workers turn out to be ahead (``ConsistencyGate.resyncing``). ``dedup`` None
-        starts an empty dedup table (restoring onto another shard count).
+        Workers come back live with a fresh lease, except those in ``left``, which had left
+        the quorum (``ConsistencyGate.load``: when all had, the next run forms its quorum
+        anew and automatic ids start again at 0). Until a restored worker is heard from
+        again (``unheard``), an automatic registration may take its id. The gate adopts the
+        cluster's step if workers turn out to be ahead (``ConsistencyGate.resyncing``).
+        ``dedup`` None starts an empty dedup table (restoring onto another shard count).
         """
         with self._cond:
-            self.gate.load(version, clocks)
+            self.gate.load(version, clocks, left)
             self.dedup = DedupTable.restore(dedup) if dedup is not None else DedupTable()
             self.epoch = epoch
             now = self._clock()
             self.last_contact = {w: now for w in clocks}
+            self.unheard = set(self.gate.workers)
             self._step_seqs = []
             install_tables(self)
             self._cond.notify_all()
@@ -105,7 +109,7 @@ class ShardRecovery:
                     fenced = set(self.gate.workers) | {int(w) for w in state.clocks}
                     self.rows.discard_pending()
                     self._pending_blocks = set()
-                    self.install(state.version, state.clocks, state.dedup, self.epoch + 1, install_tables)
+                    self.install(state.version, state.clocks, state.dedup, self.epoch + 1, install_tables, state.left)
                     self.gate.resyncing = False
                     self.fenced = fenced
                     self.restored_from = (state.tag, state.version)

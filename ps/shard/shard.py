@@ -86,6 +86,7 @@ class Shard(ShardMembership, ShardRecovery):
         self.generation = 0               # bumps on every rollback: waits in flight end with ABORTED
         self.fenced: set[int] = set()     # workers that must resync (Register resync=True) after a rollback
         self.sessions: dict[int, int] = {}  # worker -> the session (Client) that holds its id
+        self.unheard: set[int] = set()    # restored, silent since: their ids are free for --rank auto
         self.awaiting_rollback = False    # sync, restored at start: refuse pushes and pulls until a Restore
         self.restored_from: tuple[str, int] | None = None  # (tag, version) of the checkpoint now held
         self.rollback_id = ""             # the last Restore handled

@@ -6,7 +6,9 @@ Along the way: the healthcheck command and the standard health stub say SERVING,
 reflection lists the PS service, one worker is paused (SIGSTOP) mid-run and both
 ``ps-admin status`` and the other worker's slow-wait warning name it, and the servers'
 metrics agree with what the workers report they pushed. Then the compose ``stop`` service
-stops the servers, which exit 0 after writing their final checkpoints.
+stops the servers, which exit 0 after writing their final checkpoints. A second run on the
+same volume, with ``stop`` waiting beside the workers as in compose, trains on from the
+first's final checkpoints.
 """
 
 from __future__ import annotations
@@ -143,3 +145,38 @@ def test_the_compose_topology_trains_to_completion_on_loopback(tmp_path):
         assert list((tmp_path / "volumes").rglob("*final*")), "no final checkpoint was written"
     finally:
         topo.close()
+
+
+FINAL = re.compile(r"checkpoint \S+/final-\S+ written at version (\d+)")
+RESTORED = re.compile(r"restored checkpoint final-\S+ \(version (\d+),")
+
+
+def test_a_second_up_with_the_volume_kept_trains_on_from_the_first(tmp_path):
+    """Two runs of the topology on one checkpoint volume, ``stop`` (``ps-admin stop
+    --when-done``) running beside the workers as in compose: the second run's servers
+    restore the first's final checkpoints, its workers get ranks 0 and 1 again (before
+    the fix: 2 and 3, refused), train another run of epochs, and everything exits 0."""
+    final, restored, ranks = [], [], []
+    for _ in range(2):
+        topo = Topology(tmp_path, {"PS_EPOCHS": "2"})
+        try:
+            servers = topo.start_servers()
+            for proc in servers:
+                topo.wait_healthy(proc)
+            stop = topo.spawn("stop", topo.argv(topo.services["stop"]["command"]), topo.env("stop"))
+            workers = topo.start_workers()
+            for w in workers:
+                assert w.wait(120) == 0, w.err()[-3000:]
+            assert stop.wait(60) == 0, stop.err()[-3000:]
+            assert "the run is over: every worker left (2 joined)" in stop.err()
+            for p in servers:
+                assert p.wait(30) == 0, p.err()[-3000:]
+            final.append({int(FINAL.search(p.err()).group(1)) for p in servers})
+            restored.append({int(m.group(1)) for p in servers for m in RESTORED.finditer(p.err())})
+            ranks.append(sorted(int(re.search(r"^worker (\d+): test accuracy", w.out(), re.M).group(1))
+                                for w in workers))
+        finally:
+            topo.close()
+    (v1,), (v2,) = final
+    assert restored == [set(), {v1}] and ranks == [[0, 1], [0, 1]]
+    assert v2 == 2 * v1 > 0  # sync: the second run took as many steps again, from the first's step

@@ -230,3 +230,14 @@ def test_a_torn_temporary_file_is_cleaned_up_by_the_next_checkpoint(tmp_path):
     (tmp_path / "crashed" / ".tmp-shard-00001-of-00002-v3-abcd.npz-x1").write_bytes(b"another shard's")
     writer.checkpoint("next")
     assert sorted(p.name for p in (tmp_path / "crashed").iterdir()) == [".tmp-shard-00001-of-00002-v3-abcd.npz-x1"]
+
+
+def test_pruning_leaves_another_shards_new_tag_folder_alone(tmp_path):
+    # two shards sharing one checkpoint directory (compose's volume): shard 0 has just made
+    # the folder of its final checkpoint and is about to write into it when shard 1 prunes
+    (tmp_path / "final-s0").mkdir()
+    (tmp_path / "crashed").mkdir()
+    (tmp_path / "crashed" / ".tmp-shard-00001-of-00002-v3-abcd.npz-x1").write_bytes(b"shard 1's torn file")
+    checkpoint_files.prune(str(tmp_path), 1, 2, keep=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final-s0"]   # its own emptied folder went
+    assert not list((tmp_path / "final-s0").iterdir())

@@ -9,6 +9,7 @@ scripts, and the Kubernetes manifests must validate against the API schemas
 from __future__ import annotations
 
 import importlib
+import re
 import shutil
 import subprocess
 
@@ -48,6 +49,14 @@ def test_every_service_command_and_environment_is_accepted(compose, monkeypatch)
         elif module.__name__ == "launcher.worker_cli":
             cfg = module.train_config_from_args(args, rank=0, num_workers=args.num_workers)
             assert args.rank == "auto" and args.metrics_port and cfg.epochs >= 1
+        elif module.__name__ == "launcher.admin_cli":
+            assert args.command == "stop" and args.when_done and args.idle > 0
+
+
+def test_services_that_build_the_image_never_pull_it(compose):
+    for name, service in our_services(compose).items():
+        assert service["build"] == "." and service["pull_policy"] == "build", name
+    assert "pull_policy" not in compose["services"]["prometheus"]  # a published image: pulled as usual
 
 
 def test_defaults_and_overrides_come_from_the_shell():
@@ -71,7 +80,19 @@ def test_servers_are_health_checked_with_a_console_script_and_awaited(compose):
         _, args = parse(test[1:], service_env(s))
         assert args.address.endswith(":" + service_env(s)["PS_PORT"])
         assert services["worker"]["depends_on"][name] == {"condition": "service_healthy"}
-    assert services["stop"]["depends_on"]["worker"] == {"condition": "service_completed_successfully"}
+        assert services["stop"]["depends_on"][name] == {"condition": "service_healthy"}
+    # `stop` waits for the run itself (ps-admin stop --when-done): a dependency on the workers
+    # would start it when the first replica exits, and never when one fails
+    assert "worker" not in services["stop"]["depends_on"]
+
+
+def test_stop_expects_as_many_workers_as_run_and_the_servers_expect(compose):
+    for variables in ({}, {"PS_WORKERS": "4"}):
+        services = our_services(load(variables))
+        _, stop = parse(services["stop"]["command"], service_env(services["stop"]))
+        _, server = parse(services["ps-server-0"]["command"], service_env(services["ps-server-0"]))
+        assert stop.num_workers == server.num_workers == replicas(services["worker"])
+        assert stop.servers == service_env(services["worker"])["PS_SERVERS"]
 
 
 def test_workers_get_distinct_ranks_the_token_and_every_server(compose):
@@ -136,6 +157,7 @@ def test_dockerfile_is_slim_non_root_and_installs_the_checkout():
     final = lines[lines.index(stages[1]):]
     assert any(ln.startswith("USER ") and ln.split()[1] not in ("root", "0") for ln in final)
     assert not any(word in text for word in ("apt-get install", "build-essential", "gcc"))
+    assert not any(re.match(r"#\s*syntax\s*=", ln) for ln in text.splitlines())  # no frontend image to fetch
     assert "COPY" not in " ".join(final)  # the final stage takes only the wheels, through a bind mount
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "*" in ignored and {"!ps/", "!worker/", "!launcher/", "!pyproject.toml", "!README.md"} <= set(ignored)
@@ -163,6 +185,26 @@ def test_kubernetes_manifests_validate_against_the_api_schemas():
     broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["prot"] = 1
     with pytest.raises(kv.ValidationError):
         kv.validate(broken, K8S_VERSIONS[-1], strict=True)
+
+
+def test_kubernetes_runs_the_compose_image_without_pulling_it(compose):
+    # compose builds grpc-ps:latest (pull_policy: build); Kubernetes would always pull a
+    # `:latest` image unless told to use the one loaded into the cluster
+    images = {s["image"] for s in our_services(compose).values()}
+    containers = [c for kind in ("StatefulSet", "Job") for m in by_kind(kind)
+                  for c in m["spec"]["template"]["spec"]["containers"]]
+    assert len(containers) == 2
+    for c in containers:
+        assert c["image"] in images and c["imagePullPolicy"] == "IfNotPresent", c["name"]
+
+
+def test_kubernetes_restores_like_compose(compose):
+    # a restarted shard resumes from its volume, as a second `docker compose up` does
+    (sts,) = by_kind("StatefulSet")
+    plain, _ = _env(sts["spec"]["template"]["spec"]["containers"][0])
+    server = service_env(our_services(compose)["ps-server-0"])
+    for key in ("PS_RESTORE", "PS_CHECKPOINT_DIR", "PS_NUM_SHARDS", "PS_NUM_WORKERS", "PS_MODE"):
+        assert plain[key] == server[key], key
 
 
 def _env(container: dict) -> tuple[dict[str, str], dict[str, dict]]:
