@@ -16,7 +16,8 @@ from ps._proto import ps_pb2
 from ps.checkpoint.checkpointer import Checkpointer
 from ps.shard.consistency import Mode
 from ps.errors import FailedPreconditionError, InvalidArgumentError
-from ps.serving.service import SERVICE_NAME, _handled, _lenient, _remaining
+from ps.protocol.channel import SERVICE_NAME
+from ps.serving.service import _handled, _lenient, _remaining
 from ps.shard.shard import Shard
 
 

@@ -43,7 +43,8 @@ from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError, PSError, status_code_of
 from ps.serving.service import OUTCOMES, known_token, pull_blocks
 from ps.shard.shard import Shard
-from ps.serving.socket_server import SocketServer, recv_exact
+from ps.protocol.sockets import recv_exact
+from ps.serving.socket_server import SocketServer
 from ps.protocol.wire import (
     LOCAL_ATTACH,
     LOCAL_FLAG_KNOWN,

@@ -36,20 +36,13 @@ from ps.serving.control import ControlService
 from ps.errors import UnavailableError
 from ps.shard.lease import LeaseKeeper
 from ps.serving.local_plane import LocalPlane
-from ps.serving.service import SERVICE_NAME, ParameterServerService
+from ps.protocol.channel import SERVICE_NAME, channel_options
+from ps.serving.service import ParameterServerService
 from ps.shard.shard import Shard
 from ps.metrics.shard_metrics import ShardMetrics
 from ps.serving.stream_plane import StreamPlane
 
 log = logging.getLogger(__name__)
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """gRPC options shared by servers and clients: the message size limit both ways."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
 
 
 class ShardServer:

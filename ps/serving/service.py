@@ -19,6 +19,7 @@ from ps.checkpoint import state as checkpoint
 from ps._proto import ps_pb2
 from ps.shard.consistency import Mode
 from ps.errors import InvalidArgumentError, PSError, status_code_of
+from ps.protocol.channel import SERVICE_NAME
 from ps.protocol.rows_wire import decode_rows, encode_rows, split_rows
 from ps.shard.shard import Shard
 from ps.tables.sparse_spec import SparseTableSpec
@@ -27,7 +28,6 @@ from ps.protocol.wire import decode_framed, encode_framed, split_payload, wire_d
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "ps.v1.ParameterServer"
 _MODES = {Mode.ASYNC: ps_pb2.ASYNC, Mode.SYNC: ps_pb2.SYNC, Mode.SSP: ps_pb2.SSP}
 #: a push's outcome on the wire (also used by ps.serving.local_plane)
 OUTCOMES = {

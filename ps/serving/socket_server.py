@@ -1,8 +1,5 @@
 """``SocketServer``: a listening socket served one thread per connection, for the data planes.
 
-The framing helpers both planes and their workers use live here too (:func:`recv_exact`,
-:func:`recv_into_exact`, :func:`recv_frame`, :func:`send_all`).
-
 The same-host plane (:mod:`ps.serving.local_plane`, a unix socket) and the TCP plane
 (:mod:`ps.serving.stream_plane`) differ in what a connection carries, not in how connections come
 and go: a subclass binds the listener (:meth:`listen`), says which sockets it admits and
@@ -15,68 +12,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Sequence
-from typing import Any
 
 log = logging.getLogger(__name__)
-
-_IOV_MAX = 512  # buffers per sendmsg call (Linux allows 1024)
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    """Exactly ``n`` bytes. Blocks (the socket's timeout). Raises ConnectionError when the
-    peer closes first, OSError (TimeoutError) otherwise."""
-    buf = bytearray(n)
-    recv_into_exact(sock, memoryview(buf))
-    return bytes(buf)
-
-
-def recv_into_exact(sock: socket.socket, view: memoryview) -> None:
-    """Fill ``view`` (a byte memoryview) from ``sock``. Blocks (the socket's timeout).
-
-    Raises ConnectionError when the peer closes first, OSError (TimeoutError) otherwise.
-    """
-    got, n = 0, view.nbytes
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if not k:
-            raise ConnectionError("peer closed the connection")
-        got += k
-
-
-def recv_frame(sock: socket.socket, n: int) -> bytes | None:
-    """Exactly ``n`` bytes, or None when the peer closed cleanly before the first byte."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    k = sock.recv_into(view)
-    if not k:
-        return None
-    if k < n:
-        recv_into_exact(sock, view[k:])
-    return bytes(buf)
-
-
-def send_all(sock: socket.socket, buffers: Sequence[Any]) -> None:
-    """Send every buffer (bytes-likes, contiguous arrays) in order with ``sendmsg``: no joining copy.
-
-    Blocks (the socket's timeout). Raises OSError.
-    """
-    views = []
-    for b in buffers:
-        v = memoryview(b)
-        if v.nbytes:
-            views.append(v.cast("B") if v.format != "B" or v.ndim != 1 else v)
-    i = 0
-    while i < len(views):
-        sent = sock.sendmsg(views[i : i + _IOV_MAX])
-        while sent:
-            n = views[i].nbytes
-            if sent >= n:
-                sent -= n
-                i += 1
-            else:
-                views[i] = views[i][sent:]
-                sent = 0
 
 
 class SocketServer:

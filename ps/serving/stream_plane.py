@@ -57,14 +57,15 @@ from ps._proto import ps_pb2
 from ps.errors import PSError, status_code_of
 from ps.serving.service import OUTCOMES, known_if_current, pull_blocks, push_blocks
 from ps.shard.shard import Shard
-from ps.serving.socket_server import SocketServer, recv_frame, recv_into_exact, send_all
+from ps.protocol.sockets import recv_frame, recv_into_exact, send_all
+from ps.serving.socket_server import SocketServer
 from ps.protocol.wire import (
-    LOCAL_HELLO,
     LOCAL_MAX_MESSAGE,
-    LOCAL_PULL,
-    LOCAL_PUSH,
-    LOCAL_PUSH_PULL,
     LOCAL_REQUEST_SIZE,
+    STREAM_HELLO,
+    STREAM_PULL,
+    STREAM_PUSH,
+    STREAM_PUSH_PULL,
     pack_local_reply,
     split_token,
     unpack_local_request,
@@ -72,7 +73,6 @@ from ps.protocol.wire import (
 
 log = logging.getLogger(__name__)
 
-STREAM_HELLO, STREAM_PUSH, STREAM_PULL, STREAM_PUSH_PULL = LOCAL_HELLO, LOCAL_PUSH, LOCAL_PULL, LOCAL_PUSH_PULL
 #: seconds a new connection has to say hello, and a started request to arrive in full
 IO_TIMEOUT_S = 60.0
 #: connections one shard serves at once (each is a thread); more are refused

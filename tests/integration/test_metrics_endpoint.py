@@ -16,7 +16,7 @@ from ps._proto import ps_pb2
 from ps.errors import UnavailableError
 from ps.metrics.registry import Registry
 from ps.metrics.http import MetricsEndpoint
-from ps.serving.service import SERVICE_NAME
+from ps.protocol.channel import SERVICE_NAME
 from tests.integration.ports import free_port
 from tests.prometheus_text import scrape, total, value
 from worker import Client

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ps.checkpoint import state as ckpt
+from ps.protocol import tags as ckpt
 from ps.protocol import tls
 from ps._proto import ps_pb2
 from ps.errors import AbortedError, PSError, TransientError

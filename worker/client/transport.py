@@ -27,8 +27,8 @@ from ps.errors import (
     from_status,
 )
 from ps.protocol.rows_wire import decode_rows
-from ps.serving.server import channel_options
-from ps.serving.service import SERVICE_NAME
+from ps.protocol.channel import channel_options
+from ps.protocol.channel import SERVICE_NAME
 from ps.protocol.wire import decode_framed
 
 log = logging.getLogger(__name__)

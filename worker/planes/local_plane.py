@@ -30,7 +30,7 @@ import socket
 import numpy as np
 
 from ps.errors import PSError, UnavailableError, from_status_number
-from ps.serving.socket_server import recv_exact
+from ps.protocol.sockets import recv_exact
 from ps.tables.spec import TableSpec
 from ps.protocol.wire import (
     LOCAL_ATTACH,

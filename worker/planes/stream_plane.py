@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ps.errors import PSError, UnavailableError, from_status_number
-from ps.serving.socket_server import recv_frame, recv_into_exact, send_all
-from ps.serving.stream_plane import STREAM_HELLO
+from ps.protocol.sockets import recv_frame, recv_into_exact, send_all
+from ps.protocol.wire import STREAM_HELLO
 from ps.protocol.wire import LOCAL_MAX_MESSAGE, LOCAL_REPLY_SIZE, pack_local_request, unpack_local_reply, with_token
 from worker.planes.channel_slots import SlotChannel
 

@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 
 from ps._proto import ps_pb2
 from ps.errors import DeadlineExceededError, InvalidArgumentError, PSError, UnavailableError
-from ps.serving.stream_plane import STREAM_PULL, STREAM_PUSH, STREAM_PUSH_PULL
+from ps.protocol.wire import STREAM_PULL, STREAM_PUSH, STREAM_PUSH_PULL
 from ps.protocol.wire import wire_dtype
 from worker.planes.grpc_step import fill_left_out, name_known, remember_block
 from worker.client.step_plan import Part, headers

@@ -1,0 +1,17 @@
+"""The gRPC service as servers and clients both address it: its name, its data methods and
+the channel options (message size limits) both ends share. Constants and a pure function."""
+
+from __future__ import annotations
+
+#: the full name of the ``ParameterServer`` service of ``protos/ps.proto``
+SERVICE_NAME = "ps.v1.ParameterServer"
+#: the calls that move tensors (every data plane carries some of them)
+DATA_METHODS = frozenset({"Push", "Pull", "PushPull", "PushRows", "PullRows"})
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC options shared by servers and clients: the message size limit both ways."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
