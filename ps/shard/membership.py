@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import logging
 
-from ps.errors import AbortedError, FailedPreconditionError, InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from ps.errors import (
+    AbortedError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    Reason,
+    ResourceExhaustedError,
+)
 from ps.shard.lease import expired
 
 log = logging.getLogger("ps.shard")  # the shard's logger: operators filter on it
@@ -80,7 +87,7 @@ class ShardMembership:
             raise FailedPreconditionError(
                 f"worker id {worker} now belongs to another client that registered under it after this one: "
                 "this client is fenced and its push was not applied. Give every worker its own rank "
-                "(ps-worker --rank N, distinct) or use --rank auto")
+                "(ps-worker --rank N, distinct) or use --rank auto", reason=Reason.FENCED)
 
     def unfence(self, worker: int) -> bool:
         """A worker resyncs after a rollback: lift its fence. True if it was fenced."""
@@ -99,11 +106,11 @@ class ShardMembership:
         if self.awaiting_rollback:
             tag = self.restored_from[0] if self.restored_from else "?"
             raise AbortedError(f"shard restored from checkpoint {tag} (epoch {self.epoch}) waits for the cluster's "
-                               "rollback decision: resync and retry the step")
+                               "rollback decision: resync and retry the step", reason=Reason.ROLLED_BACK)
         if worker in self.fenced:
             tag, version = self.restored_from or ("?", self.gate.version)
             raise AbortedError(f"the cluster rolled back to checkpoint {tag} at version {version} (epoch "
-                               f"{self.epoch}): resync and retry the step from a fresh pull")
+                               f"{self.epoch}): resync and retry the step from a fresh pull", reason=Reason.ROLLED_BACK)
 
     def leave(self, worker: int, session: int = 0) -> None:
         """Leave the quorum; a sync step that only waited for this worker is applied.
@@ -112,7 +119,7 @@ class ShardMembership:
         """
         with self._cond:
             if worker not in self.gate.workers:
-                raise NotFoundError(f"worker {worker} is not registered with this shard")
+                raise NotFoundError(f"worker {worker} is not registered with this shard", reason=Reason.NOT_REGISTERED)
             if session and self.sessions.get(worker, session) != session:
                 log.info("ignored a Leave for worker %d from the fenced session %x", worker, session)
                 return

@@ -33,6 +33,7 @@ from ps.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    Reason,
 )
 from ps.tables.placement import blocks_of_shard
 from ps.shard.membership import ShardMembership
@@ -121,7 +122,7 @@ class Shard(ShardMembership, ShardRecovery):
         except KeyError:
             if name in self.rows.tables:
                 raise FailedPreconditionError(f"table {name!r} is sparse: use pull_rows/push_rows") from None
-            raise NotFoundError(f"unknown table {name!r}") from None
+            raise NotFoundError(f"unknown table {name!r}", reason=Reason.UNKNOWN_TABLE) from None
 
     # -- push and pull ------------------------------------------------------------------
 
@@ -259,13 +260,11 @@ class Shard(ShardMembership, ShardRecovery):
         """
         deadline = self._clock() + min(timeout_s, self.config.sync_timeout_s)
         num_parts = max(1, num_parts)
-        if not 0 <= part < num_parts:
-            raise InvalidArgumentError(f"part {part} of {num_parts} is not a valid part number")
+        self.pull_tables(worker, tables, part, num_parts)  # refused before it waits (or abstains)
         with self._cond:
             version = self.await_pull(worker, step, deadline)
             generation = self.generation
-            # each table once: a request naming one table many times must not multiply the copies
-            selected = [self.table(name) for name in dict.fromkeys(tables)]
+            selected = self._tables(tables)
         known = known or {}
         picked = [(t, b) for t in selected for b in t.part_blocks(part, num_parts)]
         slots = [into(t.spec.name, b) for t, b in picked] if into is not None else None
@@ -282,9 +281,40 @@ class Shard(ShardMembership, ShardRecovery):
             out.append(PulledBlock(name, block.index, slots[i], block_version))
         with self._cond:
             if self.generation != generation:
-                raise AbortedError("the cluster rolled back while this pull was copied: retry from a fresh pull")
+                raise AbortedError("the cluster rolled back while this pull was copied: retry from a fresh pull",
+                                   reason=Reason.ROLLED_BACK)
             self.counters["pulls"] += 1
         return version, out
+
+    def check_caller(self, worker: int, pushes: bool) -> None:
+        """Who before what: raises AbortedError (a rollback to adopt) or FailedPreconditionError
+        (not registered, left) unless ``worker`` may push (``pushes``) or pull now. Does not block."""
+        with self._cond:
+            self.check_current(worker)
+            if pushes:
+                self.gate.check_live(worker)
+            else:
+                self.gate.check_reader(worker)
+
+    def pull_tables(self, worker: int, tables: Sequence[str], part: int, num_parts: int) -> list[DenseTable]:
+        """Check a pull before it waits or anything of its request is applied: the part, the
+        caller (:meth:`check_caller`), then the tables. Returns the tables it reads, each once
+        (a request naming one table many times must not multiply the copies). Does not block.
+        Raises InvalidArgumentError (part), AbortedError, FailedPreconditionError (caller,
+        sparse table), NotFoundError."""
+        if not 0 <= part < num_parts:
+            raise InvalidArgumentError(f"part {part} of {num_parts} is not a valid part number")
+        self.check_caller(worker, pushes=False)
+        return self._tables(tables)
+
+    def _tables(self, names: Sequence[str]) -> list[DenseTable]:
+        return [self.table(name) for name in dict.fromkeys(names)]
+
+    @property
+    def state_token(self) -> str:
+        """Names the server process and state epoch that block versions belong to: a pull's
+        ``known`` versions count only under the token they were read at."""
+        return f"{self.server_id}:{self.epoch}"
 
     def await_pull(self, worker: int, step: int, deadline: float) -> int:
         """Call with the lock held, before a pull of blocks or rows: the shard's version once
@@ -359,7 +389,7 @@ class Shard(ShardMembership, ShardRecovery):
         while True:
             if self.generation != generation:
                 raise AbortedError("the cluster rolled back to a checkpoint while this call waited: "
-                                   "resync and retry the step from a fresh pull")
+                                   "resync and retry the step from a fresh pull", reason=Reason.ROLLED_BACK)
             result = decide()
             if isinstance(result, StepReady):
                 self._apply_step(result)

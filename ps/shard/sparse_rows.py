@@ -24,6 +24,7 @@ from ps.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    Reason,
     ResourceExhaustedError,
 )
 from ps.tables.sparse_spec import SparseTableSpec
@@ -86,7 +87,7 @@ class SparseRows:
         if table is None:
             if name in self._shard.tables:
                 raise FailedPreconditionError(f"table {name!r} is dense: use pull/push, not the row verbs")
-            raise NotFoundError(f"unknown table {name!r}")
+            raise NotFoundError(f"unknown table {name!r}", reason=Reason.UNKNOWN_TABLE)
         return table
 
     # -- push and pull ------------------------------------------------------------------
