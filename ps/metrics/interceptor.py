@@ -10,9 +10,11 @@ are counted too). Per call it records, with labels ``service`` (``ps.v1.Paramete
 - ``ps_request_bytes_total`` and ``ps_response_bytes_total{service,method}``: serialized
   message bytes received and sent.
 
-Streaming calls (health ``Watch``, reflection) pass through uncounted. Calls served by the
-same-host shared-memory data plane (:mod:`ps.serving.local_plane`) bypass gRPC and so this
-interceptor; the shard's own counters (:mod:`ps.metrics.shard_metrics`) cover every path.
+Streaming calls (health ``Watch``, reflection) pass through uncounted. The data calls
+(``uncounted``: Push, Pull, PushPull, PushRows, PullRows) are counted and timed by the
+shard's data handler instead, on every plane (:mod:`ps.serving.handler`, through
+``ShardMetrics.observe_request``), so that each call counts once; here only their bytes
+are counted. A data call the token check refuses is therefore not in ``ps_requests_total``.
 Thread-safe; adds a few microseconds per call.
 """
 
@@ -37,7 +39,8 @@ def split_method(full: str) -> tuple[str, str]:
 class MetricsInterceptor(grpc.ServerInterceptor):
     """Adds the request series above to ``registry``. Thread-safe."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, uncounted: frozenset[str] = frozenset()) -> None:
+        self.uncounted = uncounted  # methods counted elsewhere: only their bytes here
         self.requests = registry.counter("ps_requests_total", "gRPC calls handled, by final status code",
                                          ("service", "method", "code"))
         self.duration = registry.histogram("ps_request_duration_seconds", "time spent handling a gRPC call",
@@ -92,7 +95,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 self.duration.observe(time.perf_counter() - start, **labels)
                 self.requests.inc(code=code.name, **labels)
 
-        return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=counted_deserialize,
+        return grpc.unary_unary_rpc_method_handler(behavior if method in self.uncounted else timed,
+                                                   request_deserializer=counted_deserialize,
                                                    response_serializer=counted_serialize)
 
 

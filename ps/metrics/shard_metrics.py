@@ -17,8 +17,9 @@ so they cover pushes by gRPC and by the same-host data plane alike:
 - histograms ``ps_staleness_steps`` (how many clocks a pusher was ahead of the slowest
   live worker) and ``ps_sync_wait_seconds`` (time a push, pull or checkpoint waited on
   other workers);
-- the gRPC call series of :class:`~ps.metrics.interceptor.MetricsInterceptor` and the
-  standard ``process_*`` series.
+- the call series of :class:`~ps.metrics.interceptor.MetricsInterceptor`, fed for the data
+  calls of every plane by :meth:`ShardMetrics.observe_request`, and the standard
+  ``process_*`` series.
 
 Thread-safe. Hooks are called with the shard's lock held and only touch histogram locks.
 """
@@ -29,6 +30,7 @@ import logging
 from importlib import metadata
 
 from ps.config import ServerConfig
+from ps.protocol.channel import DATA_METHODS
 from ps.metrics.registry import STEP_BUCKETS, WAIT_BUCKETS, Registry, register_process_metrics
 from ps.metrics.http import MetricsEndpoint
 from ps.metrics.interceptor import MetricsInterceptor
@@ -56,7 +58,7 @@ class ShardMetrics:
         self.checkpointer = checkpointer
         self.registry = r = Registry()
         register_process_metrics(r)
-        self.interceptor = MetricsInterceptor(r)
+        self.interceptor = MetricsInterceptor(r, uncounted=DATA_METHODS)
         self.staleness = r.histogram("ps_staleness_steps", "clocks a pushing worker was ahead of the slowest "
                                      "live worker when its push was accepted", (), STEP_BUCKETS)
         self.sync_wait = r.histogram("ps_sync_wait_seconds", "seconds a push, pull or checkpoint waited on other "
@@ -114,6 +116,12 @@ class ShardMetrics:
         clocks = [w.clock for w in gate.workers.values() if w.live]
         if clocks:
             self.staleness.observe(max(0, step - min(clocks)))
+
+    def observe_request(self, service: str, method: str, code: str, seconds: float) -> None:
+        """A data call (any plane) finished with status ``code`` (e.g. ``"OK"``) after ``seconds``
+        in the handler: ``ps_requests_total`` and ``ps_request_duration_seconds``. Thread-safe."""
+        self.interceptor.requests.inc(service=service, method=method, code=code)
+        self.interceptor.duration.observe(seconds, service=service, method=method)
 
     def observe_wait(self, seconds: float) -> None:
         """A push, pull or checkpoint waited ``seconds`` on other workers, then went on."""

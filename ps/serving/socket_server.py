@@ -4,7 +4,8 @@ The same-host plane (:mod:`ps.serving.local_plane`, a unix socket) and the TCP p
 (:mod:`ps.serving.stream_plane`) differ in what a connection carries, not in how connections come
 and go: a subclass binds the listener (:meth:`listen`), says which sockets it admits and
 what it keeps per connection (:meth:`admit`), and serves one (:meth:`serve`, in its own
-daemon thread; it returns when the connection ends). Thread-safe.
+daemon thread; it returns when the connection ends). Both write a failed request's reply
+the same way (:func:`failure_frame`). Thread-safe.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ import logging
 import socket
 import threading
 
+from ps.protocol.wire import pack_local_reply
+from ps.serving.handler import Failure
+
 log = logging.getLogger(__name__)
+
+
+def failure_frame(kind: int, failure: Failure) -> bytes:
+    """The error reply frame of a request of ``kind``: the status code's number, the details
+    as the message, and the :class:`~ps.errors.Reason` number."""
+    return pack_local_reply(kind, failure.details.encode(), failure.code.value[0], reason=int(failure.reason))
 
 
 class SocketServer:
