@@ -127,7 +127,7 @@ class Checkpointer:
         checkpoints. Raises FailedPreconditionError when the checkpoint is missing, invalid
         or holds another version; DeadlineExceededError.
         """
-        if rollback_id in self.shard._rollbacks:
+        if self.shard.recovery.handled(rollback_id):
             return False
         start = time.monotonic()
         if not self._lock.acquire(timeout=timeout_s):
@@ -172,11 +172,9 @@ class Checkpointer:
             log.warning("no valid checkpoint in %s: starting with an empty shard", cfg.checkpoint_dir)
             return None
         checkpoint.install(self.shard, state)
-        self.shard.restored_from = (state.tag, state.version)
-        if cfg.mode is Mode.SYNC and not cfg.restore_tag:
-            # the other shards may be at another step: the first worker to call decides
-            # whether the cluster rolls back (docs/failure-semantics.md section 3)
-            self.shard.awaiting_rollback = True
+        # in sync mode the other shards may be at another step: the first worker to call decides
+        # whether the cluster rolls back (docs/failure-semantics.md section 3)
+        self.shard.recovery.restored(state.tag, state.version, cfg.mode is Mode.SYNC and not cfg.restore_tag)
         if state.mode not in (cfg.mode.value, "mixed"):
             log.warning("checkpoint %s was taken in %s mode; this server runs %s", state.tag, state.mode,
                         cfg.mode.value)

@@ -148,7 +148,8 @@ class DenseCodec:
         return DenseTable(spec, blocks, optimizer)
 
     def install(self, shard, tables: list) -> None:
-        shard.tables = {t.spec.name: t for t in tables}
+        shard.tables.clear()
+        shard.tables.update((t.spec.name, t) for t in tables)
 
 
 class SparseCodec:

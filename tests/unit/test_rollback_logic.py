@@ -58,7 +58,7 @@ def test_rollback_installs_once_fences_workers_and_aborts_them_until_they_resync
 def test_awaiting_shard_refuses_pushes_until_told_to_resume(tmp_path):
     shard = make_shard(tmp_path, mode=Mode.SYNC)
     shard.register(0)
-    shard.awaiting_rollback = True
+    shard.recovery.restored("k", 0, await_decision=True)
     with pytest.raises(AbortedError, match="rollback decision"):
         push(shard, 0, 1, 1.0)
     assert shard.rollback("r", 5.0) is False and not shard.awaiting_rollback and shard.epoch == 0
