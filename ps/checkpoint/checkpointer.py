@@ -3,7 +3,7 @@
 A shard checkpoints on request (the Checkpoint call, possibly at a given sync version),
 every ``checkpoint_every_s`` seconds (a background thread this object owns), and once
 more when the server stops (:meth:`Checkpointer.final`). Checkpoints are serialized by
-one lock; each captures a consistent state (``Shard.capture``), writes it atomically
+one lock; each captures a consistent state (``Recovery.capture``), writes it atomically
 (:mod:`ps.checkpoint`) and deletes this shard's checkpoints beyond the newest
 ``keep_checkpoints``. The constructor does no I/O; :meth:`start` / :meth:`stop`.
 Thread-safe.
@@ -134,7 +134,7 @@ class Checkpointer:
             raise DeadlineExceededError(f"a checkpoint is still being written after {timeout_s:g} s")
         try:
             if tag is None:
-                return self.shard.rollback(rollback_id, timeout_s)
+                return self.shard.recovery.rollback(rollback_id, timeout_s)
             cfg = self.config
             topology = self.shard.topology
             if not self.enabled or topology is None:
@@ -144,12 +144,12 @@ class Checkpointer:
                 raise FailedPreconditionError(f"shard {topology[0]} has no valid checkpoint {tag!r} at version "
                                               f"{version}")
 
-            def install_tables(s) -> None:
+            def install_tables() -> None:
                 for kind, codec in checkpoint.CODECS.items():
-                    codec.install(s, state.tables.get(kind, []))
+                    codec.install(self.shard, state.tables.get(kind, []))
 
             left = max(0.0, timeout_s - (time.monotonic() - start))
-            done = self.shard.rollback(rollback_id, left, state, install_tables)
+            done = self.shard.recovery.rollback(rollback_id, left, state, install_tables)
             if done:
                 log.warning("rolled back to checkpoint %s (version %d, epoch %d) for %s", tag, version,
                             self.shard.epoch, rollback_id)

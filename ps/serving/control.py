@@ -1,7 +1,7 @@
 """The control calls of ``ps.v1.ParameterServer``: Heartbeat, Checkpoint, Restore and Shutdown.
 
 A second generic handler for the same service, next to :mod:`ps.serving.service` (gRPC asks each
-handler in turn): leases (``Shard.heartbeat``), checkpoints on request
+handler in turn): leases (``Membership.heartbeat``), checkpoints on request
 (:class:`~ps.checkpoint.checkpointer.Checkpointer`) and a graceful stop. Errors map to status codes
 exactly as in :mod:`ps.serving.service` (:func:`~ps.serving.handler.failure_of`). Thread-safe.
 """
@@ -33,7 +33,7 @@ class ControlService:
     @handled
     def Heartbeat(self, request: ps_pb2.HeartbeatRequest, context) -> ps_pb2.HeartbeatReply:
         """Renews the worker's lease; FAILED_PRECONDITION when it must register (again)."""
-        return ps_pb2.HeartbeatReply(epoch=self.shard.heartbeat(request.worker_id))
+        return ps_pb2.HeartbeatReply(epoch=self.shard.membership.heartbeat(request.worker_id))
 
     @handled
     def Checkpoint(self, request: ps_pb2.CheckpointRequest, context) -> ps_pb2.CheckpointReply:

@@ -61,7 +61,7 @@ class ShardServer:
         self._faults = faults.FaultPlan.parse(config.faults)
         hook = faults.CheckpointKiller(self._faults.kill_in_checkpoint) if self._faults.kill_in_checkpoint else None
         self.checkpointer = Checkpointer(self.shard, config, hook)
-        self._leases = LeaseKeeper(self.shard.expire_leases, config.lease_s) if config.lease_s > 0 else None
+        self._leases = LeaseKeeper(self.shard.membership.expire_leases, config.lease_s) if config.lease_s > 0 else None
         # Prometheus series and their HTTP endpoint (ps.metrics.shard_metrics), when metrics_port > 0
         self.metrics = ShardMetrics(self.shard, config, self.checkpointer) if config.metrics_port else None
         self._stop_requested = threading.Event()

@@ -87,8 +87,8 @@ class ParameterServerService:
     def Register(self, request: ps_pb2.RegisterRequest, context) -> ps_pb2.RegisterReply:
         shard = self.shard
         if request.HasField("topology"):
-            shard.adopt_topology(request.topology.shard_index, request.topology.num_shards)
-        fenced = request.resync and shard.unfence(request.worker_id)  # adopts a rollback: the restored clock
+            shard.membership.adopt_topology(request.topology.shard_index, request.topology.num_shards)
+        fenced = request.resync and shard.membership.unfence(request.worker_id)  # adopts a rollback: the restored clock
         worker, clock, next_seq = shard.register(request.worker_id, request.session)
         cfg = shard.config
         return ps_pb2.RegisterReply(
@@ -100,13 +100,13 @@ class ParameterServerService:
 
     @handled
     def Leave(self, request: ps_pb2.LeaveRequest, context) -> ps_pb2.LeaveReply:
-        self.shard.leave(request.worker_id, request.session)
+        self.shard.membership.leave(request.worker_id, request.session)
         return ps_pb2.LeaveReply()
 
     @handled
     def CreateTable(self, request: ps_pb2.CreateTableRequest, context) -> ps_pb2.CreateTableReply:
         if request.HasField("topology"):
-            self.shard.adopt_topology(request.topology.shard_index, request.topology.num_shards)
+            self.shard.membership.adopt_topology(request.topology.shard_index, request.topology.num_shards)
         if request.spec.kind == ps_pb2.SPARSE:
             return ps_pb2.CreateTableReply(created=self.shard.rows.create(SparseTableSpec.from_proto(request.spec)))
         created = self.shard.create_table(TableSpec.from_proto(request.spec))
@@ -150,10 +150,10 @@ class ParameterServerService:
             waiting_for=list(snap["waiting_for"]), counters=snap["counters"], server_id=self.shard.server_id,
             epoch=self.shard.epoch, local_plane=self.local_plane.address if self.local_plane is not None else "",
             stream_port=self.stream_plane.port if self.stream_plane is not None else 0,
-            awaiting_rollback=self.shard.awaiting_rollback, rollback_id=self.shard.rollback_id,
+            awaiting_rollback=self.shard.membership.awaiting_rollback, rollback_id=self.shard.recovery.rollback_id,
         )
-        if self.shard.restored_from is not None:
-            reply.restored_tag, reply.restored_version = self.shard.restored_from
+        if self.shard.recovery.restored_from is not None:
+            reply.restored_tag, reply.restored_version = self.shard.recovery.restored_from
         if request.with_checkpoints and cfg.checkpoint_dir and snap["topology"] is not None:
             for c in checkpoint.listing(cfg.checkpoint_dir, *snap["topology"]):
                 reply.checkpoints.add(tag=c["tag"], version=c["version"], cluster=c["cluster"], created=c["created"])

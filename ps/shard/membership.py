@@ -1,28 +1,19 @@
 """``Membership``: who is in a shard's quorum, and who may push or pull right now.
 
-It owns the worker table beside the gate's clocks: the session (Client) that holds each
-worker id, each worker's last contact (its lease), the fences (workers that must resync
-after a rollback, or everyone while the shard awaits the cluster's rollback decision) and
-the shard's place in the cluster (its topology). It is the :class:`~ps.shard.sequencer.Sequencer`'s
-guard: every push and pull is admitted here first.
-
-Thread-safe: every method takes the sequencer's lock (the ``admit_*`` ones expect it
-held); none waits on other workers.
+It owns the worker table beside the gate's clocks: the session (Client) holding each id,
+each worker's last contact (its lease), the fences (workers that must resync after a
+rollback, or everyone while the shard awaits the cluster's decision) and the shard's
+topology. As the :class:`~ps.shard.sequencer.Sequencer`'s guard it admits every push and pull.
+Thread-safe: every method takes the sequencer's lock (``admit_*`` expect it held); none
+waits on other workers.
 """
 
 from __future__ import annotations
 
 import logging
 
-from ps.errors import (
-    AbortedError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-    Reason,
-    ResourceExhaustedError,
-)
-from ps.shard.consistency import StepReady
+from ps.errors import (AbortedError, FailedPreconditionError, InvalidArgumentError, NotFoundError, Reason,
+                       ResourceExhaustedError)
 from ps.shard.lease import expired
 from ps.shard.sequencer import Sequencer
 
@@ -128,10 +119,6 @@ class Membership:
             raise AbortedError(f"the cluster rolled back to {self.held_state}: resync and retry the step from a "
                                "fresh pull", reason=Reason.ROLLED_BACK)
 
-    def fence(self, workers: set[int], held_state: str) -> None:
-        """Call with the lock held, after a rollback to ``held_state``: ``workers`` must resync."""
-        self.fenced, self.held_state, self.awaiting_rollback = set(workers), held_state, False
-
     def unfence(self, worker: int) -> bool:
         """A worker resyncs after a rollback: lift its fence. True if it was fenced."""
         with self._steps.cond:
@@ -140,8 +127,8 @@ class Membership:
             self.fenced.discard(worker)
             return True
 
-    def leave(self, worker: int, session: int = 0) -> StepReady | None:
-        """Leave the quorum; returns the sync step this completed, for the caller to apply.
+    def leave(self, worker: int, session: int = 0) -> None:
+        """Leave the quorum; a sync step that only waited for this worker is applied.
 
         A Leave from a ``session`` that no longer holds the id (fenced) changes nothing.
         Raises NotFoundError (NOT_REGISTERED).
@@ -152,12 +139,13 @@ class Membership:
                 raise NotFoundError(f"worker {worker} is not registered with this shard", reason=Reason.NOT_REGISTERED)
             if session and self.sessions.get(worker, session) != session:
                 log.info("ignored a Leave for worker %d from the fenced session %x", worker, session)
-                return None
+                return
             self.sessions.pop(worker, None)
             ready = steps.gate.leave(worker)
             log.info("worker %d left", worker)
             steps.cond.notify_all()
-            return ready
+        if ready:
+            steps.apply_step(ready)
 
     def heartbeat(self, worker: int) -> int:
         """Renew ``worker``'s lease; returns the epoch. Raises FailedPreconditionError
@@ -168,11 +156,11 @@ class Membership:
             self.last_contact[worker] = steps.clock()
             return steps.epoch
 
-    def expire_leases(self) -> tuple[list[int], StepReady | None]:
+    def expire_leases(self) -> list[int]:
         """Make every live worker silent for longer than ``config.lease_s`` leave the quorum.
 
-        Logs one line per worker, naming it. Returns their ids and the sync step their
-        leaving completed (for the caller to apply).
+        Logs one line per worker, naming it. Returns their ids. Called by the
+        :class:`~ps.shard.lease.LeaseKeeper`; may apply a sync step that only waited for them.
         """
         steps = self._steps
         with steps.cond:
@@ -187,4 +175,6 @@ class Membership:
                 steps.counters["lease_expired"] += 1
             if gone:
                 steps.cond.notify_all()
-            return gone, ready
+        if ready:
+            steps.apply_step(ready)
+        return gone

@@ -1,11 +1,10 @@
 """``Recovery``: a shard's state out to a checkpoint and back in, and sync rollbacks.
 
-It owns what a shard knows of its checkpoints: the one it holds (``restored_from``) and
-the rollbacks it handled (each ``Restore`` id once). It works on the
-:class:`~ps.shard.sequencer.Sequencer`'s bookkeeping and fences workers through the
-:class:`~ps.shard.membership.Membership`; the tables come and go through callbacks
-(the file format lives in :mod:`ps.checkpoint`). The rules of a rollback are in
-docs/failure-semantics.md section 3. Thread-safe: it takes the sequencer's lock.
+It owns what a shard knows of its checkpoints (the one it holds, the rollbacks it handled)
+and works on the :class:`~ps.shard.sequencer.Sequencer`'s bookkeeping, fencing workers in
+the :class:`~ps.shard.membership.Membership`; tables come and go through callbacks (the
+format is :mod:`ps.checkpoint`'s). Rollback rules: docs/failure-semantics.md section 3.
+Thread-safe: it takes the sequencer's lock.
 """
 
 from __future__ import annotations
@@ -128,8 +127,8 @@ class Recovery:
                     self.install(state.version, state.clocks, state.dedup, steps.epoch + 1, install_tables)
                     steps.gate.resyncing = False
                     self.restored_from = (state.tag, state.version)
-                    self._members.fence(fenced, f"checkpoint {state.tag} at version {state.version} "
-                                                f"(epoch {steps.epoch})")
+                    self._members.fenced = fenced
+                    self._members.held_state = f"checkpoint {state.tag} at version {state.version} (epoch {steps.epoch})"
                     steps.generation += 1
                     steps.counters["rollbacks"] += 1
                 self._members.awaiting_rollback = False

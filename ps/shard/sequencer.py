@@ -1,17 +1,11 @@
 """``Sequencer``: the one lock of a shard and the order it puts pushes and pulls in.
 
-It owns what every push and pull of a shard, dense or sparse, goes through: the lock (a
-condition variable), the :class:`~ps.shard.consistency.ConsistencyGate`, the
-:class:`~ps.shard.dedup.DedupTable`, the counters of the Status call, the state epoch and
-the rollback generation. :meth:`Sequencer.run_push` is the one push flow (drop a duplicate,
-ask the gate, apply outside the lock, record), :meth:`Sequencer.await_pull` the one pull
-wait, :meth:`Sequencer.apply_step` the application of a completed sync step by its
-:class:`StepPart`\\ s (the dense blocks and sparse rows that keep sums for it). Who may call
-at all is its :class:`Guard`'s decision (the shard's membership).
-
-Thread-safe. The lock guards the small bookkeeping and is never held while arrays are
-touched. Every wait is bounded and, when it runs out, raises
-:class:`~ps.errors.DeadlineExceededError` saying which workers it waited for.
+It owns what every push and pull, dense or sparse, goes through: the lock, the
+:class:`~ps.shard.consistency.ConsistencyGate`, the :class:`~ps.shard.dedup.DedupTable`, the
+Status counters, the state epoch and the rollback generation. :meth:`~Sequencer.run_push` is
+the one push flow, :meth:`~Sequencer.await_pull` the one pull wait, :meth:`~Sequencer.apply_step`
+applies a completed sync step through its step parts. Thread-safe; the lock is never held
+while arrays are touched; every wait is bounded (DeadlineExceededError names whom it waited for).
 """
 
 from __future__ import annotations
@@ -21,7 +15,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from ps.config import ServerConfig
 from ps.errors import AbortedError, DeadlineExceededError, Reason
@@ -35,30 +28,6 @@ log = logging.getLogger("ps.shard.shard")  # the shard's logger: operators filte
 class PushResult:
     outcome: str      # "applied" | "accumulated" | "duplicate" | "stale"
     version: int
-
-
-class Guard(Protocol):
-    """Decides, with the lock held, whether a worker may push or pull at all (raises if not)."""
-
-    def admit_push(self, worker: int, session: int) -> None: ...
-
-    def admit_pull(self, worker: int) -> None: ...
-
-
-class StepPart(Protocol):
-    """Something that keeps sums for the open sync step: applied or dropped with it."""
-
-    def apply_step(self, scale: float) -> None: ...
-
-    def discard_step(self) -> None: ...
-
-
-class _Open:
-    def admit_push(self, worker: int, session: int) -> None:
-        pass
-
-    def admit_pull(self, worker: int) -> None:
-        pass
 
 
 class Sequencer:
@@ -75,8 +44,8 @@ class Sequencer:
         self.epoch = 0       # bumps each time the state is restored from a checkpoint
         self.generation = 0  # bumps on every rollback: waits in flight end with ABORTED
         self.step_seqs: list[tuple[int, int]] = []  # sync: (worker, seq) summed into the open step
-        self.guard: Guard = _Open()
-        self.step_parts: tuple[StepPart, ...] = ()
+        self.guard = None  # admit_push(worker, session), admit_pull(worker): raise unless they may (Membership)
+        self.step_parts: tuple = ()  # apply_step(scale), discard_step(): keep sums for the open sync step
         self.metrics = None  # observes pushes and waits (ps.metrics.shard_metrics.ShardMetrics)
 
     def run_push(self, worker: int, seq: int, step: int, part: int, num_parts: int, deadline: float, *,

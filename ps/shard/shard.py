@@ -1,23 +1,14 @@
 """``Shard``: one shard's state and logic, without any networking.
 
-A shard is composed of parts that each own their state (no mixins, no import cycles):
-
-- a :class:`~ps.shard.sequencer.Sequencer` (``steps``): the one lock, the consistency gate,
-  the dedup table, counters, the one push flow and the bounded waits;
-- a :class:`~ps.shard.membership.Membership` (``membership``): the worker table, leases,
-  fences and topology; it admits every push and pull;
-- a :class:`~ps.shard.recovery.Recovery` (``recovery``): checkpoint capture and install,
-  sync rollbacks;
-- :class:`~ps.shard.sparse_rows.SparseRows` (``rows``): the sparse tables and row verbs;
-- the dense tables (``tables``) and their verbs, here.
-
-The data handler (``ps.serving.handler``) decodes requests, calls these methods and encodes.
-The methods below that only delegate keep the shard's one public surface.
-
-Thread-safe. The sequencer's lock guards the small bookkeeping (gate, dedup, table
-directory, counters) and is never held while arrays are touched; each block has its own
-lock for that. Every wait is bounded and, when it runs out, raises
-:class:`~ps.errors.DeadlineExceededError` saying which workers it waited for.
+A shard is composed of parts that each own their state: a
+:class:`~ps.shard.sequencer.Sequencer` (``steps``: the lock, gate, dedup, counters, the push
+flow and the bounded waits), a :class:`~ps.shard.membership.Membership` (worker table,
+leases, fences, topology), a :class:`~ps.shard.recovery.Recovery` (checkpoints and
+rollbacks), :class:`~ps.shard.sparse_rows.SparseRows` (``rows``) and, here, the dense tables
+and their verbs. The data handler (``ps.serving.handler``) decodes requests, calls these
+methods and encodes. Thread-safe: the sequencer's lock guards the bookkeeping and is never
+held while arrays are touched (each block has its own lock). Every wait is bounded and,
+when it runs out, raises :class:`~ps.errors.DeadlineExceededError` naming whom it waited for.
 """
 
 from __future__ import annotations
@@ -91,9 +82,7 @@ class Shard:
         self.rows = SparseRows(self.steps, self.membership, self.tables)
         self._pending = _PendingBlocks(self.steps)
         self.steps.step_parts = (self._pending, self.rows)
-        # the parts' state, as the Status call, metrics and checkpoints read it
-        self.gate = self.steps.gate
-        self.counters = self.steps.counters
+        self.gate, self.counters = self.steps.gate, self.steps.counters
 
     @property
     def epoch(self) -> int:
@@ -101,32 +90,8 @@ class Shard:
         return self.steps.epoch
 
     @property
-    def dedup(self):
-        return self.steps.dedup
-
-    @property
     def topology(self) -> tuple[int, int] | None:
         return self.membership.topology
-
-    @property
-    def fenced(self) -> set[int]:
-        return self.membership.fenced
-
-    @property
-    def last_contact(self) -> dict[int, float]:
-        return self.membership.last_contact
-
-    @property
-    def awaiting_rollback(self) -> bool:
-        return self.membership.awaiting_rollback
-
-    @property
-    def restored_from(self) -> tuple[str, int] | None:
-        return self.recovery.restored_from
-
-    @property
-    def rollback_id(self) -> str:
-        return self.recovery.rollback_id
 
     @property
     def metrics(self):
@@ -137,47 +102,9 @@ class Shard:
     def metrics(self, metrics) -> None:
         self.steps.metrics = metrics
 
-    # -- membership and recovery (see their classes) -----------------------------------
-
-    def adopt_topology(self, shard_index: int, num_shards: int) -> None:
-        self.membership.adopt_topology(shard_index, num_shards)
-
     def register(self, worker: int, session: int = 0) -> tuple[int, int, int]:
+        """See :meth:`Membership.register`."""
         return self.membership.register(worker, session)
-
-    def unfence(self, worker: int) -> bool:
-        return self.membership.unfence(worker)
-
-    def heartbeat(self, worker: int) -> int:
-        return self.membership.heartbeat(worker)
-
-    def leave(self, worker: int, session: int = 0) -> None:
-        """See :meth:`Membership.leave`; a sync step that only waited for this worker is applied."""
-        ready = self.membership.leave(worker, session)
-        if ready:
-            self.steps.apply_step(ready)
-
-    def expire_leases(self) -> list[int]:
-        """See :meth:`Membership.expire_leases`; returns the ids that left (their step is applied)."""
-        gone, ready = self.membership.expire_leases()
-        if ready:
-            self.steps.apply_step(ready)
-        return gone
-
-    def capture(self, at_version: int, timeout_s: float, export: Callable[[Shard], object]) -> tuple[dict, object]:
-        """See :meth:`Recovery.capture`; ``export(shard)`` copies the tables."""
-        return self.recovery.capture(at_version, timeout_s, lambda: export(self))
-
-    def install(self, version: int, clocks: dict[int, int], dedup: dict | None, epoch: int,
-                install_tables: Callable[[Shard], None]) -> None:
-        """See :meth:`Recovery.install`; ``install_tables(shard)`` puts the tables in place."""
-        self.recovery.install(version, clocks, dedup, epoch, lambda: install_tables(self))
-
-    def rollback(self, rollback_id: str, timeout_s: float, state=None,
-                 install_tables: Callable[[Shard], None] | None = None) -> bool:
-        """See :meth:`Recovery.rollback`."""
-        install = (lambda: install_tables(self)) if install_tables is not None else None
-        return self.recovery.rollback(rollback_id, timeout_s, state, install)
 
     # -- tables -------------------------------------------------------------------------
 

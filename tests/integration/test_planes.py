@@ -339,7 +339,7 @@ def test_each_bad_input_gets_the_same_status_and_changes_nothing(plane):
                    for r in [w.call(method, header, grads)]}
             assert got == {name: (code, reason) for name, (_, _, _, code, reason) in BAD_INPUT.items()}
             np.testing.assert_array_equal(weights(srv), 0.0)          # nothing was applied, not even a push
-            assert srv.shard.counters["applied"] == 0 and srv.shard.dedup.next_seq(7) == 1
+            assert srv.shard.counters["applied"] == 0 and srv.shard.steps.dedup.next_seq(7) == 1
             assert w.call("PushPull", push_header(seq=1, pull=["w"]), ONES).values.tolist() == [-1.0] * 8
         finally:
             w.close()

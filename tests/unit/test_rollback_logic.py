@@ -41,13 +41,13 @@ def test_rollback_installs_once_fences_workers_and_aborts_them_until_they_resync
 
     assert ckpt.rollback("restart:1", "k", 1, 5.0) is True
     assert ckpt.rollback("restart:1", "k", 1, 5.0) is False     # idempotent: the epoch bumps once
-    assert (shard.gate.version, shard.epoch, shard.fenced) == (1, 1, {0, 1})
+    assert (shard.gate.version, shard.epoch, shard.membership.fenced) == (1, 1, {0, 1})
     np.testing.assert_array_equal(values(shard), at_k)
     with pytest.raises(AbortedError, match="rolled back"):
         push(shard, 0, 3, 1.0, step=1)
-    assert shard.unfence(0) and not shard.unfence(0)
+    assert shard.membership.unfence(0) and not shard.membership.unfence(0)
     assert push(shard, 0, 3, 1.0, step=1) == "accumulated"     # step 1 again, from the restored state
-    assert shard.unfence(1)
+    assert shard.membership.unfence(1)
     assert push(shard, 1, 2, 1.0, step=1) == "accumulated"      # seq 2 was lost with the rollback: new again
     assert shard.gate.version == 2
     np.testing.assert_array_equal(values(shard), at_k - 1.5)  # momentum 0.5: its restored state counts
@@ -61,7 +61,7 @@ def test_awaiting_shard_refuses_pushes_until_told_to_resume(tmp_path):
     shard.recovery.restored("k", 0, await_decision=True)
     with pytest.raises(AbortedError, match="rollback decision"):
         push(shard, 0, 1, 1.0)
-    assert shard.rollback("r", 5.0) is False and not shard.awaiting_rollback and shard.epoch == 0
+    assert shard.recovery.rollback("r", 5.0) is False and not shard.membership.awaiting_rollback and shard.epoch == 0
     assert push(shard, 0, 1, 1.0) == "accumulated" and shard.gate.version == 1
 
 

@@ -40,8 +40,8 @@ def reason(call) -> Reason:
 def test_each_kind_of_refusal_carries_its_reason():
     shard = make_shard()
     assert reason(lambda: push(shard, 3, 1)) is Reason.NOT_REGISTERED
-    assert reason(lambda: shard.heartbeat(3)) is Reason.NOT_REGISTERED
-    assert reason(lambda: shard.leave(3)) is Reason.NOT_REGISTERED
+    assert reason(lambda: shard.membership.heartbeat(3)) is Reason.NOT_REGISTERED
+    assert reason(lambda: shard.membership.leave(3)) is Reason.NOT_REGISTERED
     shard.register(0, session=11)
     assert reason(lambda: push(shard, 0, 1, table="nope")) is Reason.UNKNOWN_TABLE
     assert reason(lambda: shard.pull(0, 0, ["nope"], 0, 1, 1.0)) is Reason.UNKNOWN_TABLE
@@ -49,7 +49,7 @@ def test_each_kind_of_refusal_carries_its_reason():
     shard.register(0, session=12)                      # another client takes the id over
     assert reason(lambda: push(shard, 0, 1, session=11)) is Reason.FENCED
     assert push(shard, 0, 1, session=12).outcome == "applied"
-    shard.leave(0, session=12)
+    shard.membership.leave(0, session=12)
     assert reason(lambda: push(shard, 0, 2, session=12)) is Reason.NOT_REGISTERED   # left: register again
     assert shard.counters["applied"] == 1
 
@@ -60,11 +60,10 @@ def test_a_rollback_fences_with_its_reason_until_the_worker_resyncs():
     shard.recovery.restored("k", 0, await_decision=True)
     assert reason(lambda: push(shard, 0, 1)) is Reason.ROLLED_BACK
     assert reason(lambda: shard.pull(0, 0, ["w"], 0, 1, 1.0)) is Reason.ROLLED_BACK
-    assert shard.rollback("decided", 1.0) is False and not shard.awaiting_rollback
-    with shard.steps.cond:
-        shard.membership.fence({0}, "checkpoint k at version 0 (epoch 0)")
+    assert shard.recovery.rollback("decided", 1.0) is False and not shard.membership.awaiting_rollback
+    shard.membership.fenced = {0}   # as a rollback leaves it (Recovery.rollback)
     assert reason(lambda: push(shard, 0, 1)) is Reason.ROLLED_BACK
-    assert shard.unfence(0)
+    assert shard.membership.unfence(0)
     assert push(shard, 0, 1).outcome == "accumulated" and shard.gate.version == 1   # the one worker: step applied
 
 
@@ -83,5 +82,5 @@ def test_the_parts_are_objects_with_their_own_state():
     assert isinstance(shard.recovery, Recovery) and isinstance(shard.rows, SparseRows)
     assert not any(isinstance(shard, kind) for kind in (Membership, Recovery, SparseRows))
     shard.register(5)
-    assert shard.last_contact is shard.membership.last_contact and 5 in shard.last_contact
+    assert 5 in shard.membership.last_contact and 5 in shard.gate.workers
     assert shard.gate is shard.steps.gate and shard.counters is shard.steps.counters
