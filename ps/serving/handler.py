@@ -1,29 +1,22 @@
 """``ShardHandler``: the data calls of one shard, whatever plane carries their bytes.
 
-Every plane (the gRPC service :mod:`ps.serving.service`, the same-host shared-memory plane
-:mod:`ps.serving.local_plane`, the TCP plane :mod:`ps.serving.stream_plane`) decodes only its
-frames and hands the request here; the concerns of a data call live here once:
+Every plane (the gRPC service :mod:`ps.serving.service`, the shared-memory plane
+:mod:`ps.serving.local_plane`, the TCP plane :mod:`ps.serving.stream_plane`) only moves bytes
+and frames and hands each Push, Pull, PushPull, PushRows and PullRows here, where every
+concern of a data call lives once:
 
-- **validation of the whole request before anything is applied**: a PushPull whose pull
-  half names an unknown table (or a part that does not exist, or blocks the plane cannot
-  hold) is refused before its push is handed to the shard;
-- **the deadline trim** (:func:`budget`): the shard waits at most what the caller has left,
-  less a margin for the reply to travel back;
-- exactly-once by ``(worker, seq)`` and fencing, by :class:`~ps.shard.shard.Shard`;
-- **the auth decision** of a data-plane connection (:meth:`ShardHandler.hello`; gRPC calls
-  are checked by :class:`~ps.protocol.auth.TokenAuth` with the same comparison);
-- **request metrics**: ``metrics.observe_request(service, method, code, seconds)`` once per
-  data call (Push, Pull, PushPull, PushRows, PullRows) on every plane; the gRPC interceptor
-  counts only the other calls (:mod:`ps.metrics.interceptor`);
-- **fault injection**: ``drop_reply`` (``ps-server --faults drop_push_reply_every=N``) loses
-  the reply of a handled push on every plane (:attr:`Failure.lost`);
-- **the mapping from errors to a status** (:func:`failure_of`): a status code, details and
-  a :class:`~ps.errors.Reason`, which each plane writes in its own way.
+- the whole request is validated before anything is applied (a PushPull whose pull names
+  an unknown table applies nothing);
+- the deadline trim (:func:`budget`); exactly-once and fencing (by the
+  :class:`~ps.shard.shard.Shard`); the data planes' auth decision (:meth:`ShardHandler.hello`,
+  with the comparison gRPC's :class:`~ps.protocol.auth.TokenAuth` uses);
+- request metrics: ``metrics.observe_request(service, method, code, seconds)`` once per
+  call on every plane (the gRPC interceptor counts only the other calls);
+- injected lost replies (``--faults drop_push_reply_every=N``, :attr:`Failure.lost`);
+- the mapping from errors to a status and a :class:`~ps.errors.Reason` (:func:`failure_of`).
 
-Where a request's tensors lie and where a pull's blocks go is the plane's business: a
-:class:`Payload` (gRPC's, or a connection's own buffers or shared memory) says so.
-Thread-safe: no state of its own beyond its collaborators'; calls block as long as the
-shard's waits (bounded by :func:`budget`).
+Where tensors lie and where pulled blocks go is the plane's :class:`Payload`.
+Thread-safe (no state of its own); calls block in the shard's waits, bounded by :func:`budget`.
 """
 
 from __future__ import annotations
@@ -50,12 +43,8 @@ from ps.tables.dense_table import DenseTable
 log = logging.getLogger(__name__)
 
 #: a push's outcome on the wire
-OUTCOMES = {
-    "applied": ps_pb2.APPLIED,
-    "accumulated": ps_pb2.ACCUMULATED,
-    "duplicate": ps_pb2.DUPLICATE,
-    "stale": ps_pb2.STALE,
-}
+OUTCOMES = {"applied": ps_pb2.APPLIED, "accumulated": ps_pb2.ACCUMULATED, "duplicate": ps_pb2.DUPLICATE,
+            "stale": ps_pb2.STALE}
 #: seconds of a caller's deadline kept for the reply to travel back
 REPLY_MARGIN_S = 0.05
 #: the longest any call may ask the shard to wait (s); also the wait of a call without a deadline
@@ -137,9 +126,6 @@ class ShardHandler:
         self.metrics = metrics
         self._drop_reply = drop_reply
 
-    def __repr__(self) -> str:  # never shows the token
-        return f"ShardHandler({self.shard.server_id})"
-
     def hello(self, token: bytes | None, server_id: bytes) -> Failure | None:
         """A data-plane connection's first message: its token (None: the plane has none) and
         the server id the worker registered with. None when it may go on; does not block."""
@@ -154,13 +140,10 @@ class ShardHandler:
 
     def data(self, method: str, message: bytes | Message | Exception, tensors: Payload, timeout_s: float | None,
              known_for: str | None = None) -> DataReply | Failure:
-        """Handle a ``Push``, ``Pull`` or ``PushPull``; never raises.
-
-        ``message`` is the PushHeader (with ``then_pull`` for PushPull) or PullHeader, as
-        bytes or parsed, or the exception its parsing raised. ``known_for`` is the state
-        token the pull's ``known`` versions belong to (None: the header's ``known_for``).
-        Blocks up to :func:`budget` of ``timeout_s`` in the shard's waits.
-        """
+        """Handle a ``Push``, ``Pull`` or ``PushPull``; never raises. ``message``: the PushHeader
+        (with ``then_pull`` for PushPull) or PullHeader, as bytes or parsed, or the exception
+        its parsing raised; ``known_for``: the state token the pull's ``known`` versions belong
+        to (None: the header's). Blocks up to :func:`budget` of ``timeout_s``."""
         return self._observe(method, lambda: self._data(method, message, tensors, timeout_s, known_for))
 
     def _data(self, method, message, tensors: Payload, timeout_s, known_for) -> DataReply | Failure:
@@ -206,36 +189,24 @@ class ShardHandler:
 
     # -- sparse: PushRows, PullRows ------------------------------------------------------------
 
-    def push_rows(self, request: tuple[ps_pb2.RowsHeader, memoryview] | Exception,
-                  timeout_s: float | None) -> ps_pb2.PushReply | Failure:
-        """Handle a ``PushRows`` (a RowsRequest's header and payload); never raises. Blocks
-        up to :func:`budget` of ``timeout_s``."""
+    def rows(self, method: str, request: tuple[ps_pb2.RowsHeader, memoryview] | Exception,
+             timeout_s: float | None) -> ps_pb2.PushReply | bytes | Failure:
+        """Handle a ``PushRows`` (answer: a PushReply) or ``PullRows`` (answer: the encoded
+        RowsReply); ``request``: a RowsRequest's header and payload, or the exception its
+        parsing raised. Never raises; blocks up to :func:`budget` of ``timeout_s``."""
+        return self._observe(method, lambda: self._rows(method, request, budget(timeout_s)))
 
-        def run():
-            header, payload = _unpack(request)
-            ids, grads = split_rows(header, payload, with_ids=True, with_values=True)
+    def _rows(self, method: str, request, wait_s: float):
+        header, payload = _parse(request)
+        pushes = method == "PushRows"
+        ids, grads = split_rows(header, payload, with_ids=True, with_values=pushes)
+        if pushes:
             result = self.shard.rows.push(header.worker_id, header.seq, header.step, header.part,
-                                          max(1, header.num_parts), header.table, ids, grads, budget(timeout_s),
-                                          header.session)
+                                          max(1, header.num_parts), header.table, ids, grads, wait_s, header.session)
             return ps_pb2.PushReply(outcome=OUTCOMES[result.outcome], version=result.version)
-
-        return self._observe("PushRows", run)
-
-    def pull_rows(self, request: tuple[ps_pb2.RowsHeader, memoryview] | Exception,
-                  timeout_s: float | None) -> bytes | Failure:
-        """Handle a ``PullRows``: the encoded RowsReply; never raises. Blocks up to
-        :func:`budget` of ``timeout_s``."""
-
-        def run():
-            header, payload = _unpack(request)
-            ids, _ = split_rows(header, payload, with_ids=True, with_values=False)
-            version, values = self.shard.rows.pull(header.worker_id, header.step, header.table, ids,
-                                                   budget(timeout_s))
-            reply = ps_pb2.RowsHeader(table=header.table, num_ids=len(ids), dim=values.shape[1],
-                                      dtype=wire_dtype(values.dtype), version=version)
-            return encode_rows(reply, None, values)
-
-        return self._observe("PullRows", run)
+        version, values = self.shard.rows.pull(header.worker_id, header.step, header.table, ids, wait_s)
+        return encode_rows(ps_pb2.RowsHeader(table=header.table, num_ids=len(ids), dim=values.shape[1],
+                                             dtype=wire_dtype(values.dtype), version=version), None, values)
 
     # -- accounting -----------------------------------------------------------------------------
 
@@ -251,15 +222,8 @@ class ShardHandler:
         return result
 
 
-def _parse(message: bytes | Message | Exception, kind: type[Message]) -> Any:
+def _parse(message: Any, kind: type[Message] | None = None) -> Any:
+    """``message`` parsed as ``kind`` (if bytes); raises the exception a plane's parsing kept."""
     if isinstance(message, Exception):
         raise message
-    if isinstance(message, kind):
-        return message
-    return kind.FromString(message)
-
-
-def _unpack(request):
-    if isinstance(request, Exception):
-        raise request
-    return request
+    return kind.FromString(message) if kind is not None and not isinstance(message, kind) else message

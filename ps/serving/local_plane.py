@@ -35,6 +35,7 @@ import os
 import socket
 import struct
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 
@@ -60,6 +61,7 @@ from ps.serving.handler import Failure, Payload, ShardHandler, failure_of
 from ps.serving.socket_server import SocketServer, failure_frame
 from ps.shard.shard import Shard
 from ps.tables.dense_table import DenseTable
+from ps.tables.spec import TableSpec
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,6 @@ class _Connection(Payload):
                 layout[str(name)] = (push_off, pull_off, nbytes)
             region = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            if isinstance(exc, InvalidArgumentError):
-                raise
             raise InvalidArgumentError(f"malformed region layout: {exc}") from None
         finally:
             os.close(fd)
@@ -100,42 +100,26 @@ class _Connection(Payload):
         self.region, self.view, self.layout = region, memoryview(region), layout
         self.readonly = self.view.toreadonly()
 
-    def _entry(self, name: str) -> tuple[int, int, int]:
-        if self.view is None:
-            raise InvalidArgumentError("no shared-memory region attached")
-        entry = self.layout.get(name)
-        if entry is None:
-            raise InvalidArgumentError(f"table {name!r} has no place in the worker's shared memory")
-        return entry
+    def _place(self, spec: TableSpec, block: int, count: int, dtype: np.dtype, push: bool) -> np.ndarray:
+        """The array of block ``block`` of ``spec``'s table in the push or pull area (checked)."""
+        entry = self.layout.get(spec.name)
+        if self.view is None or entry is None:
+            raise InvalidArgumentError(f"table {spec.name!r} has no place in the worker's shared memory")
+        start = block * spec.block_elems * dtype.itemsize
+        if not 0 <= block < spec.num_blocks or count < 0 or start + count * dtype.itemsize > entry[2]:
+            raise InvalidArgumentError(f"{spec.name}[block {block}] lies outside its place in shared memory")
+        return np.frombuffer(self.readonly if push else self.view, dtype=dtype, count=count,
+                             offset=(entry[0] if push else entry[1]) + start)
 
     def grads(self, shard: Shard, header: ps_pb2.PushHeader) -> list[np.ndarray]:
-        out = []
-        for ref in header.blocks:
-            spec = shard.table(ref.table).spec  # an unknown table: NOT_FOUND, as on every plane
-            entry, dtype = self._entry(ref.table), np_dtype(ref.dtype)
-            start = ref.block * spec.block_elems * dtype.itemsize
-            if not 0 <= ref.block < spec.num_blocks:
-                raise InvalidArgumentError(f"{ref.table}: block {ref.block} out of range [0, {spec.num_blocks})")
-            if ref.count < 0 or start + ref.count * dtype.itemsize > entry[2]:
-                raise InvalidArgumentError(f"{ref.table}[block {ref.block}] lies outside its place in shared memory")
-            out.append(np.frombuffer(self.readonly, dtype=dtype, count=ref.count, offset=entry[0] + start))
-        return out
+        # the table first: an unknown one is NOT_FOUND, as on every plane
+        return [self._place(shard.table(r.table).spec, r.block, r.count, np_dtype(r.dtype), True) for r in header.blocks]
 
-    def slots(self, tables: list[DenseTable], known):
-        places = {}
-        for t in tables:
-            entry = self._entry(t.spec.name)
-            if t.spec.size * t.itemsize > entry[2]:
-                raise InvalidArgumentError(f"table {t.spec.name!r} does not fit its place in the worker's shared memory")
-            places[t.spec.name] = (entry[1], t.spec.block_elems * t.itemsize)
-        view = self.view
-
-        def into(name: str, block) -> np.ndarray:
-            offset, block_bytes = places[name]
-            return np.frombuffer(view, dtype=block.values.dtype, count=block.values.size,
-                                 offset=offset + block.index * block_bytes)
-
-        return into
+    def slots(self, tables: list[DenseTable], known) -> Callable:
+        specs = {t.spec.name: t.spec for t in tables}
+        for spec in specs.values():  # each whole table fits its place: checked before anything is applied
+            self._place(spec, 0, spec.size, np.dtype(spec.dtype), False)
+        return lambda name, b: self._place(specs[name], b.index, b.values.size, b.values.dtype, False)
 
     def release(self) -> None:
         for view in (self.readonly, self.view):

@@ -134,11 +134,13 @@ class ParameterServerService:
         return self._data("PushPull", request, context)
 
     def PushRows(self, request, context) -> ps_pb2.PushReply:
-        reply = self.shard_handler.push_rows(request, context.time_remaining())
-        return abort(context, reply) if isinstance(reply, Failure) else reply
+        return self._rows("PushRows", request, context)
 
     def PullRows(self, request, context) -> bytes:
-        reply = self.shard_handler.pull_rows(request, context.time_remaining())
+        return self._rows("PullRows", request, context)
+
+    def _rows(self, method: str, request, context):
+        reply = self.shard_handler.rows(method, request, context.time_remaining())
         return abort(context, reply) if isinstance(reply, Failure) else reply
 
     @handled
