@@ -105,9 +105,10 @@ class Payload:
         """The push's gradients, one per ``header.blocks`` entry. Raises InvalidArgumentError."""
         return split_payload(header.blocks, self.payload)
 
-    def slots(self, tables: list[DenseTable], known: dict | None) -> Callable | None:
-        """A pull's ``into`` (see :meth:`Shard.pull`) for ``tables``, or None to get new bytes.
-        Called before anything is applied; raises InvalidArgumentError when it cannot hold them."""
+    def slots(self, shard: Shard, tables: list[DenseTable] | None, known: dict | None) -> Callable | None:
+        """A pull's ``into`` (see :meth:`Shard.pull`), or None to get new bytes. Called before
+        anything is applied; given ``tables`` (a push-pull's), raises InvalidArgumentError
+        when it cannot hold them."""
         return None
 
 
@@ -144,9 +145,9 @@ class ShardHandler:
         (with ``then_pull`` for PushPull) or PullHeader, as bytes or parsed, or the exception
         its parsing raised; ``known_for``: the state token the pull's ``known`` versions belong
         to (None: the header's). Blocks up to :func:`budget` of ``timeout_s``."""
-        return self._observe(method, lambda: self._data(method, message, tensors, timeout_s, known_for))
+        return self._observe(method, self._data, message, tensors, timeout_s, known_for)
 
-    def _data(self, method, message, tensors: Payload, timeout_s, known_for) -> DataReply | Failure:
+    def _data(self, method: str, message, tensors: Payload, timeout_s, known_for) -> DataReply | Failure:
         shard, wait_s = self.shard, budget(timeout_s)
         push = pull = None
         if method == "Pull":
@@ -154,14 +155,14 @@ class ShardHandler:
         else:
             push = _parse(message, ps_pb2.PushHeader)
             pull = push.then_pull if method == "PushPull" else None
-        if pull is not None:  # the whole request is checked before the push is applied
+        if pull is not None:
+            tables = None  # a push-pull is checked whole before its push is applied (who first, then what)
             if push is not None:
-                shard.check_caller(push.worker_id, pushes=True)  # who before what
-            tables = shard.pull_tables(pull.worker_id, pull.tables, pull.part, max(1, pull.num_parts))
+                tables = shard.pull_tables(push.worker_id, pull.tables, pull.part, max(1, pull.num_parts), True)
             known_for = pull.known_for if known_for is None else known_for
             known = ({(r.table, r.block): r.version for r in pull.known}
                      if pull.known and known_for == shard.state_token else None)
-            into = tensors.slots(tables, known)
+            into = tensors.slots(shard, tables, known)
         reply = DataReply()
         if push is not None:
             grads = tensors.grads(shard, push)
@@ -174,12 +175,12 @@ class ShardHandler:
             header = reply.header = ps_pb2.PullReplyHeader(version=version, state_token=shard.state_token)
             if push is not None:
                 header.push_outcome, header.push_version = reply.outcome, reply.version
-            dtypes = {t.spec.name: (t.wire_dtype, t.itemsize) for t in tables}
+            dtypes: dict[str, DenseTable] = {}
             add = header.blocks.add
             for b in blocks:
-                dtype, itemsize = dtypes[b.table]
-                count = b.data.size if isinstance(b.data, np.ndarray) else len(b.data) // itemsize
-                add(table=b.table, block=b.block, dtype=dtype, count=count, version=b.version)
+                t = dtypes.get(b.table) or dtypes.setdefault(b.table, shard.table(b.table))
+                count = b.data.size if isinstance(b.data, np.ndarray) else len(b.data) // t.itemsize
+                add(table=b.table, block=b.block, dtype=t.wire_dtype, count=count, version=b.version)
             reply.blocks = [b.data for b in blocks]
         if push is not None and self._drop_reply is not None and self._drop_reply():
             log.warning("fault injection: dropping the reply of a push that was handled")
@@ -194,7 +195,7 @@ class ShardHandler:
         """Handle a ``PushRows`` (answer: a PushReply) or ``PullRows`` (answer: the encoded
         RowsReply); ``request``: a RowsRequest's header and payload, or the exception its
         parsing raised. Never raises; blocks up to :func:`budget` of ``timeout_s``."""
-        return self._observe(method, lambda: self._rows(method, request, budget(timeout_s)))
+        return self._observe(method, self._rows, request, budget(timeout_s))
 
     def _rows(self, method: str, request, wait_s: float):
         header, payload = _parse(request)
@@ -210,10 +211,10 @@ class ShardHandler:
 
     # -- accounting -----------------------------------------------------------------------------
 
-    def _observe(self, method: str, run: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
+    def _observe(self, method: str, run: Callable[..., Any], *args) -> Any:
+        start = time.perf_counter() if self.metrics is not None else 0.0
         try:
-            result = run()
+            result = run(method, *args)
         except Exception as exc:
             result = failure_of(exc, f"{method} request")
         if self.metrics is not None:

@@ -115,11 +115,10 @@ class _Connection(Payload):
         # the table first: an unknown one is NOT_FOUND, as on every plane
         return [self._place(shard.table(r.table).spec, r.block, r.count, np_dtype(r.dtype), True) for r in header.blocks]
 
-    def slots(self, tables: list[DenseTable], known) -> Callable:
-        specs = {t.spec.name: t.spec for t in tables}
-        for spec in specs.values():  # each whole table fits its place: checked before anything is applied
-            self._place(spec, 0, spec.size, np.dtype(spec.dtype), False)
-        return lambda name, b: self._place(specs[name], b.index, b.values.size, b.values.dtype, False)
+    def slots(self, shard: Shard, tables: list[DenseTable] | None, known) -> Callable:
+        for t in tables or ():  # each whole table fits its place: checked before anything is applied
+            self._place(t.spec, 0, t.spec.size, np.dtype(t.spec.dtype), False)
+        return lambda name, b: self._place(shard.table(name).spec, b.index, b.values.size, b.values.dtype, False)
 
     def release(self) -> None:
         for view in (self.readonly, self.view):

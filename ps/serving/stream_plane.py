@@ -95,7 +95,7 @@ class _Connection(Payload):
         recv_into_exact(self.sock, view)
         self.payload = view.toreadonly()
 
-    def slots(self, tables, known) -> Callable | None:
+    def slots(self, shard, tables, known) -> Callable | None:
         """Without ``known``: consecutive slots of the send buffer (fresh arrays past its end;
         the buffer grows for next time). With: only changed blocks, as new bytes."""
         if known is not None:

@@ -203,11 +203,10 @@ class Shard:
         """
         deadline = self.steps.clock() + min(timeout_s, self.config.sync_timeout_s)
         num_parts = max(1, num_parts)
-        self.pull_tables(worker, tables, part, num_parts)  # refused before it waits (or abstains)
         with self.steps.cond:
+            selected = self._pull_tables(worker, tables, part, num_parts, False)  # before it waits (or abstains)
             version = self.steps.await_pull(worker, step, deadline)
             generation = self.steps.generation
-            selected = self._tables(tables)
         known = known or {}
         picked = [(t, b) for t in selected for b in t.part_blocks(part, num_parts)]
         slots = [into(t.spec.name, b) for t, b in picked] if into is not None else None
@@ -234,24 +233,24 @@ class Shard:
         (not registered, left) unless ``worker`` may push (``pushes``) or pull now. Does not block."""
         with self.steps.cond:
             self.membership.check_current(worker)
-            if pushes:
-                self.gate.check_live(worker)
-            else:
-                self.gate.check_reader(worker)
+            (self.gate.check_live if pushes else self.gate.check_reader)(worker)
 
-    def pull_tables(self, worker: int, tables: Sequence[str], part: int, num_parts: int) -> list[DenseTable]:
-        """Check a pull before it waits or anything of its request is applied: the part, the
-        caller (:meth:`check_caller`), then the tables. Returns the tables it reads, each once
-        (a request naming one table many times must not multiply the copies). Does not block.
-        Raises InvalidArgumentError (part), AbortedError, FailedPreconditionError (caller,
-        sparse table), NotFoundError."""
+    def pull_tables(self, worker: int, tables: Sequence[str], part: int, num_parts: int,
+                    pushes: bool = False) -> list[DenseTable]:
+        """Check a pull (of a push-pull: ``pushes``) before it waits or anything of its request
+        is applied: the part, the caller (:meth:`check_caller`), then the tables. Returns the
+        tables it reads, each once (naming one table many times must not multiply the copies).
+        Does not block. Raises InvalidArgumentError (part), AbortedError,
+        FailedPreconditionError (caller, sparse table), NotFoundError."""
+        with self.steps.cond:
+            return self._pull_tables(worker, tables, part, num_parts, pushes)
+
+    def _pull_tables(self, worker, tables, part, num_parts, pushes) -> list[DenseTable]:
         if not 0 <= part < num_parts:
             raise InvalidArgumentError(f"part {part} of {num_parts} is not a valid part number")
-        self.check_caller(worker, pushes=False)
-        return self._tables(tables)
-
-    def _tables(self, names: Sequence[str]) -> list[DenseTable]:
-        return [self.table(name) for name in dict.fromkeys(names)]
+        self.membership.check_current(worker)
+        (self.gate.check_live if pushes else self.gate.check_reader)(worker)
+        return [self.table(name) for name in dict.fromkeys(tables)]
 
     @property
     def state_token(self) -> str:
