@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ps._proto import ps_pb2
-from ps.config import DEFAULT_MAX_MESSAGE_BYTES
+from ps.protocol.channel import DEFAULT_MAX_MESSAGE_BYTES
 from ps.tables.optim import OptimizerSpec
 from ps.tables.spec import DEFAULT_BLOCK_ELEMS, InitSpec, TableSpec
 from ps.tables.sparse_spec import SparseTableSpec
