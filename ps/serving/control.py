@@ -44,7 +44,8 @@ class ControlService:
         """
         if request.at_version < 0:
             raise InvalidArgumentError(f"at_version must be >= 0, got {request.at_version}")
-        written = self.checkpointer.checkpoint(request.tag or None, request.at_version, budget(context.time_remaining()),
+        written = self.checkpointer.checkpoint(request.tag or None, request.at_version,
+                                               budget(context.time_remaining()),
                                                cluster=bool(request.tag))
         return ps_pb2.CheckpointReply(path=written.path, version=written.version, epoch=written.epoch)
 

@@ -113,7 +113,8 @@ class _Connection(Payload):
 
     def grads(self, shard: Shard, header: ps_pb2.PushHeader) -> list[np.ndarray]:
         # the table first: an unknown one is NOT_FOUND, as on every plane
-        return [self._place(shard.table(r.table).spec, r.block, r.count, np_dtype(r.dtype), True) for r in header.blocks]
+        return [self._place(shard.table(r.table).spec, r.block, r.count, np_dtype(r.dtype), True)
+                for r in header.blocks]
 
     def slots(self, shard: Shard, tables: list[DenseTable] | None, known) -> Callable:
         for t in tables or ():  # each whole table fits its place: checked before anything is applied
@@ -215,7 +216,8 @@ class LocalPlane(SocketServer):
             return failure_frame(kind, failure) if failure else pack_local_reply(kind, body)
         method = _METHODS.get(kind)
         if method is None:
-            return failure_frame(kind, failure_of(InvalidArgumentError(f"unknown local request kind {kind}"), "request"))
+            unknown = InvalidArgumentError(f"unknown local request kind {kind}")
+            return failure_frame(kind, failure_of(unknown, "request"))
         known_for: str | None = ""
         message: bytes | Exception = body
         if kind != LOCAL_PUSH:

@@ -29,13 +29,14 @@ structs) around the protocol's own protobuf messages::
   header also holds ``push_outcome`` and ``push_version``.
 
 An error reply has ``status`` = the gRPC status code, the UTF-8 details as its message,
-the :class:`~ps.errors.Reason` number in its ``reason`` field, and no payload. A frame that is not this protocol
-(unknown kind, a request before the hello, oversized lengths, a payload on a pull) drops
-the connection; lengths are checked against the server's message limit before anything
-is allocated. Every request goes to the :class:`~ps.serving.handler.ShardHandler` that gRPC
+the :class:`~ps.errors.Reason` number in its ``reason`` field, and no payload. A frame that
+is not this protocol (unknown kind, a request before the hello, oversized lengths, a
+payload on a pull) drops the connection; lengths are checked against the server's message
+limit before anything is allocated. Every request goes to the :class:`~ps.serving.handler.ShardHandler` that gRPC
 and the shared-memory plane call too, so validation, exactly-once by ``(worker, seq)``,
 status codes, metrics and injected faults (a lost reply closes the connection) are the
-same; a refused request changes nothing. There is no TLS here: servers with TLS do not offer this plane (``ps.serving.server``).
+same; a refused request changes nothing. There is no TLS here: servers with TLS do not
+offer this plane (``ps.serving.server``).
 
 :class:`StreamPlane` serves one thread per connection (a worker opens one per call it
 keeps in flight); ``start()`` binds, ``stop()`` closes everything. Thread-safe.
@@ -204,6 +205,7 @@ class StreamPlane(SocketServer):
         except ValueError:  # UnicodeDecodeError too
             return False
         failure = self.handler.hello(token.encode(), server_id)
-        send_all(conn.sock, [failure_frame(STREAM_HELLO, failure) if failure else pack_local_reply(STREAM_HELLO, server_id)])
+        ok = pack_local_reply(STREAM_HELLO, server_id)
+        send_all(conn.sock, [failure_frame(STREAM_HELLO, failure) if failure else ok])
         conn.hello = failure is None
         return conn.hello

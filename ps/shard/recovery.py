@@ -128,7 +128,8 @@ class Recovery:
                     steps.gate.resyncing = False
                     self.restored_from = (state.tag, state.version)
                     self._members.fenced = fenced
-                    self._members.held_state = f"checkpoint {state.tag} at version {state.version} (epoch {steps.epoch})"
+                    held = f"checkpoint {state.tag} at version {state.version} (epoch {steps.epoch})"
+                    self._members.held_state = held
                     steps.generation += 1
                     steps.counters["rollbacks"] += 1
                 self._members.awaiting_rollback = False

@@ -232,8 +232,11 @@ class Shard:
         """Who before what: raises AbortedError (a rollback to adopt) or FailedPreconditionError
         (not registered, left) unless ``worker`` may push (``pushes``) or pull now. Does not block."""
         with self.steps.cond:
-            self.membership.check_current(worker)
-            (self.gate.check_live if pushes else self.gate.check_reader)(worker)
+            self._check_caller(worker, pushes)
+
+    def _check_caller(self, worker: int, pushes: bool) -> None:
+        self.membership.check_current(worker)
+        (self.gate.check_live if pushes else self.gate.check_reader)(worker)
 
     def pull_tables(self, worker: int, tables: Sequence[str], part: int, num_parts: int,
                     pushes: bool = False) -> list[DenseTable]:
@@ -248,8 +251,7 @@ class Shard:
     def _pull_tables(self, worker, tables, part, num_parts, pushes) -> list[DenseTable]:
         if not 0 <= part < num_parts:
             raise InvalidArgumentError(f"part {part} of {num_parts} is not a valid part number")
-        self.membership.check_current(worker)
-        (self.gate.check_live if pushes else self.gate.check_reader)(worker)
+        self._check_caller(worker, pushes)
         return [self.table(name) for name in dict.fromkeys(tables)]
 
     @property
@@ -260,7 +262,8 @@ class Shard:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _validate(self, blocks: Sequence[tuple[str, int]], grads: Sequence[np.ndarray]) -> list[tuple[DenseTable, Block]]:
+    def _validate(self, blocks: Sequence[tuple[str, int]],
+                  grads: Sequence[np.ndarray]) -> list[tuple[DenseTable, Block]]:
         if len(blocks) != len(grads):
             raise InvalidArgumentError(f"{len(blocks)} block references but {len(grads)} gradients")
         targets = []
