@@ -120,7 +120,7 @@ class Checkpointer:
 
     def rollback(self, rollback_id: str, tag: str | None, version: int, timeout_s: float) -> bool:
         """Sync rollback while serving (the Restore call): load checkpoint ``tag`` and make it
-        the shard's state (``Shard.rollback``), once per ``rollback_id``. ``tag`` None: no
+        the shard's state (``Recovery.rollback``), once per ``rollback_id``. ``tag`` None: no
         rollback, only stop awaiting one. Returns whether the state was replaced.
 
         Blocks on disk I/O and (bounded) on pushes being applied; serialized with

@@ -188,8 +188,14 @@ class LocalPlane(SocketServer):
                     return  # not our protocol: drop the connection
                 body = recv_exact(sock, length) if length else b""
                 if kind == LOCAL_ATTACH:
-                    fd, passed = None, fd
-                    reply = self._attach(conn, passed, size, body)
+                    try:
+                        if fd is None:
+                            raise InvalidArgumentError("attach without a file descriptor")
+                        fd, passed = None, fd
+                        conn.attach(passed, size, body)  # closes the descriptor
+                        reply = pack_local_reply(kind, b"")
+                    except Exception as exc:
+                        reply = failure_frame(kind, failure_of(exc, "attach"))
                 else:
                     reply = self._handle(conn, kind, flags, body, timeout_s)
             finally:
@@ -198,15 +204,6 @@ class LocalPlane(SocketServer):
             if reply is None:
                 return  # a lost reply (fault injection): the connection closes
             send_all(sock, [reply])
-
-    def _attach(self, conn: _Connection, fd: int | None, size: int, layout: bytes) -> bytes:
-        try:
-            if fd is None:
-                raise InvalidArgumentError("attach without a file descriptor")
-            conn.attach(fd, size, layout)
-            return pack_local_reply(LOCAL_ATTACH, b"")
-        except Exception as exc:
-            return failure_frame(LOCAL_ATTACH, failure_of(exc, "attach"))
 
     def _handle(self, conn: _Connection, kind: int, flags: int, body: bytes, timeout_s: float) -> bytes | None:
         """The reply frame of one request (None: lose the reply)."""

@@ -112,36 +112,20 @@ class ParameterServerService:
         created = self.shard.create_table(TableSpec.from_proto(request.spec))
         return ps_pb2.CreateTableReply(created=created)
 
-    def _data(self, method: str, request, context, push_reply: bool = False):
+    def _data(self, method: str, request, context):
+        """A data call, answered by the :class:`ShardHandler`. A PushPull pushes, then pulls
+        ``then_pull`` (checked whole first); its reply is a PullReply whose header also holds
+        the push's outcome and version. A retry is deduplicated."""
+        if method in ("PushRows", "PullRows"):
+            reply = self.shard_handler.rows(method, request, context.time_remaining())
+            return abort(context, reply) if isinstance(reply, Failure) else reply
         message, payload = request if isinstance(request, tuple) else (request, b"")
         reply = self.shard_handler.data(method, message, Payload(payload), context.time_remaining())
         if isinstance(reply, Failure):
             abort(context, reply)
-        if push_reply:
+        if method == "Push":
             return ps_pb2.PushReply(outcome=reply.outcome, version=reply.version)
         return encode_framed(reply.header.SerializeToString(), reply.blocks)
-
-    def Push(self, request, context) -> ps_pb2.PushReply:
-        return self._data("Push", request, context, push_reply=True)
-
-    def Pull(self, request, context) -> bytes:
-        return self._data("Pull", request, context)
-
-    def PushPull(self, request, context) -> bytes:
-        """Push, then pull ``header.then_pull`` in one round trip (the whole request is checked
-        first). The reply is a PullReply whose header also carries the push's outcome and the
-        shard's version after it. Errors of either half fail the call; a retry is deduplicated."""
-        return self._data("PushPull", request, context)
-
-    def PushRows(self, request, context) -> ps_pb2.PushReply:
-        return self._rows("PushRows", request, context)
-
-    def PullRows(self, request, context) -> bytes:
-        return self._rows("PullRows", request, context)
-
-    def _rows(self, method: str, request, context):
-        reply = self.shard_handler.rows(method, request, context.time_remaining())
-        return abort(context, reply) if isinstance(reply, Failure) else reply
 
     @handled
     def Status(self, request: ps_pb2.StatusRequest, context) -> ps_pb2.StatusReply:
@@ -172,19 +156,20 @@ class ParameterServerService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler to add to a ``grpc.server``."""
-        def unary(method, parse, reply_type):
+        def unary(name, parse, reply_type):
+            method = getattr(self, name, None) or functools.partial(self._data, name)
             serialize = reply_type.SerializeToString if reply_type else None  # None: already bytes
-            return grpc.unary_unary_rpc_method_handler(method, lenient(parse, f"{method.__name__} request"), serialize)
+            return grpc.unary_unary_rpc_method_handler(method, lenient(parse, f"{name} request"), serialize)
 
         methods = {
-            "Register": unary(self.Register, ps_pb2.RegisterRequest.FromString, ps_pb2.RegisterReply),
-            "Leave": unary(self.Leave, ps_pb2.LeaveRequest.FromString, ps_pb2.LeaveReply),
-            "CreateTable": unary(self.CreateTable, ps_pb2.CreateTableRequest.FromString, ps_pb2.CreateTableReply),
-            "Push": unary(self.Push, _decode_push, ps_pb2.PushReply),
-            "Pull": unary(self.Pull, _decode_pull, None),
-            "PushPull": unary(self.PushPull, _decode_push, None),
-            "Status": unary(self.Status, ps_pb2.StatusRequest.FromString, ps_pb2.StatusReply),
-            "PushRows": unary(self.PushRows, decode_rows, ps_pb2.PushReply),
-            "PullRows": unary(self.PullRows, decode_rows, None),
+            "Register": unary("Register", ps_pb2.RegisterRequest.FromString, ps_pb2.RegisterReply),
+            "Leave": unary("Leave", ps_pb2.LeaveRequest.FromString, ps_pb2.LeaveReply),
+            "CreateTable": unary("CreateTable", ps_pb2.CreateTableRequest.FromString, ps_pb2.CreateTableReply),
+            "Status": unary("Status", ps_pb2.StatusRequest.FromString, ps_pb2.StatusReply),
+            "Push": unary("Push", _decode_push, ps_pb2.PushReply),  # the data calls: self._data
+            "Pull": unary("Pull", _decode_pull, None),
+            "PushPull": unary("PushPull", _decode_push, None),
+            "PushRows": unary("PushRows", decode_rows, ps_pb2.PushReply),
+            "PullRows": unary("PullRows", decode_rows, None),
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
