@@ -102,9 +102,31 @@ class Shard:
     def metrics(self, metrics) -> None:
         self.steps.metrics = metrics
 
+    # the parts' state and verbs, as the shard's callers knew them (see the parts for their docs)
+    dedup = property(lambda self: self.steps.dedup)
+    fenced = property(lambda self: self.membership.fenced)
+    last_contact = property(lambda self: self.membership.last_contact)
+    awaiting_rollback = property(lambda self: self.membership.awaiting_rollback)
+    restored_from = property(lambda self: self.recovery.restored_from)
+    rollback_id = property(lambda self: self.recovery.rollback_id)
+
     def register(self, worker: int, session: int = 0) -> tuple[int, int, int]:
-        """See :meth:`Membership.register`."""
         return self.membership.register(worker, session)
+
+    def adopt_topology(self, shard_index: int, num_shards: int) -> None:
+        self.membership.adopt_topology(shard_index, num_shards)
+
+    def unfence(self, worker: int) -> bool:
+        return self.membership.unfence(worker)
+
+    def leave(self, worker: int, session: int = 0) -> None:
+        self.membership.leave(worker, session)
+
+    def heartbeat(self, worker: int) -> int:
+        return self.membership.heartbeat(worker)
+
+    def expire_leases(self) -> list[int]:
+        return self.membership.expire_leases()
 
     # -- tables -------------------------------------------------------------------------
 
