@@ -188,7 +188,8 @@ class Shard:
         if seq < 1:
             raise InvalidArgumentError(f"sequence numbers start at 1, got {seq}")
         try:
-            self.check_caller(worker, pushes=True)  # who before what: a restarted shard says "not registered" first
+            with self.steps.cond:  # who before what: a restarted shard says "not registered" first
+                self._check_caller(worker, pushes=True)
             targets = self._validate(blocks, grads)
         except Exception:
             with self.steps.cond:
@@ -250,20 +251,16 @@ class Shard:
             self.counters["pulls"] += 1
         return version, out
 
-    def check_caller(self, worker: int, pushes: bool) -> None:
-        """Who before what: raises AbortedError (a rollback to adopt) or FailedPreconditionError
-        (not registered, left) unless ``worker`` may push (``pushes``) or pull now. Does not block."""
-        with self.steps.cond:
-            self._check_caller(worker, pushes)
-
     def _check_caller(self, worker: int, pushes: bool) -> None:
+        """Lock held. Who before what: raises AbortedError (a rollback to adopt) or
+        FailedPreconditionError (not registered, left) unless ``worker`` may push or pull now."""
         self.membership.check_current(worker)
         (self.gate.check_live if pushes else self.gate.check_reader)(worker)
 
     def pull_tables(self, worker: int, tables: Sequence[str], part: int, num_parts: int,
                     pushes: bool = False) -> list[DenseTable]:
         """Check a pull (of a push-pull: ``pushes``) before it waits or anything of its request
-        is applied: the part, the caller (:meth:`check_caller`), then the tables. Returns the
+        is applied: the part, the caller (who before what), then the tables. Returns the
         tables it reads, each once (naming one table many times must not multiply the copies).
         Does not block. Raises InvalidArgumentError (part), AbortedError,
         FailedPreconditionError (caller, sparse table), NotFoundError."""
