@@ -214,16 +214,19 @@ def prune(directory: str, shard_index: int, num_shards: int, keep: int) -> list[
         with contextlib.suppress(OSError):
             os.rmdir(tag_dir)  # only when no other shard's files remain
         removed.append(tag)
-    # temporary files a crash left behind (checkpoints are serialized: none is in progress)
+    # temporary files a crash left behind (this shard's checkpoints are serialized: none is in
+    # progress); a directory is removed only when that emptied it: another shard sharing the
+    # directory may just have created an empty one to write into
     for tag in os.listdir(directory):
         tag_dir = os.path.join(directory, tag)
         if TAG.match(tag) and os.path.isdir(tag_dir):
-            for name in os.listdir(tag_dir):
-                if name.startswith(f".tmp-{base}"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(tag_dir, name))
-            with contextlib.suppress(OSError):
-                os.rmdir(tag_dir)  # only when empty
+            swept = [n for n in os.listdir(tag_dir) if n.startswith(f".tmp-{base}")]
+            for name in swept:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(tag_dir, name))
+            if swept:
+                with contextlib.suppress(OSError):
+                    os.rmdir(tag_dir)  # only when empty
     if removed:
         with contextlib.suppress(OSError):
             fsync_dir(directory)

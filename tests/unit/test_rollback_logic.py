@@ -4,7 +4,7 @@ retention of cluster checkpoints, and the worker cap (docs/failure-semantics.md 
 import numpy as np
 import pytest
 
-from ps.checkpoint import state as checkpoint
+from ps.checkpoint import files as checkpoint_files, state as checkpoint
 from ps._proto import ps_pb2
 from ps.checkpoint.checkpointer import Checkpointer
 from ps.shard.consistency import Mode
@@ -83,3 +83,13 @@ def test_registering_past_max_workers_is_refused():
     with pytest.raises(ResourceExhaustedError):
         shard.register(-1)
     assert shard.register(1)[0] == 1
+
+
+def test_prune_leaves_another_shards_fresh_empty_tag_directory(tmp_path):
+    """Shards may share one checkpoint directory: one's prune must not remove the (still
+    empty) tag directory another has just created to write into."""
+    (tmp_path / "final-s1").mkdir()                                  # shard 1 of 2, about to write
+    (tmp_path / "old-s0").mkdir()
+    (tmp_path / "old-s0" / ".tmp-shard-00000-of-00002-v1-x.npz-abc").write_bytes(b"torn")  # shard 0's crash leftover
+    checkpoint_files.prune(str(tmp_path), 0, 2, keep=1)
+    assert (tmp_path / "final-s1").is_dir() and not (tmp_path / "old-s0").exists()
