@@ -32,7 +32,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ps.serving.service import SERVICE_NAME
+from ps.protocol.channel import SERVICE_NAME
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,22 @@ Public API (pinned by tests/unit/test_public_api.py)::
         print(server.address)
         server.wait()
 
-Errors are in :mod:`ps.errors`; the wire protocol is ``protos/ps.proto``.
+Errors are in :mod:`ps.errors`; the wire protocol is ``protos/ps.proto``. The names
+above are imported on first use, so that a worker importing the shared parts (``ps.errors``,
+``ps.protocol``, ``ps.tables``) does not load the server's modules.
 """
 
+from __future__ import annotations
+
+import importlib
+
 from ps import errors
-from ps.config import ServerConfig
-from ps.shard.consistency import Mode
-from ps.serving.server import ShardServer
 
 __all__ = ["Mode", "ServerConfig", "ShardServer", "errors"]
+_LAZY = {"Mode": "ps.shard.consistency", "ServerConfig": "ps.config", "ShardServer": "ps.serving.server"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ps' has no attribute {name!r}")

@@ -10,11 +10,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from ps.protocol.channel import DEFAULT_MAX_MESSAGE_BYTES
 from ps.shard.consistency import Mode
-
-#: the largest gRPC message a server accepts or sends. Clients split bigger transfers
-#: into several messages, so a table of any size moves within this limit.
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)

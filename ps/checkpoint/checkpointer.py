@@ -3,7 +3,7 @@
 A shard checkpoints on request (the Checkpoint call, possibly at a given sync version),
 every ``checkpoint_every_s`` seconds (a background thread this object owns), and once
 more when the server stops (:meth:`Checkpointer.final`). Checkpoints are serialized by
-one lock; each captures a consistent state (``Shard.capture``), writes it atomically
+one lock; each captures a consistent state (``Recovery.capture``), writes it atomically
 (:mod:`ps.checkpoint`) and deletes this shard's checkpoints beyond the newest
 ``keep_checkpoints``. The constructor does no I/O; :meth:`start` / :meth:`stop`.
 Thread-safe.
@@ -121,21 +121,21 @@ class Checkpointer:
 
     def rollback(self, rollback_id: str, tag: str | None, version: int, timeout_s: float) -> bool:
         """Sync rollback while serving (the Restore call): load checkpoint ``tag`` and make it
-        the shard's state (``Shard.rollback``), once per ``rollback_id``. ``tag`` None: no
+        the shard's state (``Recovery.rollback``), once per ``rollback_id``. ``tag`` None: no
         rollback, only stop awaiting one. Returns whether the state was replaced.
 
         Blocks on disk I/O and (bounded) on pushes being applied; serialized with
         checkpoints. Raises FailedPreconditionError when the checkpoint is missing, invalid
         or holds another version; DeadlineExceededError.
         """
-        if rollback_id in self.shard._rollbacks:
+        if self.shard.recovery.handled(rollback_id):
             return False
         start = time.monotonic()
         if not self._lock.acquire(timeout=timeout_s):
             raise DeadlineExceededError(f"a checkpoint is still being written after {timeout_s:g} s")
         try:
             if tag is None:
-                return self.shard.rollback(rollback_id, timeout_s)
+                return self.shard.recovery.rollback(rollback_id, timeout_s)
             cfg = self.config
             topology = self.shard.topology
             if not self.enabled or topology is None:
@@ -145,12 +145,12 @@ class Checkpointer:
                 raise FailedPreconditionError(f"shard {topology[0]} has no valid checkpoint {tag!r} at version "
                                               f"{version}")
 
-            def install_tables(s) -> None:
+            def install_tables() -> None:
                 for kind, codec in checkpoint.CODECS.items():
-                    codec.install(s, state.tables.get(kind, []))
+                    codec.install(self.shard, state.tables.get(kind, []))
 
             left = max(0.0, timeout_s - (time.monotonic() - start))
-            done = self.shard.rollback(rollback_id, left, state, install_tables)
+            done = self.shard.recovery.rollback(rollback_id, left, state, install_tables)
             if done:
                 log.warning("rolled back to checkpoint %s (version %d, epoch %d) for %s", tag, version,
                             self.shard.epoch, rollback_id)
@@ -183,11 +183,9 @@ class Checkpointer:
                         cfg.checkpoint_dir)
             return None
         checkpoint.install(self.shard, state)
-        self.shard.restored_from = (state.tag, state.version)
-        if cfg.mode is Mode.SYNC and not cfg.restore_tag:
-            # the other shards may be at another step: the first worker to call decides
-            # whether the cluster rolls back (docs/failure-semantics.md section 3)
-            self.shard.awaiting_rollback = True
+        # in sync mode the other shards may be at another step: the first worker to call decides
+        # whether the cluster rolls back (docs/failure-semantics.md section 3)
+        self.shard.recovery.restored(state.tag, state.version, cfg.mode is Mode.SYNC and not cfg.restore_tag)
         if state.mode not in (cfg.mode.value, "mixed"):
             log.warning("checkpoint %s was taken in %s mode; this server runs %s", state.tag, state.mode,
                         cfg.mode.value)

@@ -9,7 +9,7 @@ keyed by id and filtered by row placement. A new kind of table slots in with
 :func:`register`.
 
 Codecs are stateless; ``export`` copies under the table's own locks, so it is safe while
-the shard serves (the checkpoint holds pushes meanwhile, see ``Shard.capture``).
+the shard serves (the checkpoint holds pushes meanwhile, see ``Recovery.capture``).
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ class DenseCodec:
         return DenseTable(spec, blocks, optimizer)
 
     def install(self, shard, tables: list) -> None:
-        shard.tables = {t.spec.name: t for t in tables}
+        shard.tables.clear()
+        shard.tables.update((t.spec.name, t) for t in tables)
 
 
 class SparseCodec:

@@ -19,36 +19,20 @@ import logging
 import os
 import re
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from ps.errors import InvalidArgumentError
+from ps.protocol.tags import TAG, check_tag, new_tag  # noqa: F401 - check_tag, new_tag re-exported
 from ps.checkpoint.codecs import CheckpointError
 
 log = logging.getLogger("ps.checkpoint")
 
 FORMAT = "ps-checkpoint/1"
-TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _MANIFEST = re.compile(r"^shard-(\d{5})-of-(\d{5})\.manifest\.json$")
 _CHUNK = 1 << 20
 
 #: ``hook(stage, path)`` called while writing (tests inject crashes, see ps.serving.faults)
 WriteHook = Callable[[str, str], None]
-
-
-def check_tag(tag: str) -> str:
-    """Returns ``tag``; raises InvalidArgumentError unless it is a safe directory name."""
-    if not isinstance(tag, str) or not TAG.match(tag):
-        raise InvalidArgumentError(f"checkpoint tag {tag!r} must be 1-128 letters, digits and _ . - "
-                                   "(not starting with . _ or -)")
-    return tag
-
-
-def new_tag(prefix: str) -> str:
-    """``<prefix>-<UTC time to the millisecond>``, e.g. ``auto-20250101T120000.123Z``."""
-    now = time.time()
-    return f"{prefix}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
 
 
 def base_name(shard_index: int, num_shards: int) -> str:

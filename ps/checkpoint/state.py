@@ -105,7 +105,7 @@ class ShardState:
 
 
 def capture(shard, tag: str, at_version: int = 0, timeout_s: float = 60.0) -> ShardState:
-    """A consistent copy of ``shard``'s state (see ``Shard.capture``). Blocks, bounded.
+    """A consistent copy of ``shard``'s state (see ``Recovery.capture``). Blocks, bounded.
 
     Raises FailedPreconditionError before the shard knows its topology, or when any
     parameter or optimizer value is NaN/Inf (a non-finite model is never checkpointed,
@@ -113,15 +113,15 @@ def capture(shard, tag: str, at_version: int = 0, timeout_s: float = 60.0) -> Sh
     """
     check_tag(tag)
 
-    def export(s) -> list[TablePart]:
+    def export() -> list[TablePart]:
         parts = []
         for kind, codec in CODECS.items():
-            for table in codec.tables(s):
+            for table in codec.tables(shard):
                 meta, arrays = codec.export(table)
                 parts.append(TablePart(kind, table.spec.name, meta, arrays))
         return parts
 
-    meta, parts = shard.capture(at_version, timeout_s, export)
+    meta, parts = shard.recovery.capture(at_version, timeout_s, export)
     if meta["topology"] is None:
         raise FailedPreconditionError("nothing to checkpoint: the shard does not know its topology yet")
     for part in parts:
@@ -306,10 +306,10 @@ def load(directory: str, shard_index: int, num_shards: int, tag: str | None = No
 def install(shard, state: ShardState) -> None:
     """Make a restored state the shard's own, with the next epoch. Call before serving."""
 
-    def install_tables(s) -> None:
+    def install_tables() -> None:
         for kind, codec in CODECS.items():
-            codec.install(s, state.tables.get(kind, []))
+            codec.install(shard, state.tables.get(kind, []))
 
-    shard.install(state.version, state.clocks, state.dedup, state.epoch + 1, install_tables, state.left)
+    shard.recovery.install(state.version, state.clocks, state.dedup, state.epoch + 1, install_tables, state.left)
 
 

@@ -28,6 +28,13 @@ def read_token(path: str) -> str:
     return token
 
 
+def token_matches(presented: bytes | str, expected: bytes | str) -> bool:
+    """Whether a presented secret equals the expected one, compared in constant time
+    (:func:`hmac.compare_digest`). The one comparison of every plane's token check."""
+    as_bytes = [v.encode() if isinstance(v, str) else bytes(v) for v in (presented, expected)]
+    return hmac.compare_digest(as_bytes[0], as_bytes[1])
+
+
 def _deny(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     """A handler of the same shape that refuses the call without parsing its request."""
 
@@ -59,8 +66,7 @@ class TokenAuth(grpc.ServerInterceptor):
         values = [v for k, v in (metadata or ()) if k == METADATA_KEY]
         if len(values) != 1:
             return False
-        value = values[0].encode() if isinstance(values[0], str) else bytes(values[0])
-        return hmac.compare_digest(value, self._expected)
+        return token_matches(values[0], self._expected)
 
     def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith(HEALTH_PREFIX):

@@ -1,8 +1,9 @@
-"""Byte framing over stream sockets, for both data planes and their workers.
+"""Framing helpers for the data planes' sockets, used by servers and workers alike.
 
-:func:`recv_exact`, :func:`recv_into_exact` and :func:`recv_frame` read whole frames;
-:func:`send_all` writes many buffers without joining them. Every call blocks up to the
-socket's timeout and is thread-safe as far as the socket is (one caller per socket).
+:func:`recv_exact`, :func:`recv_into_exact` and :func:`recv_frame` read exactly so many
+bytes; :func:`send_all` sends several buffers with ``sendmsg`` without joining them. They
+block up to the socket's timeout. Pure functions of their socket; thread-safe as the
+socket is (one caller per socket at a time).
 """
 
 from __future__ import annotations

@@ -188,6 +188,8 @@ def split_payload(blocks: Sequence[Any], payload: memoryview) -> list[np.ndarray
 # message: known block versions count only under the token they were read at.
 
 LOCAL_HELLO, LOCAL_ATTACH, LOCAL_PUSH, LOCAL_PULL, LOCAL_PUSH_PULL = 1, 2, 3, 4, 5
+#: the TCP plane's kinds (ps.serving.stream_plane): the same frames, no attach
+STREAM_HELLO, STREAM_PUSH, STREAM_PULL, STREAM_PUSH_PULL = LOCAL_HELLO, LOCAL_PUSH, LOCAL_PULL, LOCAL_PUSH_PULL
 #: flags bit: the worker sends ``known`` block versions that hold in its pull area
 LOCAL_FLAG_KNOWN = 1
 _REQUEST = _struct.Struct("<BBHIdQQQQ")

@@ -1,9 +1,9 @@
 """The control calls of ``ps.v1.ParameterServer``: Heartbeat, Checkpoint, Restore and Shutdown.
 
 A second generic handler for the same service, next to :mod:`ps.serving.service` (gRPC asks each
-handler in turn): leases (``Shard.heartbeat``), checkpoints on request
+handler in turn): leases (``Membership.heartbeat``), checkpoints on request
 (:class:`~ps.checkpoint.checkpointer.Checkpointer`) and a graceful stop. Errors map to status codes
-exactly as in :mod:`ps.serving.service`. Thread-safe.
+exactly as in :mod:`ps.serving.service` (:func:`~ps.serving.handler.failure_of`). Thread-safe.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from ps._proto import ps_pb2
 from ps.checkpoint.checkpointer import Checkpointer
 from ps.shard.consistency import Mode
 from ps.errors import FailedPreconditionError, InvalidArgumentError
-from ps.serving.service import SERVICE_NAME, _handled, _lenient, _remaining
+from ps.protocol.channel import SERVICE_NAME
+from ps.serving.handler import budget
+from ps.serving.service import handled, lenient
 from ps.shard.shard import Shard
 
 
@@ -28,12 +30,12 @@ class ControlService:
         self.checkpointer = checkpointer
         self.request_stop = request_stop
 
-    @_handled
+    @handled
     def Heartbeat(self, request: ps_pb2.HeartbeatRequest, context) -> ps_pb2.HeartbeatReply:
         """Renews the worker's lease; FAILED_PRECONDITION when it must register (again)."""
-        return ps_pb2.HeartbeatReply(epoch=self.shard.heartbeat(request.worker_id))
+        return ps_pb2.HeartbeatReply(epoch=self.shard.membership.heartbeat(request.worker_id))
 
-    @_handled
+    @handled
     def Checkpoint(self, request: ps_pb2.CheckpointRequest, context) -> ps_pb2.CheckpointReply:
         """Writes a checkpoint, in sync mode once the shard reaches ``at_version`` (0: now).
 
@@ -42,11 +44,12 @@ class ControlService:
         """
         if request.at_version < 0:
             raise InvalidArgumentError(f"at_version must be >= 0, got {request.at_version}")
-        written = self.checkpointer.checkpoint(request.tag or None, request.at_version, _remaining(context),
+        written = self.checkpointer.checkpoint(request.tag or None, request.at_version,
+                                               budget(context.time_remaining()),
                                                cluster=bool(request.tag))
         return ps_pb2.CheckpointReply(path=written.path, version=written.version, epoch=written.epoch)
 
-    @_handled
+    @handled
     def Restore(self, request: ps_pb2.RestoreRequest, context) -> ps_pb2.RestoreReply:
         """Sync rollback: load checkpoint ``tag`` (which must hold ``version``) while serving,
         once per ``rollback_id``; ``tag`` "" only ends a wait for the rollback decision.
@@ -61,10 +64,10 @@ class ControlService:
             raise FailedPreconditionError("Restore (a cluster rollback) is for sync mode only; restart the shard "
                                           "with --restore instead")
         restored = self.checkpointer.rollback(request.rollback_id, request.tag or None, request.version,
-                                              _remaining(context))
+                                              budget(context.time_remaining()))
         return ps_pb2.RestoreReply(restored=restored, version=self.shard.gate.version, epoch=self.shard.epoch)
 
-    @_handled
+    @handled
     def Shutdown(self, request: ps_pb2.ShutdownRequest, context) -> ps_pb2.ShutdownReply:
         """Asks the server to stop gracefully (as SIGTERM does); answers at once."""
         self.request_stop()
@@ -73,7 +76,7 @@ class ControlService:
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(method, request_type, reply_type):
             return grpc.unary_unary_rpc_method_handler(
-                method, _lenient(request_type.FromString, f"{method.__name__} request"), reply_type.SerializeToString
+                method, lenient(request_type.FromString, f"{method.__name__} request"), reply_type.SerializeToString
             )
 
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {

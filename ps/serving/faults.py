@@ -3,10 +3,12 @@
 A :class:`FaultPlan` is parsed from a short string (``ServerConfig.faults``, the hidden
 ``ps-server --faults`` flag), e.g. ``"drop_push_reply_every=3,kill_in_checkpoint=2"``:
 
-- ``drop_push_reply_every=N``: every N-th Push (or PushPull) call is handled as usual (its
-  gradient applied or counted) and then its reply is lost: the caller gets UNAVAILABLE,
-  exactly what a network drop after the server acted looks like. The client's retry
-  with the same sequence number must be acknowledged and not applied again.
+- ``drop_push_reply_every=N``: every N-th Push (or PushPull) call, on any plane, is handled
+  as usual (its gradient applied or counted) and then its reply is lost (:class:`ReplyDropper`,
+  asked by :class:`~ps.serving.handler.ShardHandler`): a gRPC caller gets UNAVAILABLE, a
+  data-plane connection closes, exactly what a network drop after the server acted looks
+  like. The client's retry with the same sequence number must be acknowledged and not
+  applied again.
 - ``kill_in_checkpoint=N``: the N-th checkpoint this process writes is interrupted by
   SIGKILL after half of its data file reached the disk (the previous one must survive).
 
@@ -21,11 +23,7 @@ import signal
 import threading
 from dataclasses import dataclass, fields
 
-import grpc
-
 log = logging.getLogger(__name__)
-
-_PUSH_METHODS = ("/ps.v1.ParameterServer/Push", "/ps.v1.ParameterServer/PushPull")
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,8 @@ class FaultPlan:
         return any(getattr(self, f.name) for f in fields(self))
 
 
-class DropReplies(grpc.ServerInterceptor):
-    """Loses the reply of every ``every``-th push after the server handled it."""
+class ReplyDropper:
+    """Says which handled pushes lose their reply: every ``every``-th. Thread-safe."""
 
     def __init__(self, every: int) -> None:
         self._every = every
@@ -65,31 +63,13 @@ class DropReplies(grpc.ServerInterceptor):
         self.dropped = 0
 
     def drop_now(self) -> bool:
-        """Count one handled push; True when its reply is to be lost (also asked by ps.serving.stream_plane)."""
+        """Count one handled push; True when its reply is to be lost. Does not block."""
         with self._lock:
             self._count += 1
             if self._count % self._every:
                 return False
             self.dropped += 1
             return True
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler_call_details.method not in _PUSH_METHODS:
-            return handler
-        inner = handler.unary_unary
-
-        def behavior(request, context):
-            reply = inner(request, context)
-            if self.drop_now():
-                log.warning("fault injection: dropping the reply of a push that was handled")
-                context.abort(grpc.StatusCode.UNAVAILABLE, "fault injection: reply lost after the push was handled")
-            return reply
-
-        return grpc.unary_unary_rpc_method_handler(
-            behavior, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
 
 
 class CheckpointKiller:
@@ -116,8 +96,3 @@ class CheckpointKiller:
             os.fsync(f.fileno())
         log.warning("fault injection: killing this process in the middle of checkpoint %d", self._n)
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def interceptors(plan: FaultPlan) -> list[grpc.ServerInterceptor]:
-    """The server interceptors a plan needs (none for an empty plan)."""
-    return [DropReplies(plan.drop_push_reply_every)] if plan.drop_push_reply_every else []

@@ -16,9 +16,10 @@ shard, into the worker's memory.
 Only a process that can reach the shard's abstract unix socket (same machine, same network
 namespace), runs as the same user (``SO_PEERCRED``) and can pass it a file descriptor can
 use this path, so "same host" is checked by construction; a worker that cannot falls back
-to gRPC. Servers with a token or TLS do not offer it (``ps.serving.server``). The semantics are the gRPC
-service's: the same :class:`~ps.shard.shard.Shard` calls, exactly-once by ``(worker, seq)``,
-the same validation and status codes.
+to gRPC. Servers with a token or TLS do not offer it (``ps.serving.server``). Every request
+goes to the :class:`~ps.serving.handler.ShardHandler` that gRPC and the TCP plane call too:
+the same validation, exactly-once by ``(worker, seq)``, status codes and reasons (an error
+reply's ``reason`` field), metrics and injected faults (a lost reply closes the connection).
 
 :class:`LocalPlane` serves one thread per connection (a worker opens one connection per
 call it keeps in flight; :class:`~ps.serving.socket_server.SocketServer`); ``start()`` binds,
@@ -34,16 +35,13 @@ import os
 import socket
 import struct
 import uuid
+from collections.abc import Callable
 
-import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from ps._proto import ps_pb2
-from ps.errors import InvalidArgumentError, PSError, status_code_of
-from ps.serving.service import OUTCOMES, known_token, pull_blocks
-from ps.shard.shard import Shard
-from ps.serving.socket_server import SocketServer, recv_exact
+from ps.errors import InvalidArgumentError
+from ps.protocol.sockets import recv_exact, send_all
 from ps.protocol.wire import (
     LOCAL_ATTACH,
     LOCAL_FLAG_KNOWN,
@@ -53,12 +51,17 @@ from ps.protocol.wire import (
     LOCAL_PUSH,
     LOCAL_PUSH_PULL,
     LOCAL_REQUEST_SIZE,
-    pack_local_reply,
     np_dtype,
+    pack_local_reply,
     split_token,
     unpack_local_request,
     with_token,
 )
+from ps.serving.handler import Failure, Payload, ShardHandler, failure_of
+from ps.serving.socket_server import SocketServer, failure_frame
+from ps.shard.shard import Shard
+from ps.tables.dense_table import DenseTable
+from ps.tables.spec import TableSpec
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +69,12 @@ log = logging.getLogger(__name__)
 MAX_REGION_BYTES = 1 << 36
 
 
-class _Connection:
-    """One worker connection: its attached region, the region's layout, and the state epoch."""
+class _Connection(Payload):
+    """One worker connection: its attached region and the region's layout. Its tensors are
+    the region's: gradients are read and pulled blocks written in place."""
 
     def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
         self.sock = sock
         self.region: mmap.mmap | None = None
         self.view: memoryview | None = None
@@ -95,27 +100,26 @@ class _Connection:
         self.region, self.view, self.layout = region, memoryview(region), layout
         self.readonly = self.view.toreadonly()
 
-    def _place(self, shard: Shard, name: str, block: int, count: int, dtype, push: bool) -> np.ndarray:
-        """The array of block ``block`` of ``name`` in the push or pull area (checked)."""
-        if self.view is None:
-            raise InvalidArgumentError("no shared-memory region attached")
-        entry = self.layout.get(name)
-        if entry is None:
-            raise InvalidArgumentError(f"table {name!r} has no place in the worker's shared memory")
-        start = block * shard.table(name).spec.block_elems * dtype.itemsize
-        if block < 0 or count < 0 or start + count * dtype.itemsize > entry[2]:
-            raise InvalidArgumentError(f"{name}[block {block}] lies outside its place in shared memory")
+    def _place(self, spec: TableSpec, block: int, count: int, dtype: np.dtype, push: bool) -> np.ndarray:
+        """The array of block ``block`` of ``spec``'s table in the push or pull area (checked)."""
+        entry = self.layout.get(spec.name)
+        if self.view is None or entry is None:
+            raise InvalidArgumentError(f"table {spec.name!r} has no place in the worker's shared memory")
+        start = block * spec.block_elems * dtype.itemsize
+        if not 0 <= block < spec.num_blocks or count < 0 or start + count * dtype.itemsize > entry[2]:
+            raise InvalidArgumentError(f"{spec.name}[block {block}] lies outside its place in shared memory")
         return np.frombuffer(self.readonly if push else self.view, dtype=dtype, count=count,
                              offset=(entry[0] if push else entry[1]) + start)
 
     def grads(self, shard: Shard, header: ps_pb2.PushHeader) -> list[np.ndarray]:
-        return [self._place(shard, ref.table, ref.block, ref.count, np_dtype(ref.dtype), True) for ref in header.blocks]
+        # the table first: an unknown one is NOT_FOUND, as on every plane
+        return [self._place(shard.table(r.table).spec, r.block, r.count, np_dtype(r.dtype), True)
+                for r in header.blocks]
 
-    def slot(self, shard: Shard):
-        def into(name: str, block) -> np.ndarray:
-            return self._place(shard, name, block.index, block.values.size, block.values.dtype, False)
-
-        return into
+    def slots(self, shard: Shard, tables: list[DenseTable] | None, known) -> Callable:
+        for t in tables or ():  # each whole table fits its place: checked before anything is applied
+            self._place(t.spec, 0, t.spec.size, np.dtype(t.spec.dtype), False)
+        return lambda name, b: self._place(shard.table(name).spec, b.index, b.values.size, b.values.dtype, False)
 
     def release(self) -> None:
         for view in (self.readonly, self.view):
@@ -132,8 +136,11 @@ class _Connection:
         self.region = self.view = self.readonly = None
 
 
+_METHODS = {LOCAL_PUSH: "Push", LOCAL_PULL: "Pull", LOCAL_PUSH_PULL: "PushPull"}
+
+
 class LocalPlane(SocketServer):
-    """Serves a :class:`Shard` to same-host workers over a unix socket and shared memory.
+    """Serves a shard's :class:`ShardHandler` to same-host workers over a unix socket and shared memory.
 
     The constructor does no I/O. ``address`` (after :meth:`start`) is an abstract unix
     socket name, ``"unix-abstract:NAME"``; workers learn it from the Status call.
@@ -141,10 +148,10 @@ class LocalPlane(SocketServer):
 
     thread_prefix = "ps-local"
 
-    def __init__(self, shard: Shard) -> None:
+    def __init__(self, handler: ShardHandler) -> None:
         super().__init__()
-        self.shard = shard
-        self._name = f"grpc-ps-{shard.server_id}-{uuid.uuid4().hex[:8]}"
+        self.handler = handler
+        self._name = f"grpc-ps-{handler.shard.server_id}-{uuid.uuid4().hex[:8]}"
 
     @property
     def address(self) -> str:
@@ -172,65 +179,58 @@ class LocalPlane(SocketServer):
             msg, fds, _, _ = sock.recvmsg(LOCAL_REQUEST_SIZE, socket.CMSG_SPACE(4))
             if not msg:
                 return
-            if len(msg) < LOCAL_REQUEST_SIZE:
-                msg += recv_exact(sock, LOCAL_REQUEST_SIZE - len(msg))
             fd = _fd_from(fds)
-            kind, flags, length, timeout_s, po, pb, qo, qc = unpack_local_request(msg)
-            if length > LOCAL_MAX_MESSAGE:
-                return  # not our protocol: drop the connection
-            body = recv_exact(sock, length) if length else b""
-            sock.sendall(self._handle(conn, kind, flags, body, timeout_s, po, pb, qo, qc, fd))
+            try:
+                if len(msg) < LOCAL_REQUEST_SIZE:
+                    msg += recv_exact(sock, LOCAL_REQUEST_SIZE - len(msg))
+                kind, flags, length, timeout_s, _, size, _, _ = unpack_local_request(msg)
+                if length > LOCAL_MAX_MESSAGE:
+                    return  # not our protocol: drop the connection
+                body = recv_exact(sock, length) if length else b""
+                if kind == LOCAL_ATTACH:
+                    try:
+                        if fd is None:
+                            raise InvalidArgumentError("attach without a file descriptor")
+                        fd, passed = None, fd
+                        conn.attach(passed, size, body)  # closes the descriptor
+                        reply = pack_local_reply(kind, b"")
+                    except Exception as exc:
+                        reply = failure_frame(kind, failure_of(exc, "attach"))
+                else:
+                    reply = self._handle(conn, kind, flags, body, timeout_s)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            if reply is None:
+                return  # a lost reply (fault injection): the connection closes
+            send_all(sock, [reply])
 
-    def _handle(self, conn: _Connection, kind: int, flags: int, body: bytes, timeout_s: float,
-                po: int, pb: int, qo: int, qc: int, fd: int | None) -> bytes:
-        shard = self.shard
-        try:
-            if kind == LOCAL_HELLO:
-                if body.decode() != shard.server_id:
-                    raise InvalidArgumentError("this is not the server the worker registered with")
-                return pack_local_reply(kind, shard.server_id.encode())
-            if kind == LOCAL_ATTACH:
-                if fd is None:
-                    raise InvalidArgumentError("attach without a file descriptor")
-                fd, passed = None, fd
-                conn.attach(passed, pb, body)
-                return pack_local_reply(kind, b"")
-            timeout_s = max(0.0, min(timeout_s, 86400.0) - 0.05)
-            their_token = ""
-            if kind in (LOCAL_PULL, LOCAL_PUSH_PULL):
-                their_token, body = split_token(body)
-            if kind == LOCAL_PUSH or kind == LOCAL_PUSH_PULL:
-                header = ps_pb2.PushHeader.FromString(body)
-                grads = conn.grads(shard, header)
-                result = shard.push(header.worker_id, header.seq, header.step, header.part, max(1, header.num_parts),
-                                    [(ref.table, ref.block) for ref in header.blocks], grads, timeout_s,
-                                    header.session)
-                outcome, version = OUTCOMES[result.outcome], result.version
-                if kind == LOCAL_PUSH:
-                    reply = ps_pb2.PushReply(outcome=outcome, version=version)
-                    return pack_local_reply(kind, reply.SerializeToString(), 0, outcome, version)
-                pull = header.then_pull
-            elif kind == LOCAL_PULL:
-                pull, outcome, version = ps_pb2.PullHeader.FromString(body), 0, 0
-            else:
-                raise InvalidArgumentError(f"unknown local request kind {kind}")
-            known = None
-            if flags & LOCAL_FLAG_KNOWN and pull.known and their_token == known_token(shard):
-                known = {(r.table, r.block): r.version for r in pull.known}
-            reply_header, _ = pull_blocks(shard, pull, timeout_s, known, conn.slot(shard))
-            token = reply_header.state_token  # the token the versions in the reply belong to
-            return pack_local_reply(kind, with_token(token, reply_header.SerializeToString()), 0, outcome, version)
-        except PSError as exc:
-            return pack_local_reply(kind, str(exc).encode(), status_code_of(exc).value[0])
-        except (DecodeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-            return pack_local_reply(kind, f"malformed request: {exc}".encode(),
-                                    grpc.StatusCode.INVALID_ARGUMENT.value[0])
-        except Exception:
-            log.exception("internal error in local request kind %d", kind)
-            return pack_local_reply(kind, b"internal error; see the server log", grpc.StatusCode.INTERNAL.value[0])
-        finally:
-            if fd is not None:
-                os.close(fd)
+    def _handle(self, conn: _Connection, kind: int, flags: int, body: bytes, timeout_s: float) -> bytes | None:
+        """The reply frame of one request (None: lose the reply)."""
+        handler = self.handler
+        if kind == LOCAL_HELLO:
+            failure = handler.hello(None, body)
+            return failure_frame(kind, failure) if failure else pack_local_reply(kind, body)
+        method = _METHODS.get(kind)
+        if method is None:
+            unknown = InvalidArgumentError(f"unknown local request kind {kind}")
+            return failure_frame(kind, failure_of(unknown, "request"))
+        known_for: str | None = ""
+        message: bytes | Exception = body
+        if kind != LOCAL_PUSH:
+            try:
+                their_token, message = split_token(body)
+                known_for = their_token if flags & LOCAL_FLAG_KNOWN else ""
+            except ValueError as exc:  # UnicodeDecodeError too
+                message = InvalidArgumentError(f"malformed {method} request: {exc}")
+        reply = handler.data(method, message, conn, timeout_s, known_for)
+        if isinstance(reply, Failure):
+            return None if reply.lost else failure_frame(kind, reply)
+        if reply.header is None:
+            push = ps_pb2.PushReply(outcome=reply.outcome, version=reply.version)
+            return pack_local_reply(kind, push.SerializeToString(), 0, reply.outcome, reply.version)
+        message_out = with_token(reply.header.state_token, reply.header.SerializeToString())
+        return pack_local_reply(kind, message_out, 0, reply.outcome, reply.version)
 
 
 def _same_user(sock: socket.socket) -> bool:

@@ -32,26 +32,19 @@ from ps._proto import ps_pb2
 from ps.protocol.auth import TokenAuth
 from ps.serving.bind_probe import bind_problem
 from ps.checkpoint.checkpointer import Checkpointer, Written
-from ps.serving.cluster_size import ClusterSizeCheck
 from ps.config import ServerConfig
 from ps.serving.control import ControlService
 from ps.errors import UnavailableError
 from ps.shard.lease import LeaseKeeper
 from ps.serving.local_plane import LocalPlane
-from ps.serving.service import SERVICE_NAME, ParameterServerService
+from ps.protocol.channel import SERVICE_NAME, channel_options
+from ps.serving.handler import ShardHandler
+from ps.serving.service import ParameterServerService
 from ps.shard.shard import Shard
 from ps.metrics.shard_metrics import ShardMetrics
 from ps.serving.stream_plane import StreamPlane
 
 log = logging.getLogger(__name__)
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """gRPC options shared by servers and clients: the message size limit both ways."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
 
 
 class ShardServer:
@@ -69,7 +62,7 @@ class ShardServer:
         self._faults = faults.FaultPlan.parse(config.faults)
         hook = faults.CheckpointKiller(self._faults.kill_in_checkpoint) if self._faults.kill_in_checkpoint else None
         self.checkpointer = Checkpointer(self.shard, config, hook)
-        self._leases = LeaseKeeper(self.shard.expire_leases, config.lease_s) if config.lease_s > 0 else None
+        self._leases = LeaseKeeper(self.shard.membership.expire_leases, config.lease_s) if config.lease_s > 0 else None
         # Prometheus series and their HTTP endpoint (ps.metrics.shard_metrics), when metrics_port > 0
         self.metrics = ShardMetrics(self.shard, config, self.checkpointer) if config.metrics_port else None
         self._stop_requested = threading.Event()
@@ -103,10 +96,11 @@ class ShardServer:
         if cfg.restore:
             self.checkpointer.restore()
         interceptors = [TokenAuth(cfg.auth_token)] if cfg.auth_token else []
-        interceptors += faults.interceptors(self._faults)
-        interceptors.append(ClusterSizeCheck(cfg.num_workers))  # a worker expecting another --num-workers
         if self.metrics is not None:  # first: calls the token check refuses are counted too
             interceptors.insert(0, self.metrics.interceptor)
+        drops = self._faults.drop_push_reply_every
+        handler = ShardHandler(self.shard, token=cfg.auth_token, metrics=self.metrics,
+                               drop_reply=faults.ReplyDropper(drops).drop_now if drops else None)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="ps-shard"),
             options=channel_options(cfg.max_message_bytes) + [("grpc.so_reuseport", 0)],
@@ -116,15 +110,12 @@ class ShardServer:
         if cfg.local_plane and (cfg.auth_token or cfg.tls_cert):
             log.info("same-host shared-memory data plane off: it has no token or TLS check")
         elif cfg.local_plane and self._local is None:
-            self._local = LocalPlane(self.shard)  # no I/O yet: started once gRPC serves
+            self._local = LocalPlane(handler)  # no I/O yet: started once gRPC serves
         if cfg.stream_plane and cfg.tls_cert:
             log.info("TCP stream data plane off: payloads stay on gRPC's TLS")
         elif cfg.stream_plane and self._stream is None:  # no I/O yet: bound before gRPC serves
-            drops = [i for i in interceptors if isinstance(i, faults.DropReplies)]
-            self._stream = StreamPlane(self.shard, cfg.host, cfg.stream_port, token=cfg.auth_token,
-                                       max_message_bytes=cfg.max_message_bytes,
-                                       drop_reply=drops[0].drop_now if drops else None)
-        service = ParameterServerService(self.shard, self._local, self._stream)
+            self._stream = StreamPlane(handler, cfg.host, cfg.stream_port, max_message_bytes=cfg.max_message_bytes)
+        service = ParameterServerService(self.shard, handler, self._local, self._stream)
         server.add_generic_rpc_handlers((service.handler(),
                                          ControlService(self.shard, self.checkpointer, self.request_stop).handler()))
         self._health = health.HealthServicer(experimental_non_blocking=True)

@@ -1,12 +1,11 @@
 """``SocketServer``: a listening socket served one thread per connection, for the data planes.
 
-The framing helpers both planes and their workers use live in :mod:`ps.protocol.sockets`.
-
 The same-host plane (:mod:`ps.serving.local_plane`, a unix socket) and the TCP plane
 (:mod:`ps.serving.stream_plane`) differ in what a connection carries, not in how connections come
 and go: a subclass binds the listener (:meth:`listen`), says which sockets it admits and
 what it keeps per connection (:meth:`admit`), and serves one (:meth:`serve`, in its own
-daemon thread; it returns when the connection ends). Thread-safe.
+daemon thread; it returns when the connection ends). Both write a failed request's reply
+the same way (:func:`failure_frame`). Thread-safe.
 """
 
 from __future__ import annotations
@@ -14,9 +13,17 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from ps.protocol.sockets import recv_exact, recv_frame, recv_into_exact, send_all  # noqa: F401 (re-exported)
+
+from ps.protocol.wire import pack_local_reply
+from ps.serving.handler import Failure
 
 log = logging.getLogger(__name__)
+
+
+def failure_frame(kind: int, failure: Failure) -> bytes:
+    """The error reply frame of a request of ``kind``: the status code's number, the details
+    as the message, and the :class:`~ps.errors.Reason` number."""
+    return pack_local_reply(kind, failure.details.encode(), failure.code.value[0], reason=int(failure.reason))
 
 
 class SocketServer:

@@ -18,8 +18,8 @@ structs) around the protocol's own protobuf messages::
 
 * ``STREAM_HELLO`` must come first: its message is ``with_token(auth token, server id)``;
   the reply's message is the server id. A server with a token compares it in constant
-  time (:func:`hmac.compare_digest`) and answers a wrong one with UNAUTHENTICATED and a
-  closed connection.
+  time (:meth:`~ps.serving.handler.ShardHandler.hello`) and answers a wrong one with
+  UNAUTHENTICATED and a closed connection.
 * ``STREAM_PUSH``: a ``PushHeader`` and its payload; the reply carries the outcome and
   version in the struct (no message).
 * ``STREAM_PULL``: a ``PullHeader`` (``known`` and ``known_for`` as over gRPC); the reply
@@ -28,14 +28,15 @@ structs) around the protocol's own protobuf messages::
 * ``STREAM_PUSH_PULL``: a ``PushHeader`` with ``then_pull``; the reply is a pull reply whose
   header also holds ``push_outcome`` and ``push_version``.
 
-An error reply has ``status`` = the gRPC status code (:func:`ps.errors.status_code_of`)
-and the UTF-8 details as its message, and no payload. A frame that is not this protocol
-(unknown kind, a request before the hello, oversized lengths, a payload on a pull) drops
-the connection; lengths are checked against the server's message limit before anything
-is allocated. Every request goes to the very same :class:`~ps.shard.shard.Shard` calls as gRPC
-(:func:`ps.serving.service.push_blocks`, :func:`ps.serving.service.pull_blocks`), so exactly-once by
-``(worker, seq)``, validation and status codes are the same; a refused request changes
-nothing. There is no TLS here: servers with TLS do not offer this plane (``ps.serving.server``).
+An error reply has ``status`` = the gRPC status code, the UTF-8 details as its message,
+the :class:`~ps.errors.Reason` number in its ``reason`` field, and no payload. A frame that
+is not this protocol (unknown kind, a request before the hello, oversized lengths, a
+payload on a pull) drops the connection; lengths are checked against the server's message
+limit before anything is allocated. Every request goes to the :class:`~ps.serving.handler.ShardHandler` that gRPC
+and the shared-memory plane call too, so validation, exactly-once by ``(worker, seq)``,
+status codes, metrics and injected faults (a lost reply closes the connection) are the
+same; a refused request changes nothing. There is no TLS here: servers with TLS do not
+offer this plane (``ps.serving.server``).
 
 :class:`StreamPlane` serves one thread per connection (a worker opens one per call it
 keeps in flight); ``start()`` binds, ``stop()`` closes everything. Thread-safe.
@@ -43,50 +44,43 @@ keeps in flight); ``start()`` binds, ``stop()`` closes everything. Thread-safe.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
 
-import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
-from ps._proto import ps_pb2
-from ps.errors import PSError, status_code_of
-from ps.serving.service import OUTCOMES, known_if_current, pull_blocks, push_blocks
-from ps.shard.shard import Shard
-from ps.serving.socket_server import SocketServer, recv_frame, recv_into_exact, send_all
+from ps.protocol.sockets import recv_frame, recv_into_exact, send_all
 from ps.protocol.wire import (
-    LOCAL_HELLO,
     LOCAL_MAX_MESSAGE,
-    LOCAL_PULL,
-    LOCAL_PUSH,
-    LOCAL_PUSH_PULL,
     LOCAL_REQUEST_SIZE,
+    STREAM_HELLO,
+    STREAM_PULL,
+    STREAM_PUSH,
+    STREAM_PUSH_PULL,
     pack_local_reply,
     split_token,
     unpack_local_request,
 )
+from ps.serving.handler import Failure, Payload, ShardHandler, failure_of
+from ps.serving.socket_server import SocketServer, failure_frame
+from ps.errors import ResourceExhaustedError
 
 log = logging.getLogger(__name__)
 
-STREAM_HELLO, STREAM_PUSH, STREAM_PULL, STREAM_PUSH_PULL = LOCAL_HELLO, LOCAL_PUSH, LOCAL_PULL, LOCAL_PUSH_PULL
 #: seconds a new connection has to say hello, and a started request to arrive in full
 IO_TIMEOUT_S = 60.0
 #: connections one shard serves at once (each is a thread); more are refused
 MAX_CONNECTIONS = 1024
+_METHODS = {STREAM_PUSH: "Push", STREAM_PULL: "Pull", STREAM_PUSH_PULL: "PushPull"}
 
 
-class _Closing(Exception):
-    """The request is not this protocol, or a fault was injected: drop the connection."""
-
-
-class _Connection:
-    """One worker connection and its reusable receive and send buffers."""
+class _Connection(Payload):
+    """One worker connection and its reusable receive and send buffers: a push's payload is
+    read in place from the receive buffer, pulled blocks are copied into the send buffer."""
 
     def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
         self.sock = sock
         self.hello = False
         self._recv = np.empty(0, np.uint8)
@@ -94,16 +88,21 @@ class _Connection:
         self._cursor = 0
         self._wanted = 0
 
-    def payload(self, nbytes: int) -> memoryview:
-        """Receive ``nbytes`` into the connection's buffer (grown only when too small)."""
+    def receive(self, nbytes: int) -> None:
+        """Receive the next request's payload into the connection's buffer (grown only when too small)."""
         if nbytes > self._recv.size:
             self._recv = np.empty(nbytes, np.uint8)
         view = memoryview(self._recv)[:nbytes]
         recv_into_exact(self.sock, view)
-        return view.toreadonly()
+        self.payload = view.toreadonly()
 
-    def slots(self) -> Callable:
-        """A pull's ``into``: consecutive slots of the send buffer (fresh arrays past its end)."""
+    def slots(self, shard, tables, known) -> Callable | None:
+        """Without ``known``: consecutive slots of the send buffer (fresh arrays past its end;
+        the buffer grows for next time). With: only changed blocks, as new bytes."""
+        if known is not None:
+            return None
+        if self._wanted > self._send.size:  # the last pull did not fit
+            self._send = np.empty(self._wanted, np.uint8)
         self._cursor = self._wanted = 0
 
         def into(name: str, block) -> np.ndarray:
@@ -118,35 +117,26 @@ class _Connection:
 
         return into
 
-    def grow(self) -> None:
-        """After a pull that did not fit the send buffer: make it big enough for next time."""
-        if self._wanted > self._send.size:
-            self._send = np.empty(self._wanted, np.uint8)
-
 
 class StreamPlane(SocketServer):
-    """Serves a :class:`Shard` to workers on other machines over raw TCP.
+    """Serves a shard's :class:`ShardHandler` to workers on other machines over raw TCP.
 
     The constructor does no I/O. ``host`` is the gRPC server's host, ``port`` 0 lets the
-    OS choose (:attr:`port` tells which after :meth:`start`). With a non-empty ``token``
-    every connection must present it first. ``max_message_bytes`` bounds a request's
-    header plus payload. ``drop_reply`` (tests: ``ps.serving.faults``) is asked after each push
-    was handled; True loses its reply (the connection closes).
+    OS choose (:attr:`port` tells which after :meth:`start`). Every connection must say
+    hello first (with the server's token, if it has one: :meth:`ShardHandler.hello`).
+    ``max_message_bytes`` bounds a request's header plus payload.
     """
 
     thread_prefix = "ps-stream"
 
-    def __init__(self, shard: Shard, host: str, port: int = 0, *, token: str = "",
-                 max_message_bytes: int = 64 << 20, drop_reply: Callable[[], bool] | None = None) -> None:
+    def __init__(self, handler: ShardHandler, host: str, port: int = 0, *, max_message_bytes: int = 64 << 20) -> None:
         super().__init__(MAX_CONNECTIONS)
-        self.shard = shard
+        self.handler = handler
         self.host = host
         self._port = port
-        self._token = token.encode()
         self._max_message = max_message_bytes
-        self._drop_reply = drop_reply
 
-    def __repr__(self) -> str:  # never shows the token
+    def __repr__(self) -> str:
         return f"StreamPlane({self.host!r}, port={self._port})"
 
     @property
@@ -167,40 +157,46 @@ class StreamPlane(SocketServer):
 
     def serve(self, conn: _Connection) -> None:
         sock = conn.sock
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            while not self.stopped:
-                sock.settimeout(None if conn.hello else IO_TIMEOUT_S)  # idle between steps: no bound
-                head = recv_frame(sock, LOCAL_REQUEST_SIZE)
-                if head is None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        while not self.stopped:
+            sock.settimeout(None if conn.hello else IO_TIMEOUT_S)  # idle between steps: no bound
+            head = recv_frame(sock, LOCAL_REQUEST_SIZE)
+            if head is None:
+                return
+            sock.settimeout(IO_TIMEOUT_S)
+            kind, _, length, timeout_s, _, payload_bytes, _, _ = unpack_local_request(head)
+            if length > min(LOCAL_MAX_MESSAGE, self._max_message):
+                return  # not our protocol: drop the connection
+            if (kind == STREAM_HELLO) == conn.hello:
+                return  # a request before the hello, or a second hello
+            if kind != STREAM_HELLO and kind not in _METHODS:
+                return
+            if payload_bytes and kind not in (STREAM_PUSH, STREAM_PUSH_PULL):
+                return
+            if length + payload_bytes > self._max_message:
+                send_all(sock, [failure_frame(kind, failure_of(ResourceExhaustedError(
+                    f"request of {length + payload_bytes} bytes exceeds the server's limit of "
+                    f"{self._max_message}"), "request"))])
+                return
+            body = recv_frame(sock, length) if length else b""
+            if body is None:
+                return
+            if kind == STREAM_HELLO:
+                if not self._hello(conn, body):
                     return
-                sock.settimeout(IO_TIMEOUT_S)
-                kind, _, length, timeout_s, _, payload_bytes, _, _ = unpack_local_request(head)
-                if length > min(LOCAL_MAX_MESSAGE, self._max_message):
-                    return  # not our protocol: drop the connection
-                if (kind == STREAM_HELLO) == conn.hello:
-                    return  # a request before the hello, or a second hello
-                if kind not in (STREAM_HELLO, STREAM_PUSH, STREAM_PULL, STREAM_PUSH_PULL):
-                    return
-                if payload_bytes and kind not in (STREAM_PUSH, STREAM_PUSH_PULL):
-                    return
-                if length + payload_bytes > self._max_message:
-                    send_all(sock, [pack_local_reply(kind, (
-                        f"request of {length + payload_bytes} bytes exceeds the server's limit of "
-                        f"{self._max_message}").encode(), grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])])
-                    return
-                body = recv_frame(sock, length) if length else b""
-                if body is None:
-                    return
-                if kind == STREAM_HELLO:
-                    if not self._hello(conn, body):
-                        return
-                    continue
-                payload = conn.payload(payload_bytes) if payload_bytes else memoryview(b"")
-                send_all(sock, self._handle(conn, kind, body, payload, timeout_s))
-        except _Closing:
-            return
+                continue
+            conn.receive(payload_bytes)
+            reply = self.handler.data(_METHODS[kind], body, conn, timeout_s)
+            if isinstance(reply, Failure):
+                if reply.lost:
+                    return  # fault injection: the reply is lost with the connection
+                send_all(sock, [failure_frame(kind, reply)])
+            elif reply.header is None:
+                send_all(sock, [pack_local_reply(kind, b"", 0, reply.outcome, reply.version)])
+            else:
+                message = reply.header.SerializeToString()
+                send_all(sock, [pack_local_reply(kind, message, 0, reply.outcome, reply.version), *reply.blocks])
 
     def _hello(self, conn: _Connection, body: bytes) -> bool:
         """Check the token and the server id; reply. False: the connection must close."""
@@ -208,55 +204,8 @@ class StreamPlane(SocketServer):
             token, server_id = split_token(body)
         except ValueError:  # UnicodeDecodeError too
             return False
-        if self._token and not hmac.compare_digest(token.encode(), self._token):
-            log.warning("refused a stream data-plane connection: missing or wrong token")
-            send_all(conn.sock, [pack_local_reply(STREAM_HELLO, b"missing or wrong token",
-                                                  grpc.StatusCode.UNAUTHENTICATED.value[0])])
-            return False
-        if server_id.decode(errors="replace") != self.shard.server_id:
-            send_all(conn.sock, [pack_local_reply(STREAM_HELLO, b"this is not the server the worker registered with",
-                                                  grpc.StatusCode.FAILED_PRECONDITION.value[0])])
-            return False
-        conn.hello = True
-        send_all(conn.sock, [pack_local_reply(STREAM_HELLO, self.shard.server_id.encode())])
-        return True
-
-    def _handle(self, conn: _Connection, kind: int, body: bytes, payload: memoryview,
-                timeout_s: float) -> list[Any]:
-        """The reply's buffers for one request: the frame and header, then the pulled blocks."""
-        shard = self.shard
-        try:
-            timeout_s = max(0.0, min(timeout_s, 86400.0) - 0.05)
-            outcome = version = 0
-            if kind in (STREAM_PUSH, STREAM_PUSH_PULL):
-                header = ps_pb2.PushHeader.FromString(body)
-                result = push_blocks(shard, header, payload, timeout_s)
-                outcome, version = OUTCOMES[result.outcome], result.version
-                if self._drop_reply is not None and self._drop_reply():
-                    log.warning("fault injection: dropping the reply of a push that was handled")
-                    raise _Closing
-                if kind == STREAM_PUSH:
-                    return [pack_local_reply(kind, b"", 0, outcome, version)]
-                pull = header.then_pull
-            else:
-                pull = ps_pb2.PullHeader.FromString(body)
-            known = known_if_current(shard, pull)
-            if known is None:  # every block: copied once, into the connection's send buffer
-                reply, blocks = pull_blocks(shard, pull, timeout_s, None, conn.slots())
-                conn.grow()
-            else:  # only the blocks that changed, as the bytes the shard copied them into
-                reply, blocks = pull_blocks(shard, pull, timeout_s, known)
-            if kind == STREAM_PUSH_PULL:
-                reply.push_outcome, reply.push_version = outcome, version
-            message = reply.SerializeToString()
-            return [pack_local_reply(kind, message, 0, outcome, version), *(b.data for b in blocks)]
-        except PSError as exc:
-            return [pack_local_reply(kind, str(exc).encode(), status_code_of(exc).value[0])]
-        except (DecodeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-            return [pack_local_reply(kind, f"malformed request: {exc}".encode(),
-                                     grpc.StatusCode.INVALID_ARGUMENT.value[0])]
-        except _Closing:
-            raise
-        except Exception:
-            log.exception("internal error in stream request kind %d", kind)
-            return [pack_local_reply(kind, b"internal error; see the server log", grpc.StatusCode.INTERNAL.value[0])]
+        failure = self.handler.hello(token.encode(), server_id)
+        ok = pack_local_reply(STREAM_HELLO, server_id)
+        send_all(conn.sock, [failure_frame(STREAM_HELLO, failure) if failure else ok])
+        conn.hello = failure is None
+        return conn.hello

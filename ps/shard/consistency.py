@@ -36,7 +36,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ps.errors import FailedPreconditionError, InvalidArgumentError
+from ps.errors import FailedPreconditionError, InvalidArgumentError, Reason
 
 
 class Mode(enum.Enum):
@@ -214,9 +214,17 @@ class ConsistencyGate:
         """Raises FailedPreconditionError unless ``worker`` is registered and live."""
         w = self.workers.get(worker)
         if w is None:
-            raise FailedPreconditionError(f"worker {worker} is not registered with this shard")
+            raise FailedPreconditionError(f"worker {worker} is not registered with this shard",
+                                          reason=Reason.NOT_REGISTERED)
         if not w.live:
-            raise FailedPreconditionError(f"worker {worker} left the cluster; register again to rejoin")
+            raise FailedPreconditionError(f"worker {worker} left the cluster; register again to rejoin",
+                                          reason=Reason.NOT_REGISTERED)
+
+    def check_reader(self, worker: int) -> None:
+        """Raises FailedPreconditionError unless ``worker`` may pull: observers (< 0) and
+        readers in async mode always may, others must be registered and live."""
+        if worker >= 0 and self.mode is not Mode.ASYNC:
+            self.check_live(worker)
 
     def _unregistered(self) -> int:
         return max(0, self.num_workers - len(self.workers))

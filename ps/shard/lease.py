@@ -2,7 +2,7 @@
 
 Any call from a worker (register, push, pull, heartbeat) renews its lease. The decision
 is the pure function :func:`expired`; :class:`LeaseKeeper` is the background thread that
-asks the shard to apply it every quarter lease (``Shard.expire_leases``), which calls
+asks the shard to apply it every quarter lease (``Membership.expire_leases``), which calls
 ``ConsistencyGate.leave`` for each silent worker and logs a line naming it. The gate
 itself never reads a clock. An expired worker may register again under the same id and
 resume (the client does this by itself).

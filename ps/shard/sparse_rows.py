@@ -1,22 +1,22 @@
 """The sparse side of one shard: its sparse tables and the row verbs, without networking.
 
-:class:`SparseRows` belongs to a :class:`~ps.shard.shard.Shard` (``shard.rows``) and shares
-its consistency gate, dedup table, counters and condition variable, so a ``PushRows``
-message is one *part* of a worker's push for a step exactly like a dense ``Push``
-message: a worker's step on a shard may be any mix of dense and row messages, and
-``num_parts`` counts them all. In sync mode row pushes are kept per table and applied,
-summed per id and scaled by 1 / contributors, when the step completes
-(:meth:`apply_step`, called by the shard); in async and ssp modes they apply on arrival.
+:class:`SparseRows` is a part of a :class:`~ps.shard.shard.Shard` (``shard.rows``) that goes
+through the shard's :class:`~ps.shard.sequencer.Sequencer` (consistency gate, dedup table,
+counters, lock), so a ``PushRows`` message is one *part* of a worker's push for a step
+exactly like a dense ``Push`` message: a worker's step on a shard may be any mix of dense
+and row messages, and ``num_parts`` counts them all. In sync mode row pushes are kept per
+table and applied, summed per id and scaled by 1 / contributors, when the step completes
+(:meth:`apply_step`, a :class:`~ps.shard.sequencer.StepPart`); in async and ssp modes they
+apply on arrival.
 
-Thread-safe. The shard's condition guards the bookkeeping and is never held while
-arrays are touched; each sparse table has its own lock for that.
+Thread-safe. The sequencer's lock guards the bookkeeping and is never held while arrays
+are touched; each sparse table has its own lock for that.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -24,14 +24,14 @@ from ps.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    Reason,
     ResourceExhaustedError,
 )
 from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.sparse_table import SparseTable, sum_duplicates
 from ps.tables.spec import exists_alike
-
-if TYPE_CHECKING:
-    from ps.shard.shard import PushResult, Shard
+from ps.shard.membership import Membership
+from ps.shard.sequencer import PushResult, Sequencer
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,13 @@ def clip_rows(grads: np.ndarray, max_norm: float) -> np.ndarray:
 
 
 class SparseRows:
-    """Sparse tables of one shard. Thread-safe; construction does no I/O."""
+    """Sparse tables of one shard. Thread-safe; construction does no I/O. ``dense``: the
+    shard's dense tables (a name is either kind, never both)."""
 
-    def __init__(self, shard: Shard) -> None:
-        self._shard = shard
+    def __init__(self, steps: Sequencer, membership: Membership, dense: Mapping[str, object]) -> None:
+        self._steps = steps
+        self._members = membership
+        self._dense = dense
         self.tables: dict[str, SparseTable] = {}
         self._pending: set[SparseTable] = set()   # sync: tables with rows kept for this step
 
@@ -65,28 +68,27 @@ class SparseRows:
         name, FailedPreconditionError before the shard's topology is known.
         """
         spec.validate()
-        shard = self._shard
-        with shard._cond:
-            if shard.topology is None:
+        with self._steps.cond:
+            if self._members.topology is None:
                 raise FailedPreconditionError("shard topology unknown: register or give it with the request")
-            if exists_alike(spec, self.tables, shard.tables, "dense"):
+            if exists_alike(spec, self.tables, self._dense, "dense"):
                 return False
-            index, count = shard.topology
+            index, count = self._members.topology
             self.tables[spec.name] = SparseTable(spec, index, count)  # rows are lazy: cheap
             return True
 
     def adopt(self, table: SparseTable) -> None:
         """Install a restored table (e.g. from a checkpoint), replacing one of the same name."""
-        with self._shard._cond:
+        with self._steps.cond:
             self.tables[table.spec.name] = table
 
     def table(self, name: str) -> SparseTable:
         """Raises NotFoundError for an unknown table, FailedPreconditionError for a dense one."""
         table = self.tables.get(name)
         if table is None:
-            if name in self._shard.tables:
+            if name in self._dense:
                 raise FailedPreconditionError(f"table {name!r} is dense: use pull/push, not the row verbs")
-            raise NotFoundError(f"unknown table {name!r}")
+            raise NotFoundError(f"unknown table {name!r}", reason=Reason.UNKNOWN_TABLE)
         return table
 
     # -- push and pull ------------------------------------------------------------------
@@ -102,24 +104,24 @@ class SparseRows:
         Blocks up to ``timeout_s`` in sync mode. Raises InvalidArgumentError (row width,
         dtype, lengths, non-finite values, part numbers), NotFoundError (unknown table),
         FailedPreconditionError (dense table, unregistered worker, rows placed on another
-        shard, second contribution to a step, a fenced ``session``: see ``Shard.claim``),
+        shard, second contribution to a step, a fenced ``session``: see ``Membership.admit_push``),
         DeadlineExceededError. A refused push changes nothing. Exactly once per ``(worker, seq)``.
         """
-        shard = self._shard
-        deadline = shard._clock() + min(timeout_s, shard.config.sync_timeout_s)
+        steps = self._steps
+        deadline = steps.clock() + min(timeout_s, steps.config.sync_timeout_s)
         try:
             if seq < 1:
                 raise InvalidArgumentError(f"sequence numbers start at 1, got {seq}")
             table = self.table(name)
-            table.check_push(ids, grads, refuse_nonfinite=shard.config.nonfinite == "refuse")
+            table.check_push(ids, grads, refuse_nonfinite=steps.config.nonfinite == "refuse")
         except Exception:
-            with shard._cond:
-                shard.counters["refused"] += 1
+            with steps.cond:
+                steps.counters["refused"] += 1
             raise
-        skip = shard.config.nonfinite == "skip" and not np.isfinite(grads).all()
-        if shard.config.clip_norm and not skip:
+        skip = steps.config.nonfinite == "skip" and not np.isfinite(grads).all()
+        if steps.config.clip_norm and not skip:
             ids, grads = sum_duplicates(ids, grads)
-            grads = clip_rows(grads, shard.config.clip_norm)
+            grads = clip_rows(grads, steps.config.clip_norm)
 
         def update(accumulate: bool) -> None:
             if accumulate:
@@ -130,11 +132,11 @@ class SparseRows:
         def remember() -> None:
             self._pending.add(table)
 
-        result = shard.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
+        result = steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
                                 remember=remember, session=session)
         if result.outcome in ("applied", "accumulated"):
-            with shard._cond:
-                shard.counters["row_pushes"] += 1
+            with steps.cond:
+                steps.counters["row_pushes"] += 1
         return result
 
     def pull(self, worker: int, step: int, name: str, ids: np.ndarray, timeout_s: float) -> tuple[int, np.ndarray]:
@@ -146,22 +148,22 @@ class SparseRows:
         FailedPreconditionError (dense table, rows placed elsewhere), InvalidArgumentError,
         DeadlineExceededError.
         """
-        shard = self._shard
-        deadline = shard._clock() + min(timeout_s, shard.config.sync_timeout_s)
+        steps = self._steps
+        deadline = steps.clock() + min(timeout_s, steps.config.sync_timeout_s)
         table = self.table(name)
         if ids.ndim != 1 or ids.dtype != np.int64:
             raise InvalidArgumentError(f"{name}: ids must be a 1-D int64 array")
         reply_bytes = len(ids) * table.spec.dim * np.dtype(table.spec.dtype).itemsize
-        if reply_bytes > shard.config.max_message_bytes:  # checked before anything is allocated
+        if reply_bytes > steps.config.max_message_bytes:  # checked before anything is allocated
             raise ResourceExhaustedError(f"{name}: {len(ids)} rows of {table.spec.dim} would make a reply of "
                                          f"{reply_bytes} bytes, over max-message-bytes "
-                                         f"{shard.config.max_message_bytes}: pull fewer ids per call")
+                                         f"{steps.config.max_message_bytes}: pull fewer ids per call")
         table.check_ids(ids)
-        with shard._cond:
-            version = shard.await_pull(worker, step, deadline)
+        with steps.cond:
+            version = steps.await_pull(worker, step, deadline)
         values = table.read(ids)
-        with shard._cond:
-            shard.counters["row_pulls"] += 1
+        with steps.cond:
+            steps.counters["row_pulls"] += 1
         return version, values
 
     def list(self, name: str, after: int | None, max_rows: int) -> tuple[int, np.ndarray, np.ndarray]:
@@ -171,28 +173,28 @@ class SparseRows:
         they are (an export). Raises NotFoundError, FailedPreconditionError (dense table),
         InvalidArgumentError (negative ``max_rows``).
         """
-        shard = self._shard
+        steps = self._steps
         table = self.table(name)
         if max_rows < 0:
             raise InvalidArgumentError(f"{name}: max_rows must be >= 0, got {max_rows}")
-        fit = max(1, (shard.config.max_message_bytes // 2) // (8 + table.spec.row_bytes))
+        fit = max(1, (steps.config.max_message_bytes // 2) // (8 + table.spec.row_bytes))
         ids, values = table.list_rows(after, min(max_rows, fit) if max_rows else fit)
-        with shard._cond:
-            version = shard.gate.version
+        with steps.cond:
+            version = steps.gate.version
         return version, ids, values
 
     # -- sync steps and status ----------------------------------------------------------
 
     def apply_step(self, scale: float) -> None:
-        """Sync: apply every table's kept rows for the completed step (called by the shard)."""
-        with self._shard._cond:
+        """Sync: apply every table's kept rows for the completed step (called by the sequencer)."""
+        with self._steps.cond:
             pending, self._pending = self._pending, set()
         for table in pending:
             table.apply_accumulated(scale)
 
-    def discard_pending(self) -> None:
+    def discard_step(self) -> None:
         """Forget every table's rows kept for the open sync step (e.g. on a restore)."""
-        with self._shard._cond:
+        with self._steps.cond:
             pending, self._pending = self._pending, set()
         for table in pending:
             table.discard_accumulated()

@@ -22,7 +22,7 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ps.serving.service import SERVICE_NAME
+from ps.protocol.channel import SERVICE_NAME
 from tests.integration.compose_topology import Topology
 from tests.scraped_metrics import scrape, value
 from worker import Client

@@ -54,7 +54,7 @@ def test_the_same_client_registering_again_is_not_a_takeover(shards):
         with Client([servers[0].address], worker_id=0) as ps:
             ps.create("w", shape=(4,), lr=1.0)
             ps.push({"w": np.ones(4, np.float32)})
-            servers[0].shard.leave(0)            # e.g. its lease ran out: the shard forgets it
+            servers[0].shard.membership.leave(0)            # e.g. its lease ran out: the shard forgets it
             ps.push({"w": np.ones(4, np.float32)})  # re-registers transparently, same session
             assert np.array_equal(ps.pull("w")["w"], np.full(4, -2.0, np.float32))
         assert _status(servers[0].address)["counters"].get("takeovers", 0) == 0

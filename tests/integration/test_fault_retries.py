@@ -199,7 +199,7 @@ def test_unregistered_calls_are_refused_cleanly(shards, method):
                 assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         finally:
             channel.close()
-        assert servers[0].shard.last_contact == {}
+        assert servers[0].shard.membership.last_contact == {}
 
 
 def test_shard_restarted_without_a_checkpoint_is_rejoined_and_its_tables_recreated(caplog):

@@ -132,7 +132,7 @@ def test_sync_shard_back_from_an_older_checkpoint_rolls_the_cluster_back(tmp_pat
         assert [s["epoch"] for s in status] == [1, 2]
         assert [s["counters"].get("rollbacks", 0) for s in status] == [1, 1]
         assert all(stats["rolled_back"] == 1 for stats in done["r"])
-        assert restored.shard.restored_from == ("at-k", K)
+        assert restored.shard.recovery.restored_from == ("at-k", K)
     else:
         # no checkpoint shared by both: shard 1 adopts the workers' step (fast-forward)
         expected = np.where(on_shard1, -(J + N - M), -N).astype(np.float32)

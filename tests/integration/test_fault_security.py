@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ps import ServerConfig, ShardServer
 from ps.errors import UnauthenticatedError, UnavailableError
-from ps.serving.service import SERVICE_NAME
+from ps.protocol.channel import SERVICE_NAME
 from worker import Client
 
 x509 = pytest.importorskip("cryptography.x509")

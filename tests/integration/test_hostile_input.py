@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ps import Mode, ServerConfig, ShardServer
 from ps._proto import ps_pb2
-from ps.serving.service import SERVICE_NAME
+from ps.protocol.channel import SERVICE_NAME
 from ps.protocol.wire import encode_framed
 from worker import Client
 from worker.client.transport import ShardChannel

@@ -22,7 +22,7 @@ from ps.errors import UnavailableError
 from ps.metrics.interceptor import MetricsInterceptor
 from ps.metrics.request_metrics import RequestMetrics
 from ps.protocol.metrics_endpoint import MetricsEndpoint
-from ps.serving.service import SERVICE_NAME
+from ps.protocol.channel import SERVICE_NAME
 from tests.integration.ports import free_port
 from tests.scraped_metrics import fetch, parse, scrape, total, value
 from worker import Client

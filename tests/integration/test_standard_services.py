@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from launcher import health_cli
 from ps import Mode, ServerConfig, ShardServer
-from ps.serving.service import SERVICE_NAME
+from ps.protocol.channel import SERVICE_NAME
 from worker import Client
 
 Status = health_pb2.HealthCheckResponse

@@ -16,8 +16,8 @@ from launcher import server_cli
 from ps import ServerConfig, ShardServer
 from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError
-from ps.serving.socket_server import recv_exact
-from ps.serving.stream_plane import STREAM_HELLO, STREAM_PULL, STREAM_PUSH, STREAM_PUSH_PULL
+from ps.protocol.sockets import recv_exact
+from ps.protocol.wire import STREAM_HELLO, STREAM_PULL, STREAM_PUSH, STREAM_PUSH_PULL
 from ps.protocol.wire import LOCAL_REPLY_SIZE, pack_local_request, unpack_local_reply, with_token
 from tests.conftest import count_block_copies, run_threads, running_shards
 from tests.integration.test_fault_security import CA

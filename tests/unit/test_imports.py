@@ -15,14 +15,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("ps", "worker", "launcher")
 #: server modules: the worker may import only the wire format, table specs, placement and errors
 SERVER = ("ps.serving", "ps.shard", "ps.checkpoint", "ps.metrics")
-#: known exceptions on this branch, each removed by a branch being merged beside it
-ALLOWED_SERVER_IMPORTS = {
-    # TODO(merge): the metrics branch moves worker metrics onto prometheus-client
-    ("worker.observe.worker_metrics", "ps.metrics.registry"),
-    ("worker.observe.worker_metrics", "ps.metrics.http"),
-}
-#: TODO(merge): the server branch takes the Shard's mixins out of this cycle
-KNOWN_CYCLES = [["ps.shard.recovery", "ps.shard.shard", "ps.shard.sparse_rows"]]
 
 
 def modules() -> dict[str, Path]:
@@ -116,12 +108,12 @@ def test_cycle_finder_finds_a_cycle_through_a_type_checking_import(tmp_path):
 
 
 def test_no_import_cycles():
-    assert [c for c in cycles(graph()) if c not in KNOWN_CYCLES] == []
+    assert cycles(graph()) == []
 
 
 def test_the_worker_imports_no_server_module():
     bad = sorted((name, target) for name, targets in graph().items() if name.split(".")[0] == "worker"
-                 for target in targets if target.startswith(SERVER) and (name, target) not in ALLOWED_SERVER_IMPORTS)
+                 for target in targets if target.startswith(SERVER))
     assert bad == []
 
 

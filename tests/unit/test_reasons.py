@@ -11,13 +11,12 @@ from ps.errors import (
     REASON_METADATA_KEY,
     AbortedError,
     FailedPreconditionError,
-    NotFoundError,
     PSError,
     Reason,
     UnavailableError,
 )
 from ps.protocol.wire import LOCAL_PUSH, pack_local_reply
-from worker.client.transport import REJOIN_REASONS, call, infer_reason, rpc_errors, status_error
+from worker.client.transport import REJOIN_REASONS, call, rpc_errors, status_error
 from worker.planes.frame_connection import FrameConnection
 
 
@@ -67,15 +66,6 @@ def test_a_reason_decides_whatever_the_message_says():
     fenced = status_error(grpc.StatusCode.FAILED_PRECONDITION, "is not registered", "FENCED")
     assert fenced.reason is Reason.FENCED
     assert status_error(grpc.StatusCode.ABORTED, "x", "NO_SUCH_REASON").reason is Reason.NONE
-
-
-def test_without_a_reason_the_old_messages_still_name_one():  # TODO(merge): drop with infer_reason's fallback
-    assert infer_reason(FailedPreconditionError("worker 3 is not registered with this shard")).reason \
-        is Reason.NOT_REGISTERED
-    assert infer_reason(NotFoundError("unknown table 'w'")).reason is Reason.UNKNOWN_TABLE
-    assert infer_reason(AbortedError("the cluster rolled back to checkpoint k")).reason is Reason.ROLLED_BACK
-    assert infer_reason(NotFoundError("worker 3 is not registered with this shard")).reason is Reason.NONE
-    assert infer_reason(AbortedError("shard is at version 9, past 4")).reason is Reason.NONE
 
 
 class Channel:

@@ -4,7 +4,7 @@ retention of cluster checkpoints, and the worker cap (docs/failure-semantics.md 
 import numpy as np
 import pytest
 
-from ps.checkpoint import state as checkpoint
+from ps.checkpoint import files as checkpoint_files, state as checkpoint
 from ps._proto import ps_pb2
 from ps.checkpoint.checkpointer import Checkpointer
 from ps.shard.consistency import Mode
@@ -41,13 +41,13 @@ def test_rollback_installs_once_fences_workers_and_aborts_them_until_they_resync
 
     assert ckpt.rollback("restart:1", "k", 1, 5.0) is True
     assert ckpt.rollback("restart:1", "k", 1, 5.0) is False     # idempotent: the epoch bumps once
-    assert (shard.gate.version, shard.epoch, shard.fenced) == (1, 1, {0, 1})
+    assert (shard.gate.version, shard.epoch, shard.membership.fenced) == (1, 1, {0, 1})
     np.testing.assert_array_equal(values(shard), at_k)
     with pytest.raises(AbortedError, match="rolled back"):
         push(shard, 0, 3, 1.0, step=1)
-    assert shard.unfence(0) and not shard.unfence(0)
+    assert shard.membership.unfence(0) and not shard.membership.unfence(0)
     assert push(shard, 0, 3, 1.0, step=1) == "accumulated"     # step 1 again, from the restored state
-    assert shard.unfence(1)
+    assert shard.membership.unfence(1)
     assert push(shard, 1, 2, 1.0, step=1) == "accumulated"      # seq 2 was lost with the rollback: new again
     assert shard.gate.version == 2
     np.testing.assert_array_equal(values(shard), at_k - 1.5)  # momentum 0.5: its restored state counts
@@ -58,10 +58,10 @@ def test_rollback_installs_once_fences_workers_and_aborts_them_until_they_resync
 def test_awaiting_shard_refuses_pushes_until_told_to_resume(tmp_path):
     shard = make_shard(tmp_path, mode=Mode.SYNC)
     shard.register(0)
-    shard.awaiting_rollback = True
+    shard.recovery.restored("k", 0, await_decision=True)
     with pytest.raises(AbortedError, match="rollback decision"):
         push(shard, 0, 1, 1.0)
-    assert shard.rollback("r", 5.0) is False and not shard.awaiting_rollback and shard.epoch == 0
+    assert shard.recovery.rollback("r", 5.0) is False and not shard.membership.awaiting_rollback and shard.epoch == 0
     assert push(shard, 0, 1, 1.0) == "accumulated" and shard.gate.version == 1
 
 
@@ -83,3 +83,13 @@ def test_registering_past_max_workers_is_refused():
     with pytest.raises(ResourceExhaustedError):
         shard.register(-1)
     assert shard.register(1)[0] == 1
+
+
+def test_prune_leaves_another_shards_fresh_empty_tag_directory(tmp_path):
+    """Shards may share one checkpoint directory: one's prune must not remove the (still
+    empty) tag directory another has just created to write into."""
+    (tmp_path / "final-s1").mkdir()                                  # shard 1 of 2, about to write
+    (tmp_path / "old-s0").mkdir()
+    (tmp_path / "old-s0" / ".tmp-shard-00000-of-00002-v1-x.npz-abc").write_bytes(b"torn")  # shard 0's crash leftover
+    checkpoint_files.prune(str(tmp_path), 0, 2, keep=1)
+    assert (tmp_path / "final-s1").is_dir() and not (tmp_path / "old-s0").exists()

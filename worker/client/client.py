@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from ps._proto import ps_pb2
-from ps.config import DEFAULT_MAX_MESSAGE_BYTES
 from ps.errors import AbortedError
+from ps.protocol.channel import DEFAULT_MAX_MESSAGE_BYTES
 from ps.tables.optim import OptimizerSpec
 from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.spec import DEFAULT_BLOCK_ELEMS, InitSpec, TableSpec

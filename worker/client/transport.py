@@ -22,9 +22,6 @@ import grpc
 from ps._proto import ps_pb2
 from ps.errors import (
     REASON_METADATA_KEY,
-    AbortedError,
-    FailedPreconditionError,
-    NotFoundError,
     PSError,
     Reason,
     TransientError,
@@ -34,12 +31,11 @@ from ps.errors import (
 )
 from ps.protocol.auth import BearerToken
 from ps.protocol.rows_wire import decode_rows
+from ps.protocol.channel import SERVICE_NAME, channel_options
 from ps.protocol.wire import decode_framed
 
 log = logging.getLogger(__name__)
 
-#: the gRPC service every shard serves
-SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
 #: reasons after which registering again under the same id and resending recovers
 REJOIN_REASONS = frozenset({Reason.NOT_REGISTERED, Reason.UNKNOWN_TABLE})
 
@@ -47,27 +43,7 @@ REJOIN_REASONS = frozenset({Reason.NOT_REGISTERED, Reason.UNKNOWN_TABLE})
 def status_error(code: grpc.StatusCode | int, details: str, reason: Reason | str | int | None) -> PSError:
     """The project exception for a failed call's status ``code`` (or its number, from a data
     plane's frame), ``details`` and :class:`~ps.errors.Reason`. Pure; thread-safe."""
-    error = (from_status_number if isinstance(code, int) else from_status)(code, details, reason)
-    return infer_reason(error)
-
-
-def infer_reason(error: PSError) -> PSError:
-    """``error``, its reason named from its message when the server sent none. Pure.
-
-    Called where errors enter the worker: :func:`status_error` and the in-process plane.
-    """
-    # TODO(merge): drop once the server sends reasons
-    if error.reason is Reason.NONE:
-        text = str(error)
-        if isinstance(error, NotFoundError) and "unknown table" in text:
-            error.reason = Reason.UNKNOWN_TABLE
-        elif isinstance(error, FailedPreconditionError) and ("is not registered" in text or "register again" in text):
-            error.reason = Reason.NOT_REGISTERED
-        elif isinstance(error, FailedPreconditionError) and "belongs to another client" in text:
-            error.reason = Reason.FENCED
-        elif isinstance(error, AbortedError) and "roll" in text:
-            error.reason = Reason.ROLLED_BACK
-    return error
+    return (from_status_number if isinstance(code, int) else from_status)(code, details, reason)
 
 
 @contextlib.contextmanager
@@ -120,9 +96,7 @@ class ShardChannel:
     def __init__(self, address: str, max_message_bytes: int, *, credentials: grpc.ChannelCredentials | None = None,
                  token: str | None = None, server_name: str | None = None) -> None:
         self.address = address
-        options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+        options = channel_options(max_message_bytes) + [
             # a restarted shard is found again quickly, not after the 20 s default backoff
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),

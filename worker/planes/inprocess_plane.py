@@ -17,9 +17,7 @@ from typing import Any
 import numpy as np
 
 from ps._proto import ps_pb2
-from ps.errors import PSError
 from ps.protocol.wire import wire_dtype
-from worker.client.transport import infer_reason
 from worker.planes.part import Part
 from worker.planes.plane import DataPlane
 from worker.planes.step import Step
@@ -41,33 +39,27 @@ class InProcessPlane(DataPlane):
 
     def send(self, part: Part, seq: int, step: Step) -> tuple[int, int] | None:
         shard = self._shards[part.shard]
-        try:
-            if part.values is not None:
-                result = shard.rows.push(step.worker_id, seq, step.clock, part.part, part.num_parts, part.table,
-                                         part.ids, part.values, step.timeout_s, step.session)
-            elif part.push is not None:
-                result = shard.push(step.worker_id, seq, step.clock, part.part, part.num_parts, list(part.push),
-                                    step.payload(part), step.timeout_s, step.session)
-            else:
-                return None
-        except PSError as exc:
-            raise infer_reason(exc)
+        if part.values is not None:
+            result = shard.rows.push(step.worker_id, seq, step.clock, part.part, part.num_parts, part.table,
+                                     part.ids, part.values, step.timeout_s, step.session)
+        elif part.push is not None:
+            result = shard.push(step.worker_id, seq, step.clock, part.part, part.num_parts, list(part.push),
+                                step.payload(part), step.timeout_s, step.session)
+        else:
+            return None
         return ps_pb2.Outcome.Value(result.outcome.upper()), result.version
 
     def finish(self, sent: tuple[int, int] | None, part: Part, step: Step) -> tuple[int, int] | None:
         shard = self._shards[part.shard]
-        try:
-            if part.table and part.values is None:
-                step.pulled_rows(part, shard.rows.pull(step.worker_id, step.pull_step, part.table, part.ids,
-                                                       step.timeout_s)[1])
-            elif part.pull is not None:
-                _, blocks = shard.pull(step.worker_id, step.pull_step, list(part.pull), part.part, part.num_parts,
-                                       step.timeout_s)
-                for b in blocks:
-                    dtype = np.dtype(step.specs[b.table].dtype)
-                    values = np.frombuffer(b.data, dtype=dtype) if isinstance(b.data, bytes) else b.data
-                    start, stop = step.block(part, b.table, b.block, values.size, wire_dtype(values.dtype))
-                    step.dest[b.table][start:stop] = values
-        except PSError as exc:
-            raise infer_reason(exc)
+        if part.table and part.values is None:
+            step.pulled_rows(part, shard.rows.pull(step.worker_id, step.pull_step, part.table, part.ids,
+                                                   step.timeout_s)[1])
+        elif part.pull is not None:
+            _, blocks = shard.pull(step.worker_id, step.pull_step, list(part.pull), part.part, part.num_parts,
+                                   step.timeout_s)
+            for b in blocks:
+                dtype = np.dtype(step.specs[b.table].dtype)
+                values = np.frombuffer(b.data, dtype=dtype) if isinstance(b.data, bytes) else b.data
+                start, stop = step.block(part, b.table, b.block, values.size, wire_dtype(values.dtype))
+                step.dest[b.table][start:stop] = values
         return sent

@@ -1,0 +1,189 @@
+"""``Sequencer``: the one lock of a shard and the order it puts pushes and pulls in.
+
+It owns what every push and pull, dense or sparse, goes through: the lock, the
+:class:`~ps.shard.consistency.ConsistencyGate`, the :class:`~ps.shard.dedup.DedupTable`, the
+Status counters, the state epoch and the rollback generation. :meth:`~Sequencer.run_push` is
+the one push flow, :meth:`~Sequencer.await_pull` the one pull wait, :meth:`~Sequencer.apply_step`
+applies a completed sync step through its step parts. Thread-safe; the lock is never held
+while arrays are touched; every wait is bounded (DeadlineExceededError names whom it waited for).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ps.config import ServerConfig
+from ps.errors import AbortedError, DeadlineExceededError, Reason
+from ps.shard.consistency import Accumulate, ConsistencyGate, Stale, StepReady, Wait
+from ps.shard.dedup import DedupTable, Seen
+
+log = logging.getLogger("ps.shard.shard")  # the shard's logger: operators filter on it
+
+
+@dataclass(frozen=True)
+class PushResult:
+    outcome: str      # "applied" | "accumulated" | "duplicate" | "stale"
+    version: int
+
+
+class Sequencer:
+    """See the module docstring. The constructor does no I/O; ``clock`` gives seconds."""
+
+    def __init__(self, config: ServerConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.clock = clock
+        self.cond = threading.Condition()
+        self.gate = ConsistencyGate(config.mode, staleness=config.staleness, num_workers=config.num_workers,
+                                    replicas_to_aggregate=config.replicas_to_aggregate)
+        self.dedup = DedupTable()
+        self.counters: Counter[str] = Counter()
+        self.epoch = 0       # bumps each time the state is restored from a checkpoint
+        self.generation = 0  # bumps on every rollback: waits in flight end with ABORTED
+        self.step_seqs: list[tuple[int, int]] = []  # sync: (worker, seq) summed into the open step
+        self.guard = None  # admit_push(worker, session), admit_pull(worker): raise unless they may (Membership)
+        self.step_parts: tuple = ()  # apply_step(scale), discard_step(): keep sums for the open sync step
+        self.metrics = None  # observes pushes and waits (ps.metrics.shard_metrics.ShardMetrics)
+
+    def run_push(self, worker: int, seq: int, step: int, part: int, num_parts: int, deadline: float, *,
+                 skip: bool, update: Callable[[bool], None], remember: Callable[[], None],
+                 session: int = 0) -> PushResult:
+        """The one push flow, for dense blocks and sparse rows alike, after validation.
+
+        Under the lock: the guard admits the worker, a duplicate ``(worker, seq)`` is
+        dropped (waiting, bounded by ``deadline``, while an earlier delivery is still being
+        applied), the gate decides (waiting while it says so), a stale or skipped push is
+        dropped. Then, outside the lock, ``update(accumulate)`` applies the gradient
+        (``accumulate`` in sync mode); if it raises, nothing is recorded and a retry may
+        apply it. Finally, under the lock, the sequence number is recorded, ``remember()``
+        notes what a sync step must apply, and the step is applied if this push completed
+        it. Returns the outcome and the shard's version.
+        """
+
+        def decide():
+            seen = self.dedup.check(worker, seq)
+            if seen is Seen.IN_PROGRESS:
+                return Wait(f"push {seq} of worker {worker} is still being applied from an earlier delivery")
+            if seen is Seen.DUPLICATE:
+                return seen
+            return self.gate.on_push(worker, step, part, num_parts)
+
+        with self.cond:
+            self.guard.admit_push(worker, session)
+            decision = self.wait(decide, deadline)
+            if decision is Seen.DUPLICATE:
+                self.counters["duplicate"] += 1
+                return PushResult("duplicate", self.gate.version)
+            if isinstance(decision, Stale):
+                self.dedup.finish(worker, seq)
+                self.counters["stale"] += 1
+                log.info("dropped worker %d's gradient for step %d: step already applied", worker, step)
+                return PushResult("stale", self.gate.version)
+            if skip:
+                return self._skip(worker, seq, step, decision)
+            self.dedup.begin(worker, seq)
+            if self.metrics is not None:
+                self.metrics.observe_push(self.gate, step)
+        accumulate = isinstance(decision, Accumulate)
+        try:
+            update(accumulate)
+        except BaseException:
+            with self.cond:
+                self.dedup.abort(worker, seq)
+                if accumulate:
+                    self.gate.on_part_failed(worker, step, part)
+                self.cond.notify_all()
+            raise
+        ready = None
+        with self.cond:
+            self.dedup.finish(worker, seq)
+            if accumulate:
+                remember()
+                self.step_seqs.append((worker, seq))  # a checkpoint of the open step forgets it
+                self.counters["accumulated"] += 1
+                ready = self.gate.on_part_done(worker, step)
+                outcome = "accumulated"
+            else:
+                self.gate.on_applied(worker, step)
+                self.counters["applied"] += 1
+                outcome = "applied"
+            self.cond.notify_all()
+        if ready:
+            self.apply_step(ready)
+        return PushResult(outcome, self.gate.version)
+
+    def await_pull(self, worker: int, step: int, deadline: float) -> int:
+        """Call with the lock held, before a pull of blocks or rows: the shard's version once
+        ``worker`` may read ``step`` (sync and ssp wait, bounded by ``deadline``). Raises
+        AbortedError, FailedPreconditionError, DeadlineExceededError."""
+        self.guard.admit_pull(worker)
+        self.wait(lambda: self.gate.on_pull(worker, step), deadline)
+        return self.gate.version
+
+    def apply_step(self, ready: StepReady) -> None:
+        """Apply a completed sync step: every step part's sums, scaled by 1 / contributors."""
+        with self.cond:
+            self.step_seqs = []
+        for part in self.step_parts:
+            part.apply_step(1.0 / ready.contributors)
+        with self.cond:
+            self.gate.on_step_applied(ready)
+            self.counters["steps"] += 1
+            self.cond.notify_all()
+
+    def discard_step(self) -> None:
+        """Forget every sum kept for the open sync step (a rollback replaces the state)."""
+        for part in self.step_parts:
+            part.discard_step()
+
+    def wait(self, decide: Callable[[], object], deadline: float):
+        """Re-evaluate ``decide()`` (lock held) until it is not a :class:`Wait`; bounded.
+
+        A :class:`StepReady` (a sync reader abstained and so completed the step) is
+        applied right here, the (re-entrant) lock held, and ``decide()`` asked again.
+        Raises AbortedError when a rollback happens meanwhile, DeadlineExceededError.
+        """
+        waited_since = None  # when the first Wait came, for the metrics
+        generation = self.generation
+        while True:
+            if self.generation != generation:
+                raise AbortedError("the cluster rolled back to a checkpoint while this call waited: "
+                                   "resync and retry the step from a fresh pull", reason=Reason.ROLLED_BACK)
+            result = decide()
+            if isinstance(result, StepReady):
+                self.apply_step(result)
+                continue
+            if not isinstance(result, Wait):
+                if waited_since is not None and self.metrics is not None:
+                    self.metrics.observe_wait(self.clock() - waited_since)
+                return result
+            waited_since = self.clock() if waited_since is None else waited_since
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                self.counters["wait_timeouts"] += 1
+                raise DeadlineExceededError(f"timed out: {result.describe()}")
+            self.cond.wait(remaining)
+
+    def _skip(self, worker: int, seq: int, step: int, decision) -> PushResult:
+        """``nonfinite=skip``: acknowledge a push with NaN/Inf values without applying it.
+
+        Call with the lock held, after the gate accepted the push. The pusher's step
+        counts as done (sync) or its clock advances (async/ssp); the reply says STALE
+        (dropped), the counter ``nonfinite_skipped`` and a warning say why.
+        """
+        self.dedup.finish(worker, seq)
+        self.counters["nonfinite_skipped"] += 1
+        log.warning("skipped worker %d's push %d for step %d: NaN or Inf gradients (nonfinite=skip; %d skipped)",
+                    worker, seq, step, self.counters["nonfinite_skipped"])
+        ready = None
+        if isinstance(decision, Accumulate):
+            ready = self.gate.on_part_done(worker, step)
+        else:
+            self.gate.on_applied(worker, step, applied=False)
+        self.cond.notify_all()
+        if ready:
+            self.apply_step(ready)  # re-entrant lock; nothing else was summed by this push
+        return PushResult("stale", self.gate.version)
