@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+#: this environment without PS_* variables: a command line sees only the flags a test gives it
+CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("PS_")}
 
 
 class Proc:

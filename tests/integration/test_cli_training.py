@@ -19,15 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.procs import CLEAN_ENV
+
 pytestmark = pytest.mark.slow
 
 PY = sys.executable
 TIMEOUT_S = 60
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("PS_")}
 
 
 def run(*argv: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", *argv], capture_output=True, text=True, timeout=timeout, env=ENV,
+    return subprocess.run([PY, "-m", *argv], capture_output=True, text=True, timeout=timeout, env=CLEAN_ENV,
                           stdin=subprocess.DEVNULL)
 
 
@@ -37,7 +38,7 @@ def spawn():
     started: list[subprocess.Popen] = []
 
     def start(argv: list[str], **kwargs) -> subprocess.Popen:
-        kwargs = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": ENV,
+        kwargs = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": CLEAN_ENV,
                   "stdin": subprocess.DEVNULL, **kwargs}
         proc = subprocess.Popen([PY, "-m", *argv], **kwargs)
         started.append(proc)

@@ -10,20 +10,12 @@ import pytest
 from ps.checkpoint import state as checkpoint
 from ps.errors import PSError
 from ps.tables.placement import block_shard
-from tests.integration.procs import Cluster
 from worker import Client
 from worker.client.transport import RetryPolicy
 
 pytestmark = pytest.mark.slow
 
 ROWS, WIDTH, BLOCK = 2, 64, 8
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
 
 
 def steps_after(proc, at_least: int, timeout_s: float) -> int:

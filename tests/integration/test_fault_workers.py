@@ -8,17 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from tests.integration.procs import Cluster
 from worker import Client
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
 
 
 def wait_log(proc, text: str, timeout_s: float = 10.0) -> None:

@@ -6,7 +6,6 @@ is bounded (``Proc.wait_for``/``wait_for_log``/``wait``), so a hang is a failure
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -17,25 +16,17 @@ import pytest
 from ps import ServerConfig, ShardServer
 from ps.errors import AlreadyExistsError, FailedPreconditionError, InvalidArgumentError
 from tests.integration.ports import free_port
-from tests.integration.procs import ROOT, Cluster
+from tests.integration.procs import CLEAN_ENV, ROOT
 from worker import Client
 
 pytestmark = pytest.mark.slow
 
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("PS_")}
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
 
 
 def run(*argv: str, timeout_s: float = 60.0, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m ARGV`` to completion (bounded), without the caller's PS_* variables."""
     return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=timeout_s,
-                          cwd=ROOT, env={**ENV, **(env or {})}, stdin=subprocess.DEVNULL)
+                          cwd=ROOT, env={**CLEAN_ENV, **(env or {})}, stdin=subprocess.DEVNULL)
 
 
 # -- 10: a worker that never arrives is named, by id, within seconds ------------------------

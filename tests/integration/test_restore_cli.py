@@ -6,7 +6,6 @@ Real ``ps-server`` processes on ports from the OS; every wait is bounded.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -17,25 +16,17 @@ import pytest
 from launcher import server_cli
 from launcher.server_safety import restore_topology
 from ps import ServerConfig, ShardServer
-from tests.integration.procs import ROOT, Cluster
+from tests.integration.procs import CLEAN_ENV, ROOT
 from worker import Client
 
 pytestmark = pytest.mark.slow
 
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("PS_")}
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
 
 
 def ps_server(*flags: str, env: dict | None = None, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
     """Run ``ps-server --port 0 FLAGS`` expecting it to exit by itself (bounded)."""
     return subprocess.run([sys.executable, "-m", "launcher.server_cli", "--port", "0", *flags], capture_output=True,
-                          text=True, timeout=timeout_s, cwd=ROOT, env={**ENV, **(env or {})}, stdin=subprocess.DEVNULL)
+                          text=True, timeout=timeout_s, cwd=ROOT, env={**CLEAN_ENV, **(env or {})}, stdin=subprocess.DEVNULL)
 
 
 def last_line(text: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.integration.procs import CLEAN_ENV
+
 torch = pytest.importorskip("torch", reason="torch models need PyTorch (pip install 'grpc-ps[torch]')")
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("PS_")}
 MODEL = "torch:examples.torch_digits:make_model"
 
 
 def run(*argv: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=timeout, env=ENV,
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=timeout, env=CLEAN_ENV,
                           stdin=subprocess.DEVNULL, cwd=ROOT)
 
 

@@ -12,7 +12,6 @@ import signal
 
 import pytest
 
-from tests.integration.procs import Cluster
 from worker import Client
 
 pytestmark = pytest.mark.slow
@@ -20,13 +19,6 @@ pytestmark = pytest.mark.slow
 #: the most a first Ctrl-C may take to end a blocked worker (launcher.worker_interrupt: 6 s
 #: when nothing answers), plus room for a loaded machine
 EXIT_WITHIN_S = 15.0
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
-    yield c
-    c.close()
 
 
 def blocked_worker(cluster):
