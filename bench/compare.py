@@ -1,6 +1,7 @@
 """Put several runs of ``bench.run`` side by side: one table, each cell ``A / B / ...``.
 
     python -m bench.compare bench/results/run-A.json bench/results/run-B.json
+    python -m bench.compare --before 'bench/results/issue11/before*.json' --after 'bench/results/issue11/after*.json'
 
 Prints markdown: the systems' rates per size, the project's best path against each peer
 (ratios within each run), and the memory ceiling of each run. Reads JSON only; no I/O
@@ -10,7 +11,9 @@ beyond the files named.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import statistics
 
 from bench.harness import SIZES
 
@@ -60,15 +63,52 @@ def table(runs: list[dict]) -> str:
     return "\n".join([sources, "", *head, *rows, *ratio])
 
 
+def change(before: list[dict], after: list[dict]) -> str:
+    """Markdown: for each system and size, the median rate of the ``after`` runs over the
+    median of the ``before`` runs (> 1: faster after), with the extremes in brackets (the
+    slowest after over the fastest before, and the other way round). Runs should alternate
+    on one machine, so that both sides see the same neighbours."""
+    def rates(runs: list[dict]) -> dict[tuple[str, str], list[float]]:
+        out: dict[tuple[str, str], list[float]] = {}
+        for r in runs:
+            for x in r["results"]:
+                out.setdefault((x["key"], x["size"]), []).append(_rate(x["size"], x))
+        return out
+
+    b, a = rates(before), rates(after)
+    sizes = [s for s in SIZES if any(k[1] == s for k in b)]
+    rows = ["| system | " + " | ".join(sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for key in dict.fromkeys(k for k, _ in b):
+        cells = []
+        for s in sizes:
+            if (key, s) in a and (key, s) in b:
+                x, y = a[(key, s)], b[(key, s)]
+                cells.append(f"{statistics.median(x) / statistics.median(y):.2f} "
+                             f"({min(x) / max(y):.2f}-{max(x) / min(y):.2f})")
+            else:
+                cells.append("-")
+        rows.append(f"| {key} | " + " | ".join(cells) + " |")
+    return f"after / before, {len(after)} runs against {len(before)}:\n\n" + "\n".join(rows)
+
+
+def _load(paths: list[str]) -> list[dict]:
+    runs = []
+    for pattern in paths:
+        for path in sorted(glob.glob(pattern)) or [pattern]:
+            with open(path) as f:
+                runs.append(json.load(f))
+    return runs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="run-*.json files written by bench.run")
+    p.add_argument("runs", nargs="*", help="run-*.json files written by bench.run")
+    p.add_argument("--before", nargs="+", help="runs (files or globs) of the tree before a change")
+    p.add_argument("--after", nargs="+", help="runs of the tree after it: prints the after/before ratios")
     args = p.parse_args()
-    runs = []
-    for path in args.runs:
-        with open(path) as f:
-            runs.append(json.load(f))
-    print(table(runs))
+    if bool(args.before) != bool(args.after) or (args.before and args.runs) or not (args.runs or args.before):
+        p.error("give runs to put side by side, or both --before and --after")
+    print(change(_load(args.before), _load(args.after)) if args.before else table(_load(args.runs)))
 
 
 if __name__ == "__main__":
