@@ -1,9 +1,12 @@
 """Requests that would make a shard grow without bound are refused with RESOURCE_EXHAUSTED.
 
-- Registering with id -1 (a fresh id each time) stops at ``max_workers`` known ids.
+- Registering with id -1 (a fresh id each time) stops at ``max_workers`` known ids, until
+  the leases of those ids expire: then their places are reclaimed (issue 12 #6).
 - A PullRows whose reply (num_ids x dim x itemsize) would pass ``max_message_bytes`` is
   refused before any row is allocated.
 """
+
+import time
 
 import grpc
 import numpy as np
@@ -64,3 +67,33 @@ def test_pull_rows_reply_over_the_message_limit_is_refused_before_allocating(sha
             # the client splits big pulls into calls under the limit: still served
             rows = ps.pull_rows("emb", np.arange(3000))
             assert rows.shape == (3000, dim) and not rows.any()
+
+
+def test_a_flood_of_anonymous_ids_is_reclaimed_once_their_leases_expire(shards):
+    # issue 12 #6: anonymous registrations that fill max-workers and go silent must not keep
+    # new workers out until a restart; the ranks below num-workers are never handed out twice
+    with shards(1, mode="async", num_workers=2, max_workers=16, lease_s=0.5) as servers:
+        channel = ShardChannel(servers[0].address, 64 << 20)
+        try:
+            flood = []
+            for _ in range(17):  # bounded: the 17th finds the table full
+                try:
+                    flood.append(register(channel, -1).worker_id)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    break
+            assert sorted(flood) == list(range(16))
+            deadline = time.monotonic() + 10
+            while any(w.live for w in channel.status(ps_pb2.StatusRequest(), timeout=5).workers):
+                assert time.monotonic() < deadline, "the flood's leases never expired"
+                time.sleep(0.05)
+            fresh = register(channel, -1).worker_id
+            assert fresh >= 2, "a rank used in this run was handed to a new worker"
+            with Client([servers[0].address], worker_id=None, local=False, stream=False, timeout_s=5) as ps:
+                ps.create("w", shape=(4,), init="zeros", optimizer="sgd", lr=1.0)
+                ps.push({"w": np.ones(4, dtype=np.float32)})
+            status = channel.status(ps_pb2.StatusRequest(), timeout=5)
+            assert status.counters["ids_reclaimed"] >= 1
+            assert len(status.workers) <= 16
+        finally:
+            channel.close()
