@@ -4,8 +4,9 @@ A shard is composed of parts that each own their state: a
 :class:`~ps.shard.sequencer.Sequencer` (``steps``: the lock, gate, dedup, counters, the push
 flow and the bounded waits), a :class:`~ps.shard.membership.Membership` (worker table,
 leases, fences, topology), a :class:`~ps.shard.recovery.Recovery` (checkpoints and
-rollbacks), :class:`~ps.shard.sparse_rows.SparseRows` (``rows``) and, here, the dense tables
-and their verbs. The data handler (``ps.serving.handler``) decodes requests, calls these
+rollbacks), :class:`~ps.shard.sparse_rows.SparseRows` (``rows``), a
+:class:`~ps.shard.memory_budget.MemoryBudget` (``budget``: what its tables may hold) and,
+here, the dense tables and their verbs. The data handler (``ps.serving.handler``) decodes requests, calls these
 methods and encodes. Thread-safe: the sequencer's lock guards the bookkeeping and is never
 held while arrays are touched (each block has its own lock). Every wait is bounded and,
 when it runs out, raises :class:`~ps.errors.DeadlineExceededError` naming whom it waited for.
