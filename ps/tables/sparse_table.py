@@ -327,7 +327,7 @@ class SparseTable:
         if self._grow(need):
             return wanted
         if self.spec.max_rows:
-            free += self._evict_rows(wanted - free, protect)
+            free += self._evict_rows(wanted - free, protect, all_or_nothing=refuse)
             if wanted <= free:
                 return wanted
         if not refuse and self.budget is not None:  # grow by what the budget has left
@@ -367,13 +367,15 @@ class SparseTable:
                     self.budget.release(extra)  # now part of nbytes (or not allocated)
         return False
 
-    def _evict_rows(self, k: int, protect: np.ndarray) -> int:
+    def _evict_rows(self, k: int, protect: np.ndarray, all_or_nothing: bool = False) -> int:
         """Evict up to ``k`` of the least used rows (as for ``max_rows``), none in ``protect``;
-        returns how many."""
+        returns how many. ``all_or_nothing``: none unless ``k`` can go."""
         live = self.index.live_slots()
         protected = np.zeros(len(self.values), dtype=bool)
         protected[protect] = True
         live = live[~protected[live]]
+        if all_or_nothing and len(live) < k:
+            return 0
         k = min(k, len(live))
         if k <= 0:
             return 0

@@ -120,3 +120,14 @@ def test_a_sync_step_stores_the_new_rows_that_fit_and_counts_the_others():
     assert s.rows.push(0, 1, 0, 0, 1, "emb", ids, np.ones((len(ids), 64), np.float32), 2.0).outcome == "accumulated"
     assert 0 < table.rows < len(ids) and table.nbytes <= 2 * MIB
     assert table.counters["refused"] == len(ids) - table.rows
+
+
+def test_a_push_too_big_even_after_evicting_everything_else_is_refused_and_evicts_nothing():
+    s = shard(2 * MIB)
+    s.rows.create(SparseTableSpec("emb", 64, optimizer=OptimizerSpec("sgd", lr=1.0), max_rows=1 << 20))
+    table = s.rows.tables["emb"]
+    s.rows.push(0, 1, 0, 0, 1, "emb", np.arange(1024, dtype=np.int64), np.ones((1024, 64), np.float32), 2.0)
+    big = np.arange(10_000, 10_000 + 16 * 1024, dtype=np.int64)  # 4 MiB of rows at once
+    with pytest.raises(ResourceExhaustedError):
+        s.rows.push(0, 2, 0, 0, 1, "emb", big, np.ones((len(big), 64), np.float32), 2.0)
+    assert table.rows == 1024 and table.counters["evicted"] == 0
