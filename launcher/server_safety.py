@@ -1,5 +1,5 @@
 """``ps-server`` flags for fault tolerance and safety: checkpoints, leases, sync backup
-workers, gradient guards, token auth and TLS (docs/failure-semantics.md).
+workers, the memory budget, gradient guards, token auth and TLS (docs/failure-semantics.md).
 
 Only the launcher reads argv, files named on it and the environment: the token comes from
 ``--token-file`` (``PS_TOKEN_FILE``) or the ``PS_TOKEN`` variable and goes into the
@@ -14,6 +14,7 @@ from typing import Any
 
 from ps.protocol.auth import read_token
 from ps.checkpoint.files import layouts
+from ps.shard.memory_budget import parse_size
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -39,6 +40,11 @@ def add_arguments(p) -> None:
                    help="a worker silent this long (no call, no heartbeat) leaves the quorum; 0: never")
     p.add_argument("--max-workers", type=int, default=4096, metavar="N",
                    help="worker ids a shard keeps track of; registering more is refused (RESOURCE_EXHAUSTED)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="bytes of tables, optimizer state and sparse rows this shard may hold, e.g. 8G or 512M "
+                        "(K, M, G, T: powers of 1024); a create beyond it is refused (RESOURCE_EXHAUSTED), sparse "
+                        "tables evict (with max_rows) or refuse new rows. Default: half of the machine's memory "
+                        "(physical RAM, or the container's limit when lower)")
     p.add_argument("--replicas-to-aggregate", type=int, default=0, metavar="K",
                    help="sync: apply a step once K workers contributed; later gradients for it are stale (0: all)")
     p.add_argument("--clip-norm", type=float, default=0.0,
@@ -55,7 +61,7 @@ def add_arguments(p) -> None:
 
 def config_fields(args, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """ServerConfig fields from the parsed flags. Raises ValueError (or OSError) for an
-    unreadable or empty token file."""
+    unreadable or empty token file, ValueError for a ``--max-memory`` that is not a size."""
     environ = os.environ if environ is None else environ
     token = read_token(args.token_file) if args.token_file else environ.get("PS_TOKEN", "").strip()
     return dict(
@@ -63,6 +69,7 @@ def config_fields(args, environ: Mapping[str, str] | None = None) -> dict[str, A
         keep_checkpoints=args.keep_checkpoints, restore=args.restore, restore_tag=args.restore_tag or None,
         allow_empty_restore=args.allow_empty_restore,
         lease_s=args.lease, max_workers=args.max_workers,
+        max_memory_bytes=parse_size(args.max_memory) if args.max_memory else None,
         replicas_to_aggregate=args.replicas_to_aggregate, clip_norm=args.clip_norm, auth_token=token,
         tls_cert=args.tls_cert or None, tls_key=args.tls_key or None, tls_client_ca=args.tls_client_ca or None,
         faults=args.faults,

@@ -39,6 +39,8 @@ class ServerConfig:
     replicas_to_aggregate: int = 0   # sync: apply a step once this many workers contributed; 0 = all live
     lease_s: float = 30.0            # a worker silent this long (no call, no heartbeat) leaves; 0 = never
     max_workers: int = 4096          # worker ids a shard keeps track of; more registrations: RESOURCE_EXHAUSTED
+    max_memory_bytes: int | None = None  # bytes of tables (with optimizer state) a shard may hold; None: half
+    #                                      the machine's memory (ps.shard.memory_budget); more: RESOURCE_EXHAUSTED
     checkpoint_dir: str | None = None   # where checkpoints go (one sub-directory per checkpoint tag)
     checkpoint_every_s: float = 0.0  # > 0: also checkpoint periodically, in seconds
     keep_checkpoints: int = 3        # this shard keeps its newest K checkpoints
@@ -87,6 +89,8 @@ class ServerConfig:
             raise ValueError(f"replicas-to-aggregate {self.replicas_to_aggregate} exceeds num-workers {self.num_workers}")
         if self.max_workers < 1:
             raise ValueError(f"max-workers must be >= 1, got {self.max_workers}")
+        if self.max_memory_bytes is not None and self.max_memory_bytes < 1:
+            raise ValueError(f"max-memory must be at least one byte, got {self.max_memory_bytes}")
         if not (math.isfinite(self.lease_s) and self.lease_s >= 0):
             raise ValueError(f"lease must be finite and >= 0 seconds, got {self.lease_s}")
         if not (math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0):

@@ -19,7 +19,11 @@ structs) around the protocol's own protobuf messages::
 * ``STREAM_HELLO`` must come first: its message is ``with_token(auth token, server id)``;
   the reply's message is the server id. A server with a token compares it in constant
   time (:meth:`~ps.serving.handler.ShardHandler.hello`) and answers a wrong one with
-  UNAUTHENTICATED and a closed connection.
+  UNAUTHENTICATED and a closed connection. A connection that has not passed its hello
+  within ``HELLO_TIMEOUT_S`` (3 s) of its accept is closed, and at most ``MAX_PENDING``
+  (256) wait for theirs (a new one closes the oldest), apart from the ``MAX_CONNECTIONS``
+  (1024) authenticated ones: unauthenticated sockets never take a worker's place. A
+  hello beyond ``MAX_CONNECTIONS`` gets RESOURCE_EXHAUSTED (the worker uses gRPC).
 * ``STREAM_PUSH``: a ``PushHeader`` and its payload; the reply carries the outcome and
   version in the struct (no message).
 * ``STREAM_PULL``: a ``PullHeader`` (``known`` and ``known_for`` as over gRPC); the reply
@@ -63,14 +67,14 @@ from ps.protocol.wire import (
     unpack_local_request,
 )
 from ps.serving.handler import Failure, Payload, ShardHandler, failure_of
-from ps.serving.socket_server import SocketServer, failure_frame
+from ps.serving.socket_server import HELLO_TIMEOUT_S, MAX_PENDING, SocketServer, failure_frame
 from ps.errors import ResourceExhaustedError
 
 log = logging.getLogger(__name__)
 
-#: seconds a new connection has to say hello, and a started request to arrive in full
+#: seconds a started request has to arrive in full (the hello: ``HELLO_TIMEOUT_S``)
 IO_TIMEOUT_S = 60.0
-#: connections one shard serves at once (each is a thread); more are refused
+#: authenticated connections one shard serves at once (each is a thread); more are refused
 MAX_CONNECTIONS = 1024
 _METHODS = {STREAM_PUSH: "Push", STREAM_PULL: "Pull", STREAM_PUSH_PULL: "PushPull"}
 
@@ -124,13 +128,23 @@ class StreamPlane(SocketServer):
     The constructor does no I/O. ``host`` is the gRPC server's host, ``port`` 0 lets the
     OS choose (:attr:`port` tells which after :meth:`start`). Every connection must say
     hello first (with the server's token, if it has one: :meth:`ShardHandler.hello`).
-    ``max_message_bytes`` bounds a request's header plus payload.
+    ``max_message_bytes`` bounds a request's header plus payload. Until its hello passed a
+    connection is pending: at most ``max_pending`` of them (a new one closes the oldest),
+    each closed ``hello_timeout_s`` seconds after its accept; ``max_connections`` bounds the
+    authenticated ones apart (:class:`~ps.serving.socket_server.SocketServer`). Each None
+    means the module's constant (``MAX_PENDING``, ``HELLO_TIMEOUT_S``, ``MAX_CONNECTIONS``).
     """
 
     thread_prefix = "ps-stream"
+    hello_first = True
 
-    def __init__(self, handler: ShardHandler, host: str, port: int = 0, *, max_message_bytes: int = 64 << 20) -> None:
-        super().__init__(MAX_CONNECTIONS)
+    def __init__(self, handler: ShardHandler, host: str, port: int = 0, *, max_message_bytes: int = 64 << 20,
+                 max_connections: int | None = None, max_pending: int | None = None,
+                 hello_timeout_s: float | None = None) -> None:
+        # None: this module's MAX_CONNECTIONS, MAX_PENDING and HELLO_TIMEOUT_S, read now
+        super().__init__(MAX_CONNECTIONS if max_connections is None else max_connections,
+                         max_pending=MAX_PENDING if max_pending is None else max_pending,
+                         hello_timeout_s=HELLO_TIMEOUT_S if hello_timeout_s is None else hello_timeout_s)
         self.handler = handler
         self.host = host
         self._port = port
@@ -160,11 +174,11 @@ class StreamPlane(SocketServer):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         while not self.stopped:
-            sock.settimeout(None if conn.hello else IO_TIMEOUT_S)  # idle between steps: no bound
+            sock.settimeout(None if conn.hello else self.hello_timeout_s)  # idle between steps: no bound
             head = recv_frame(sock, LOCAL_REQUEST_SIZE)
             if head is None:
                 return
-            sock.settimeout(IO_TIMEOUT_S)
+            sock.settimeout(IO_TIMEOUT_S if conn.hello else self.hello_timeout_s)
             kind, _, length, timeout_s, _, payload_bytes, _, _ = unpack_local_request(head)
             if length > min(LOCAL_MAX_MESSAGE, self._max_message):
                 return  # not our protocol: drop the connection
@@ -205,6 +219,9 @@ class StreamPlane(SocketServer):
         except ValueError:  # UnicodeDecodeError too
             return False
         failure = self.handler.hello(token.encode(), server_id)
+        if failure is None and not self.authenticated(conn):
+            failure = failure_of(ResourceExhaustedError(
+                f"this shard's TCP data plane serves {self._max_connections} connections already: use gRPC"), "hello")
         ok = pack_local_reply(STREAM_HELLO, server_id)
         send_all(conn.sock, [failure_frame(STREAM_HELLO, failure) if failure else ok])
         conn.hello = failure is None

@@ -207,6 +207,17 @@ class ConsistencyGate:
             w.live = False
         return self._step_ready()
 
+    def forget(self, workers: Iterable[int]) -> list[int]:
+        """Drop departed workers (left, or lease expired) from the worker table, so their
+        places count no more; a worker with a part in the open sync step is kept. Returns
+        the ids forgotten. A forgotten worker that registers again starts at a new clock."""
+        s = self._step
+        busy = set(s.parts) | set(s.num_parts) | s.done
+        gone = [i for i in workers if i in self.workers and not self.workers[i].live and i not in busy]
+        for i in gone:
+            del self.workers[i]
+        return gone
+
     def live_workers(self) -> list[int]:
         return sorted(i for i, w in self.workers.items() if w.live)
 

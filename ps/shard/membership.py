@@ -62,12 +62,17 @@ class Membership:
         A new id is the lowest below ``config.num_workers`` that no worker used since this
         shard started: never known, or restored from a checkpoint and not heard from since
         (``unheard``: the ids of a previous run are free for the next run's workers), else
-        the lowest id this shard never knew. An id whose worker left during this run is not
-        handed out again: a second worker would train on the same rank's data.
-        Raises ResourceExhaustedError when ``config.max_workers`` ids are already known.
+        the lowest id this shard does not know. A rank whose worker left during this run is
+        not handed out again: a second worker would train on the same rank's data. Ids at or
+        above ``num_workers`` whose worker departed are reclaimed once the table is full.
+        Raises ResourceExhaustedError when ``config.max_workers`` ids are already known
+        after the departed ones were reclaimed (:meth:`_reclaim`); ranks below
+        ``config.num_workers`` are never refused for that (there are only so many).
         """
         steps = self._steps
         with steps.cond:
+            if worker not in steps.gate.workers and len(steps.gate.workers) >= steps.config.max_workers:
+                self._reclaim()
             if worker < 0:
                 known = steps.gate.workers
                 worker = next((w for w in range(steps.config.num_workers) if w not in known or w in self.unheard), -1)
@@ -77,7 +82,8 @@ class Membership:
                 worker = self._next_worker
             if worker > 1 << 40:
                 raise InvalidArgumentError(f"worker id {worker} is out of range")
-            if worker not in steps.gate.workers and len(steps.gate.workers) >= steps.config.max_workers:
+            if (worker not in steps.gate.workers and worker >= steps.config.num_workers
+                    and len(steps.gate.workers) >= steps.config.max_workers):
                 raise ResourceExhaustedError(f"this shard already knows {len(steps.gate.workers)} workers "
                                              f"(max-workers {steps.config.max_workers})")
             clock = steps.gate.register(worker)
@@ -93,6 +99,22 @@ class Membership:
             log.info("worker %d registered at clock %d", worker, clock)
             steps.cond.notify_all()
             return worker, clock, steps.dedup.next_seq(worker)
+
+    def _reclaim(self) -> None:
+        """Lock held. Free the places of departed workers (left, or lease expired) with ids
+        >= ``config.num_workers``: they count no more against ``config.max_workers`` and
+        their ids become free for new registrations (the lowest free id first). Ranks below
+        ``num_workers`` stay known, so :meth:`register` never hands a used rank out again.
+        Their dedup windows are kept: a reclaimed id still refuses its old sequence numbers."""
+        steps = self._steps
+        departed = [w for w in steps.gate.departed() if w >= steps.config.num_workers]
+        for worker in steps.gate.forget(departed):
+            self.sessions.pop(worker, None)
+            self.last_contact.pop(worker, None)
+            self.fenced.discard(worker)
+            self.unheard.discard(worker)
+            self._next_worker = min(self._next_worker, worker)
+            steps.counters["ids_reclaimed"] += 1
 
     def admit_push(self, worker: int, session: int) -> None:
         """Call with the lock held before a push: :meth:`check_current`, registered and live,

@@ -4,8 +4,9 @@ A shard is composed of parts that each own their state: a
 :class:`~ps.shard.sequencer.Sequencer` (``steps``: the lock, gate, dedup, counters, the push
 flow and the bounded waits), a :class:`~ps.shard.membership.Membership` (worker table,
 leases, fences, topology), a :class:`~ps.shard.recovery.Recovery` (checkpoints and
-rollbacks), :class:`~ps.shard.sparse_rows.SparseRows` (``rows``) and, here, the dense tables
-and their verbs. The data handler (``ps.serving.handler``) decodes requests, calls these
+rollbacks), :class:`~ps.shard.sparse_rows.SparseRows` (``rows``), a
+:class:`~ps.shard.memory_budget.MemoryBudget` (``budget``: what its tables may hold) and,
+here, the dense tables and their verbs. The data handler (``ps.serving.handler``) decodes requests, calls these
 methods and encodes. Thread-safe: the sequencer's lock guards the bookkeeping and is never
 held while arrays are touched (each block has its own lock). Every wait is bounded and,
 when it runs out, raises :class:`~ps.errors.DeadlineExceededError` naming whom it waited for.
@@ -13,6 +14,7 @@ when it runs out, raises :class:`~ps.errors.DeadlineExceededError` naming whom i
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -28,8 +30,11 @@ from ps.errors import (
     InvalidArgumentError,
     NotFoundError,
     Reason,
+    ResourceExhaustedError,
 )
+from ps.shard.consistency import Mode
 from ps.shard.membership import Membership
+from ps.shard.memory_budget import MemoryBudget, dense_footprint
 from ps.shard.recovery import Recovery
 from ps.shard.sequencer import PushResult, Sequencer
 from ps.shard.sparse_rows import SparseRows
@@ -39,6 +44,10 @@ from ps.tables.placement import blocks_of_shard
 from ps.tables.spec import TableSpec, exists_alike
 
 __all__ = ["PulledBlock", "PushResult", "Shard"]
+
+#: a dense create of more blocks than this is first checked against the budget at an even
+#: share of its size (cheap), before its placement is computed (a Python loop per block)
+PLACEMENT_CHECK_BLOCKS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,9 @@ class Shard:
         self.steps.guard = self.membership
         self.recovery = Recovery(self.steps, self.membership)
         self.tables: dict[str, DenseTable] = {}
-        self.rows = SparseRows(self.steps, self.membership, self.tables)
+        self._create_lock = threading.Lock()
+        self.budget = MemoryBudget(config.max_memory_bytes, self._held_bytes)
+        self.rows = SparseRows(self.steps, self.membership, self.tables, self.budget)
         self._pending = _PendingBlocks(self.steps)
         self.steps.step_parts = (self._pending, self.rows)
         self.gate, self.counters = self.steps.gate, self.steps.counters
@@ -135,22 +146,63 @@ class Shard:
         """Create the table (its blocks placed here), or accept an identical spec.
 
         Returns True if created. Raises AlreadyExistsError for a different spec under the
-        same name, FailedPreconditionError before the topology is known.
+        same name, FailedPreconditionError before the topology is known, and
+        ResourceExhaustedError, before anything is allocated, when the blocks it would hold
+        here (with optimizer state and update buffers: ``ps.shard.memory_budget``) do not
+        fit in what is left of the memory budget; a table of more than
+        ``PLACEMENT_CHECK_BLOCKS`` blocks is first checked at 7/8 of an even share, so that
+        a huge one is refused at once, without computing its placement. A refused create
+        changes nothing. Blocks while it allocates; creates on one shard run one at a time
+        (identical creates from many workers then reserve memory once).
         """
         spec.validate()
+        with self._create_lock:
+            return self._create_table(spec)
+
+    def _create_table(self, spec: TableSpec) -> bool:
         with self.steps.cond:
             if self.membership.topology is None:
                 raise FailedPreconditionError("shard topology unknown: register or give it with the request")
             if exists_alike(spec, self.tables, self.rows.tables, "sparse"):
                 return False
             index, count = self.membership.topology
-        owned = blocks_of_shard(spec.name, spec.num_blocks, index, count)
-        table = DenseTable.create(spec, owned)  # outside the lock: may allocate a lot
-        with self.steps.cond:
-            existing = self.tables.setdefault(spec.name, table)
-            if existing is not table and existing.spec != spec:
-                raise AlreadyExistsError(f"table {spec.name!r} exists with a different spec")
-            return existing is table
+        what = f"dense table {spec.name!r} ({spec.size} elements of {spec.dtype}, {spec.optimizer.name})"
+        itemsize, sync = np.dtype(spec.dtype).itemsize, self.config.mode is Mode.SYNC
+        try:
+            if spec.num_blocks > PLACEMENT_CHECK_BLOCKS:
+                self.budget.check(dense_footprint(itemsize, spec.optimizer.name, spec.size * 7 // (8 * count), sync),
+                                  what)
+            owned = blocks_of_shard(spec.name, spec.num_blocks, index, count)
+            elements = sum(min(spec.block_elems, spec.size - b * spec.block_elems) for b in owned)
+            nbytes = dense_footprint(itemsize, spec.optimizer.name, elements, sync)
+            self.budget.reserve(nbytes, what)
+        except ResourceExhaustedError:
+            with self.steps.cond:
+                self.counters["memory_refused"] += 1
+            raise
+        try:
+            table = DenseTable.create(spec, owned)  # outside the lock: may allocate a lot
+        except MemoryError:
+            self.budget.release(nbytes)
+            with self.steps.cond:
+                self.counters["memory_refused"] += 1
+            raise ResourceExhaustedError(f"{what}: the machine ran out of memory before the budget did: "
+                                         "lower ps-server --max-memory") from None
+        try:
+            with self.steps.cond:
+                existing = self.tables.setdefault(spec.name, table)
+                if existing is not table and existing.spec != spec:
+                    raise AlreadyExistsError(f"table {spec.name!r} exists with a different spec")
+                return existing is table
+        finally:
+            self.budget.release(nbytes)  # now held by the table (or dropped with it)
+
+    def _held_bytes(self) -> int:
+        """Bytes the tables hold (``ps.shard.memory_budget``). Takes no lock; does not block."""
+        sync = self.config.mode is Mode.SYNC
+        dense = sum(dense_footprint(t.itemsize, t.spec.optimizer.name, t.elements, sync)
+                    for t in list(self.tables.values()))
+        return dense + sum(t.nbytes for t in list(self.rows.tables.values()))
 
     def table(self, name: str) -> DenseTable:
         """Raises NotFoundError for an unknown table, FailedPreconditionError for a sparse one."""

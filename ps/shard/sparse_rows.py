@@ -31,6 +31,7 @@ from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.sparse_table import SparseTable, sum_duplicates
 from ps.tables.spec import exists_alike
 from ps.shard.membership import Membership
+from ps.shard.memory_budget import MemoryBudget
 from ps.shard.sequencer import PushResult, Sequencer
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,13 @@ def clip_rows(grads: np.ndarray, max_norm: float) -> np.ndarray:
 
 class SparseRows:
     """Sparse tables of one shard. Thread-safe; construction does no I/O. ``dense``: the
-    shard's dense tables (a name is either kind, never both)."""
+    shard's dense tables (a name is either kind, never both); ``budget``: the shard's memory
+    budget, within which every table grows (None: unbounded)."""
 
-    def __init__(self, steps: Sequencer, membership: Membership, dense: Mapping[str, object]) -> None:
+    def __init__(self, steps: Sequencer, membership: Membership, dense: Mapping[str, object],
+                 budget: MemoryBudget | None = None) -> None:
         self._steps = steps
+        self.budget = budget  # every table grows within it (ps.shard.memory_budget)
         self._members = membership
         self._dense = dense
         self.tables: dict[str, SparseTable] = {}
@@ -74,11 +78,12 @@ class SparseRows:
             if exists_alike(spec, self.tables, self._dense, "dense"):
                 return False
             index, count = self._members.topology
-            self.tables[spec.name] = SparseTable(spec, index, count)  # rows are lazy: cheap
+            self.tables[spec.name] = SparseTable(spec, index, count, self.budget)  # rows are lazy: cheap
             return True
 
     def adopt(self, table: SparseTable) -> None:
         """Install a restored table (e.g. from a checkpoint), replacing one of the same name."""
+        table.budget = self.budget
         with self._steps.cond:
             self.tables[table.spec.name] = table
 
@@ -105,7 +110,9 @@ class SparseRows:
         dtype, lengths, non-finite values, part numbers), NotFoundError (unknown table),
         FailedPreconditionError (dense table, unregistered worker, rows placed on another
         shard, second contribution to a step, a fenced ``session``: see ``Membership.admit_push``),
-        DeadlineExceededError. A refused push changes nothing. Exactly once per ``(worker, seq)``.
+        DeadlineExceededError, ResourceExhaustedError (async/ssp: new rows that the memory
+        budget has no room for, in a table without ``max_rows``; see ``SparseTable``). A refused
+        push changes nothing. Exactly once per ``(worker, seq)``.
         """
         steps = self._steps
         deadline = steps.clock() + min(timeout_s, steps.config.sync_timeout_s)

@@ -58,6 +58,7 @@ class DenseTable:
         dtype = np.dtype(spec.dtype)
         self.wire_dtype = wire_dtype(dtype)
         self.itemsize = dtype.itemsize
+        self.elements = sum(b.values.size for b in blocks.values())  # held here (blocks are fixed)
         self._parts: dict[tuple[int, int], list[Block]] = {}
 
     def part_blocks(self, part: int, num_parts: int) -> list[Block]:

@@ -219,6 +219,9 @@ def ftrl_update(s: OptimizerSpec, w: np.ndarray, g: np.ndarray, z: np.ndarray, n
 
 
 OPTIMIZERS: dict[str, type] = {"sgd": SGD, "momentum": Momentum, "adagrad": Adagrad, "adam": Adam, "ftrl": FTRL}
+#: arrays of the parameters' shape each optimizer keeps per block (its ``init_state``; scalars
+#: such as Adam's step count not counted): what a table's optimizer state costs, in tables' sizes
+STATE_SLOTS: dict[str, int] = {"sgd": 0, "momentum": 1, "adagrad": 1, "adam": 2, "ftrl": 2}
 
 
 def make_optimizer(spec: OptimizerSpec) -> Optimizer:

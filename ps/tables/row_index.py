@@ -52,6 +52,11 @@ class RowIndex:
         self._nfree = 0
 
     @property
+    def free(self) -> int:
+        """Freed slots below ``high``, reused by the next inserts."""
+        return self._nfree
+
+    @property
     def nbytes(self) -> int:
         """Bytes held by the index arrays."""
         return self.buckets.nbytes + self.slot_ids.nbytes + self._free.nbytes

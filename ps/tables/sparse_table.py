@@ -26,6 +26,12 @@ Semantics:
   and applies it.
 - Sync steps: :meth:`accumulate` keeps each push's rows; :meth:`apply_accumulated` sums
   them per id, scales the sum (by 1 / contributing workers) and applies it once.
+- ``budget`` (the shard's :class:`~ps.shard.memory_budget.MemoryBudget`): the arrays grow
+  only within it. When new rows do not fit, a table with ``max_rows`` evicts its least used
+  rows (as above) to make room; otherwise :meth:`apply` refuses the whole push with
+  ResourceExhaustedError and changes nothing (its ids still count for admission), and
+  :meth:`apply_accumulated` (a sync step, already acknowledged) stores the new rows that fit
+  and counts the others as ``refused`` (they read as their initial rows).
 
 Thread-safe: one lock per table guards its arrays (never held across the network path).
 """
@@ -34,22 +40,29 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ps.tables.admission import AdmissionSketch
-from ps.errors import FailedPreconditionError, InvalidArgumentError
+from ps.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
 from ps.tables.placement import row_shards
 from ps.tables.row_index import RowIndex
 from ps.tables.sparse_optim import RowOptimizer, gather_rows, scatter_rows
 from ps.tables.sparse_spec import SparseTableSpec
 from ps.protocol.wire import dtype_refusal
 
+if TYPE_CHECKING:
+    from ps.shard.memory_budget import MemoryBudget
+
 #: on overflow, evict this fraction of max_rows beyond what is needed
 EVICT_SLACK = 1 / 32
+#: index bytes a slot may cost: its id (8) and, at worst, its share of the buckets (int32
+#: at as little as 0.315 load: ~13; ps.tables.row_index), rounded up
+INDEX_SLOT_BYTES = 24
 #: ids per message checked for placement on this shard (a misrouting client sends ~all wrong)
 PLACEMENT_SAMPLE = 64
-_COUNTERS = ("created", "evicted", "not_admitted", "pushed", "pulled")
+_COUNTERS = ("created", "evicted", "not_admitted", "pushed", "pulled", "refused")
 
 
 def sum_duplicates(ids: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,11 +101,13 @@ def unique_inverse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class SparseTable:
     """The rows of one sparse table that one shard owns. Thread-safe."""
 
-    def __init__(self, spec: SparseTableSpec, shard_index: int = 0, num_shards: int = 1) -> None:
+    def __init__(self, spec: SparseTableSpec, shard_index: int = 0, num_shards: int = 1,
+                 budget: MemoryBudget | None = None) -> None:
         spec.validate()
         if num_shards < 1 or not 0 <= shard_index < num_shards:
             raise InvalidArgumentError(f"shard {shard_index} of {num_shards} is impossible")
         self.spec = spec
+        self.budget = budget  # the shard's memory budget: growth past it evicts or refuses (None: unbounded)
         self.shard_index = shard_index
         self.num_shards = num_shards
         self.lock = threading.Lock()
@@ -250,7 +265,7 @@ class SparseTable:
             uniq, summed = sum_duplicates(ids, grads)
             summed *= scale
             counts = self.sketch.estimate(uniq) if self.sketch is not None else None
-            self._apply_unique(uniq, summed, counts)
+            self._apply_unique(uniq, summed, counts, refuse=False)  # acknowledged: store what fits
             return True
 
     def discard_accumulated(self) -> None:
@@ -260,17 +275,28 @@ class SparseTable:
 
     # -- internals (lock held) ---------------------------------------------------------
 
-    def _apply_unique(self, uniq: np.ndarray, grads: np.ndarray, counts: np.ndarray | None) -> None:
-        self.tick += 1
-        self.counters["pushed"] += len(uniq)
+    def _apply_unique(self, uniq: np.ndarray, grads: np.ndarray, counts: np.ndarray | None,
+                      refuse: bool = True) -> None:
         slots = self.index.lookup(uniq)
         missing = slots < 0
+        not_admitted = 0
         if counts is not None and missing.any():
             refused = missing & (counts < self.spec.admit_after)
             if refused.any():
-                self.counters["not_admitted"] += int(np.count_nonzero(refused))
+                not_admitted = int(np.count_nonzero(refused))
                 keep = ~refused
                 uniq, grads, slots, missing = uniq[keep], grads[keep], slots[keep], missing[keep]
+        wanted = int(np.count_nonzero(missing))
+        room = self._make_room(wanted, slots[~missing], refuse) if wanted else 0
+        if room < wanted:  # sync: the rows that do not fit in the budget are not stored
+            drop = np.flatnonzero(missing)[room:]
+            keep = np.ones(len(uniq), dtype=bool)
+            keep[drop] = False
+            uniq, grads, slots, missing = uniq[keep], grads[keep], slots[keep], missing[keep]
+            self.counters["refused"] += wanted - room
+        self.tick += 1
+        self.counters["pushed"] += len(uniq)
+        self.counters["not_admitted"] += not_admitted
         if missing.any():
             new_ids = uniq[missing]
             new_slots = self.index.insert(new_ids)
@@ -287,6 +313,85 @@ class SparseTable:
         self._touch(slots)
         self._evict(slots)
 
+    def _make_room(self, wanted: int, protect: np.ndarray, refuse: bool) -> int:
+        """Make room for ``wanted`` new rows within the memory budget; returns how many fit
+        (``wanted``, or fewer only when not ``refuse``). Grows the arrays if the budget allows
+        (by the usual 1.25x, else just enough), else evicts (tables with ``max_rows``: the
+        least used rows, never those in ``protect``). Raises ResourceExhaustedError, having
+        changed nothing, when ``refuse`` and they do not all fit."""
+        cap = len(self.values)
+        free = cap - self.index.high + self.index.free
+        if wanted <= free:
+            return wanted
+        need = self.index.high + wanted - self.index.free
+        if self._grow(need):
+            return wanted
+        if self.spec.max_rows:
+            free += self._evict_rows(wanted - free, protect, all_or_nothing=refuse)
+            if wanted <= free:
+                return wanted
+        if not refuse and self.budget is not None:  # grow by what the budget has left
+            more = min(need - cap, self.budget.available() // self._slot_bytes)
+            if more > 0 and self._grow(cap + more):
+                free += more
+            return min(wanted, free)
+        if refuse:
+            raise (self.budget.refusal((need - cap) * self._slot_bytes, f"sparse table {self.spec.name!r}'s "
+                                       f"{wanted} new rows") if self.budget is not None else
+                   ResourceExhaustedError(f"sparse table {self.spec.name!r}: no memory for {wanted} new rows"))
+        return free
+
+    @property
+    def _slot_bytes(self) -> int:
+        """Bytes one more slot of capacity costs: values, optimizer state, eviction data, and
+        an allowance for the index (its id per slot and, at worst, its buckets)."""
+        extra = INDEX_SLOT_BYTES + (8 if self.last_used is not None else 0) + (4 if self.hits is not None else 0)
+        state = sum(int(np.prod(shape, dtype=np.int64)) * dt.itemsize for shape, dt, _ in self._layout.values())
+        return self.spec.row_bytes + state + extra
+
+    def _grow(self, need: int) -> bool:
+        """Grow the arrays to hold ``need`` slots (more, by the usual 1.25x, where the budget
+        allows). False, with nothing changed, if even ``need`` does not fit the budget."""
+        cap = len(self.values)
+        for target in dict.fromkeys((self._capacity_for(need), need)):
+            extra = (target - cap) * self._slot_bytes
+            if self.budget is not None and not self.budget.try_reserve(extra):
+                continue
+            try:
+                self._ensure_capacity(need, target)
+                return True
+            except MemoryError:
+                continue
+            finally:
+                if self.budget is not None:
+                    self.budget.release(extra)  # now part of nbytes (or not allocated)
+        return False
+
+    def _evict_rows(self, k: int, protect: np.ndarray, all_or_nothing: bool = False) -> int:
+        """Evict up to ``k`` of the least used rows (as for ``max_rows``), none in ``protect``;
+        returns how many. ``all_or_nothing``: none unless ``k`` can go."""
+        live = self.index.live_slots()
+        protected = np.zeros(len(self.values), dtype=bool)
+        protected[protect] = True
+        live = live[~protected[live]]
+        if all_or_nothing and len(live) < k:
+            return 0
+        k = min(k, len(live))
+        if k <= 0:
+            return 0
+        victims = live if k >= len(live) else live[np.argpartition(self._scores(live), k - 1)[:k]]
+        self.index.remove(victims)
+        self.counters["evicted"] += len(victims)
+        return len(victims)
+
+    def _scores(self, live: np.ndarray) -> np.ndarray:
+        """Eviction order of ``live`` slots: lowest first (lru: oldest use; lfu: fewest uses, then oldest)."""
+        assert self.last_used is not None
+        score = self.last_used[live].copy()
+        if self.hits is not None:
+            score = (self.hits[live].astype(np.int64) << 32) | (score & 0xFFFFFFFF)
+        return score
+
     def _touch(self, slots: np.ndarray) -> None:
         if self.last_used is not None:
             self.last_used[slots] = self.tick
@@ -300,10 +405,7 @@ class SparseTable:
         target = max_rows - int(max_rows * EVICT_SLACK)
         live = self.index.live_slots()
         k = len(live) - target
-        assert self.last_used is not None
-        score = self.last_used[live].copy()
-        if self.hits is not None:
-            score = (self.hits[live].astype(np.int64) << 32) | (score & 0xFFFFFFFF)
+        score = self._scores(live)
         protected = np.zeros(len(self.values), dtype=bool)
         protected[protect] = True
         score[protected[live]] = np.iinfo(np.int64).max  # the push being applied goes last
@@ -311,19 +413,26 @@ class SparseTable:
         self.index.remove(victims)
         self.counters["evicted"] += len(victims)
 
-    def _ensure_capacity(self, rows: int) -> None:
+    def _capacity_for(self, rows: int) -> int:
+        """The capacity to grow to for ``rows`` slots: 1.25x (at least 1024 slots), capped
+        near ``max_rows``."""
+        new = max(rows, len(self.values) * 5 // 4, 1024)
+        if self.spec.max_rows:
+            new = max(rows, min(new, self.spec.max_rows + 1024))
+        return new
+
+    def _ensure_capacity(self, rows: int, new: int | None = None) -> None:
+        """Hold at least ``rows`` slots, growing to ``new`` (default :meth:`_capacity_for`).
+        Raises MemoryError with nothing changed when the allocation fails."""
         cap = len(self.values)
         if rows <= cap:
             return
-        new = max(rows, cap * 5 // 4, 1024)
-        if self.spec.max_rows:
-            new = max(rows, min(new, self.spec.max_rows + 1024))
-        self.values = _grown(self.values, new)
-        self.state = {k: _grown(v, new) for k, v in self.state.items()}
-        if self.last_used is not None:
-            self.last_used = _grown(self.last_used, new)
-        if self.hits is not None:
-            self.hits = _grown(self.hits, new)
+        new = self._capacity_for(rows) if new is None else new
+        values = _grown(self.values, new)  # all allocated before any is replaced
+        state = {k: _grown(v, new) for k, v in self.state.items()}
+        last_used = _grown(self.last_used, new) if self.last_used is not None else None
+        hits = _grown(self.hits, new) if self.hits is not None else None
+        self.values, self.state, self.last_used, self.hits = values, state, last_used, hits
 
     # -- checkpoints -------------------------------------------------------------------
 

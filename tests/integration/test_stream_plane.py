@@ -332,3 +332,31 @@ def test_pulls_skip_only_unchanged_blocks_into_given_arrays(monkeypatch):
             np.testing.assert_array_equal(got["w"], 0.0)
             np.testing.assert_array_equal(got["b"], -1.0)
             assert on_stream(ps) == [True, True]
+
+
+def test_idle_unauthenticated_connections_do_not_push_a_worker_off_the_stream_plane(monkeypatch):
+    # issue 12 #7, scaled down: a flood of idle pre-hello sockets, three times the plane's
+    # connection cap; a worker connecting during it still gets the TCP plane, and the flood's
+    # sockets are closed once their hello is overdue (HELLO_TIMEOUT_S), not after a minute
+    from ps.serving import socket_server, stream_plane
+
+    monkeypatch.setattr(stream_plane, "MAX_CONNECTIONS", 64)
+    monkeypatch.setattr(stream_plane, "MAX_PENDING", 32, raising=False)
+    hello_timeout_s = getattr(socket_server, "HELLO_TIMEOUT_S", 3.0)
+    token = "flood-s3cret"
+    with cluster(1, mode="async", auth_token=token) as servers:
+        server = servers[0]
+        flood = [connect(server, hello=False) for _ in range(192)]
+        try:
+            with Client([server.address], token=token, local=False, timeout_s=10) as ps:
+                assert on_stream(ps) == [True]
+                ps.create("w", shape=(8,), lr=1.0)
+                ps.push({"w": np.ones(8, np.float32)})
+                np.testing.assert_array_equal(ps.pull("w")["w"], -1.0)
+                assert on_stream(ps) == [True]
+            newest = flood[-1]
+            newest.settimeout(hello_timeout_s + 3)  # bounded: a closed socket reads b"" at once
+            assert closed(newest), "a connection that never said hello was kept open"
+        finally:
+            for sock in flood:
+                sock.close()
