@@ -51,3 +51,22 @@ def test_a_sync_wait_ends_within_its_bound_and_names_the_worker(shards, num_shar
         for t, e in ((took, error), (took_push, error_push)):
             assert c["bound_s"] - 0.2 <= t <= c["bound_s"] + MARGIN_S, (t, e)
             assert "worker 1" in str(e) and e.reason is Reason.WAIT_EXPIRED, e
+
+
+PLANES = {"shared-memory": {"local": True}, "tcp": {"local": False}, "grpc": {"local": False, "stream": False}}
+
+
+@pytest.mark.parametrize("plane", list(PLANES))
+def test_a_wait_that_ran_out_is_not_sent_again_over_the_fallback(shards, plane):
+    """On every data plane the shard's expired wait ends the pull at once (a fast plane's
+    transient failure is otherwise sent again over gRPC, which would wait it out again)."""
+    with shards(2, mode="sync", num_workers=2, sync_timeout_s=1.5) as servers:
+        addresses = [s.address for s in servers]
+        with Client(addresses, worker_id=1, heartbeat_s=0.2) as hung, \
+                Client(addresses, worker_id=0, heartbeat_s=0.2, **PLANES[plane]) as ps:
+            ps.create("w", shape=(4096,), block_elems=256, lr=1.0)
+            hung.pull("w")
+            ps.push({"w": np.ones(4096, np.float32)})
+            took, error = _timed(lambda: ps.pull("w"))
+            assert ps.data_planes() == [plane.replace("-", " ")] * 2     # it stayed on its plane
+    assert 1.3 <= took <= 1.5 + MARGIN_S and "worker 1" in str(error), (took, error)
