@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("worker.client")  # the client's logger: these lines are the client's
 
+#: seconds a rejoin waits for the other shards to confirm no newer Client holds the id
+FENCE_CHECK_S = 5.0
+
 
 def new_session() -> int:
     """A Client's session: its incarnation, microseconds since the epoch shifted left by 12,
@@ -198,10 +201,12 @@ class Membership:
 
     def _check_not_fenced(self, exclude: int) -> None:
         """Heartbeat with this session to every shard but ``exclude`` at once. Raises the first
-        FailedPreconditionError with reason FENCED; ignores every other outcome. Blocks,
-        bounded by the cluster's ``timeout_s``."""
+        FailedPreconditionError with reason FENCED; ignores every other outcome (a shard
+        that does not answer within :data:`FENCE_CHECK_S` does not object). Blocks at most
+        that long."""
         req = ps_pb2.HeartbeatRequest(worker_id=self.worker_id, session=self.session)
-        pending = [(ch, ch.heartbeat.future(req, timeout=self._cluster.timeout_s))
+        timeout_s = min(self._cluster.timeout_s, FENCE_CHECK_S)
+        pending = [(ch, ch.heartbeat.future(req, timeout=timeout_s))
                    for i, ch in enumerate(self._cluster.channels) if i != exclude]
         for ch, future in pending:
             try:
