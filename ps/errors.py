@@ -45,6 +45,8 @@ class Reason(enum.IntEnum):
     UNKNOWN_TABLE = 2     # the shard does not hold the table (restarted from an older state): re-create it
     FENCED = 3            # another session of the same worker id took it over: this client must stop
     ROLLED_BACK = 4       # the cluster rolled back (or awaits one): adopt it, retry from a fresh pull
+    WAIT_EXPIRED = 5      # the shard's own bounded wait on other workers ran out (the details name them):
+                          #   not retried, unlike a transport timeout
 
     @classmethod
     def parse(cls, value: str | int | None) -> Reason:

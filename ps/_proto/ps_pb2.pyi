@@ -326,10 +326,12 @@ class RowsReply(_message.Message):
     def __init__(self, header: _Optional[_Union[RowsHeader, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id",)
+    __slots__ = ("worker_id", "session")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
-    def __init__(self, worker_id: _Optional[int] = ...) -> None: ...
+    session: int
+    def __init__(self, worker_id: _Optional[int] = ..., session: _Optional[int] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("epoch",)

@@ -33,7 +33,7 @@ class ControlService:
     @handled
     def Heartbeat(self, request: ps_pb2.HeartbeatRequest, context) -> ps_pb2.HeartbeatReply:
         """Renews the worker's lease; FAILED_PRECONDITION when it must register (again)."""
-        return ps_pb2.HeartbeatReply(epoch=self.shard.membership.heartbeat(request.worker_id))
+        return ps_pb2.HeartbeatReply(epoch=self.shard.membership.heartbeat(request.worker_id, request.session))
 
     @handled
     def Checkpoint(self, request: ps_pb2.CheckpointRequest, context) -> ps_pb2.CheckpointReply:

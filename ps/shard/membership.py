@@ -54,11 +54,13 @@ class Membership:
     def register(self, worker: int, session: int = 0) -> tuple[int, int, int]:
         """Join (``worker`` >= 0) or get a new id (``worker`` < 0). Returns (id, clock, next_seq).
 
-        ``session`` identifies the registering Client (0: none). A second session that
-        registers under an id held by another takes the id over: the newest registration
-        wins (a restarted worker must be able to rejoin under its rank), and the older
-        session's pushes are refused from then on (:meth:`admit_push`), so two clients
-        sharing one id are told apart loudly instead of merged silently.
+        ``session`` identifies the registering Client (0: none) and orders Clients: a newer
+        Client's session is greater (an incarnation, see ``RegisterRequest.session``). A
+        greater session registering under an id held by a smaller one takes the id over
+        (a restarted worker must be able to rejoin under its rank), and the older session's
+        pushes are refused from then on (:meth:`admit_push`), so two clients sharing one id
+        are told apart loudly instead of merged silently. A smaller session than the holder's
+        is refused (FENCED): a stale client never takes the id back.
         A new id is the lowest below ``config.num_workers`` that no worker used since this
         shard started: never known, or restored from a checkpoint and not heard from since
         (``unheard``: the ids of a previous run are free for the next run's workers), else
@@ -68,9 +70,12 @@ class Membership:
         Raises ResourceExhaustedError when ``config.max_workers`` ids are already known
         after the departed ones were reclaimed (:meth:`_reclaim`); ranks below
         ``config.num_workers`` are never refused for that (there are only so many).
+        FailedPreconditionError (FENCED) for a session older than the id's holder.
         """
         steps = self._steps
         with steps.cond:
+            if session and worker >= 0:
+                self._refuse_older(worker, session, "registration")
             if worker not in steps.gate.workers and len(steps.gate.workers) >= steps.config.max_workers:
                 self._reclaim()
             if worker < 0:
@@ -118,20 +123,37 @@ class Membership:
 
     def admit_push(self, worker: int, session: int) -> None:
         """Call with the lock held before a push: :meth:`check_current`, registered and live,
-        and the session check. A session pushing under an id nobody holds (e.g. after this
-        shard restarted) claims it; session 0 is not checked. Raises AbortedError,
-        FailedPreconditionError (NOT_REGISTERED, or FENCED: another client's session now
-        holds the id)."""
+        and the session check: only the session holding the id pushes. A session this shard
+        does not hold the id for, and which is not older than the holder (none after this
+        shard restarted, even restored), must register first (NOT_REGISTERED): the client's
+        rejoin asks the other shards whether a newer session holds the id before it
+        registers, so a stale client never claims an id on a restarted shard. Session 0 is
+        not checked. Raises AbortedError, FailedPreconditionError (NOT_REGISTERED, or FENCED:
+        a newer client's session holds the id)."""
         self.check_current(worker)
         self._steps.gate.check_live(worker)
-        if session and worker >= 0 and self.sessions.setdefault(worker, session) != session:
-            self._steps.counters["fenced_pushes"] += 1
-            raise FailedPreconditionError(
-                f"worker id {worker} now belongs to another client that registered under it after this one: "
-                "this client is fenced and its push was not applied. Give every worker its own rank "
-                "(ps-worker --rank N, distinct) or use --rank auto", reason=Reason.FENCED)
+        if session and worker >= 0:
+            self._refuse_older(worker, session, "push")
+            if self.sessions.get(worker) != session:
+                raise FailedPreconditionError(
+                    f"worker {worker} (session {session:x}) has not registered with this shard since it started: "
+                    "register again", reason=Reason.NOT_REGISTERED)
         self.last_contact[worker] = self._steps.clock()  # after the checks: unknown ids leave no trace
         self.unheard.discard(worker)
+
+    def _refuse_older(self, worker: int, session: int, what: str) -> None:
+        """Call with the lock held. Raises FailedPreconditionError (FENCED) when a newer session
+        than ``session`` holds ``worker``'s id; counts refused pushes in ``fenced_pushes``."""
+        held = self.sessions.get(worker)
+        if held is None or session >= held:
+            return
+        if what == "push":
+            self._steps.counters["fenced_pushes"] += 1
+        raise FailedPreconditionError(
+            f"worker id {worker} now belongs to another client that registered under it after this one: "
+            f"this client is fenced and its {what} was refused; none of its pushes is applied any more. "
+            "Give every worker its own rank "
+            "(ps-worker --rank N, distinct) or use --rank auto", reason=Reason.FENCED)
 
     def admit_pull(self, worker: int) -> None:
         """Call with the lock held before a pull: :meth:`check_current`; renews a known worker's lease."""
@@ -180,11 +202,14 @@ class Membership:
         if ready:
             steps.apply_step(ready)
 
-    def heartbeat(self, worker: int) -> int:
+    def heartbeat(self, worker: int, session: int = 0) -> int:
         """Renew ``worker``'s lease; returns the epoch. Raises FailedPreconditionError
-        (NOT_REGISTERED) when the worker is not registered or left (register again to rejoin)."""
+        (NOT_REGISTERED) when the worker is not registered or left (register again to rejoin),
+        or (FENCED) when a newer session than ``session`` holds the id (0: unchecked)."""
         steps = self._steps
         with steps.cond:
+            if session:
+                self._refuse_older(worker, session, "heartbeat")
             steps.gate.check_live(worker)
             self.last_contact[worker] = steps.clock()
             self.unheard.discard(worker)

@@ -164,7 +164,7 @@ class Sequencer:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 self.counters["wait_timeouts"] += 1
-                raise DeadlineExceededError(f"timed out: {result.describe()}")
+                raise DeadlineExceededError(f"timed out: {result.describe()}", reason=Reason.WAIT_EXPIRED)
             self.cond.wait(remaining)
 
     def _skip(self, worker: int, seq: int, step: int, decision) -> PushResult:

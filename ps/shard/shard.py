@@ -134,8 +134,8 @@ class Shard:
     def leave(self, worker: int, session: int = 0) -> None:
         self.membership.leave(worker, session)
 
-    def heartbeat(self, worker: int) -> int:
-        return self.membership.heartbeat(worker)
+    def heartbeat(self, worker: int, session: int = 0) -> int:
+        return self.membership.heartbeat(worker, session)
 
     def expire_leases(self) -> list[int]:
         return self.membership.expire_leases()

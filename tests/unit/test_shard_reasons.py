@@ -84,3 +84,21 @@ def test_the_parts_are_objects_with_their_own_state():
     shard.register(5)
     assert 5 in shard.membership.last_contact and 5 in shard.gate.workers
     assert shard.gate is shard.steps.gate and shard.counters is shard.steps.counters
+
+
+def test_sessions_are_ordered_a_stale_one_never_takes_the_id_back():
+    """A smaller (older) session is refused at Register, push and heartbeat; a session the
+    shard does not hold the id for (restored without sessions) must register first."""
+    shard = make_shard()
+    shard.register(0, session=20)
+    assert reason(lambda: shard.register(0, session=19)) is Reason.FENCED     # older: refused, not a takeover
+    assert reason(lambda: shard.membership.heartbeat(0, session=19)) is Reason.FENCED
+    assert shard.membership.heartbeat(0, session=20) == shard.steps.epoch
+    assert shard.membership.heartbeat(0, session=21) == shard.steps.epoch      # not held, not newer there: no objection
+    shard.membership.sessions.clear()                                           # as after a restore from a checkpoint
+    assert reason(lambda: push(shard, 0, 1, session=19)) is Reason.NOT_REGISTERED   # register first: never a claim
+    assert 0 not in shard.membership.sessions
+    shard.register(0, session=21)
+    assert push(shard, 0, 1, session=21).outcome == "applied"
+    assert reason(lambda: push(shard, 0, 2, session=20)) is Reason.FENCED
+    assert shard.counters["takeovers"] == 0 and shard.counters["fenced_pushes"] == 1

@@ -57,8 +57,10 @@ class Client:
         servers: ``"host:port"`` addresses, or one comma-separated string.
         worker_id: ask for this id (e.g. the worker's rank); None: the cluster assigns one.
         timeout_s: deadline of each call that does not wait on other workers.
-        wait_timeout_s: deadline of pulls and pushes, which may wait on other workers
-            in sync and ssp modes (the servers bound their own waits too).
+        wait_timeout_s: deadline of each pull or push (seconds), which may wait on other
+            workers in sync and ssp modes: overall, its retries on every shard included.
+            The servers bound their own waits too (``--sync-timeout``); a wait that ran out
+            raises DeadlineExceededError (reason WAIT_EXPIRED) naming the workers waited for.
         connect_timeout_s: how long :meth:`connect` waits for every server to answer.
         part_bytes: transfers to one shard larger than this go as several concurrent calls.
         observer: read-only client that does not join the quorum (evaluation, tools).

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import grpc
 
 from ps._proto import ps_pb2
-from ps.errors import FailedPreconditionError, PSError, TransientError
+from ps.errors import FailedPreconditionError, PSError, Reason, TransientError
 from ps.tables.spec import TableSpec
 from worker.client.shard_status import MODES
 from worker.client.transport import REJOIN_REASONS, rpc_errors
@@ -21,6 +22,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("worker.client")  # the client's logger: these lines are the client's
 
+#: seconds a rejoin waits for the other shards to confirm no newer Client holds the id
+FENCE_CHECK_S = 5.0
+
+
+def new_session() -> int:
+    """A Client's session: its incarnation, microseconds since the epoch shifted left by 12,
+    with 12 random bits below (two Clients started within one microsecond still differ).
+    Sessions only grow: a Client started later (on hosts whose clocks agree to better than
+    its start-up time) has the greater one, and keeps a worker id from an older Client on
+    every shard, restarted or not. Fits in 63 bits until the year 2262. Reads the clock."""
+    return (time.time_ns() // 1000) << 12 | secrets.randbits(12)
+
 
 class Membership:
     """Registration with every shard, heartbeats, rejoining, settling sync rollbacks, leaving.
@@ -30,7 +43,10 @@ class Membership:
       their status and never joins a quorum. Every register carries :attr:`session`: a
       second Client registering under the same worker id fences this one.
     - **Rejoining** (:meth:`rejoin`): a shard that restarted, or let this worker's lease run
-      out, is registered with again under the same id, and the tables it lost are created
+      out, is registered with again under the same id, once every other shard confirmed
+      (a heartbeat carrying the session) that no newer Client holds the id there: a stale
+      Client is fenced instead, before anything of its step is applied on the restarted
+      shard. The tables the shard lost are created
       again (at their initial values, with a warning); the transport then resends the
       same request with the same sequence number. A changed ``server_id`` or ``epoch`` is
       logged (docs/failure-semantics.md).
@@ -52,8 +68,9 @@ class Membership:
         self._observer = observer
         self._heartbeat_s = heartbeat_s
         self._num_workers = num_workers  # the cluster size this worker expects (0: unchecked)
-        #: identifies this Client to the shards (kept across its re-registrations)
-        self.session = secrets.randbits(63) | 1
+        #: identifies this Client to the shards (kept across its re-registrations); a newer
+        #: Client's is greater (:func:`new_session`)
+        self.session = new_session()
         self.worker_id = -1
         self.mode = ""
         #: how many times a shard was joined again
@@ -164,15 +181,42 @@ class Membership:
         self._incarnations[shard] = (server_id if server_id is not None else old_id, epoch)
 
     def rejoin(self, shard: int) -> None:
-        """Register again with ``shard`` under the same id; create the tables it lost. Blocks,
-        bounded by the cluster's timeouts. Raises PSError when the shard cannot be reached."""
+        """Register again with ``shard`` under the same id; create the tables it lost.
+
+        First every other shard is asked (a heartbeat with this session) whether a newer
+        Client holds the id: if one does, this Client is fenced (raises
+        FailedPreconditionError, reason FENCED) and ``shard`` never sees it register, so
+        the newest session keeps the id across any shard's restart. A shard that does not
+        know this worker either (restarted too) or cannot be reached does not object.
+        Blocks, bounded by the cluster's timeouts. Raises PSError when ``shard`` cannot be
+        reached."""
         with self._lock:
+            self._check_not_fenced(exclude=shard)
             reply = self._cluster.call(shard, "register", self._request(shard, self.worker_id))
             self.rejoins += 1
             log.warning("worker %d registered again with shard %d (%s) at clock %d", self.worker_id, shard,
                         self._cluster.addresses[shard], reply.clock)
             self._note_incarnation(shard, reply.server_id, reply.epoch)
             self._directory.recreate(shard, {t.name for t in reply.tables})
+
+    def _check_not_fenced(self, exclude: int) -> None:
+        """Heartbeat with this session to every shard but ``exclude`` at once. Raises the first
+        FailedPreconditionError with reason FENCED; ignores every other outcome (a shard
+        that does not answer within :data:`FENCE_CHECK_S` does not object). Blocks at most
+        that long."""
+        req = ps_pb2.HeartbeatRequest(worker_id=self.worker_id, session=self.session)
+        timeout_s = min(self._cluster.timeout_s, FENCE_CHECK_S)
+        pending = [(ch, ch.heartbeat.future(req, timeout=timeout_s))
+                   for i, ch in enumerate(self._cluster.channels) if i != exclude]
+        for ch, future in pending:
+            try:
+                with rpc_errors(ch.address):
+                    future.result()
+            except PSError as exc:
+                if exc.reason is Reason.FENCED:
+                    log.error("worker %d: %s", self.worker_id, exc)
+                    raise
+                log.debug("fence check with %s: %s", ch.address, exc)
 
     def _beating(self) -> None:
         while not self._stopping.wait(self._heartbeat_s_now):
@@ -185,7 +229,7 @@ class Membership:
         """One heartbeat to every shard (concurrently); rejoins shards that forgot this worker.
         Blocks, each call bounded by the interval (at least 1 s)."""
         timeout_s = max(1.0, self._heartbeat_s_now or self._cluster.timeout_s)
-        req = ps_pb2.HeartbeatRequest(worker_id=self.worker_id)
+        req = ps_pb2.HeartbeatRequest(worker_id=self.worker_id, session=self.session)
         channels = self._cluster.channels
         futures = [ch.heartbeat.future(req, timeout=timeout_s) for ch in channels]
         for i, (ch, future) in enumerate(zip(channels, futures)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +50,9 @@ class StepEngine:
     and counts outcomes in :attr:`stats`.
 
     The constructor does no I/O; :meth:`start` takes the worker's identity and planes
-    once registered. Every verb blocks, each call bounded by ``timeout_s``. Not
-    thread-safe (a Client is one worker).
+    once registered. Every verb blocks, bounded by ``timeout_s`` in all (its retries,
+    fallbacks and rollback tries share one deadline; a shard's wait on other workers that
+    ran out ends the verb at once, naming them). Not thread-safe (a Client is one worker).
     """
 
     def __init__(self, directory: TableDirectory, planner: StepPlanner, fallback: DataPlane, *, timeout_s: float,
@@ -66,6 +68,7 @@ class StepEngine:
         self._planes: list[DataPlane] = []
         self._pipelined: tuple[bool, ...] = ()
         self._next_seq: list[int] = []
+        self._deadline: float | None = None  # time.monotonic() by which the verb running now ends
         self.worker_id = -1
         self.session = 0
         self.mode = ""
@@ -126,6 +129,19 @@ class StepEngine:
 
     def _retrying(self, attempt: Callable[[], Any], pushes: bool = False,
                   pull_again: Callable[[], Any] | None = None) -> Any:
+        """Run one verb's ``attempt`` under one deadline, ``timeout_s`` from now: the
+        attempts after a rollback, the fallback plane's and the transport's retries all
+        share what is left of it."""
+        if self._deadline is not None:  # a verb inside a verb (a pull again after a rollback): its deadline
+            return self._attempts(attempt, pushes, pull_again)
+        self._deadline = time.monotonic() + self._timeout_s
+        try:
+            return self._attempts(attempt, pushes, pull_again)
+        finally:
+            self._deadline = None
+
+    def _attempts(self, attempt: Callable[[], Any], pushes: bool,
+                  pull_again: Callable[[], Any] | None) -> Any:
         for tries in range(STEP_TRIES):
             seqs, clock = list(self._next_seq), self.clock
             try:
@@ -151,7 +167,7 @@ class StepEngine:
 
     def _step(self, pull_step: int | None = None, **data: Any) -> Step:
         return Step(self._directory.specs, self.worker_id, self.session, self.clock,
-                    self.clock if pull_step is None else pull_step, self._timeout_s, **data)
+                    self.clock if pull_step is None else pull_step, self._deadline, **data)
 
     def _dense(self, grads: Mapping[str, Any] | None, names: Iterable[str] | str | None,
                out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
@@ -242,7 +258,7 @@ class StepEngine:
         return again
 
     def _failed(self, plane: DataPlane, p: Part, seq: int, exc: PSError, again: list, errors: list) -> None:
-        if plane is self._fallback:
+        if plane is self._fallback or exc.reason is Reason.WAIT_EXPIRED:  # a wait that ran out: not again
             errors.append(exc)
         elif isinstance(exc, TransientError):
             log.info("shard %d: the %s data plane failed (%s); using %s", p.shard, plane.name, exc,

@@ -151,38 +151,53 @@ class PendingCall:
     blocking call when its result is first asked for (cheaper in gRPC Python, so a lone
     call should not be started). Not thread-safe."""
 
-    __slots__ = ("channel", "method", "request", "timeout_s", "retry", "future")
+    __slots__ = ("channel", "method", "request", "timeout_s", "retry", "future", "deadline")
 
     def __init__(self, channel: ShardChannel, method: Callable, request: Any, timeout_s: float,
-                 retry: RetryPolicy | None = None) -> None:
+                 retry: RetryPolicy | None = None, deadline: float | None = None) -> None:
         self.channel, self.method, self.request = channel, method, request
         self.timeout_s, self.retry = timeout_s, retry
+        #: ``time.monotonic()`` past which no attempt is made and none waits (None: only ``timeout_s``)
+        self.deadline = deadline
         self.future = None
+
+    def _attempt_timeout(self) -> float:
+        """Seconds the next attempt may take: ``timeout_s``, cut to what is left of ``deadline``."""
+        if self.deadline is None:
+            return self.timeout_s
+        return max(0.0, min(self.timeout_s, self.deadline - time.monotonic()))
 
     def start(self) -> PendingCall:
         """Send the request now (does not block). Idempotent."""
         if self.future is None:
-            self.future = self.method.future(self.request, timeout=self.timeout_s)
+            self.future = self.method.future(self.request, timeout=self._attempt_timeout())
         return self
 
     def result(self) -> Any:
         """The reply. Transient failures are retried per ``retry`` (capped exponential
         backoff, the same request: the same sequence number); a shard that forgot this
         worker (restarted, or its lease ran out) is registered with again under the same id
-        through ``channel.rejoin``, then sent the same request. Blocks. Raises PSError."""
+        through ``channel.rejoin``, then sent the same request.
+
+        With a ``deadline``, every attempt and every backoff fits before it: the whole call
+        (retries included) ends by then. A shard's own wait on other workers that ran out
+        (:attr:`~ps.errors.Reason.WAIT_EXPIRED`, naming them) is raised at once, not
+        retried. Blocks. Raises PSError."""
         retry = self.retry
         backoffs = retry.backoffs() if retry else iter(())
         give_up = time.monotonic() + retry.max_elapsed_s if retry and retry.max_elapsed_s else float("inf")
+        if self.deadline is not None:
+            give_up = min(give_up, self.deadline)
         rejoins = 0
         while True:
             future, self.future = self.future, None
             try:
                 with rpc_errors(self.channel.address):
-                    return future.result() if future is not None else self.method(self.request,
-                                                                                   timeout=self.timeout_s)
+                    return future.result() if future is not None else self.method(
+                        self.request, timeout=self._attempt_timeout())
             except TransientError as exc:
                 delay = next(backoffs, None)
-                if delay is None or time.monotonic() + delay > give_up:
+                if exc.reason is Reason.WAIT_EXPIRED or delay is None or time.monotonic() + delay >= give_up:
                     raise
                 log.debug("retrying after %s (in %.2f s)", exc, delay)
                 time.sleep(delay)

@@ -50,7 +50,7 @@ class GrpcPlane(DataPlane):
                 request = encode_framed(push.SerializeToString(), step.payload(part))
         if self._deferred is not None:
             self._deferred.start()
-        self._deferred = PendingCall(ch, method, request, step.timeout_s, self._cluster.retry)
+        self._deferred = PendingCall(ch, method, request, step.timeout_s, self._cluster.retry, step.deadline)
         return self._deferred
 
     def finish(self, sent: PendingCall, part: Part, step: Step) -> tuple[int, int] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -20,27 +21,33 @@ class Step:
     ``grads`` are flat little-endian gradients by table (a push), ``dest`` flat writable
     arrays by table that pulled blocks are written into, ``rows`` the ``(ids, dim)`` array
     that pulled rows land in. ``clock`` is the step a push counts for, ``pull_step`` the
-    version a pull waits for; ``timeout_s`` bounds every call of the step. Built by the
-    step engine for one call of a verb; no I/O; not thread-safe.
+    version a pull waits for; ``deadline`` (``time.monotonic()``) is when the whole verb
+    must have ended, retries included: :attr:`timeout_s` is what is left of it when a call
+    is made. Built by the step engine for one call of a verb; no I/O; not thread-safe.
     """
 
-    __slots__ = ("specs", "worker_id", "session", "clock", "pull_step", "timeout_s", "grads", "dest", "rows",
+    __slots__ = ("specs", "worker_id", "session", "clock", "pull_step", "deadline", "grads", "dest", "rows",
                  "memo")
 
     def __init__(self, specs: Mapping[str, TableSpec], worker_id: int, session: int, clock: int, pull_step: int,
-                 timeout_s: float, grads: Mapping[str, np.ndarray] | None = None,
+                 deadline: float, grads: Mapping[str, np.ndarray] | None = None,
                  dest: Mapping[str, np.ndarray] | None = None, rows: np.ndarray | None = None) -> None:
         self.specs = specs
         self.worker_id = worker_id
         self.session = session
         self.clock = clock
         self.pull_step = pull_step
-        self.timeout_s = timeout_s
+        self.deadline = deadline
         self.grads = grads or {}
         self.dest = dest or {}
         self.rows = rows
         #: a plane's answers that hold for the whole step (None until one keeps some)
         self.memo: dict | None = None
+
+    @property
+    def timeout_s(self) -> float:
+        """Seconds left until :attr:`deadline` (never below 0): the bound of a call made now."""
+        return max(0.0, self.deadline - time.monotonic())
 
     def headers(self, part: Part, seq: int, known: Callable[[ps_pb2.PullHeader], None] | None = None,
                 ) -> tuple[ps_pb2.PushHeader | None, ps_pb2.PullHeader | None]:
