@@ -201,7 +201,14 @@ def test_too_many_concurrent_calls_fail_fast_and_the_server_recovers():
             held = [channel.pull.future(ps_pb2.PullRequest(header=ps_pb2.PullHeader(worker_id=0, step=1,
                                                                                    tables=["w"])), timeout=3)
                     for _ in range(8)]
-            time.sleep(0.3)                                 # let the eight calls arrive
+            deadline = time.monotonic() + 10.0              # until all eight arrived, Status is answered
+            while True:
+                try:
+                    channel.status(ps_pb2.StatusRequest(), timeout=5)
+                except grpc.RpcError as exc:
+                    assert exc.code() == CODE.RESOURCE_EXHAUSTED
+                    break
+                assert time.monotonic() < deadline, "the eight held pulls never all arrived"
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as info:
                 channel.status(ps_pb2.StatusRequest(), timeout=5)
