@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,12 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from worker.data.dataset import Dataset, batches
+from worker.data.dataset import Dataset
 from worker.torch.optimizer import ParameterServerOptimizer
 from worker.training.evaluation import EVAL_CHUNK_ROWS
-from worker.training.progress import StepRate, staleness_of
+from worker.training.progress import run_epochs
 from worker.training.model_tables import optimizer_kwargs
-from worker.training.records import EvalRecord, StepRecord, TrainingStopped, TrainResult
+from worker.training.records import EvalRecord, StepRecord, TrainResult
 from worker.training.train_config import TORCH_PREFIX, TrainConfig
 from worker.xp import DeviceUnavailableError
 
@@ -159,49 +158,23 @@ def train_torch(client: Any, model: TorchModel, train_ds: Dataset, test_ds: Data
 
 
 def _loop(client, model: TorchModel, opt, train_ds, test_ds, config, on_step, on_eval, should_stop) -> TrainResult:
-    per_epoch = -(-len(train_ds) // config.batch_size)
-    total_steps = per_epoch * config.epochs
-    start = time.monotonic()
-    rate = StepRate(start)
-    history: list[EvalRecord] = []
-    step = samples = 0
-    staleness: int | None = None
-    epoch_loss = math.nan
     model.module.train()
-    for epoch in range(config.epochs):
-        loss_sum, rows = 0.0, 0
-        for x, y in batches(train_ds, config.batch_size, epoch=epoch, seed=config.seed):
-            if should_stop():
-                raise TrainingStopped(step)
-            opt.zero_grad()
-            out = _forward_rows(model, x)
-            loss = model.loss_fn(out, _targets(model, y, out))
-            loss.backward()
-            opt.step()
-            value = float(loss.detach())
-            step += 1
-            samples += len(x)
-            loss_sum += value * len(x)
-            rows += len(x)
-            if config.staleness_every and step % config.staleness_every == 1 % config.staleness_every:
-                staleness = staleness_of(client)
-            if on_step is not None:
-                on_step(StepRecord(time=time.time(), worker=config.rank, epoch=epoch + 1, step=step, loss=value,
-                                   samples_per_s=rate.add(time.monotonic(), len(x)), staleness=staleness,
-                                   total_steps=total_steps))
-        epoch_loss = loss_sum / rows if rows else math.nan
-        if config.eval_each_epoch or epoch == config.epochs - 1:
-            opt.pull()                       # the newest values (other workers may have pushed)
-            metric, value = evaluate_torch(model, test_ds)
-            record = EvalRecord(config.rank, epoch + 1, step, metric, value, time.time())
-            history.append(record)
-            log.info("worker %d epoch %d: train loss %.4f, test %s %.4f", config.rank, epoch + 1, epoch_loss,
-                     metric, value)
-            if on_eval is not None:
-                on_eval(record)
-    params = {name: p.detach().cpu().numpy() for name, p in model.module.named_parameters()}
-    return TrainResult.of(config.rank, config.epochs, step, samples, time.monotonic() - start, epoch_loss, history,
-                          params)
+
+    def train_step(x, y) -> float:
+        opt.zero_grad()
+        out = _forward_rows(model, x)
+        loss = model.loss_fn(out, _targets(model, y, out))
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    def evaluate_now() -> tuple[str, float]:
+        opt.pull()                       # the newest values (other workers may have pushed)
+        return evaluate_torch(model, test_ds)
+
+    return run_epochs(client, train_ds, config, train_step, evaluate_now,
+                      lambda: {name: p.detach().cpu().numpy() for name, p in model.module.named_parameters()},
+                      on_step, on_eval, should_stop)
 
 
 def load_values(model: TorchModel, arrays: Mapping[str, np.ndarray]) -> None:

@@ -19,18 +19,16 @@ Only NumPy is required; nothing here reads files, argv or the environment.
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from worker.data.dataset import DataError, Dataset, batches, check_compatible
+from worker.data.dataset import DataError, Dataset, check_compatible
 from worker.models import Model, make_model
 from worker.models.sparse_models import SPARSE_MODELS, make_sparse_model
 from worker.training.evaluation import evaluate
-from worker.training.progress import StepRate, staleness_of
+from worker.training.progress import StepRate, run_epochs, staleness_of
 from worker.training.model_tables import create_tables, initial_params, optimizer_kwargs, table_specs
 from worker.training.records import EvalRecord, StepRecord, TrainingStopped, TrainResult
 from worker.training.sparse_loop import train_sparse
@@ -71,10 +69,6 @@ def build_model(config: TrainConfig, ds: Dataset) -> Model:
     model = make_model(config.model, features, config.num_classes or outputs, **config.model_options())
     check_compatible(ds, features, (config.num_classes or outputs) if model.task == "classification" else 0)
     return model
-
-
-def _steps_per_epoch(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)
 
 
 # -- the worker loop ------------------------------------------------------------------
@@ -127,45 +121,22 @@ def train(
 
 
 def _loop(client, model, train_ds, test_ds, config, xp, names, on_step, on_eval, should_stop) -> TrainResult:
-    per_epoch = _steps_per_epoch(len(train_ds), config.batch_size)
-    total_steps = per_epoch * config.epochs
-    start = time.monotonic()
-    rate = StepRate(start)
-    history: list[EvalRecord] = []
-    step = samples = 0
-    staleness: int | None = None
-    epoch_loss = math.nan
     params: dict[str, Any] = {}
-    for epoch in range(config.epochs):
-        loss_sum, rows = 0.0, 0
-        for x, y in batches(train_ds, config.batch_size, epoch=epoch, seed=config.seed):
-            if should_stop():
-                raise TrainingStopped(step)
-            params = {k: to_device(v, xp) for k, v in client.pull(names).items()}
-            loss, grads = model.loss_and_grads(params, to_device(x, xp), to_device(y, xp))
-            client.push({k: _host(grads[k], config.dtype) for k in names})
-            step += 1
-            samples += len(x)
-            loss_sum += loss * len(x)
-            rows += len(x)
-            if config.staleness_every and step % config.staleness_every == 1 % config.staleness_every:
-                staleness = staleness_of(client)
-            if on_step is not None:
-                on_step(StepRecord(time=time.time(), worker=config.rank, epoch=epoch + 1, step=step, loss=float(loss),
-                                   samples_per_s=rate.add(time.monotonic(), len(x)), staleness=staleness,
-                                   total_steps=total_steps))
-        epoch_loss = loss_sum / rows if rows else math.nan
-        if config.eval_each_epoch or epoch == config.epochs - 1:
-            params = {k: to_device(v, xp) for k, v in client.pull(names).items()}
-            metric, value = evaluate(model, params, test_ds, xp)
-            record = EvalRecord(config.rank, epoch + 1, step, metric, value, time.time())
-            history.append(record)
-            log.info("worker %d epoch %d: train loss %.4f, test %s %.4f", config.rank, epoch + 1, epoch_loss,
-                     metric, value)
-            if on_eval is not None:
-                on_eval(record)
-    return TrainResult.of(config.rank, config.epochs, step, samples, time.monotonic() - start, epoch_loss, history,
-                          {k: to_host(v) for k, v in params.items()})
+
+    def train_step(x, y) -> Any:
+        nonlocal params
+        params = {k: to_device(v, xp) for k, v in client.pull(names).items()}
+        loss, grads = model.loss_and_grads(params, to_device(x, xp), to_device(y, xp))
+        client.push({k: _host(grads[k], config.dtype) for k in names})
+        return loss
+
+    def evaluate_now() -> tuple[str, float]:
+        nonlocal params
+        params = {k: to_device(v, xp) for k, v in client.pull(names).items()}
+        return evaluate(model, params, test_ds, xp)
+
+    return run_epochs(client, train_ds, config, train_step, evaluate_now,
+                      lambda: {k: to_host(v) for k, v in params.items()}, on_step, on_eval, should_stop)
 
 
 def _host(grad: Any, dtype: str) -> np.ndarray:
