@@ -54,7 +54,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ps.protocol.sockets import recv_frame, recv_into_exact, send_all
+from ps.protocol.sockets import FrameReader, send_all, set_io_timeout
 from ps.protocol.wire import (
     LOCAL_MAX_MESSAGE,
     LOCAL_REQUEST_SIZE,
@@ -77,15 +77,21 @@ IO_TIMEOUT_S = 60.0
 #: authenticated connections one shard serves at once (each is a thread); more are refused
 MAX_CONNECTIONS = 1024
 _METHODS = {STREAM_PUSH: "Push", STREAM_PULL: "Pull", STREAM_PUSH_PULL: "PushPull"}
+#: receive and send buffers up to this many bytes stay with their connection for the next
+#: request; larger ones live for one request. Kept whole-part buffers on every connection
+#: (a worker opens one per part in flight) cost a shard a table's size of memory or more.
+KEEP_BUFFER_BYTES = 1 << 20
 
 
 class _Connection(Payload):
-    """One worker connection and its reusable receive and send buffers: a push's payload is
-    read in place from the receive buffer, pulled blocks are copied into the send buffer."""
+    """One worker connection, its frame reader and its receive and send buffers: a push's
+    payload is read in place from the receive buffer, pulled blocks are copied into the
+    send buffer. Buffers above ``KEEP_BUFFER_BYTES`` are dropped after their request."""
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self.sock = sock
+        self.reader = FrameReader(sock)
         self.hello = False
         self._recv = np.empty(0, np.uint8)
         self._send = np.empty(0, np.uint8)
@@ -97,8 +103,18 @@ class _Connection(Payload):
         if nbytes > self._recv.size:
             self._recv = np.empty(nbytes, np.uint8)
         view = memoryview(self._recv)[:nbytes]
-        recv_into_exact(self.sock, view)
+        if nbytes:
+            self.reader.read_into(view)
         self.payload = view.toreadonly()
+
+    def done(self) -> None:
+        """The request's reply is sent: let go of large buffers."""
+        self.payload = memoryview(b"")
+        if self._recv.size > KEEP_BUFFER_BYTES:
+            self._recv = np.empty(0, np.uint8)
+        if self._send.size > KEEP_BUFFER_BYTES:
+            self._send = np.empty(0, np.uint8)
+            self._wanted = min(self._wanted, KEEP_BUFFER_BYTES)
 
     def slots(self, shard, tables, known) -> Callable | None:
         """Without ``known``: consecutive slots of the send buffer (fresh arrays past its end;
@@ -170,15 +186,15 @@ class StreamPlane(SocketServer):
         return _Connection(sock)
 
     def serve(self, conn: _Connection) -> None:
-        sock = conn.sock
+        sock, reader = conn.sock, conn.reader
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.settimeout(self.hello_timeout_s)  # until the hello: then the kernel's bounds (_hello)
+        bounded = False  # whether the socket's reads are bounded now (not while idle between steps)
         while not self.stopped:
-            sock.settimeout(None if conn.hello else self.hello_timeout_s)  # idle between steps: no bound
-            head = recv_frame(sock, LOCAL_REQUEST_SIZE)
+            head = reader.read(LOCAL_REQUEST_SIZE)
             if head is None:
                 return
-            sock.settimeout(IO_TIMEOUT_S if conn.hello else self.hello_timeout_s)
             kind, _, length, timeout_s, _, payload_bytes, _, _ = unpack_local_request(head)
             if length > min(LOCAL_MAX_MESSAGE, self._max_message):
                 return  # not our protocol: drop the connection
@@ -193,14 +209,21 @@ class StreamPlane(SocketServer):
                     f"request of {length + payload_bytes} bytes exceeds the server's limit of "
                     f"{self._max_message}"), "request"))])
                 return
-            body = recv_frame(sock, length) if length else b""
+            if conn.hello and reader.buffered < length + payload_bytes:  # the rest must come in time
+                set_io_timeout(sock, IO_TIMEOUT_S, send=False)
+                bounded = True
+            body = reader.read(length) if length else b""
             if body is None:
                 return
+            body = bytes(body)
             if kind == STREAM_HELLO:
                 if not self._hello(conn, body):
                     return
                 continue
             conn.receive(payload_bytes)
+            if bounded:  # idle until the next request: no bound
+                set_io_timeout(sock, None, send=False)
+                bounded = False
             reply = self.handler.data(_METHODS[kind], body, conn, timeout_s)
             if isinstance(reply, Failure):
                 if reply.lost:
@@ -211,6 +234,8 @@ class StreamPlane(SocketServer):
             else:
                 message = reply.header.SerializeToString()
                 send_all(sock, [pack_local_reply(kind, message, 0, reply.outcome, reply.version), *reply.blocks])
+            del reply
+            conn.done()
 
     def _hello(self, conn: _Connection, body: bytes) -> bool:
         """Check the token and the server id; reply. False: the connection must close."""
@@ -225,4 +250,6 @@ class StreamPlane(SocketServer):
         ok = pack_local_reply(STREAM_HELLO, server_id)
         send_all(conn.sock, [failure_frame(STREAM_HELLO, failure) if failure else ok])
         conn.hello = failure is None
+        if conn.hello:  # idle reads unbounded, sends bounded: in the kernel, not per call
+            set_io_timeout(conn.sock, IO_TIMEOUT_S, recv=False)
         return conn.hello
