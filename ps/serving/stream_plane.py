@@ -77,16 +77,13 @@ IO_TIMEOUT_S = 60.0
 #: authenticated connections one shard serves at once (each is a thread); more are refused
 MAX_CONNECTIONS = 1024
 _METHODS = {STREAM_PUSH: "Push", STREAM_PULL: "Pull", STREAM_PUSH_PULL: "PushPull"}
-#: receive and send buffers up to this many bytes stay with their connection for the next
-#: request; larger ones live for one request. Kept whole-part buffers on every connection
-#: (a worker opens one per part in flight) cost a shard a table's size of memory or more.
-KEEP_BUFFER_BYTES = 1 << 20
 
 
 class _Connection(Payload):
-    """One worker connection, its frame reader and its receive and send buffers: a push's
-    payload is read in place from the receive buffer, pulled blocks are copied into the
-    send buffer. Buffers above ``KEEP_BUFFER_BYTES`` are dropped after their request."""
+    """One worker connection, its frame reader and its reusable receive and send buffers: a
+    push's payload is read in place from the receive buffer, pulled blocks are copied into
+    the send buffer. (A worker keeps a connection per part in flight: in async mode two per
+    shard, so a shard holds two parts' buffers per worker, not a whole step's.)"""
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
@@ -108,13 +105,8 @@ class _Connection(Payload):
         self.payload = view.toreadonly()
 
     def done(self) -> None:
-        """The request's reply is sent: let go of large buffers."""
+        """The request's reply is sent: the payload view is no longer needed."""
         self.payload = memoryview(b"")
-        if self._recv.size > KEEP_BUFFER_BYTES:
-            self._recv = np.empty(0, np.uint8)
-        if self._send.size > KEEP_BUFFER_BYTES:
-            self._send = np.empty(0, np.uint8)
-            self._wanted = min(self._wanted, KEEP_BUFFER_BYTES)
 
     def slots(self, shard, tables, known) -> Callable | None:
         """Without ``known``: consecutive slots of the send buffer (fresh arrays past its end;

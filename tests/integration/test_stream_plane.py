@@ -22,7 +22,7 @@ from ps.protocol.wire import LOCAL_REPLY_SIZE, pack_local_request, unpack_local_
 from tests.conftest import count_block_copies, run_threads, running_shards
 from tests.integration.test_fault_security import CA
 from worker import Client
-from worker.planes.stream_plane import StreamChannel
+from worker.planes.stream_plane import MAX_IN_FLIGHT, StreamChannel
 
 OK, INVALID, NOT_FOUND, EXHAUSTED, UNAUTHENTICATED = 0, 3, 5, 8, 16
 
@@ -132,6 +132,31 @@ def test_sync_mode_matches_single_process_sgd():
         expected -= lr * grads[:, k].astype(np.float64).mean(axis=0)
     for w in finals:
         np.testing.assert_allclose(w, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_async_steps_keep_a_few_parts_in_flight_and_sync_steps_all_of_them(monkeypatch):
+    """Async: the step's many parts go over MAX_IN_FLIGHT connections (the shard holds the
+    buffers of a few parts, not of the whole step). Sync: every part has its own connection,
+    since a part's pull waits for the step's other parts (a window there would deadlock)."""
+    shape, parts = (64, 32), 4 * MAX_IN_FLIGHT
+    connects = []
+    real_connect = StreamChannel.connect
+    monkeypatch.setattr(StreamChannel, "connect", lambda self: connects.append(self) or real_connect(self))
+    for mode in ("async", "sync"):
+        connects.clear()
+        with cluster(1, mode=mode, num_workers=1) as servers, \
+                Client([servers[0].address], local=False, part_bytes=shape[0] * shape[1] * 4 // parts,
+                       timeout_s=10, wait_timeout_s=10) as ps:
+            ps.create("w", shape=shape, lr=1.0, block_elems=shape[1])
+            out = {"w": np.empty(shape, np.float32)}
+            for k in range(3):
+                ps.push_pull({"w": np.full(shape, 1.0, np.float32)}, out=out)
+                np.testing.assert_array_equal(out["w"], np.full(shape, -(k + 1.0), np.float32))
+            assert on_stream(ps) == [True]
+            if mode == "async":
+                assert len(connects) == MAX_IN_FLIGHT  # hello's connection 0 included
+            else:
+                assert len(connects) >= parts
 
 
 def test_a_push_whose_reply_is_lost_is_retried_over_grpc_and_applied_once():

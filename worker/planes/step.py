@@ -23,15 +23,19 @@ class Step:
     that pulled rows land in. ``clock`` is the step a push counts for, ``pull_step`` the
     version a pull waits for; ``deadline`` (``time.monotonic()``) is when the whole verb
     must have ended, retries included: :attr:`timeout_s` is what is left of it when a call
-    is made. Built by the step engine for one call of a verb; no I/O; not thread-safe.
+    is made. ``independent``: each part's reply can come before the later parts were sent
+    (async mode: no pull waits for a push of the same step), so a plane may bound the
+    parts it keeps in flight; in sync and ssp mode a part's pull may wait for the step's
+    other parts. Built by the step engine for one call of a verb; no I/O; not thread-safe.
     """
 
     __slots__ = ("specs", "worker_id", "session", "clock", "pull_step", "deadline", "grads", "dest", "rows",
-                 "memo")
+                 "memo", "independent")
 
     def __init__(self, specs: Mapping[str, TableSpec], worker_id: int, session: int, clock: int, pull_step: int,
                  deadline: float, grads: Mapping[str, np.ndarray] | None = None,
-                 dest: Mapping[str, np.ndarray] | None = None, rows: np.ndarray | None = None) -> None:
+                 dest: Mapping[str, np.ndarray] | None = None, rows: np.ndarray | None = None,
+                 independent: bool = False) -> None:
         self.specs = specs
         self.worker_id = worker_id
         self.session = session
@@ -41,6 +45,7 @@ class Step:
         self.grads = grads or {}
         self.dest = dest or {}
         self.rows = rows
+        self.independent = independent
         #: a plane's answers that hold for the whole step (None until one keeps some)
         self.memo: dict | None = None
 

@@ -6,20 +6,24 @@ and, when the cluster has one, the shared token). A part's frame and header go o
 its gradient blocks with ``sendmsg`` straight from the caller's arrays; pulled blocks come
 back with ``recv_into`` straight into the destination arrays: one kernel copy per side.
 Parts are gRPC's (``Client.part_bytes``), each on its own connection, so the calls of a
-step run in parallel and a sync pull never waits behind another part. With a pull
-cache, pulls name the blocks held, as over gRPC. A connection whose call failed half-way
-is closed and never reused. Not thread-safe (one Client).
+step run in parallel and a sync pull never waits behind another part. In async mode
+(:attr:`Step.independent`) at most :data:`MAX_IN_FLIGHT` parts wait for their replies: sending
+the next one first reads the oldest reply, so a shard holds the buffers of a few parts,
+not of the whole step (a 256 MiB step in 16 MiB parts held 16 receive and 16 send buffers
+at once). With a pull cache, pulls name the blocks held, as over gRPC. A connection whose
+call failed half-way is closed and never reused. Not thread-safe (one Client).
 """
 
 from __future__ import annotations
 
+import collections
 import socket
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
 from ps._proto import ps_pb2
-from ps.errors import InvalidArgumentError
+from ps.errors import InvalidArgumentError, PSError
 from ps.protocol.wire import LOCAL_PULL, LOCAL_PUSH, LOCAL_PUSH_PULL, with_token
 from worker.planes.channel_slots import SlotChannel, SlotPlane
 from worker.planes.frame_connection import FrameConnection
@@ -31,6 +35,20 @@ if TYPE_CHECKING:
 
 #: seconds to connect and say hello to a shard's stream plane before using gRPC instead
 CONNECT_TIMEOUT_S = 3.0
+#: parts of an async step whose replies are awaited at once (the next send reads the oldest)
+MAX_IN_FLIGHT = 3
+
+
+class _Sent:
+    """A part sent on ``conn``; once read, its reply's ``(outcome, version)`` or error."""
+
+    __slots__ = ("conn", "part", "step", "done", "result", "error")
+
+    def __init__(self, conn: FrameConnection, part: Part, step: Step) -> None:
+        self.conn, self.part, self.step = conn, part, step
+        self.done = False
+        self.result: tuple[int, int] | None = None
+        self.error: PSError | None = None
 
 
 def split_host_port(address: str) -> tuple[str, int] | None:
@@ -74,6 +92,7 @@ class StreamPlane(SlotPlane):
         self._token = token
         self._timeouts = (min(connect_timeout_s, CONNECT_TIMEOUT_S), timeout_s)
         self._cache = cache
+        self._in_flight: collections.deque[_Sent] = collections.deque()  # async parts not read yet, oldest first
 
     def channel(self, address: str, status: ps_pb2.StatusReply) -> StreamChannel | None:
         target = split_host_port(address)
@@ -82,20 +101,48 @@ class StreamPlane(SlotPlane):
         # a short connect bound: a port that a firewall drops costs little
         return StreamChannel(target[0], status.stream_port, status.server_id, self._token, *self._timeouts)
 
-    def send(self, part: Part, seq: int, step: Step) -> FrameConnection:
-        conn = self._channels[part.shard].connection(part.part)  # one per part: a queued one could wait
+    def send(self, part: Part, seq: int, step: Step) -> _Sent:
+        in_flight = self._in_flight
+        while in_flight and (in_flight[0].step is not step or not step.independent):
+            in_flight.popleft().conn.close()  # left by a call that was interrupted: out of step
+        while len(in_flight) >= MAX_IN_FLIGHT:
+            self._read(in_flight.popleft())
+        # a connection per part in flight: in async mode MAX_IN_FLIGHT (a slot's last part is read
+        # before it is used again), else one per part (a part queued behind a waiting pull would wait)
+        slot = part.part % MAX_IN_FLIGHT if step.independent else part.part
+        conn = self._channels[part.shard].connection(slot)
         known = None if self._cache is None else (lambda h: self._cache.name_known(part.shard, h, part.pull_blocks))
         push, pull = step.headers(part, seq, known)
         if push is None:
             conn.send(LOCAL_PULL, pull.SerializeToString(), step.timeout_s)
-            return conn
-        payload = step.payload(part)
-        conn.send(LOCAL_PUSH_PULL if pull is not None else LOCAL_PUSH, push.SerializeToString(), step.timeout_s,
-                  payload=payload, payload_bytes=sum(a.nbytes for a in payload))
-        return conn
+        else:
+            payload = step.payload(part)
+            conn.send(LOCAL_PUSH_PULL if pull is not None else LOCAL_PUSH, push.SerializeToString(), step.timeout_s,
+                      payload=payload, payload_bytes=sum(a.nbytes for a in payload))
+        sent = _Sent(conn, part, step)
+        if step.independent:
+            in_flight.append(sent)
+        return sent
 
-    def finish(self, sent: FrameConnection, part: Part, step: Step) -> tuple[int, int] | None:
-        message, outcome, version = sent.receive()
+    def finish(self, sent: _Sent, part: Part, step: Step) -> tuple[int, int] | None:
+        while not sent.done and self._in_flight:  # the older ones first: replies come in order per plane
+            self._read(self._in_flight.popleft())
+        if not sent.done:
+            self._read(sent)
+        if sent.error is not None:
+            raise sent.error
+        return sent.result
+
+    def _read(self, sent: _Sent) -> None:
+        """Read ``sent``'s reply into its step; keep its result or error."""
+        sent.done = True
+        try:
+            sent.result = self._receive(sent.conn, sent.part, sent.step)
+        except PSError as exc:
+            sent.error = exc
+
+    def _receive(self, conn: FrameConnection, part: Part, step: Step) -> tuple[int, int] | None:
+        message, outcome, version = conn.receive()
         if part.pull is not None:
             try:
                 header = ps_pb2.PullReplyHeader.FromString(message)
@@ -106,12 +153,20 @@ class StreamPlane(SlotPlane):
                         raise InvalidArgumentError(f"server sent {ref.table}[{ref.block}] twice")
                     got.add((ref.table, ref.block))
                     values = step.dest[ref.table][start:stop]
-                    sent.read_into(memoryview(values).cast("B"))
+                    conn.read_into(memoryview(values).cast("B"))
                     if self._cache is not None:
                         self._cache.remember(ref.table, ref.block, ref.version, values)
             except (InvalidArgumentError, DecodeError) as exc:  # the byte stream is out of step
-                sent.close()
-                raise InvalidArgumentError(f"malformed reply from the stream plane {sent.address}: {exc}") from exc
+                conn.close()
+                raise InvalidArgumentError(f"malformed reply from the stream plane {conn.address}: {exc}") from exc
             if self._cache is not None:
                 self._cache.fill(part.shard, header.state_token, part.pull_blocks, got, step.dest)
         return (outcome, version) if part.push is not None else None
+
+    def drop(self, shard: int) -> None:
+        super().drop(shard)
+        self._in_flight = collections.deque(s for s in self._in_flight if s.part.shard != shard)
+
+    def close(self) -> None:
+        super().close()
+        self._in_flight.clear()
