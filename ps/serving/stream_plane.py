@@ -54,7 +54,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ps.protocol.sockets import FrameReader, send_all, set_io_timeout
+from ps.protocol.sockets import FrameReader, send_all, set_io_timeout, tune_tcp
 from ps.protocol.wire import (
     LOCAL_MAX_MESSAGE,
     LOCAL_REQUEST_SIZE,
@@ -179,7 +179,7 @@ class StreamPlane(SocketServer):
 
     def serve(self, conn: _Connection) -> None:
         sock, reader = conn.sock, conn.reader
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune_tcp(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.settimeout(self.hello_timeout_s)  # until the hello: then the kernel's bounds (_hello)
         bounded = False  # whether the socket's reads are bounded now (not while idle between steps)

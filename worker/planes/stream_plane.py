@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError, PSError
+from ps.protocol.sockets import tune_tcp
 from ps.protocol.wire import LOCAL_PULL, LOCAL_PUSH, LOCAL_PUSH_PULL, with_token
 from worker.planes.channel_slots import SlotChannel, SlotPlane
 from worker.planes.frame_connection import FrameConnection
@@ -74,7 +75,7 @@ class StreamChannel(SlotChannel):
     def connect(self) -> socket.socket:
         sock = socket.create_connection(self._target, timeout=self._connect_timeout_s)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tune_tcp(sock)
         except BaseException:
             sock.close()
             raise

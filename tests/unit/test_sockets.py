@@ -1,11 +1,11 @@
-"""FrameReader and set_io_timeout (ps.protocol.sockets): the data planes' buffered reads."""
+"""FrameReader, set_io_timeout and tune_tcp (ps.protocol.sockets): the data planes' socket helpers."""
 
 import socket
 import threading
 
 import pytest
 
-from ps.protocol.sockets import FrameReader, send_all, set_io_timeout
+from ps.protocol.sockets import TCP_SEND_BUFFER, FrameReader, send_all, set_io_timeout, tune_tcp
 
 
 @pytest.fixture
@@ -71,3 +71,13 @@ def test_kernel_bound_on_a_wait_raises_timeout(pair):
     set_io_timeout(a, 0.05)
     with pytest.raises(TimeoutError):  # nobody reads: the send buffer fills and the bound runs out
         send_all(a, [bytes(64 << 20)])
+
+
+def test_tcp_data_plane_sockets_get_a_large_send_buffer():
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()) as sock:
+        before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        tune_tcp(sock)
+        after = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        assert after > before and after >= min(TCP_SEND_BUFFER, 1 << 20)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
