@@ -34,6 +34,7 @@ class GrpcPlane(DataPlane):
         self._cluster = cluster
         self._cache = cache
         self._deferred: PendingCall | None = None   # the last call sent, not yet started
+        self._templates: dict = {}  # Step.headers' templates, by part
 
     def send(self, part: Part, seq: int, step: Step) -> PendingCall:
         ch = self._cluster.channels[part.shard]
@@ -42,7 +43,7 @@ class GrpcPlane(DataPlane):
             request = encode_rows(step.rows_header(part, seq), part.ids, part.values)
         else:
             known = None if self._cache is None else (lambda h: self._cache.name_known(part.shard, h, part.pull_blocks))
-            push, pull = step.headers(part, seq, known)
+            push, pull = step.headers(part, seq, known, self._templates)
             if push is None:
                 method, request = ch.pull, ps_pb2.PullRequest(header=pull)
             else:

@@ -14,6 +14,9 @@ from ps.tables.sparse_optim import scatter_rows
 from ps.tables.spec import TableSpec
 from worker.planes.part import Part
 
+#: header templates a plane keeps (one per part of its recent plans) before it starts afresh
+_MAX_TEMPLATES = 1024
+
 
 class Step:
     """Who sends the step and at which clocks, its gradients, and where pulled values land.
@@ -55,27 +58,47 @@ class Step:
         return max(0.0, self.deadline - time.monotonic())
 
     def headers(self, part: Part, seq: int, known: Callable[[ps_pb2.PullHeader], None] | None = None,
-                ) -> tuple[ps_pb2.PushHeader | None, ps_pb2.PullHeader | None]:
-        """A dense part's ``(PushHeader, PullHeader)`` (None where it has no push or pull);
-        ``known(pull header)`` may name the block versions the worker holds before a fused
-        push's ``then_pull`` copies it."""
-        pull = None
-        if part.pull is not None:
-            pull = ps_pb2.PullHeader(worker_id=self.worker_id, step=self.pull_step, tables=part.pull,
-                                     part=part.part, num_parts=part.num_parts)
+                templates: dict | None = None) -> tuple[ps_pb2.PushHeader | None, ps_pb2.PullHeader | None]:
+        """A dense part's ``(PushHeader, PullHeader)`` (None where it has no push or pull; a
+        fused part's PullHeader is its PushHeader's ``then_pull``); ``known(pull header)`` may
+        name the block versions the worker holds. With ``templates`` (a dict a plane keeps
+        from step to step) a part's headers are built once, with its blocks, and later steps
+        only set the fields that change: the returned messages are then the templates,
+        valid until the plane's next call (serialize them at once)."""
+        if templates is None:
+            push, pull = self._blank(part)
+        else:
+            pair = templates.get(part)
+            if pair is None:
+                if len(templates) >= _MAX_TEMPLATES:  # plans changed (new tables, placement): start afresh
+                    templates.clear()
+                pair = templates[part] = self._blank(part)
+            push, pull = pair
+        if pull is not None:
+            pull.worker_id, pull.step = self.worker_id, self.pull_step
+            if templates is not None and (pull.known or pull.known_for):
+                del pull.known[:]
+                pull.known_for = ""
             if known is not None:
                 known(pull)
-        push = None
+        if push is not None:
+            push.worker_id, push.seq, push.step, push.session = self.worker_id, seq, self.clock, self.session
+        return push, pull
+
+    def _blank(self, part: Part) -> tuple[ps_pb2.PushHeader | None, ps_pb2.PullHeader | None]:
+        """A dense part's headers with the fields that are the same every step."""
+        push = pull = None
         if part.push is not None:
-            push = ps_pb2.PushHeader(worker_id=self.worker_id, seq=seq, step=self.clock, part=part.part,
-                                     num_parts=part.num_parts, session=self.session)
+            push = ps_pb2.PushHeader(part=part.part, num_parts=part.num_parts)
             add = push.blocks.add
             for name, b in part.push:
                 spec = self.specs[name]
                 start, stop = spec.block_range(b)
                 add(table=name, block=b, dtype=wire_dtype(spec.dtype), count=stop - start)
-            if pull is not None:
-                push.then_pull.CopyFrom(pull)
+        if part.pull is not None:
+            pull = push.then_pull if push is not None else ps_pb2.PullHeader()
+            pull.tables.extend(part.pull)
+            pull.part, pull.num_parts = part.part, part.num_parts
         return push, pull
 
     def payload(self, part: Part) -> list[np.ndarray]:

@@ -94,6 +94,7 @@ class StreamPlane(SlotPlane):
         self._timeouts = (min(connect_timeout_s, CONNECT_TIMEOUT_S), timeout_s)
         self._cache = cache
         self._in_flight: collections.deque[_Sent] = collections.deque()  # async parts not read yet, oldest first
+        self._templates: dict = {}  # Step.headers' templates, by part
 
     def channel(self, address: str, status: ps_pb2.StatusReply) -> StreamChannel | None:
         target = split_host_port(address)
@@ -113,7 +114,7 @@ class StreamPlane(SlotPlane):
         slot = part.part % MAX_IN_FLIGHT if step.independent else part.part
         conn = self._channels[part.shard].connection(slot)
         known = None if self._cache is None else (lambda h: self._cache.name_known(part.shard, h, part.pull_blocks))
-        push, pull = step.headers(part, seq, known)
+        push, pull = step.headers(part, seq, known, self._templates)
         if push is None:
             conn.send(LOCAL_PULL, pull.SerializeToString(), step.timeout_s)
         else:
