@@ -22,7 +22,8 @@ from ps.protocol.wire import LOCAL_REPLY_SIZE, pack_local_request, unpack_local_
 from tests.conftest import count_block_copies, run_threads, running_shards
 from tests.integration.test_fault_security import CA
 from worker import Client
-from worker.planes.stream_plane import MAX_IN_FLIGHT, StreamChannel
+from worker.planes.in_flight import MAX_IN_FLIGHT
+from worker.planes.stream_plane import StreamChannel
 
 OK, INVALID, NOT_FOUND, EXHAUSTED, UNAUTHENTICATED = 0, 3, 5, 8, 16
 

@@ -6,28 +6,26 @@ and, when the cluster has one, the shared token). A part's frame and header go o
 its gradient blocks with ``sendmsg`` straight from the caller's arrays; pulled blocks come
 back with ``recv_into`` straight into the destination arrays: one kernel copy per side.
 Parts are gRPC's (``Client.part_bytes``), each on its own connection, so the calls of a
-step run in parallel and a sync pull never waits behind another part. In async mode
-(:attr:`Step.independent`) at most :data:`MAX_IN_FLIGHT` parts wait for their replies: sending
-the next one first reads the oldest reply, so a shard holds the buffers of a few parts,
-not of the whole step (a 256 MiB step in 16 MiB parts held 16 receive and 16 send buffers
-at once). With a pull cache, pulls name the blocks held, as over gRPC. A connection whose
+step run in parallel and a sync pull never waits behind another part. In async mode at
+most :data:`~worker.planes.in_flight.MAX_IN_FLIGHT` parts wait for their replies, on as many
+connections (:class:`~worker.planes.in_flight.InFlight`). With a pull cache, pulls name the blocks held, as over gRPC. A connection whose
 call failed half-way is closed and never reused. Not thread-safe (one Client).
 """
 
 from __future__ import annotations
 
-import collections
 import socket
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
 from ps._proto import ps_pb2
-from ps.errors import InvalidArgumentError, PSError
+from ps.errors import InvalidArgumentError
 from ps.protocol.sockets import tune_tcp
 from ps.protocol.wire import LOCAL_PULL, LOCAL_PUSH, LOCAL_PUSH_PULL, with_token
 from worker.planes.channel_slots import SlotChannel, SlotPlane
 from worker.planes.frame_connection import FrameConnection
+from worker.planes.in_flight import MAX_IN_FLIGHT, InFlight, Sent
 from worker.planes.part import Part
 from worker.planes.step import Step
 
@@ -36,20 +34,6 @@ if TYPE_CHECKING:
 
 #: seconds to connect and say hello to a shard's stream plane before using gRPC instead
 CONNECT_TIMEOUT_S = 3.0
-#: parts of an async step whose replies are awaited at once (the next send reads the oldest)
-MAX_IN_FLIGHT = 3
-
-
-class _Sent:
-    """A part sent on ``conn``; once read, its reply's ``(outcome, version)`` or error."""
-
-    __slots__ = ("conn", "part", "step", "done", "result", "error")
-
-    def __init__(self, conn: FrameConnection, part: Part, step: Step) -> None:
-        self.conn, self.part, self.step = conn, part, step
-        self.done = False
-        self.result: tuple[int, int] | None = None
-        self.error: PSError | None = None
 
 
 def split_host_port(address: str) -> tuple[str, int] | None:
@@ -93,7 +77,8 @@ class StreamPlane(SlotPlane):
         self._token = token
         self._timeouts = (min(connect_timeout_s, CONNECT_TIMEOUT_S), timeout_s)
         self._cache = cache
-        self._in_flight: collections.deque[_Sent] = collections.deque()  # async parts not read yet, oldest first
+        self._in_flight = InFlight(lambda sent: self._receive(sent.ticket, sent.part, sent.step),
+                                   lambda stale: stale.ticket.close())  # out of step
         self._templates: dict = {}  # Step.headers' templates, by part
 
     def channel(self, address: str, status: ps_pb2.StatusReply) -> StreamChannel | None:
@@ -103,12 +88,8 @@ class StreamPlane(SlotPlane):
         # a short connect bound: a port that a firewall drops costs little
         return StreamChannel(target[0], status.stream_port, status.server_id, self._token, *self._timeouts)
 
-    def send(self, part: Part, seq: int, step: Step) -> _Sent:
-        in_flight = self._in_flight
-        while in_flight and (in_flight[0].step is not step or not step.independent):
-            in_flight.popleft().conn.close()  # left by a call that was interrupted: out of step
-        while len(in_flight) >= MAX_IN_FLIGHT:
-            self._read(in_flight.popleft())
+    def send(self, part: Part, seq: int, step: Step) -> Sent:
+        self._in_flight.before_send(step)
         # a connection per part in flight: in async mode MAX_IN_FLIGHT (a slot's last part is read
         # before it is used again), else one per part (a part queued behind a waiting pull would wait)
         slot = part.part % MAX_IN_FLIGHT if step.independent else part.part
@@ -121,27 +102,10 @@ class StreamPlane(SlotPlane):
             payload = step.payload(part)
             conn.send(LOCAL_PUSH_PULL if pull is not None else LOCAL_PUSH, push.SerializeToString(), step.timeout_s,
                       payload=payload, payload_bytes=sum(a.nbytes for a in payload))
-        sent = _Sent(conn, part, step)
-        if step.independent:
-            in_flight.append(sent)
-        return sent
+        return self._in_flight.sent(conn, part, step)
 
-    def finish(self, sent: _Sent, part: Part, step: Step) -> tuple[int, int] | None:
-        while not sent.done and self._in_flight:  # the older ones first: replies come in order per plane
-            self._read(self._in_flight.popleft())
-        if not sent.done:
-            self._read(sent)
-        if sent.error is not None:
-            raise sent.error
-        return sent.result
-
-    def _read(self, sent: _Sent) -> None:
-        """Read ``sent``'s reply into its step; keep its result or error."""
-        sent.done = True
-        try:
-            sent.result = self._receive(sent.conn, sent.part, sent.step)
-        except PSError as exc:
-            sent.error = exc
+    def finish(self, sent: Sent, part: Part, step: Step) -> tuple[int, int] | None:
+        return self._in_flight.finish(sent)
 
     def _receive(self, conn: FrameConnection, part: Part, step: Step) -> tuple[int, int] | None:
         message, outcome, version = conn.receive()
@@ -167,8 +131,8 @@ class StreamPlane(SlotPlane):
 
     def drop(self, shard: int) -> None:
         super().drop(shard)
-        self._in_flight = collections.deque(s for s in self._in_flight if s.part.shard != shard)
+        self._in_flight.forget(shard)
 
     def close(self) -> None:
         super().close()
-        self._in_flight.clear()
+        self._in_flight.forget()
