@@ -72,7 +72,8 @@ from ps.errors import ResourceExhaustedError
 
 log = logging.getLogger(__name__)
 
-#: seconds a started request has to arrive in full (the hello: ``HELLO_TIMEOUT_S``)
+#: seconds each read of a started request and each send may wait (the hello: ``HELLO_TIMEOUT_S``);
+#: a connection idle between requests waits without a bound
 IO_TIMEOUT_S = 60.0
 #: authenticated connections one shard serves at once (each is a thread); more are refused
 MAX_CONNECTIONS = 1024
@@ -182,9 +183,13 @@ class StreamPlane(SocketServer):
         tune_tcp(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.settimeout(self.hello_timeout_s)  # until the hello: then the kernel's bounds (_hello)
-        bounded = False  # whether the socket's reads are bounded now (not while idle between steps)
         while not self.stopped:
-            head = reader.read(LOCAL_REQUEST_SIZE)
+            try:
+                head = reader.read(LOCAL_REQUEST_SIZE)
+            except TimeoutError:
+                if conn.hello and not reader.buffered:
+                    continue  # idle between steps: no bound (only a started request has one)
+                raise
             if head is None:
                 return
             kind, _, length, timeout_s, _, payload_bytes, _, _ = unpack_local_request(head)
@@ -201,9 +206,6 @@ class StreamPlane(SocketServer):
                     f"request of {length + payload_bytes} bytes exceeds the server's limit of "
                     f"{self._max_message}"), "request"))])
                 return
-            if conn.hello and reader.buffered < length + payload_bytes:  # the rest must come in time
-                set_io_timeout(sock, IO_TIMEOUT_S, send=False)
-                bounded = True
             body = reader.read(length) if length else b""
             if body is None:
                 return
@@ -213,9 +215,6 @@ class StreamPlane(SocketServer):
                     return
                 continue
             conn.receive(payload_bytes)
-            if bounded:  # idle until the next request: no bound
-                set_io_timeout(sock, None, send=False)
-                bounded = False
             reply = self.handler.data(_METHODS[kind], body, conn, timeout_s)
             if isinstance(reply, Failure):
                 if reply.lost:
@@ -242,6 +241,6 @@ class StreamPlane(SocketServer):
         ok = pack_local_reply(STREAM_HELLO, server_id)
         send_all(conn.sock, [failure_frame(STREAM_HELLO, failure) if failure else ok])
         conn.hello = failure is None
-        if conn.hello:  # idle reads unbounded, sends bounded: in the kernel, not per call
-            set_io_timeout(conn.sock, IO_TIMEOUT_S, recv=False)
+        if conn.hello:  # each read and send bounded in the kernel, set once (serve: idle is unbounded)
+            set_io_timeout(conn.sock, IO_TIMEOUT_S)
         return conn.hello

@@ -218,6 +218,27 @@ DROPS = {  # not this protocol: the connection is dropped
 }
 
 
+def test_an_idle_connection_waits_unbounded_and_a_stalled_request_is_dropped(monkeypatch):
+    """Each read of a started request is bounded (IO_TIMEOUT_S); between requests a
+    connection may stay idle as long as it likes."""
+    from ps.serving import stream_plane
+    monkeypatch.setattr(stream_plane, "IO_TIMEOUT_S", 0.2)
+    with cluster(1, mode="async") as servers, Client([servers[0].address], worker_id=7, local=False) as ps:
+        server = servers[0]
+        ps.create("w", shape=(8,), lr=1.0)
+        pull = ps_pb2.PullHeader(worker_id=7, step=0, tables=["w"], part=0, num_parts=1).SerializeToString()
+        with connect(server) as idle:
+            for seq in (1, 2):  # each stall lasts a bound: meanwhile ``idle`` waits two bounds
+                with connect(server) as stalled:
+                    stalled.sendall(push_frame(7, seq, bytes(32))[:-8])  # the last 8 payload bytes never come
+                    assert closed(stalled)  # dropped (within the socket's 5 s timeout), nothing applied
+            idle.sendall(pack_local_request(STREAM_PULL, pull, 5.0))
+            status, _, _, _ = reply(idle)
+            assert status == OK
+            assert np.array_equal(np.frombuffer(recv_exact(idle, 32), np.float32), np.zeros(8))
+        np.testing.assert_array_equal(ps.pull("w")["w"], 0.0)  # the stalled push changed nothing
+
+
 def test_bad_input_over_the_raw_socket_changes_nothing_and_the_server_keeps_serving():
     with cluster(1, mode="async") as servers, Client([servers[0].address], worker_id=7, local=False) as ps:
         server = servers[0]
