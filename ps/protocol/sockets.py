@@ -83,17 +83,15 @@ def send_all(sock: socket.socket, buffers: Sequence[Any]) -> None:
 
 #: bytes a FrameReader reads ahead: a small step's whole message in one recv
 READ_AHEAD = 64 << 10
-#: the TCP data plane's send buffer (the kernel caps it at net.core.wmem_max). Linux starts a
-#: connection at 16 KiB and grows it as it goes; a 1 MiB part then takes several wake-ups
-#: of the sender. Measured (bench.step_cost, 1 MiB, loopback): ~15% less CPU on each side.
-TCP_SEND_BUFFER = 4 << 20
+#: Measured and not taken: a fixed 4 MiB TCP send buffer (SO_SNDBUF; Linux starts at 16 KiB
+#: and grows it). bench.step_cost showed ~15% less CPU per 1 MiB step, but the step rate in
+#: bench.peers.project, interleaved, was not better at 1 MiB and worse at 16 MiB (1.07-1.44
+#: against 1.38-1.66 GB/s): data waiting longer in the socket is colder when read.
 
 
 def tune_tcp(sock: socket.socket) -> None:
-    """Set a data-plane TCP socket's options: no Nagle delay, a TCP_SEND_BUFFER send buffer
-    (the receive buffer stays auto-tuned: a fixed one measured slower). Raises OSError."""
+    """Set a data-plane TCP socket's options (no Nagle delay; buffers auto-tuned). Raises OSError."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_SEND_BUFFER)
 
 
 def set_io_timeout(sock: socket.socket, seconds: float | None, *, recv: bool = True, send: bool = True) -> None:
