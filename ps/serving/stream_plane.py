@@ -83,8 +83,8 @@ _METHODS = {STREAM_PUSH: "Push", STREAM_PULL: "Pull", STREAM_PUSH_PULL: "PushPul
 class _Connection(Payload):
     """One worker connection, its frame reader and its reusable receive and send buffers: a
     push's payload is read in place from the receive buffer, pulled blocks are copied into
-    the send buffer. (A worker keeps a connection per part in flight: in async mode two per
-    shard, so a shard holds two parts' buffers per worker, not a whole step's.)"""
+    the send buffer. (A worker keeps a connection per part in flight: in async mode three per
+    shard, so a shard holds three parts' buffers per worker, not a whole step's.)"""
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
