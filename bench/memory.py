@@ -14,8 +14,9 @@ the two moments (three times the table) and one int64 step count per block. Read
 since the process started). Before the steady phase the peak is reset (``5`` written to
 ``/proc/<pid>/clear_refs``), so the last column is the peak during steady pushes and pulls
 alone. ``RssShmem`` is the shared memory counted in the RSS: on the ``shm`` path the
-worker's push and pull areas, mapped by the shard. Prints a markdown table with
-peak / state; writes JSON beside the other results with ``--out``.
+worker's push and pull areas, mapped by the shard (the worker's memory, counted in both
+processes): the last column, (peak - RssShmem) / state, is the shard's own memory. Prints
+a markdown table with peak / state; writes JSON beside the other results with ``--out``.
 
 Bounded: every call has a deadline (``--timeout``), the server is stopped at the end.
 """
@@ -113,8 +114,9 @@ def measure_path(path: str, mib: int, steps: int, timeout_s: float, extra: tuple
 def table(rows: list[dict]) -> str:
     gb = lambda b: f"{b / 1e9:.2f}"  # noqa: E731
     lines = ["| path | state GB | idle RSS | after create | after 3 pushes + pull | steady RSS | peak (VmHWM) "
-             "| **peak / state** | (peak - idle) / state | steady / state | peak in steady phase / state | RssShmem at end |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| **peak / state** | (peak - idle) / state | steady / state | peak in steady phase / state | RssShmem at end "
+             "| (peak - RssShmem) / state |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ph = r["phases"]
         sp = r["steady_peak_over_state"]
@@ -122,7 +124,8 @@ def table(rows: list[dict]) -> str:
                      f"| {gb(ph['3 pushes + pull']['VmRSS'])} | {gb(r['steady_bytes'])} | {gb(r['peak_bytes'])} "
                      f"| **{r['peak_over_state']:.2f}** | {(r['peak_bytes'] - ph['idle']['VmRSS']) / r['state_bytes']:.2f} "
                      f"| {r['steady_over_state']:.2f} "
-                     f"| {'-' if sp is None else f'{sp:.2f}'} | {gb(ph['steady'].get('RssShmem', 0))} |")
+                     f"| {'-' if sp is None else f'{sp:.2f}'} | {gb(ph['steady'].get('RssShmem', 0))} "
+                     f"| {(r['peak_bytes'] - ph['steady'].get('RssShmem', 0)) / r['state_bytes']:.2f} |")
     return "\n".join(lines)
 
 

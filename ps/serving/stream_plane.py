@@ -54,7 +54,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ps.protocol.sockets import recv_frame, recv_into_exact, send_all
+from ps.protocol.sockets import FrameReader, send_all, set_io_timeout, tune_tcp
 from ps.protocol.wire import (
     LOCAL_MAX_MESSAGE,
     LOCAL_REQUEST_SIZE,
@@ -72,7 +72,8 @@ from ps.errors import ResourceExhaustedError
 
 log = logging.getLogger(__name__)
 
-#: seconds a started request has to arrive in full (the hello: ``HELLO_TIMEOUT_S``)
+#: seconds each read of a started request and each send may wait (the hello: ``HELLO_TIMEOUT_S``);
+#: a connection idle between requests waits without a bound
 IO_TIMEOUT_S = 60.0
 #: authenticated connections one shard serves at once (each is a thread); more are refused
 MAX_CONNECTIONS = 1024
@@ -80,12 +81,15 @@ _METHODS = {STREAM_PUSH: "Push", STREAM_PULL: "Pull", STREAM_PUSH_PULL: "PushPul
 
 
 class _Connection(Payload):
-    """One worker connection and its reusable receive and send buffers: a push's payload is
-    read in place from the receive buffer, pulled blocks are copied into the send buffer."""
+    """One worker connection, its frame reader and its reusable receive and send buffers: a
+    push's payload is read in place from the receive buffer, pulled blocks are copied into
+    the send buffer. (A worker keeps a connection per part in flight: in async mode three per
+    shard, so a shard holds three parts' buffers per worker, not a whole step's.)"""
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self.sock = sock
+        self.reader = FrameReader(sock)
         self.hello = False
         self._recv = np.empty(0, np.uint8)
         self._send = np.empty(0, np.uint8)
@@ -97,8 +101,13 @@ class _Connection(Payload):
         if nbytes > self._recv.size:
             self._recv = np.empty(nbytes, np.uint8)
         view = memoryview(self._recv)[:nbytes]
-        recv_into_exact(self.sock, view)
+        if nbytes:
+            self.reader.read_into(view)
         self.payload = view.toreadonly()
+
+    def done(self) -> None:
+        """The request's reply is sent: the payload view is no longer needed."""
+        self.payload = memoryview(b"")
 
     def slots(self, shard, tables, known) -> Callable | None:
         """Without ``known``: consecutive slots of the send buffer (fresh arrays past its end;
@@ -170,15 +179,19 @@ class StreamPlane(SocketServer):
         return _Connection(sock)
 
     def serve(self, conn: _Connection) -> None:
-        sock = conn.sock
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock, reader = conn.sock, conn.reader
+        tune_tcp(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.settimeout(self.hello_timeout_s)  # until the hello: then the kernel's bounds (_hello)
         while not self.stopped:
-            sock.settimeout(None if conn.hello else self.hello_timeout_s)  # idle between steps: no bound
-            head = recv_frame(sock, LOCAL_REQUEST_SIZE)
+            try:
+                head = reader.read(LOCAL_REQUEST_SIZE)
+            except TimeoutError:
+                if conn.hello and not reader.buffered:
+                    continue  # idle between steps: no bound (only a started request has one)
+                raise
             if head is None:
                 return
-            sock.settimeout(IO_TIMEOUT_S if conn.hello else self.hello_timeout_s)
             kind, _, length, timeout_s, _, payload_bytes, _, _ = unpack_local_request(head)
             if length > min(LOCAL_MAX_MESSAGE, self._max_message):
                 return  # not our protocol: drop the connection
@@ -193,9 +206,10 @@ class StreamPlane(SocketServer):
                     f"request of {length + payload_bytes} bytes exceeds the server's limit of "
                     f"{self._max_message}"), "request"))])
                 return
-            body = recv_frame(sock, length) if length else b""
+            body = reader.read(length) if length else b""
             if body is None:
                 return
+            body = bytes(body)
             if kind == STREAM_HELLO:
                 if not self._hello(conn, body):
                     return
@@ -211,6 +225,8 @@ class StreamPlane(SocketServer):
             else:
                 message = reply.header.SerializeToString()
                 send_all(sock, [pack_local_reply(kind, message, 0, reply.outcome, reply.version), *reply.blocks])
+            del reply
+            conn.done()
 
     def _hello(self, conn: _Connection, body: bytes) -> bool:
         """Check the token and the server id; reply. False: the connection must close."""
@@ -225,4 +241,6 @@ class StreamPlane(SocketServer):
         ok = pack_local_reply(STREAM_HELLO, server_id)
         send_all(conn.sock, [failure_frame(STREAM_HELLO, failure) if failure else ok])
         conn.hello = failure is None
+        if conn.hello:  # each read and send bounded in the kernel, set once (serve: idle is unbounded)
+            set_io_timeout(conn.sock, IO_TIMEOUT_S)
         return conn.hello

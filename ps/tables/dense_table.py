@@ -22,7 +22,7 @@ from ps.protocol.wire import dtype_refusal, wire_dtype
 class Block:
     """One block's parameters, optimizer state, sync accumulator and update count."""
 
-    __slots__ = ("index", "values", "state", "lock", "version", "_scratch", "_acc", "pending", "contributions")
+    __slots__ = ("index", "values", "state", "lock", "version", "_acc", "pending", "contributions")
 
     def __init__(self, index: int, values: np.ndarray, state: dict[str, np.ndarray]) -> None:
         self.index = index
@@ -30,7 +30,6 @@ class Block:
         self.state = state
         self.lock = threading.Lock()
         self.version = 0
-        self._scratch: np.ndarray | None = None
         self._acc: np.ndarray | None = None
         self.pending = False  # the accumulator holds a sum for the current sync step
         self.contributions = 0  # gradients in that sum
@@ -41,11 +40,21 @@ class Block:
             self._acc = np.empty_like(self.values)
         return self._acc
 
-    def scratch(self) -> np.ndarray:
-        """A reusable temporary buffer; call with ``lock`` held."""
-        if self._scratch is None:
-            self._scratch = np.empty_like(self.values)
-        return self._scratch
+
+class _Scratch(threading.local):
+    """Each thread's temporary buffer for optimizer updates, grown to the largest block it
+    applied: one per thread, not one per block (a block's worth per block doubled the
+    shard's memory for large tables)."""
+
+    def __init__(self) -> None:
+        self.buffer = np.empty(0, np.uint8)
+
+    def like(self, values: np.ndarray) -> np.ndarray:
+        """An uninitialised array of ``values``' shape and dtype, valid until this thread's next call."""
+        nbytes = values.nbytes
+        if nbytes > self.buffer.nbytes:
+            self.buffer = np.empty(nbytes, np.uint8)
+        return self.buffer[:nbytes].view(values.dtype).reshape(values.shape)
 
 
 class DenseTable:
@@ -60,6 +69,7 @@ class DenseTable:
         self.itemsize = dtype.itemsize
         self.elements = sum(b.values.size for b in blocks.values())  # held here (blocks are fixed)
         self._parts: dict[tuple[int, int], list[Block]] = {}
+        self._scratch = _Scratch()
 
     def part_blocks(self, part: int, num_parts: int) -> list[Block]:
         """The owned blocks with ``index % num_parts == part``, by index (remembered: a loop asks again)."""
@@ -109,7 +119,7 @@ class DenseTable:
     def apply(self, block: Block, grad: np.ndarray) -> None:
         """Apply one gradient to one block with the table's optimizer. Blocks on the block lock."""
         with block.lock:
-            self.optimizer.apply(block.values, grad, block.state, block.scratch())
+            self.optimizer.apply(block.values, grad, block.state, self._scratch.like(block.values))
             block.version += 1
 
     def accumulate(self, block: Block, grad: np.ndarray) -> None:
@@ -134,7 +144,7 @@ class DenseTable:
                 return False
             acc = block.accumulator()
             acc *= (1.0 / block.contributions) if scale is None else scale
-            self.optimizer.apply(block.values, acc, block.state, block.scratch())
+            self.optimizer.apply(block.values, acc, block.state, self._scratch.like(block.values))
             block.version += 1
             block.pending = False
             return True

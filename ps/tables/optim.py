@@ -172,10 +172,17 @@ class Adam:
         m, v, t = state["m"], state["v"], state["t"]
         t += 1
         step = int(t)
+        if g is scratch:  # weight decay: the decayed gradient is needed beside the temporaries
+            g = g.copy()
+        # the same operations in the same order as ``m += (1 - b1) * g`` and ``v += (1 - b2) * (g * g)``,
+        # with the temporaries in ``scratch`` instead of fresh block-sized arrays
         m *= s.beta1
-        m += (1 - s.beta1) * g
+        np.multiply(g, 1 - s.beta1, out=scratch)
+        m += scratch
         v *= s.beta2
-        v += (1 - s.beta2) * (g * g)
+        np.multiply(g, g, out=scratch)
+        scratch *= 1 - s.beta2
+        v += scratch
         lr_t = s.lr * math.sqrt(1 - s.beta2**step) / (1 - s.beta1**step)
         eps_hat = s.eps * math.sqrt(1 - s.beta2**step)
         np.sqrt(v, out=scratch)

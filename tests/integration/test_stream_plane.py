@@ -22,6 +22,7 @@ from ps.protocol.wire import LOCAL_REPLY_SIZE, pack_local_request, unpack_local_
 from tests.conftest import count_block_copies, run_threads, running_shards
 from tests.integration.test_fault_security import CA
 from worker import Client
+from worker.planes.in_flight import MAX_IN_FLIGHT
 from worker.planes.stream_plane import StreamChannel
 
 OK, INVALID, NOT_FOUND, EXHAUSTED, UNAUTHENTICATED = 0, 3, 5, 8, 16
@@ -134,6 +135,31 @@ def test_sync_mode_matches_single_process_sgd():
         np.testing.assert_allclose(w, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_async_steps_keep_a_few_parts_in_flight_and_sync_steps_all_of_them(monkeypatch):
+    """Async: the step's many parts go over MAX_IN_FLIGHT connections (the shard holds the
+    buffers of a few parts, not of the whole step). Sync: every part has its own connection,
+    since a part's pull waits for the step's other parts (a window there would deadlock)."""
+    shape, parts = (64, 32), 4 * MAX_IN_FLIGHT
+    connects = []
+    real_connect = StreamChannel.connect
+    monkeypatch.setattr(StreamChannel, "connect", lambda self: connects.append(self) or real_connect(self))
+    for mode in ("async", "sync"):
+        connects.clear()
+        with cluster(1, mode=mode, num_workers=1) as servers, \
+                Client([servers[0].address], local=False, part_bytes=shape[0] * shape[1] * 4 // parts,
+                       timeout_s=10, wait_timeout_s=10) as ps:
+            ps.create("w", shape=shape, lr=1.0, block_elems=shape[1])
+            out = {"w": np.empty(shape, np.float32)}
+            for k in range(3):
+                ps.push_pull({"w": np.full(shape, 1.0, np.float32)}, out=out)
+                np.testing.assert_array_equal(out["w"], np.full(shape, -(k + 1.0), np.float32))
+            assert on_stream(ps) == [True]
+            if mode == "async":
+                assert len(connects) == MAX_IN_FLIGHT  # hello's connection 0 included
+            else:
+                assert len(connects) >= parts
+
+
 def test_a_push_whose_reply_is_lost_is_retried_over_grpc_and_applied_once():
     # the fault hook of ps.serving.faults: every 2nd push is applied, then its connection closes
     with cluster(1, mode="async", faults="drop_push_reply_every=2") as servers:
@@ -190,6 +216,27 @@ DROPS = {  # not this protocol: the connection is dropped
     "payload on a pull": (True, lambda: pack_local_request(STREAM_PULL, b"", 5.0, 0, 16) + b"\0" * 16),
     "truncated payload": (True, lambda: push_frame(7, 1, np.ones(4, np.float32).tobytes(), payload_bytes=32)),
 }
+
+
+def test_an_idle_connection_waits_unbounded_and_a_stalled_request_is_dropped(monkeypatch):
+    """Each read of a started request is bounded (IO_TIMEOUT_S); between requests a
+    connection may stay idle as long as it likes."""
+    from ps.serving import stream_plane
+    monkeypatch.setattr(stream_plane, "IO_TIMEOUT_S", 0.2)
+    with cluster(1, mode="async") as servers, Client([servers[0].address], worker_id=7, local=False) as ps:
+        server = servers[0]
+        ps.create("w", shape=(8,), lr=1.0)
+        pull = ps_pb2.PullHeader(worker_id=7, step=0, tables=["w"], part=0, num_parts=1).SerializeToString()
+        with connect(server) as idle:
+            for seq in (1, 2):  # each stall lasts a bound: meanwhile ``idle`` waits two bounds
+                with connect(server) as stalled:
+                    stalled.sendall(push_frame(7, seq, bytes(32))[:-8])  # the last 8 payload bytes never come
+                    assert closed(stalled)  # dropped (within the socket's 5 s timeout), nothing applied
+            idle.sendall(pack_local_request(STREAM_PULL, pull, 5.0))
+            status, _, _, _ = reply(idle)
+            assert status == OK
+            assert np.array_equal(np.frombuffer(recv_exact(idle, 32), np.float32), np.zeros(8))
+        np.testing.assert_array_equal(ps.pull("w")["w"], 0.0)  # the stalled push changed nothing
 
 
 def test_bad_input_over_the_raw_socket_changes_nothing_and_the_server_keeps_serving():

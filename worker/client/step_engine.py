@@ -167,7 +167,8 @@ class StepEngine:
 
     def _step(self, pull_step: int | None = None, **data: Any) -> Step:
         return Step(self._directory.specs, self.worker_id, self.session, self.clock,
-                    self.clock if pull_step is None else pull_step, self._deadline, **data)
+                    self.clock if pull_step is None else pull_step, self._deadline, **data,
+                    independent=self.mode == "async")
 
     def _dense(self, grads: Mapping[str, Any] | None, names: Iterable[str] | str | None,
                out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:

@@ -41,13 +41,12 @@ class SlotChannel:
     def open(self) -> FrameConnection:
         """A new connection the shard accepted. Blocks (bounded). Raises UnavailableError,
         also when the shard refuses it (a wrong token, another server): use gRPC then."""
-        hello_timeout_s, timeout_s = self._timeouts
+        hello_timeout_s = self._timeouts[0]  # each call bounds its own waits after that
         try:
             conn = self.connection_type(self.connect(), self.address)
             try:
                 conn.send(LOCAL_HELLO, self._hello, hello_timeout_s)
                 conn.receive()
-                conn.sock.settimeout(timeout_s)
             except BaseException:
                 conn.close()
                 raise

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ps.errors import DeadlineExceededError, PSError, UnavailableError
-from ps.protocol.sockets import recv_frame, recv_into_exact, send_all
+from ps.protocol.sockets import FrameReader, send_all, set_io_timeout
 from ps.protocol.wire import (
     LOCAL_MAX_MESSAGE,
     LOCAL_REPLY_SIZE,
@@ -33,6 +33,15 @@ class FrameConnection:
         self.sock = sock
         self.address = address
         self.closed = False
+        self._reader = FrameReader(sock)
+        self._bound = -1.0  # the socket's kernel bound on each wait (s); -1: not set yet
+
+    def _bound_waits(self, seconds: float) -> None:
+        """Bound each of the socket's waits to between ``seconds`` and ``seconds`` + 1 (set in
+        the kernel only when the bound in place is outside that: not on every call)."""
+        if not seconds <= self._bound <= seconds + 1.0:
+            set_io_timeout(self.sock, seconds)
+            self._bound = seconds
 
     def _failed(self, exc: OSError) -> PSError:
         """``exc`` as the transient error it means; the connection is closed (out of step)."""
@@ -49,7 +58,7 @@ class FrameConnection:
         frame = pack_local_request(kind, message, timeout_s, 0, payload_bytes, flags=flags)
         sock = self.sock
         try:
-            sock.settimeout(timeout_s + 5.0)
+            self._bound_waits(timeout_s + 5.0)
             if fds:
                 sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                         b"".join(fd.to_bytes(4, "little") for fd in fds))])
@@ -64,14 +73,19 @@ class FrameConnection:
         """The reply's ``(message, push outcome, push version)``; a payload after it stays for
         :meth:`read_into`. Blocks (the socket's timeout). Raises the shard's error as a
         PSError, UnavailableError, DeadlineExceededError."""
+        reader = self._reader
         try:
-            head = recv_frame(self.sock, LOCAL_REPLY_SIZE)
-            _, status, length, outcome, version = unpack_local_reply(head) if head else (0, 0, -1, 0, 0)
+            head = reader.read(LOCAL_REPLY_SIZE)
+            if head is None:
+                raise ConnectionError("the shard closed the connection")
+            head = bytes(head)
+            _, status, length, outcome, version = unpack_local_reply(head)
             if not 0 <= length <= LOCAL_MAX_MESSAGE:
-                raise ConnectionError("the shard closed the connection or sent a malformed reply")
-            body = recv_frame(self.sock, length) if length else b""
+                raise ConnectionError("the shard sent a malformed reply")
+            body = reader.read(length) if length else b""
             if body is None:
                 raise ConnectionError("the shard closed the connection")
+            body = bytes(body)
         except OSError as exc:
             raise self._failed(exc) from exc
         if status:
@@ -82,7 +96,7 @@ class FrameConnection:
         """Receive the next ``view.nbytes`` payload bytes into ``view``. Blocks. Raises
         UnavailableError, DeadlineExceededError."""
         try:
-            recv_into_exact(self.sock, view)
+            self._reader.read_into(view)
         except OSError as exc:
             raise self._failed(exc) from exc
 

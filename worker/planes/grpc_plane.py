@@ -8,6 +8,7 @@ from ps._proto import ps_pb2
 from ps.protocol.rows_wire import encode_rows, split_rows
 from ps.protocol.wire import encode_framed, split_payload
 from worker.client.transport import PendingCall
+from worker.planes.in_flight import InFlight, Sent
 from worker.planes.part import Part
 from worker.planes.plane import DataPlane
 from worker.planes.step import Step
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
 class GrpcPlane(DataPlane):
     """Every shard over its gRPC channel: the plane every other falls back to.
 
-    Calls go out concurrently, except that the step's last call is made blocking when its
-    reply is awaited (gRPC Python's blocking call is much cheaper than a future, and most
+    Calls go out concurrently (in async mode at most
+    :data:`~worker.planes.in_flight.MAX_IN_FLIGHT` awaited at once: :class:`~worker.planes.in_flight.InFlight`),
+    except that the step's last call is made blocking when its reply is awaited (gRPC Python's blocking call is much cheaper than a future, and most
     steps to one shard are one call). Transient failures are retried with the cluster's
     policy and the same sequence number; a shard that forgot this worker is joined again
     first. With a ``cache`` (``Client(cache_pulls=True)``) pulls name the blocks held.
@@ -34,6 +36,8 @@ class GrpcPlane(DataPlane):
         self._cluster = cluster
         self._cache = cache
         self._deferred: PendingCall | None = None   # the last call sent, not yet started
+        self._templates: dict = {}  # Step.headers' templates, by part
+        self._in_flight = InFlight(self._read)
 
     def send(self, part: Part, seq: int, step: Step) -> PendingCall:
         ch = self._cluster.channels[part.shard]
@@ -42,22 +46,29 @@ class GrpcPlane(DataPlane):
             request = encode_rows(step.rows_header(part, seq), part.ids, part.values)
         else:
             known = None if self._cache is None else (lambda h: self._cache.name_known(part.shard, h, part.pull_blocks))
-            push, pull = step.headers(part, seq, known)
+            push, pull = step.headers(part, seq, known, self._templates)
             if push is None:
                 method, request = ch.pull, ps_pb2.PullRequest(header=pull)
             else:
                 method = ch.push if pull is None else ch.push_pull
                 request = encode_framed(push.SerializeToString(), step.payload(part))
+        self._in_flight.before_send(step)
         if self._deferred is not None:
             self._deferred.start()
         self._deferred = PendingCall(ch, method, request, step.timeout_s, self._cluster.retry, step.deadline)
-        return self._deferred
+        return self._in_flight.sent(self._deferred, part, step)
 
-    def finish(self, sent: PendingCall, part: Part, step: Step) -> tuple[int, int] | None:
-        if self._deferred is not sent and self._deferred is not None:
+    def finish(self, sent: Sent, part: Part, step: Step) -> tuple[int, int] | None:
+        return self._in_flight.finish(sent)
+
+    def _read(self, sent: Sent) -> tuple[int, int] | None:
+        """Wait for ``sent``'s reply and write it into its step."""
+        if self._deferred is not sent.ticket and self._deferred is not None:
             self._deferred.start()  # it runs while this reply is awaited
         self._deferred = None
-        reply = sent.result()
+        return self._receive(sent.ticket.result(), sent.part, sent.step)
+
+    def _receive(self, reply, part: Part, step: Step) -> tuple[int, int] | None:
         if part.table:
             if part.values is not None:
                 return reply.outcome, reply.version

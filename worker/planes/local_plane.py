@@ -102,6 +102,7 @@ class LocalPlane(SlotPlane):
         self._generation = 0
         self._tokens: dict[int, str] = {}          # shard -> state token of its last pull
         self._aliases: dict[tuple[str, int], np.ndarray] = {}  # buffers() weights: writable views
+        self._templates: dict = {}  # Step.headers' templates, by part
 
     def channel(self, address: str, status: ps_pb2.StatusReply) -> LocalChannel | None:
         if not is_local_address(address) or not status.local_plane:
@@ -157,7 +158,7 @@ class LocalPlane(SlotPlane):
                 if v is not None and v[1] == token:
                     held.append((name, b, v[0]))
         known = (lambda h: [h.known.add(table=n, block=b, version=v) for n, b, v in held]) if held else None
-        push, pull = step.headers(part, seq, known)
+        push, pull = step.headers(part, seq, known, self._templates)
         if push is not None:
             for name, b in part.push:
                 src = step.grads[name]

@@ -14,6 +14,9 @@ from ps.tables.sparse_optim import scatter_rows
 from ps.tables.spec import TableSpec
 from worker.planes.part import Part
 
+#: header templates a plane keeps (one per part of its recent plans) before it starts afresh
+_MAX_TEMPLATES = 1024
+
 
 class Step:
     """Who sends the step and at which clocks, its gradients, and where pulled values land.
@@ -23,15 +26,19 @@ class Step:
     that pulled rows land in. ``clock`` is the step a push counts for, ``pull_step`` the
     version a pull waits for; ``deadline`` (``time.monotonic()``) is when the whole verb
     must have ended, retries included: :attr:`timeout_s` is what is left of it when a call
-    is made. Built by the step engine for one call of a verb; no I/O; not thread-safe.
+    is made. ``independent``: each part's reply can come before the later parts were sent
+    (async mode: no pull waits for a push of the same step), so a plane may bound the
+    parts it keeps in flight; in sync and ssp mode a part's pull may wait for the step's
+    other parts. Built by the step engine for one call of a verb; no I/O; not thread-safe.
     """
 
     __slots__ = ("specs", "worker_id", "session", "clock", "pull_step", "deadline", "grads", "dest", "rows",
-                 "memo")
+                 "memo", "independent")
 
     def __init__(self, specs: Mapping[str, TableSpec], worker_id: int, session: int, clock: int, pull_step: int,
                  deadline: float, grads: Mapping[str, np.ndarray] | None = None,
-                 dest: Mapping[str, np.ndarray] | None = None, rows: np.ndarray | None = None) -> None:
+                 dest: Mapping[str, np.ndarray] | None = None, rows: np.ndarray | None = None,
+                 independent: bool = False) -> None:
         self.specs = specs
         self.worker_id = worker_id
         self.session = session
@@ -41,6 +48,7 @@ class Step:
         self.grads = grads or {}
         self.dest = dest or {}
         self.rows = rows
+        self.independent = independent
         #: a plane's answers that hold for the whole step (None until one keeps some)
         self.memo: dict | None = None
 
@@ -50,27 +58,47 @@ class Step:
         return max(0.0, self.deadline - time.monotonic())
 
     def headers(self, part: Part, seq: int, known: Callable[[ps_pb2.PullHeader], None] | None = None,
-                ) -> tuple[ps_pb2.PushHeader | None, ps_pb2.PullHeader | None]:
-        """A dense part's ``(PushHeader, PullHeader)`` (None where it has no push or pull);
-        ``known(pull header)`` may name the block versions the worker holds before a fused
-        push's ``then_pull`` copies it."""
-        pull = None
-        if part.pull is not None:
-            pull = ps_pb2.PullHeader(worker_id=self.worker_id, step=self.pull_step, tables=part.pull,
-                                     part=part.part, num_parts=part.num_parts)
+                templates: dict | None = None) -> tuple[ps_pb2.PushHeader | None, ps_pb2.PullHeader | None]:
+        """A dense part's ``(PushHeader, PullHeader)`` (None where it has no push or pull; a
+        fused part's PullHeader is its PushHeader's ``then_pull``); ``known(pull header)`` may
+        name the block versions the worker holds. With ``templates`` (a dict a plane keeps
+        from step to step) a part's headers are built once, with its blocks, and later steps
+        only set the fields that change: the returned messages are then the templates,
+        valid until the plane's next call (serialize them at once)."""
+        if templates is None:
+            push, pull = self._blank(part)
+        else:
+            pair = templates.get(part)
+            if pair is None:
+                if len(templates) >= _MAX_TEMPLATES:  # plans changed (new tables, placement): start afresh
+                    templates.clear()
+                pair = templates[part] = self._blank(part)
+            push, pull = pair
+        if pull is not None:
+            pull.worker_id, pull.step = self.worker_id, self.pull_step
+            if templates is not None and (pull.known or pull.known_for):
+                del pull.known[:]
+                pull.known_for = ""
             if known is not None:
                 known(pull)
-        push = None
+        if push is not None:
+            push.worker_id, push.seq, push.step, push.session = self.worker_id, seq, self.clock, self.session
+        return push, pull
+
+    def _blank(self, part: Part) -> tuple[ps_pb2.PushHeader | None, ps_pb2.PullHeader | None]:
+        """A dense part's headers with the fields that are the same every step."""
+        push = pull = None
         if part.push is not None:
-            push = ps_pb2.PushHeader(worker_id=self.worker_id, seq=seq, step=self.clock, part=part.part,
-                                     num_parts=part.num_parts, session=self.session)
+            push = ps_pb2.PushHeader(part=part.part, num_parts=part.num_parts)
             add = push.blocks.add
             for name, b in part.push:
                 spec = self.specs[name]
                 start, stop = spec.block_range(b)
                 add(table=name, block=b, dtype=wire_dtype(spec.dtype), count=stop - start)
-            if pull is not None:
-                push.then_pull.CopyFrom(pull)
+        if part.pull is not None:
+            pull = push.then_pull if push is not None else ps_pb2.PullHeader()
+            pull.tables.extend(part.pull)
+            pull.part, pull.num_parts = part.part, part.num_parts
         return push, pull
 
     def payload(self, part: Part) -> list[np.ndarray]:

@@ -6,9 +6,10 @@ and, when the cluster has one, the shared token). A part's frame and header go o
 its gradient blocks with ``sendmsg`` straight from the caller's arrays; pulled blocks come
 back with ``recv_into`` straight into the destination arrays: one kernel copy per side.
 Parts are gRPC's (``Client.part_bytes``), each on its own connection, so the calls of a
-step run in parallel and a sync pull never waits behind another part. With a pull
-cache, pulls name the blocks held, as over gRPC. A connection whose call failed half-way
-is closed and never reused. Not thread-safe (one Client).
+step run in parallel and a sync pull never waits behind another part. In async mode at
+most :data:`~worker.planes.in_flight.MAX_IN_FLIGHT` parts wait for their replies, on as many
+connections (:class:`~worker.planes.in_flight.InFlight`). With a pull cache, pulls name the blocks held, as over gRPC. A connection whose
+call failed half-way is closed and never reused. Not thread-safe (one Client).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from google.protobuf.message import DecodeError
 
 from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError
+from ps.protocol.sockets import tune_tcp
 from ps.protocol.wire import LOCAL_PULL, LOCAL_PUSH, LOCAL_PUSH_PULL, with_token
 from worker.planes.channel_slots import SlotChannel, SlotPlane
 from worker.planes.frame_connection import FrameConnection
+from worker.planes.in_flight import MAX_IN_FLIGHT, InFlight, Sent
 from worker.planes.part import Part
 from worker.planes.step import Step
 
@@ -56,7 +59,7 @@ class StreamChannel(SlotChannel):
     def connect(self) -> socket.socket:
         sock = socket.create_connection(self._target, timeout=self._connect_timeout_s)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tune_tcp(sock)
         except BaseException:
             sock.close()
             raise
@@ -74,6 +77,9 @@ class StreamPlane(SlotPlane):
         self._token = token
         self._timeouts = (min(connect_timeout_s, CONNECT_TIMEOUT_S), timeout_s)
         self._cache = cache
+        self._in_flight = InFlight(lambda sent: self._receive(sent.ticket, sent.part, sent.step),
+                                   lambda stale: stale.ticket.close())  # out of step
+        self._templates: dict = {}  # Step.headers' templates, by part
 
     def channel(self, address: str, status: ps_pb2.StatusReply) -> StreamChannel | None:
         target = split_host_port(address)
@@ -82,20 +88,27 @@ class StreamPlane(SlotPlane):
         # a short connect bound: a port that a firewall drops costs little
         return StreamChannel(target[0], status.stream_port, status.server_id, self._token, *self._timeouts)
 
-    def send(self, part: Part, seq: int, step: Step) -> FrameConnection:
-        conn = self._channels[part.shard].connection(part.part)  # one per part: a queued one could wait
+    def send(self, part: Part, seq: int, step: Step) -> Sent:
+        self._in_flight.before_send(step)
+        # a connection per part in flight: in async mode MAX_IN_FLIGHT (a slot's last part is read
+        # before it is used again), else one per part (a part queued behind a waiting pull would wait)
+        slot = part.part % MAX_IN_FLIGHT if step.independent else part.part
+        conn = self._channels[part.shard].connection(slot)
         known = None if self._cache is None else (lambda h: self._cache.name_known(part.shard, h, part.pull_blocks))
-        push, pull = step.headers(part, seq, known)
+        push, pull = step.headers(part, seq, known, self._templates)
         if push is None:
             conn.send(LOCAL_PULL, pull.SerializeToString(), step.timeout_s)
-            return conn
-        payload = step.payload(part)
-        conn.send(LOCAL_PUSH_PULL if pull is not None else LOCAL_PUSH, push.SerializeToString(), step.timeout_s,
-                  payload=payload, payload_bytes=sum(a.nbytes for a in payload))
-        return conn
+        else:
+            payload = step.payload(part)
+            conn.send(LOCAL_PUSH_PULL if pull is not None else LOCAL_PUSH, push.SerializeToString(), step.timeout_s,
+                      payload=payload, payload_bytes=sum(a.nbytes for a in payload))
+        return self._in_flight.sent(conn, part, step)
 
-    def finish(self, sent: FrameConnection, part: Part, step: Step) -> tuple[int, int] | None:
-        message, outcome, version = sent.receive()
+    def finish(self, sent: Sent, part: Part, step: Step) -> tuple[int, int] | None:
+        return self._in_flight.finish(sent)
+
+    def _receive(self, conn: FrameConnection, part: Part, step: Step) -> tuple[int, int] | None:
+        message, outcome, version = conn.receive()
         if part.pull is not None:
             try:
                 header = ps_pb2.PullReplyHeader.FromString(message)
@@ -106,12 +119,20 @@ class StreamPlane(SlotPlane):
                         raise InvalidArgumentError(f"server sent {ref.table}[{ref.block}] twice")
                     got.add((ref.table, ref.block))
                     values = step.dest[ref.table][start:stop]
-                    sent.read_into(memoryview(values).cast("B"))
+                    conn.read_into(memoryview(values).cast("B"))
                     if self._cache is not None:
                         self._cache.remember(ref.table, ref.block, ref.version, values)
             except (InvalidArgumentError, DecodeError) as exc:  # the byte stream is out of step
-                sent.close()
-                raise InvalidArgumentError(f"malformed reply from the stream plane {sent.address}: {exc}") from exc
+                conn.close()
+                raise InvalidArgumentError(f"malformed reply from the stream plane {conn.address}: {exc}") from exc
             if self._cache is not None:
                 self._cache.fill(part.shard, header.state_token, part.pull_blocks, got, step.dest)
         return (outcome, version) if part.push is not None else None
+
+    def drop(self, shard: int) -> None:
+        super().drop(shard)
+        self._in_flight.forget(shard)
+
+    def close(self) -> None:
+        super().close()
+        self._in_flight.forget()
