@@ -95,12 +95,16 @@ class ParameterServerService:
             shard.membership.adopt_topology(request.topology.shard_index, request.topology.num_shards)
         fenced = request.resync and shard.membership.unfence(request.worker_id)  # adopts a rollback: the restored clock
         worker, clock, next_seq = shard.register(request.worker_id, request.session)
-        return ps_pb2.RegisterReply(
+        reply = ps_pb2.RegisterReply(
             worker_id=worker, next_seq=next_seq, mode=_MODES[cfg.mode], staleness=cfg.staleness,
             clock=clock, num_workers=cfg.num_workers, server_id=shard.server_id,
             tables=[t.spec.to_proto() for t in list(shard.tables.values())],
             epoch=shard.epoch, lease_s=cfg.lease_s, fenced=fenced,
         )
+        placement = shard.placement
+        if placement is not None:
+            reply.placement.CopyFrom(placement.to_proto())
+        return reply
 
     @handled
     def Leave(self, request: ps_pb2.LeaveRequest, context) -> ps_pb2.LeaveReply:
@@ -158,6 +162,8 @@ class ParameterServerService:
                 reply.checkpoints.add(tag=c["tag"], version=c["version"], cluster=c["cluster"], created=c["created"])
         if snap["topology"] is not None:
             reply.topology.shard_index, reply.topology.num_shards = snap["topology"]
+        if snap["placement"] is not None:
+            reply.placement.CopyFrom(snap["placement"].to_proto())
         for worker, clock, live, age in snap["workers"]:
             reply.workers.add(worker_id=worker, clock=clock, live=live, last_contact_age_s=age)
         for spec, nblocks, nbytes in snap["tables"]:

@@ -29,7 +29,7 @@ from ps.errors import AbortedError
 from ps.protocol.channel import DEFAULT_MAX_MESSAGE_BYTES
 from ps.tables.optim import OptimizerSpec
 from ps.tables.sparse_spec import SparseTableSpec
-from ps.tables.spec import DEFAULT_BLOCK_ELEMS, InitSpec, TableSpec
+from ps.tables.spec import AUTO_BLOCK_ELEMS, InitSpec, TableSpec
 from worker.client.cluster import Cluster
 from worker.client.membership import Membership
 from worker.client.pull_cache import PullCache
@@ -283,13 +283,15 @@ class Client:
         seed: int = 0,
         optimizer: str = "sgd",
         lr: float = 0.01,
-        block_elems: int = DEFAULT_BLOCK_ELEMS,
+        block_elems: int = AUTO_BLOCK_ELEMS,
         **optimizer_options: Any,
     ) -> None:
         """Create a dense table on the cluster, or check an existing one is the same.
 
         ``optimizer`` is sgd | momentum | adagrad | adam, with options such as
-        ``momentum=0.9, nesterov=True, beta1, beta2, eps, weight_decay``. Idempotent.
+        ``momentum=0.9, nesterov=True, beta1, beta2, eps, weight_decay``. ``block_elems`` 0
+        (the default) cuts the table into blocks that deal evenly over the shards
+        (``ps.tables.spec.balanced_block_elems``; ``docs/placement.md``). Idempotent.
         Blocks. Raises InvalidArgumentError for a bad spec and AlreadyExistsError when
         the table exists with another spec.
         """

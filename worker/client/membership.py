@@ -12,6 +12,7 @@ import grpc
 
 from ps._proto import ps_pb2
 from ps.errors import FailedPreconditionError, PSError, Reason, TransientError
+from ps.tables.placement_map import PlacementMap
 from ps.tables.spec import TableSpec
 from worker.client.shard_status import MODES
 from worker.client.transport import REJOIN_REASONS, rpc_errors
@@ -98,7 +99,9 @@ class Membership:
         if self._observer:
             statuses = self._cluster.fan_out("status", [ps_pb2.StatusRequest()] * n)
             replies = [ps_pb2.RegisterReply(worker_id=-1, mode=s.mode, tables=[t.spec for t in s.tables],
-                                            server_id=s.server_id, epoch=s.epoch) for s in statuses]
+                                            server_id=s.server_id, epoch=s.epoch,
+                                            placement=s.placement if s.HasField("placement") else None)
+                       for s in statuses]
         else:
             wanted = -1 if self._requested_id is None else self._requested_id
             first = self._cluster.call(0, "register", self._request(0, wanted))
@@ -108,6 +111,9 @@ class Membership:
         if len(modes) != 1:
             raise FailedPreconditionError(f"servers disagree on the mode: {sorted(MODES[m] for m in modes)}")
         self.worker_id, self.mode = replies[0].worker_id, MODES[replies[0].mode]
+        for r in replies:  # the newest map any shard holds (they differ only while a move is installed)
+            if r.HasField("placement"):
+                self._directory.adopt_placement(PlacementMap.from_proto(r.placement))
         for r in replies:
             for spec in r.tables:
                 self._directory.learn(TableSpec.from_proto(spec))

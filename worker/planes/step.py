@@ -27,11 +27,12 @@ class Step:
     """
 
     __slots__ = ("specs", "worker_id", "session", "clock", "pull_step", "deadline", "grads", "dest", "rows",
-                 "memo")
+                 "memo", "placement_version")
 
     def __init__(self, specs: Mapping[str, TableSpec], worker_id: int, session: int, clock: int, pull_step: int,
                  deadline: float, grads: Mapping[str, np.ndarray] | None = None,
-                 dest: Mapping[str, np.ndarray] | None = None, rows: np.ndarray | None = None) -> None:
+                 dest: Mapping[str, np.ndarray] | None = None, rows: np.ndarray | None = None,
+                 placement_version: int = 0) -> None:
         self.specs = specs
         self.worker_id = worker_id
         self.session = session
@@ -43,6 +44,8 @@ class Step:
         self.rows = rows
         #: a plane's answers that hold for the whole step (None until one keeps some)
         self.memo: dict | None = None
+        #: the placement map version the step's parts were planned with (0: not checked)
+        self.placement_version = placement_version
 
     @property
     def timeout_s(self) -> float:
@@ -57,13 +60,15 @@ class Step:
         pull = None
         if part.pull is not None:
             pull = ps_pb2.PullHeader(worker_id=self.worker_id, step=self.pull_step, tables=part.pull,
-                                     part=part.part, num_parts=part.num_parts)
+                                     part=part.part, num_parts=part.num_parts,
+                                     placement_version=self.placement_version)
             if known is not None:
                 known(pull)
         push = None
         if part.push is not None:
             push = ps_pb2.PushHeader(worker_id=self.worker_id, seq=seq, step=self.clock, part=part.part,
-                                     num_parts=part.num_parts, session=self.session)
+                                     num_parts=part.num_parts, session=self.session,
+                                     placement_version=self.placement_version)
             add = push.blocks.add
             for name, b in part.push:
                 spec = self.specs[name]
@@ -87,7 +92,8 @@ class Step:
         values = part.values if push else self.rows
         return ps_pb2.RowsHeader(worker_id=self.worker_id, seq=seq, step=self.clock if push else self.pull_step,
                                  part=part.part, num_parts=part.num_parts, table=part.table, num_ids=len(part.ids),
-                                 dim=values.shape[1], dtype=wire_dtype(values.dtype), session=self.session if push else 0)
+                                 dim=values.shape[1], dtype=wire_dtype(values.dtype), session=self.session if push else 0,
+                                 placement_version=self.placement_version)
 
     def block(self, part: Part, table: str, block: int, count: int, dtype: int) -> tuple[int, int]:
         """Where a pulled block goes in ``dest[table]``: ``(start, stop)``. Every plane checks a
