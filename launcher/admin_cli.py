@@ -12,7 +12,11 @@
   the path, format, tables, keys and bytes as JSON.
 - ``ps-admin status --servers A,B [--json]``: one table of every shard's tables, version,
   blocks and bytes, the workers it knows with their clocks and last contact, and in sync
-  mode the workers the open step still waits for (:mod:`launcher.status_table`).
+  mode the workers the open step still waits for (:mod:`launcher.status_table`), and each
+  shard's placement map version.
+- ``ps-admin move --servers A,B --table T --blocks 0,3 --to 1``: move dense blocks to shard
+  ``--to`` while workers train, under a new placement map version (:mod:`launcher.placement_moves`,
+  ``docs/placement.md``); prints the new map as JSON.
 
 Connection flags (``--token-file``/``PS_TOKEN``, ``--tls-ca``, ``--tls-cert``,
 ``--tls-key``) are those of the workers. Exits 0 on success, 1 on failure (with the
@@ -78,7 +82,39 @@ def build_parser(environ=None) -> EnvArgumentParser:
     e.add_argument("--out", required=True, help="the file to write: PATH.npz, or PATH.safetensors (needs safetensors)")
     e.add_argument("--tables", default=None, help="comma-separated table names (default: every table)")
     e.add_argument("--force", action="store_true", help="replace the file if it exists")
+    m = sub.add_parser("move", help="move dense blocks to another shard (a new placement map version)",
+                       environ=environ)
+    _connection_args(m)
+    m.add_argument("--table", required=True, help="the dense table whose blocks move")
+    m.add_argument("--blocks", required=True, help="comma-separated block indices")
+    m.add_argument("--to", required=True, type=int, help="the shard (index in --servers) they move to")
     return p
+
+
+def _channels(args) -> list[ShardChannel]:
+    """One control channel per ``--servers`` entry, with the connection flags."""
+    kw = client_safety.client_kwargs(args)
+    creds = tls.channel_credentials(kw["tls_ca"], kw["tls_cert"], kw["tls_key"]) if kw["tls_ca"] else None
+    return [ShardChannel(a.strip(), DEFAULT_MAX_MESSAGE_BYTES, credentials=creds, token=kw["token"],
+                         server_name=kw["tls_server_name"]) for a in args.servers.split(",")]
+
+
+def move(args) -> int:
+    """Move ``--blocks`` of ``--table`` to shard ``--to``; prints the placement map installed."""
+    from launcher.placement_moves import move_blocks
+
+    try:
+        blocks = [int(b) for b in args.blocks.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--blocks must be comma-separated integers, got {args.blocks!r}") from None
+    channels = _channels(args)
+    try:
+        placement = move_blocks(channels, {(args.table, b): args.to for b in blocks}, args.timeout)
+    finally:
+        for ch in channels:
+            ch.close()
+    print(json.dumps(placement.to_json()))
+    return 0
 
 
 def export(args) -> int:
@@ -111,9 +147,7 @@ def shutdown(args) -> int:
                     timeout_s=args.timeout, **kw) as client:
             reason = wait_until_done(client.status, DoneWatch(args.num_workers, args.idle), args.timeout)
         print(f"ps-admin stop: the run is over: {reason}; stopping the servers", file=sys.stderr, flush=True)
-    creds = tls.channel_credentials(kw["tls_ca"], kw["tls_cert"], kw["tls_key"]) if kw["tls_ca"] else None
-    channels = [ShardChannel(a.strip(), DEFAULT_MAX_MESSAGE_BYTES, credentials=creds, token=kw["token"],
-                             server_name=kw["tls_server_name"]) for a in args.servers.split(",")]
+    channels = _channels(args)
     try:
         fan_out([(ch, ch.shutdown, ps_pb2.ShutdownRequest()) for ch in channels], args.timeout,
                 RetryPolicy(attempts=3))
@@ -137,7 +171,7 @@ def status(args) -> int:
 
 
 COMMANDS: dict[str, Callable] = {"checkpoint": checkpoint, "shutdown": shutdown, "stop": shutdown, "status": status,
-                                  "export": export}
+                                  "export": export, "move": move}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -529,3 +529,35 @@ class ListRowsRequest(_message.Message):
     from_start: bool
     max_rows: int
     def __init__(self, table: _Optional[str] = ..., after_id: _Optional[int] = ..., from_start: _Optional[bool] = ..., max_rows: _Optional[int] = ...) -> None: ...
+
+class MoveRequest(_message.Message):
+    __slots__ = ("placement", "give", "take", "payload", "release")
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    GIVE_FIELD_NUMBER: _ClassVar[int]
+    TAKE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    placement: PlacementMap
+    give: _containers.RepeatedCompositeFieldContainer[PlacedUnit]
+    take: _containers.RepeatedCompositeFieldContainer[UnitState]
+    payload: bytes
+    release: bool
+    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., give: _Optional[_Iterable[_Union[PlacedUnit, _Mapping]]] = ..., take: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., release: _Optional[bool] = ...) -> None: ...
+
+class UnitState(_message.Message):
+    __slots__ = ("unit", "version")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    unit: PlacedUnit
+    version: int
+    def __init__(self, unit: _Optional[_Union[PlacedUnit, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class MoveReply(_message.Message):
+    __slots__ = ("placement", "units", "payload")
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    placement: PlacementMap
+    units: _containers.RepeatedCompositeFieldContainer[UnitState]
+    payload: bytes
+    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., units: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ...) -> None: ...

@@ -1,0 +1,219 @@
+"""Placement as a versioned map (issue 16, stage 1): balance by bytes, the map in status and
+checkpoints, and redirects that a client follows invisibly, applying every push once.
+
+Real shards on loopback (ports from the OS); ``ps-admin`` as a real process.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from launcher.placement_moves import move_blocks, newest_placement
+from ps import ServerConfig, ShardServer
+from ps.checkpoint import state as checkpoint
+from ps.tables.placement_map import PlacementMap
+from ps.tables.spec import TableSpec
+from tests.integration.procs import CLEAN_ENV, ROOT
+from worker import Client
+from worker.client.transport import RetryPolicy, ShardChannel
+from worker.models.mlp import MLP
+from worker.training.model_tables import create_tables, table_specs
+from worker.training.train_config import TrainConfig
+
+
+def addresses(servers) -> str:
+    return ",".join(s.address for s in servers)
+
+
+def shard_bytes_from_checkpoint(directory, tag: str, num_shards: int) -> list[int]:
+    """Bytes each shard's checkpoint holds in arrays (values and optimizer state) for ``tag``."""
+    out = []
+    for i in range(num_shards):
+        state = checkpoint.load(str(directory), i, num_shards, tag)
+        total = 0
+        for table in state.tables.get("dense", []):
+            for block in table.blocks.values():
+                total += block.values.nbytes + sum(a.nbytes for a in block.state.values())
+        out.append(total)
+    return out
+
+
+def test_the_default_model_balances_bytes_with_optimizer_state_over_two_shards(shards, tmp_path):
+    """ps-launch's default model (MLP 64 hidden, Adam, digits: 64 features, 10 classes)."""
+    config = TrainConfig()
+    specs = table_specs(MLP(64, 10, config.hidden), config)
+    with shards(2, checkpoint_dir=str(tmp_path)) as servers:
+        with Client(addresses(servers)) as client:
+            create_tables(client, specs)
+            client.checkpoint("balance")
+            status = client.status()
+    held = shard_bytes_from_checkpoint(tmp_path, "balance", 2)
+    assert sum(held) > 4810 * 4 * 3  # every parameter with Adam's two moments
+    assert max(held) <= 1.2 * (sum(held) / 2), held
+    params = [sum(t["bytes"] for t in s["tables"]) for s in status]
+    assert max(params) <= 1.2 * (sum(params) / 2), params
+
+
+def test_a_16_mib_table_splits_evenly_over_two_shards(shards):
+    with shards(2) as servers:
+        with Client(addresses(servers)) as client:
+            client.create("big", (1 << 22,), dtype="float32")
+            status = client.status()
+    blocks = [t["blocks"] for s in status for t in s["tables"] if t["name"] == "big"]
+    nbytes = [t["bytes"] for s in status for t in s["tables"] if t["name"] == "big"]
+    assert blocks == [8, 8] and nbytes == [8 << 20, 8 << 20]
+
+
+def test_status_and_ps_admin_status_show_the_placement_map_version(shards):
+    with shards(2) as servers:
+        with Client(addresses(servers)) as client:
+            client.create("w", (4096,))
+            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
+        channels = [ShardChannel(s.address, 1 << 26) for s in servers]
+        try:
+            move_blocks(channels, {("w", 0): 1 - PlacementMap.initial(2).block_owner("w", 0)}, 10.0)
+        finally:
+            for ch in channels:
+                ch.close()
+        out = subprocess.run([sys.executable, "-m", "launcher.admin_cli", "status", "--servers", addresses(servers),
+                              "--timeout", "20"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                             env=CLEAN_ENV, stdin=subprocess.DEVNULL)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("placement v2 (1 unit moved)") == 2, out.stdout
+        js = subprocess.run([sys.executable, "-m", "launcher.admin_cli", "status", "--json", "--servers",
+                             addresses(servers), "--timeout", "20"], capture_output=True, text=True, timeout=60,
+                            cwd=ROOT, env=CLEAN_ENV, stdin=subprocess.DEVNULL)
+        assert [s["placement"] for s in json.loads(js.stdout)] == [{"version": 2, "num_shards": 2, "moved": 1}] * 2
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _channels(servers) -> list[ShardChannel]:
+    return [ShardChannel(s.address, 1 << 26) for s in servers]
+
+
+def test_a_client_with_a_stale_map_is_redirected_and_its_pushes_apply_exactly_once(shards):
+    """SGD at lr 1 with integer gradients: the table must end at -(sum of every push), exactly."""
+    spec_blocks = TableSpec("w", (4096,)).num_blocks
+    with shards(2) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers)) as a, Client(addresses(servers)) as b:
+            a.create("w", (4096,), optimizer="sgd", lr=1.0)
+            a.push({"w": np.ones(4096, np.float32)})
+            b.push({"w": np.ones(4096, np.float32)})
+            home = PlacementMap.initial(2)
+            moved = {("w", blk): 1 - home.block_owner("w", blk) for blk in range(0, spec_blocks, 2)}
+            new = move_blocks(channels, moved, 10.0)  # both clients still plan with v1
+            assert new.version == 2
+            for i in range(5):
+                a.push({"w": np.full(4096, 2.0, np.float32)})
+                got = b.push_pull({"w": np.full(4096, 3.0, np.float32)}, ["w"])["w"]
+            final = a.pull(["w"])["w"]
+            assert np.array_equal(final, np.full(4096, -(2 + 5 * 2 + 5 * 3), np.float32))
+            assert got.shape == (4096,)
+            assert newest_placement(channels, 10.0, RetryPolicy()).version == 2
+            moved_counts = [s["counters"].get("moved", 0) for s in a.status()]
+            assert sum(moved_counts) >= 2  # both clients were redirected at least once
+            # a block moved back: a third version, and still exact
+            move_blocks(channels, {("w", 0): home.block_owner("w", 0)}, 10.0)
+            b.push({"w": np.ones(4096, np.float32)})
+            assert np.array_equal(a.pull(["w"])["w"], np.full(4096, -(2 + 25 + 1), np.float32))
+        for ch in channels:
+            ch.close()
+
+
+def test_a_push_applied_before_a_move_and_retried_after_it_is_a_duplicate(shards):
+    """A retry of a push the old owner applied (its reply lost) must not be applied again on the new owner."""
+    with shards(2) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers)) as client:
+            client.create("w", (1024,), optimizer="sgd", lr=1.0)
+            engine = client._engine
+            owner = PlacementMap.initial(2).block_owner("w", 0)
+            seq = engine._next_seq[owner]
+            client.push({"w": np.ones(1024, np.float32)})  # applied on both shards
+            move_blocks(channels, {("w", 0): 1 - owner}, 10.0)
+            engine._next_seq[owner] = seq  # as if the reply was lost: the same message again
+            engine._directory.placement = PlacementMap.initial(2)  # planned with the old map
+            engine._directory._owned = {"w": PlacementMap.initial(2).owners("w", 2)}
+            client.push({"w": np.ones(1024, np.float32)})  # block 0: the old owner's seq again; block 1: a new one
+            assert client.stats["duplicate"] == 1
+            final = client.pull(["w"])["w"]
+            assert np.array_equal(final[:512], -np.ones(512, np.float32))   # applied once, not on the new owner
+            assert np.array_equal(final[512:], np.full(512, -2.0, np.float32))
+        for ch in channels:
+            ch.close()
+
+
+def test_the_map_survives_a_checkpoint_and_a_restore_onto_the_same_and_another_count(tmp_path):
+    d = str(tmp_path)
+    servers = [ShardServer(ServerConfig(port=0, shard_index=i, num_shards=2, checkpoint_dir=d)).start()
+               for i in range(2)]
+    try:
+        with Client(addresses(servers)) as client:
+            client.create("w", (4096,), optimizer="adam", lr=0.1)
+            client.push({"w": np.arange(4096, dtype=np.float32)})
+            owner = PlacementMap.initial(2).block_owner("w", 3)
+            channels = _channels(servers)
+            move_blocks(channels, {("w", 3): 1 - owner}, 10.0)
+            for ch in channels:
+                ch.close()
+            client.push({"w": np.ones(4096, dtype=np.float32)})
+            expect = client.pull(["w"])["w"]
+            client.checkpoint("moved")
+    finally:
+        for s in servers:
+            s.stop(grace_s=0.5)
+    manifests = glob.glob(os.path.join(d, "moved", "*.manifest.json"))
+    assert manifests and all(json.loads(_read(m))["placement_moved"] for m in manifests)
+    for count in (2, 3, 1):
+        restored = [ShardServer(ServerConfig(port=0, shard_index=i, num_shards=count, checkpoint_dir=d,
+                                             restore=True)).start() for i in range(count)]
+        try:
+            with Client(addresses(restored)) as client:
+                assert np.array_equal(client.pull(["w"])["w"], expect)
+                maps = [s["placement"] for s in client.status()]
+                if count == 2:  # the saved map, with its move
+                    assert maps == [{"version": 2, "num_shards": 2, "moved": 1}] * 2
+                else:  # the default rule on the new count, one version past the saved map
+                    assert maps == [{"version": 3, "num_shards": count, "moved": 0}] * count
+                client.push({"w": np.ones(4096, dtype=np.float32)})  # trains on
+        finally:
+            for s in restored:
+                s.stop(grace_s=0.5)
+
+
+def test_a_move_of_a_block_a_shard_does_not_hold_is_refused_and_changes_nothing(shards):
+    with shards(2) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers)) as client:
+            client.create("w", (4096,))
+            home = PlacementMap.initial(2)
+            blk = home.blocks_of("w", 8, 0)[0]
+            from ps._proto import ps_pb2
+            from worker.client.transport import call
+            from ps.errors import FailedPreconditionError, InvalidArgumentError
+            request = ps_pb2.MoveRequest(placement=home.with_moves({("w", False, blk): 1}).to_proto())
+            request.give.add(table="w", index=blk)
+            with pytest.raises(InvalidArgumentError):  # shard 1 does not hold it, and the map puts it there
+                call(channels[1], channels[1].move, request, 5.0)
+            same_version = ps_pb2.MoveRequest(placement=PlacementMap(1, 2, {("w", False, blk): 1}).to_proto())
+            same_version.give.add(table="w", index=blk)
+            with pytest.raises(FailedPreconditionError):  # not newer than the shard's map
+                call(channels[0], channels[0].move, same_version, 5.0)
+            with pytest.raises(InvalidArgumentError):  # a map that is no map
+                call(channels[0], channels[0].move, ps_pb2.MoveRequest(), 5.0)
+            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
+            client.push({"w": np.ones(4096, np.float32)})
+        for ch in channels:
+            ch.close()
