@@ -5,7 +5,7 @@ holds and one per worker it knows; the shard's state names its placement map ver
 (``docs/placement.md``)::
 
     SHARD  ADDRESS          KIND    NAME  VERSION  SIZE              CLOCK  LAST CONTACT  STATE
-    0      127.0.0.1:50051  shard         120      2 tables, 17 KiB                       sync, placement v1; step 120 waits for worker 1
+    0      127.0.0.1:50051  shard         120      2 tables, 17 KiB                       sync; step 120 waits for worker 1; placement v1
     0                       table   w1             1 block, 16 KiB
     0                       worker  0                                121    0.1 s ago     live
     0                       worker  1                                120    5.3 s ago     live; step 120 waits for it (slowest)
@@ -54,14 +54,14 @@ def rows(statuses: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
         dense, sparse = s.get("tables") or [], s.get("sparse_tables") or []
         total = sum(t["bytes"] for t in dense) + sum(t["bytes"] for t in sparse)
         state = s["mode"] + (f", restored {s['epoch']}x" if s.get("epoch") else "")
-        if s.get("placement"):
-            moved = s["placement"]["moved"]
-            state += f", placement v{s['placement']['version']}" + (f" ({_plural(moved, 'unit')} moved)" if moved else "")
         missing = never_registered({"workers": s.get("workers") or (), "waiting_for": waiting})
         if s["mode"] == "sync":
             state += f"; step {s['version']} waits for {_workers(waiting, missing)}" if waiting else "; no step waiting"
         elif missing:
             state += f"; pulls wait for {_workers(missing, missing)}"
+        if s.get("placement"):
+            moved = s["placement"]["moved"]
+            state += f"; placement v{s['placement']['version']}" + (f" ({_plural(moved, 'unit')} moved)" if moved else "")
         shard = str(index)
         out.append((shard, s["address"], "shard", "", str(s["version"]),
                     f"{_plural(len(dense) + len(sparse), 'table')}, {human_bytes(total)}", "", "", state))
