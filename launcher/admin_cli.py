@@ -16,7 +16,8 @@
   shard's placement map version.
 - ``ps-admin move --servers A,B --table T --blocks 0,3 --to 1``: move dense blocks to shard
   ``--to`` while workers train, under a new placement map version (:mod:`launcher.placement_moves`,
-  ``docs/placement.md``); prints the new map as JSON.
+  ``docs/placement.md``); prints the new map as JSON. It first finishes any move left half
+  done (an admin killed mid-move); without ``--blocks`` it only does that.
 
 Connection flags (``--token-file``/``PS_TOKEN``, ``--tls-ca``, ``--tls-cert``,
 ``--tls-key``) are those of the workers. Exits 0 on success, 1 on failure (with the
@@ -85,9 +86,12 @@ def build_parser(environ=None) -> EnvArgumentParser:
     m = sub.add_parser("move", help="move dense blocks to another shard (a new placement map version)",
                        environ=environ)
     _connection_args(m)
-    m.add_argument("--table", required=True, help="the dense table whose blocks move")
-    m.add_argument("--blocks", required=True, help="comma-separated block indices")
-    m.add_argument("--to", required=True, type=int, help="the shard (index in --servers) they move to")
+    m.add_argument("--table", default="", help="the dense table whose blocks move")
+    m.add_argument("--blocks", default="", help="comma-separated block indices (none: only finish an "
+                   "interrupted move)")
+    m.add_argument("--to", default=0, type=int, help="the shard (index in --servers) they move to")
+    m.add_argument("--kill-after", default="", choices=("", "settle", "take"),
+                   help="fault injection for tests: SIGKILL ps-admin right after this step of the move")
     return p
 
 
@@ -107,9 +111,12 @@ def move(args) -> int:
         blocks = [int(b) for b in args.blocks.split(",") if b.strip()]
     except ValueError:
         raise ValueError(f"--blocks must be comma-separated integers, got {args.blocks!r}") from None
+    if blocks and not args.table:
+        raise ValueError("--blocks needs --table")
     channels = _channels(args)
     try:
-        placement = move_blocks(channels, {(args.table, b): args.to for b in blocks}, args.timeout)
+        placement = move_blocks(channels, {(args.table, b): args.to for b in blocks}, args.timeout,
+                                kill_after=args.kill_after)
     finally:
         for ch in channels:
             ch.close()

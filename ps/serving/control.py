@@ -81,7 +81,8 @@ class ControlService:
 
     @handled
     def Move(self, request: ps_pb2.MoveRequest, context) -> ps_pb2.MoveReply:
-        """Give units away, take units in, or only install a placement map (``ps.shard.moves``).
+        """Give units away (named, or every one ``settle``), take units in, or only install a
+        placement map (``ps.shard.moves``).
 
         Blocks (give: until no push admitted under an older map is being applied, within the
         call's deadline). FAILED_PRECONDITION for an older map or a unit not here,
@@ -93,8 +94,10 @@ class ControlService:
             raise InvalidArgumentError("a Move gives units or takes them, not both")
         placement = PlacementMap.from_proto(request.placement)
         reply = ps_pb2.MoveReply()
-        if request.give:
-            units = [(u.table, u.rows, int(u.index)) for u in request.give]
+        if request.give and request.settle:
+            raise InvalidArgumentError("a Move names the units to give or settles, not both")
+        if request.give or request.settle:
+            units = [(u.table, u.rows, int(u.index)) for u in request.give] if request.give else None
             given = self.moves.give(placement, units, budget(context.time_remaining()))
             arrays = {}
             for i, (unit, version, unit_arrays) in enumerate(given):

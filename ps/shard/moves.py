@@ -50,13 +50,14 @@ class UnitMoves:
                 shard.set_placement(placement)
             return shard.current_placement()
 
-    def give(self, placement: PlacementMap, units: Sequence[Unit], timeout_s: float) -> list[UnitState]:
+    def give(self, placement: PlacementMap, units: Sequence[Unit] | None, timeout_s: float) -> list[UnitState]:
         """Install ``placement``, wait for pushes admitted under older maps, and hand over
         ``units`` (each this shard owned under its previous map, and ``placement`` puts
-        elsewhere). A repeat with the same map gives the kept copies again. Blocks up to
-        ``timeout_s``. Raises FailedPreconditionError (an older map, a unit not here),
-        InvalidArgumentError (a sparse unit; a unit ``placement`` leaves here), NotFoundError,
-        DeadlineExceededError."""
+        elsewhere; None: every unit this shard holds or kept that ``placement`` puts
+        elsewhere, which is how an interrupted move is finished). A repeat with the same map
+        gives the kept copies again. Blocks up to ``timeout_s``. Raises
+        FailedPreconditionError (an older map, a unit not here), InvalidArgumentError (a
+        sparse unit; a unit ``placement`` leaves here), NotFoundError, DeadlineExceededError."""
         shard = self._shard
         steps = shard.steps
         deadline = steps.clock() + timeout_s
@@ -67,6 +68,12 @@ class UnitMoves:
                                                        and placement != current):
                 raise FailedPreconditionError(f"move under placement {placement.describe()}: this shard already "
                                               f"has {current.describe()}")
+            if units is None:
+                for unit in [u for u in self._given if placement.block_owner(u[0], u[2]) == index]:
+                    shard.tables[unit[0]].move_in(self._given.pop(unit))  # given, never taken, now back here
+                units = sorted({u for u in self._given if placement.block_owner(u[0], u[2]) != index}
+                               | {(name, False, b) for name, t in shard.tables.items() for b in t.blocks
+                                  if placement.block_owner(name, b) != index})
             for table, rows, block in units:
                 if rows:
                     raise InvalidArgumentError(f"{table!r}: moving sparse row buckets is not supported yet")
@@ -84,6 +91,7 @@ class UnitMoves:
                 given = shard.tables[table].move_out(block)
                 if given is not None:
                     self._given[unit] = given
+            shard.blocks_changed()
             blocks = [(unit, self._given[unit]) for unit in units]
         out = []
         for unit, block in blocks:
@@ -116,6 +124,7 @@ class UnitMoves:
             for unit, table, block in built:
                 table.move_in(block)
                 self._given.pop(unit, None)
+            shard.blocks_changed()
             if placement.version > current.version:
                 shard.set_placement(placement)
             return shard.current_placement()

@@ -97,6 +97,7 @@ class Shard:
         self.steps.step_parts = (self._pending, self.rows)
         self.gate, self.counters = self.steps.gate, self.steps.counters
         self._placement: PlacementMap | None = None  # None: the default map of the topology (version 1)
+        self._arriving: set[str] | None = None  # tables with blocks placed here not held yet (None: unknown)
         #: pushes admitted under each placement version and not yet finished (a move waits for them)
         self.admitted: Counter[int] = Counter()
 
@@ -172,7 +173,25 @@ class Shard:
             raise FailedPreconditionError(f"placement map {placement.describe()} does not fit this shard's "
                                           f"topology ({topology[1]} shards)")
         self._placement = placement
+        self.blocks_changed()
         self.steps.cond.notify_all()
+
+    def blocks_changed(self) -> None:
+        """Lock held: the map or the blocks held changed (a move); :meth:`arriving` recomputes."""
+        self._arriving = None
+
+    def arriving(self) -> set[str]:
+        """Lock held: the dense tables with blocks the map places here that this shard does not
+        hold yet (a move under way). Recomputed only after a change; does not block."""
+        if self._arriving is None:
+            placement, topology = self.current_placement(), self.membership.topology
+            self._arriving = set()
+            if placement is not None:
+                for name, table in self.tables.items():
+                    mine = placement.blocks_of(name, table.spec.num_blocks, topology[0])
+                    if len(mine) != len(table.blocks) or any(b not in table.blocks for b in mine):
+                        self._arriving.add(name)
+        return self._arriving
 
     def moved_error(self, version: int, what: str = "") -> FailedPreconditionError | None:
         """The MOVED refusal of a call planned with map ``version`` (0: unchecked) that names
@@ -358,7 +377,7 @@ class Shard:
         with self.steps.cond:
             selected = self._pull_tables(worker, tables, part, num_parts, False)  # before it waits (or abstains)
             version = self.steps.await_pull(worker, step, deadline)
-            self._check_pull_placement(placement_version, pushed)
+            self._check_pull_placement(placement_version, pushed, selected)
             generation = self.steps.generation
         known = known or {}
         picked = [(t, b) for t in selected for b in t.part_blocks(part, num_parts)]
@@ -378,14 +397,16 @@ class Shard:
             if self.steps.generation != generation:
                 raise AbortedError("the cluster rolled back while this pull was copied: retry from a fresh pull",
                                    reason=Reason.ROLLED_BACK)
-            self._check_pull_placement(placement_version, pushed)  # a block may have moved out meanwhile
+            self._check_pull_placement(placement_version, pushed, selected)  # a block may have moved meanwhile
             self.counters["pulls"] += 1
         return version, out
 
-    def _check_pull_placement(self, placement_version: int, pushed: bool) -> None:
+    def _check_pull_placement(self, placement_version: int, pushed: bool, tables: Sequence[DenseTable]) -> None:
         """Lock held: raise MOVED (PULL_MOVED after a push-pull's push) for a pull planned with
-        another map version than this shard's."""
-        refusal = self.moved_error(placement_version)
+        another map version than this shard's, or of a table with blocks still moving here."""
+        arriving = [t.spec.name for t in tables if t.spec.name in self.arriving()] if placement_version else []
+        refusal = self.moved_error(placement_version, f"{arriving[0]}: blocks moving to this shard have not "
+                                                      "arrived yet" if arriving else "")
         if refusal is not None:
             if pushed:
                 refusal.reason = Reason.PULL_MOVED

@@ -283,3 +283,62 @@ def test_pushes_racing_moves_are_each_applied_exactly_once(shards, plane):
         assert home.version == 1
         for ch in channels:
             ch.close()
+
+
+def ps_admin(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher.admin_cli", *args, "--timeout", "20"], capture_output=True,
+                          text=True, timeout=timeout_s, cwd=ROOT, env=CLEAN_ENV, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("kill_after", ["settle", "take"])
+def test_a_move_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_every_push_applies_once(shards, kill_after):
+    workers, size, most_steps = 3, 4096, 2000
+    with shards(2) as servers:
+        with Client(addresses(servers)) as creator:
+            creator.create("w", (size,), optimizer="sgd", lr=1.0)
+        home = PlacementMap.initial(2)
+        blocks = home.blocks_of("w", TableSpec("w", (size,)).num_blocks, 0)[:2]
+        acknowledged = np.zeros(size, np.float64)
+        lock = threading.Lock()
+        rerun_done = threading.Event()
+        going = [threading.Event() for _ in range(workers)]
+
+        def work(w: int) -> None:
+            with Client(addresses(servers), wait_timeout_s=20.0) as client:  # a move never finished: fails
+                total = np.zeros(size, np.float64)
+                extra = 0
+                for k in range(most_steps):
+                    grad = np.full(size, float(w + 1 + k % 4), np.float32)
+                    client.push({"w": grad})
+                    total += grad
+                    if k == 2:
+                        going[w].set()
+                    extra += rerun_done.is_set()
+                    if extra >= 5:
+                        break
+                with lock:
+                    acknowledged[:] += total
+
+        def admin() -> None:
+            assert all(g.wait(60.0) for g in going)  # every worker is pushing
+            killed = ps_admin("move", "--servers", addresses(servers), "--table", "w", "--blocks",
+                              ",".join(map(str, blocks)), "--to", "1", "--kill-after", kill_after)
+            assert killed.returncode == -9, killed.stderr
+            channels = _channels(servers)
+            assert newest_placement(channels, 10.0, RetryPolicy()).version == 2  # half done
+            for ch in channels:
+                ch.close()
+            rerun = ps_admin("move", "--servers", addresses(servers))
+            assert rerun.returncode == 0, rerun.stderr
+            assert json.loads(rerun.stdout)["version"] == 2
+            rerun_done.set()
+
+        run_threads([lambda w=w: work(w) for w in range(workers)] + [admin], timeout_s=120.0)
+        with Client(addresses(servers)) as reader:
+            final = reader.pull(["w"])["w"]
+            status = reader.status()
+        assert np.array_equal(final.astype(np.float64), -acknowledged)
+        assert [s["placement"] for s in status] == [{"version": 2, "num_shards": 2, "moved": 2}] * 2
+        held = {s["address"]: next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status}
+        total_blocks = TableSpec("w", (size,)).num_blocks
+        assert held == {servers[0].address: total_blocks // 2 - 2, servers[1].address: total_blocks // 2 + 2}

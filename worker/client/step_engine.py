@@ -28,11 +28,10 @@ log = logging.getLogger(__name__)
 
 #: tries of one verb that a sync rollback (or a shard awaiting one) answered with ABORTED
 STEP_TRIES = 4
-#: rounds of one step's parts that shards redirected (reason MOVED) before the verb gives up
-MOVE_ROUNDS = 8
-#: the first pause (s) before parts are sent again when no newer placement map was found (a map
-#: being installed): it doubles each round, always within the verb's deadline
+#: the first pause (s) before redirected parts are sent again when no newer placement map was
+#: found (a move under way): it doubles each round up to MOVE_BACKOFF_MAX_S, within the verb's deadline
 MOVE_BACKOFF_S = 0.01
+MOVE_BACKOFF_MAX_S = 0.25
 _OUTCOME_NAMES = {number: name.lower() for name, number in ps_pb2.Outcome.items()}
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -227,21 +226,24 @@ class StepEngine:
         owners now: nothing of them was applied, so they are applied once. A push-pull
         whose push went through but whose pull was refused (PULL_MOVED) only pulls again.
         Returns the pushes' ``(outcome, version)``. Blocks until every part is answered (and
-        the redirected ones, within the verb's deadline); then raises the first PSError."""
+        the redirected ones, until the verb's deadline); then raises the first PSError."""
         outcomes: list[tuple[int, int]] = []
-        for rounds in range(MOVE_ROUNDS):
+        rounds = 0
+        while True:  # bounded by the verb's deadline: each round waits or finds a newer map
             moved: list[tuple[Part, PSError]] = []
             self._execute_once(parts, step, outcomes, moved)
             if not moved:
                 return outcomes
-            if rounds == MOVE_ROUNDS - 1:
+            if time.monotonic() >= step.deadline:
                 raise moved[0][1]
+            rounds += 1
             have = self._directory.placement.version
             version = self._directory.refresh_placement({p.shard for p, _ in moved})
             log.info("worker %d: %d part(s) redirected (%s); placement map v%d -> v%d", self.worker_id,
                      len(moved), moved[0][1], have, version)
-            if version == have:  # the refusing shard is behind (a map being installed): wait a little
-                time.sleep(min(MOVE_BACKOFF_S * 2 ** rounds, max(0.0, step.deadline - time.monotonic())))
+            if version == have:  # a move under way (a map being installed, blocks in flight): wait a little
+                pause = min(MOVE_BACKOFF_S * 2 ** min(rounds, 16), MOVE_BACKOFF_MAX_S)
+                time.sleep(min(pause, max(0.0, step.deadline - time.monotonic())))
             for p, exc in moved:
                 if exc.reason is Reason.PULL_MOVED:
                     outcomes.append((ps_pb2.DUPLICATE, 0))  # its push went through before
@@ -249,7 +251,6 @@ class StepEngine:
             parts = self._planner.replan([p if exc.reason is Reason.MOVED else Part(p.shard, p.part, p.num_parts,
                                                                                     None, p.pull, p.pull_blocks)
                                           for p, exc in moved], self._pipelined, self.mode)
-        raise AssertionError("unreachable")
 
     def _execute_once(self, parts: list[Part], step: Step, outcomes: list[tuple[int, int]],
                       moved: list[tuple[Part, PSError]]) -> None:
