@@ -18,6 +18,9 @@
   ``--to`` while workers train, under a new placement map version (:mod:`launcher.placement_moves`,
   ``docs/placement.md``); prints the new map as JSON. It first finishes any move left half
   done (an admin killed mid-move); without ``--blocks`` it only does that.
+- ``ps-admin resize --servers A,B --to A,B,C``: change the shard set while workers train
+  (async mode, dense tables): blocks move to balance the new set, workers learn the new
+  servers from the placement map. Run again after an interruption, it finishes.
 
 Connection flags (``--token-file``/``PS_TOKEN``, ``--tls-ca``, ``--tls-cert``,
 ``--tls-key``) are those of the workers. Exits 0 on success, 1 on failure (with the
@@ -92,15 +95,39 @@ def build_parser(environ=None) -> EnvArgumentParser:
     m.add_argument("--to", default=0, type=int, help="the shard (index in --servers) they move to")
     m.add_argument("--kill-after", default="", choices=("", "settle", "take"),
                    help="fault injection for tests: SIGKILL ps-admin right after this step of the move")
+    r = sub.add_parser("resize", help="change the shard set while workers train (adds or drops servers)",
+                       environ=environ)
+    _connection_args(r)
+    r.add_argument("--to", required=True, type=server_addresses, dest="to_servers",
+                   help="the new shard list, HOST:PORT,... (new servers started empty)")
+    r.add_argument("--kill-after", default="", choices=("", "settle", "take"),
+                   help="fault injection for tests: SIGKILL ps-admin right after this step of the resize")
     return p
 
 
-def _channels(args) -> list[ShardChannel]:
-    """One control channel per ``--servers`` entry, with the connection flags."""
+def _channels(args, addresses: str | None = None) -> list[ShardChannel]:
+    """One control channel per ``--servers`` entry (or ``addresses``), with the connection flags."""
     kw = client_safety.client_kwargs(args)
     creds = tls.channel_credentials(kw["tls_ca"], kw["tls_cert"], kw["tls_key"]) if kw["tls_ca"] else None
     return [ShardChannel(a.strip(), DEFAULT_MAX_MESSAGE_BYTES, credentials=creds, token=kw["token"],
-                         server_name=kw["tls_server_name"]) for a in args.servers.split(",")]
+                         server_name=kw["tls_server_name"]) for a in (addresses or args.servers).split(",")]
+
+
+def resize(args) -> int:
+    """Resize the shard set from ``--servers`` to ``--to``; prints the placement map installed."""
+    from launcher.placement_moves import resize as resize_shards
+
+    old = [a.strip() for a in args.servers.split(",")]
+    new = [a.strip() for a in args.to_servers.split(",")]
+    union = list(dict.fromkeys(old + new))
+    channels = dict(zip(union, _channels(args, ",".join(union))))
+    try:
+        placement = resize_shards(channels, old, new, args.timeout, kill_after=args.kill_after)
+    finally:
+        for ch in channels.values():
+            ch.close()
+    print(json.dumps(placement.to_json()))
+    return 0
 
 
 def move(args) -> int:
@@ -178,7 +205,7 @@ def status(args) -> int:
 
 
 COMMANDS: dict[str, Callable] = {"checkpoint": checkpoint, "shutdown": shutdown, "stop": shutdown, "status": status,
-                                  "export": export, "move": move}
+                                  "export": export, "move": move, "resize": resize}
 
 
 def main(argv: list[str] | None = None) -> int:

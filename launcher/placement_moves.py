@@ -14,6 +14,7 @@ settled first. A source keeps what it gave until the end, and a target takes a b
 from __future__ import annotations
 
 import io
+import math
 import os
 import signal
 from collections import defaultdict
@@ -58,13 +59,23 @@ def move_blocks(channels: Sequence[ShardChannel], moves: Mapping[tuple[str, int]
 
 
 def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s: float, retry: RetryPolicy,
-           kill_after: str = "") -> PlacementMap:
+           kill_after: str = "", indices: Sequence[int] | None = None,
+           tables: Sequence[ps_pb2.TableSpec] = ()) -> PlacementMap:
     """Make ``placement`` true everywhere: every shard installs it and gives the blocks it puts
     elsewhere (held, or kept from an interrupted move), their owners take them, every shard
-    drops its kept copies. Idempotent: run again after any interruption, it finishes. Blocks;
-    raises PSError."""
+    drops its kept copies. Idempotent: run again after any interruption, it finishes.
+
+    A resize gives ``indices`` (per channel, its place in ``placement``; -1: it leaves) and the
+    dense ``tables`` a new shard must create; the owners are then ``channels[indices.index(i)]``.
+    Shards settle in ``channels`` order. Blocks; raises PSError."""
     wire = placement.to_proto()
-    replies = [call(ch, ch.move, ps_pb2.MoveRequest(placement=wire, settle=True), timeout_s, retry) for ch in channels]
+    replies = []
+    for k in range(len(channels)):
+        request = ps_pb2.MoveRequest(placement=wire, settle=True)
+        if indices is not None:
+            request.reshard, request.shard_index = True, indices[k]
+            request.tables.extend(tables)
+        replies.append(call(channels[k], channels[k].move, request, timeout_s, retry))
     _fault(kill_after, "settle")
     taken: dict[int, list[tuple[ps_pb2.UnitState, dict[str, np.ndarray]]]] = defaultdict(list)
     for reply in replies:
@@ -75,7 +86,7 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
             mine = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
             taken[placement.block_owner(state.unit.table, state.unit.index)].append((state, mine))
     for target, states in sorted(taken.items()):
-        ch = channels[target]
+        ch = channels[target if indices is None else list(indices).index(target)]
         request = ps_pb2.MoveRequest(placement=wire)
         payload = {}
         for i, (state, mine) in enumerate(states):
@@ -88,6 +99,67 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
     _fault(kill_after, "take")
     fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, release=True)) for ch in channels], timeout_s, retry)
     return placement
+
+
+def plan_resize(current: PlacementMap, old: Sequence[str], new: Sequence[str],
+                specs: Sequence[ps_pb2.TableSpec]) -> PlacementMap:
+    """The map after resizing shards ``old`` (placed by ``current``) to ``new`` (addresses): each
+    dense table's blocks stay where they are while their shard stays and holds no more than its
+    even share (``ceil(blocks / len(new))``); the others go to the shards holding fewest of the
+    table. Pure."""
+    index = {a: i for i, a in enumerate(new)}
+    moved: dict[tuple[str, bool, int], int] = {}
+    for spec in specs:
+        num_blocks = -(-math.prod(spec.shape) // spec.block_elems) if spec.block_elems else 0
+        share = -(-num_blocks // len(new))
+        counts = [0] * len(new)
+        pending = []
+        for b in range(num_blocks):
+            i = index.get(old[current.block_owner(spec.name, b)])
+            if i is not None and counts[i] < share:
+                moved[(spec.name, False, b)] = i
+                counts[i] += 1
+            else:
+                pending.append(b)
+        for b in pending:
+            i = min(range(len(new)), key=lambda k: (counts[k], k))
+            moved[(spec.name, False, b)] = i
+            counts[i] += 1
+    return PlacementMap(current.version + 1, len(new), moved, list(new))
+
+
+def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequence[str], timeout_s: float,
+           retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
+    """Change the shards from ``old`` to ``new`` (addresses; ``channels`` holds one per address of
+    either) while workers train; returns the map installed. A resize left half done (the same
+    ``new``) is finished. Async mode and dense tables only. Blocks (each call bounded by
+    ``timeout_s``). Raises InvalidArgumentError (duplicate addresses, servers that are not
+    ``old``), FailedPreconditionError (sync or ssp mode, sparse tables), PSError."""
+    old, new = list(old), list(new)
+    if len(set(old)) != len(old) or len(set(new)) != len(new) or not new:
+        raise InvalidArgumentError("--servers and --to must each list distinct addresses, --to at least one")
+    # shards new to the cluster first: no shard hands out the new map before they can serve it
+    union = [a for a in new if a not in old] + old
+    statuses = fan_out([(channels[a], channels[a].status, ps_pb2.StatusRequest()) for a in union], timeout_s, retry)
+    maps = [PlacementMap.from_proto(r.placement) for r in statuses if r.HasField("placement")]
+    if not maps:
+        raise FailedPreconditionError("no shard knows its topology yet: create a table first")
+    newest = max(maps, key=lambda m: m.version)
+    specs = {t.spec.name: t.spec for r in statuses for t in r.tables}
+    if list(newest.addresses) == new:
+        target = newest  # a resize to `new` was started: finish it
+    else:
+        placed = list(newest.addresses) or old
+        if placed != old:
+            raise InvalidArgumentError(f"the servers are {','.join(placed)}, not {','.join(old)}")
+        if any(r.mode != ps_pb2.ASYNC for r in statuses if r.HasField("placement")):
+            raise FailedPreconditionError("resize works in async mode only (for now)")
+        if any(r.sparse_tables for r in statuses):
+            raise FailedPreconditionError("resize does not move sparse tables yet")
+        target = plan_resize(newest, old, new, list(specs.values()))
+    ordered = [channels[a] for a in union]
+    indices = [new.index(a) if a in new else -1 for a in union]
+    return settle(ordered, target, timeout_s, retry, kill_after, indices, list(specs.values()))
 
 
 def _fault(kill_after: str, step: str) -> None:

@@ -531,20 +531,26 @@ class ListRowsRequest(_message.Message):
     def __init__(self, table: _Optional[str] = ..., after_id: _Optional[int] = ..., from_start: _Optional[bool] = ..., max_rows: _Optional[int] = ...) -> None: ...
 
 class MoveRequest(_message.Message):
-    __slots__ = ("placement", "give", "take", "payload", "release", "settle")
+    __slots__ = ("placement", "give", "take", "payload", "release", "settle", "reshard", "shard_index", "tables")
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     GIVE_FIELD_NUMBER: _ClassVar[int]
     TAKE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     SETTLE_FIELD_NUMBER: _ClassVar[int]
+    RESHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
     placement: PlacementMap
     give: _containers.RepeatedCompositeFieldContainer[PlacedUnit]
     take: _containers.RepeatedCompositeFieldContainer[UnitState]
     payload: bytes
     release: bool
     settle: bool
-    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., give: _Optional[_Iterable[_Union[PlacedUnit, _Mapping]]] = ..., take: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., release: _Optional[bool] = ..., settle: _Optional[bool] = ...) -> None: ...
+    reshard: bool
+    shard_index: int
+    tables: _containers.RepeatedCompositeFieldContainer[TableSpec]
+    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., give: _Optional[_Iterable[_Union[PlacedUnit, _Mapping]]] = ..., take: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., release: _Optional[bool] = ..., settle: _Optional[bool] = ..., reshard: _Optional[bool] = ..., shard_index: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ...) -> None: ...
 
 class UnitState(_message.Message):
     __slots__ = ("unit", "version")

@@ -26,8 +26,9 @@ import numpy as np
 from ps.errors import FailedPreconditionError, InvalidArgumentError
 from ps.shard.consistency import Proceed, Wait
 from ps.shard.shard import Shard
-from ps.tables.dense_table import Block
+from ps.tables.dense_table import Block, DenseTable
 from ps.tables.placement_map import PlacementMap, Unit
+from ps.tables.spec import TableSpec, exists_alike
 
 #: one unit's state as it travels: the unit, its version (updates applied), its arrays by name
 UnitState = tuple[Unit, int, dict[str, np.ndarray]]
@@ -39,6 +40,24 @@ class UnitMoves:
     def __init__(self, shard: Shard) -> None:
         self._shard = shard
         self._given: dict[Unit, Block] = {}  # units given away, kept until released (a rerun gives them again)
+
+    def reshard(self, placement: PlacementMap, index: int, tables: Sequence[TableSpec] = ()) -> None:
+        """A resize: take place ``index`` in ``placement`` (-1: leave) and create ``tables`` (dense,
+        holding no blocks) where missing, unless the shard already has ``placement`` or a newer
+        map. Does not block. Raises FailedPreconditionError (an older map), AlreadyExistsError
+        (a table of another spec), InvalidArgumentError."""
+        shard = self._shard
+        with shard.steps.cond:
+            current = shard.current_placement()
+            if current is not None and placement.version < current.version:
+                raise FailedPreconditionError(f"resize to placement {placement.describe()}: this shard already "
+                                              f"has {current.describe()}")
+            if current is not None and placement.version == current.version:
+                return  # done before: a rerun
+            for spec in tables:
+                if not exists_alike(spec, shard.tables, shard.rows.tables, "sparse"):
+                    shard.tables[spec.name] = DenseTable.create(spec, [])
+            shard.reshard(index, placement)
 
     def install(self, placement: PlacementMap) -> PlacementMap:
         """Install ``placement`` if it is newer than the shard's map; returns the shard's map.
@@ -146,6 +165,8 @@ class UnitMoves:
         return placement
 
     def _index(self) -> int:
+        if self._shard.retired:
+            return -1
         topology = self._shard.topology
         if topology is None:
             raise FailedPreconditionError("shard topology unknown: nothing to move yet")

@@ -98,6 +98,8 @@ class Shard:
         self.gate, self.counters = self.steps.gate, self.steps.counters
         self._placement: PlacementMap | None = None  # None: the default map of the topology (version 1)
         self._arriving: set[str] | None = None  # tables with blocks placed here not held yet (None: unknown)
+        #: a resize removed this shard from the map: it owns nothing and redirects every data call
+        self.retired = False
         #: pushes admitted under each placement version and not yet finished (a move waits for them)
         self.admitted: Counter[int] = Counter()
 
@@ -159,9 +161,8 @@ class Shard:
         topology = self.membership.topology
         if topology is None:
             return None
-        if self._placement is None or self._placement.num_shards != topology[1]:
-            version = 1 if self._placement is None else self._placement.version + 1
-            self._placement = PlacementMap.initial(topology[1], version=version)
+        if self._placement is None:
+            self._placement = PlacementMap.initial(topology[1])
         return self._placement
 
     def set_placement(self, placement: PlacementMap) -> None:
@@ -169,9 +170,25 @@ class Shard:
         not move data: ``ps.shard.moves`` does that first. Raises FailedPreconditionError for a
         map of another shard count than the topology's."""
         topology = self.membership.topology
-        if topology is not None and placement.num_shards != topology[1]:
+        if topology is not None and placement.num_shards != topology[1] and not self.retired:
             raise FailedPreconditionError(f"placement map {placement.describe()} does not fit this shard's "
                                           f"topology ({topology[1]} shards)")
+        self._placement = placement
+        self.blocks_changed()
+        self.steps.cond.notify_all()
+
+    def reshard(self, index: int, placement: PlacementMap) -> None:
+        """Lock held: a resize gives this shard place ``index`` in ``placement`` (its topology
+        becomes ``(index, placement.num_shards)``), or none (``index`` -1: it leaves the
+        cluster, owns nothing and redirects every data call). Installs ``placement``. Raises
+        InvalidArgumentError for an index out of range."""
+        if not -1 <= index < placement.num_shards:
+            raise InvalidArgumentError(f"shard index {index} is not in a map of {placement.num_shards} shards")
+        if index < 0:
+            self.retired = True
+        else:
+            self.retired = False
+            self.membership.topology = (index, placement.num_shards)
         self._placement = placement
         self.blocks_changed()
         self.steps.cond.notify_all()
@@ -186,7 +203,7 @@ class Shard:
         if self._arriving is None:
             placement, topology = self.current_placement(), self.membership.topology
             self._arriving = set()
-            if placement is not None:
+            if placement is not None and not self.retired:
                 for name, table in self.tables.items():
                     mine = placement.blocks_of(name, table.spec.num_blocks, topology[0])
                     if len(mine) != len(table.blocks) or any(b not in table.blocks for b in mine):
@@ -197,6 +214,8 @@ class Shard:
         """The MOVED refusal of a call planned with map ``version`` (0: unchecked) that names
         units elsewhere (``what``: which, "" for none), or None when it may go on here. Lock held."""
         current = self.current_placement()
+        if self.retired:
+            what = what or "this shard left the cluster in a resize"
         if current is None or ((not version or version == current.version) and not what):
             return None
         why = what or f"the call was planned with placement map v{version}"

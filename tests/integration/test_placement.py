@@ -342,3 +342,62 @@ def test_a_move_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_every_push_a
         held = {s["address"]: next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status}
         total_blocks = TableSpec("w", (size,)).num_blocks
         assert held == {servers[0].address: total_blocks // 2 - 2, servers[1].address: total_blocks // 2 + 2}
+
+
+def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards):
+    """Async, SGD at lr 1, integer gradients: the final table is minus the sum of every
+    acknowledged push; the new server's address reaches the workers through the map."""
+    workers, size, most_steps = 3, 8192, 3000
+    with shards(3) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}") as creator:
+            creator.create("w", (size,), optimizer="sgd", lr=1.0)
+        acknowledged = np.zeros(size, np.float64)
+        lock = threading.Lock()
+        going = [threading.Event() for _ in range(workers)]
+        resized = threading.Event()
+        seen_addresses: list[list[str]] = []
+
+        def work(w: int) -> None:
+            with Client(f"{a},{b}", wait_timeout_s=20.0) as client:
+                total = np.zeros(size, np.float64)
+                extra = 0
+                for k in range(most_steps):
+                    grad = np.full(size, float(w + 1 + k % 5), np.float32)
+                    if k % 3 == 2:
+                        client.push_pull({"w": grad}, ["w"])
+                    else:
+                        client.push({"w": grad})
+                    total += grad
+                    if k == 2:
+                        going[w].set()
+                    extra += resized.is_set()
+                    if extra >= 5:
+                        break
+                with lock:
+                    acknowledged[:] += total
+                    seen_addresses.append(list(client.addresses))
+
+        def admin() -> None:
+            assert all(g.wait(60.0) for g in going)
+            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert grow.returncode == 0, grow.stderr
+            grown = json.loads(grow.stdout)
+            assert grown["num_shards"] == 3 and grown["addresses"] == [a, b, c]
+            with Client(f"{a},{b},{c}", observer=True) as observer:
+                spread = [next(t["blocks"] for t in st["tables"] if t["name"] == "w") for st in observer.status()]
+            assert spread == [TableSpec("w", (size,)).num_blocks // 3] * 3, spread  # the new shard took its share
+            shrink = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")
+            assert shrink.returncode == 0, shrink.stderr
+            assert json.loads(shrink.stdout)["addresses"] == [b, c]
+            resized.set()
+
+        run_threads([lambda w=w: work(w) for w in range(workers)] + [admin], timeout_s=120.0)
+        assert seen_addresses == [[b, c]] * workers  # no worker restarted: each followed the map
+        with Client(f"{b},{c}") as reader:
+            final = reader.pull(["w"])["w"]
+            status = reader.status()
+        assert np.array_equal(final.astype(np.float64), -acknowledged)
+        blocks = [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status]
+        assert blocks == [TableSpec("w", (size,)).num_blocks // 2] * 2  # even over the two shards left
+        assert {s["placement"]["num_shards"] for s in status} == {2}

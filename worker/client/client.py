@@ -160,7 +160,7 @@ class Client:
         # TCP payloads: not with TLS (they stay on gRPC's TLS), and little-endian hosts only
         self._stream_plane = (StreamPlane(token, timeout_s, wait_timeout_s, cache)
                               if stream and not tls_ca and sys.byteorder == "little" else None)
-        planner = StepPlanner(self._directory, len(addresses), part_bytes, local_part_bytes)
+        self._planner = planner = StepPlanner(self._directory, len(addresses), part_bytes, local_part_bytes)
         self._engine = StepEngine(self._directory, planner, GrpcPlane(self._cluster, cache), timeout_s=wait_timeout_s,
                                   shared=self._local_plane, reconcile=self._membership.reconcile, observer=observer)
         self._state = "new"
@@ -216,9 +216,22 @@ class Client:
             self.close()
             raise
         self._engine.start(self.worker_id, self.session, self.mode, clock, next_seqs, planes)
+        self._directory.on_reshard = self._reshard
         log.info("worker %d moves tensors over: %s", self.worker_id,
                  ", ".join(f"{a} {plane}" for a, plane in zip(self.addresses, self.data_planes())))
         return self
+
+    def _reshard(self, placement) -> None:
+        """A resize (a placement map listing other shards): channels to the new shard list,
+        registration with the new shards, sequence numbers carried over by address, gRPC for
+        every shard from now on. Blocks (registration); raises PSError."""
+        old = list(self._cluster.addresses)
+        seqs = dict(zip(old, self._engine.next_seqs()))
+        self._cluster.retarget(list(placement.addresses))
+        fresh = self._membership.reshard(old)
+        self.addresses = list(self._cluster.addresses)
+        self._engine.reshard([seqs.get(a) or fresh.get(a, 1) for a in self.addresses])
+        self._planner.reshard(len(self.addresses))
 
     def _open_planes(self) -> list:
         """Per shard, the fast data plane that serves it (None: gRPC). Best effort: blocks for one

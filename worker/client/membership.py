@@ -6,6 +6,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -185,6 +186,27 @@ class Membership:
             log.warning("shard %d (%s) was restored from a checkpoint (epoch %d -> %d)", shard, address, old_epoch,
                         epoch)
         self._incarnations[shard] = (server_id if server_id is not None else old_id, epoch)
+
+    def reshard(self, old: Sequence[str]) -> dict[str, int]:
+        """The cluster's shards changed from ``old`` to ``self._cluster.addresses`` (a resize,
+        already retargeted): register with the new ones under this worker's id. Returns their
+        next sequence numbers by address. Blocks, bounded by the cluster's timeouts; raises
+        PSError."""
+        with self._lock:
+            known = dict(zip(old, self._incarnations))
+            fresh = [i for i, a in enumerate(self._cluster.addresses) if a not in known]
+            replies = {}
+            if fresh and not self._observer:
+                replies = dict(zip(fresh, self._cluster.fan_out(
+                    "register", {i: self._request(i, self.worker_id) for i in fresh})))
+            elif fresh:
+                replies = dict(zip(fresh, self._cluster.fan_out("status", {i: ps_pb2.StatusRequest() for i in fresh})))
+            self._incarnations = [known.get(a) or (replies[i].server_id, replies[i].epoch)
+                                  for i, a in enumerate(self._cluster.addresses)]
+            if not self._observer:
+                self._cluster.on_lost_registration(self.rejoin)
+            log.warning("worker %d: the shards are now %s", self.worker_id, ", ".join(self._cluster.addresses))
+            return {self._cluster.addresses[i]: getattr(r, "next_seq", 1) or 1 for i, r in replies.items()}
 
     def rejoin(self, shard: int) -> None:
         """Register again with ``shard`` under the same id; create the tables it lost.

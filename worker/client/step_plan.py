@@ -37,6 +37,11 @@ class StepPlanner:
         self._local_part_bytes = local_part_bytes
         self._plans: dict[tuple, list[Part] | None] = {}
 
+    def reshard(self, num_shards: int) -> None:
+        """The cluster has ``num_shards`` shards now (a resize): plans are made again."""
+        self._num_shards = num_shards
+        self._plans.clear()
+
     def dense(self, push: tuple[str, ...] | None, pull: tuple[str, ...] | None, local: tuple[bool, ...],
               mode: str) -> list[Part] | None:
         """The parts of a step that pushes blocks of ``push`` and pulls ``pull`` (None: neither),

@@ -37,6 +37,9 @@ class TableDirectory:
         self._owned: dict[str, list[list[int]]] = {}   # table -> shard -> its blocks
         #: the placement map calls are planned with (the default rule until a shard tells another)
         self.placement = PlacementMap.initial(len(cluster))
+        #: called with a newer map that lists other shards than the cluster's (a resize), before it is
+        #: adopted: retargets the client (the Client sets it once started); None: such a map is refused
+        self.on_reshard = None
         #: read-only view of the dense specs by name
         self.specs = MappingProxyType(self._dense)
 
@@ -52,11 +55,20 @@ class TableDirectory:
 
     def adopt_placement(self, placement: PlacementMap) -> bool:
         """Plan with ``placement`` from now on if it is newer than the map held; returns whether
-        it was. No I/O. Raises FailedPreconditionError for a map of another shard count (a
-        resized cluster this client was not started for)."""
+        it was. A map listing other shards (a resize) goes through :attr:`on_reshard` first
+        (which blocks while the client registers with new shards). Raises
+        FailedPreconditionError for a map of another shard count, or listing other shards
+        while :attr:`on_reshard` is None (e.g. while joining)."""
         if placement.version <= self.placement.version:
             return False
-        if placement.num_shards != len(self._cluster):
+        listed = list(placement.addresses) or self._cluster.addresses
+        if listed != self._cluster.addresses:
+            if self.on_reshard is None:
+                raise FailedPreconditionError(f"the servers are now {', '.join(listed)} (placement map "
+                                              f"{placement.describe()}): start this worker with --servers "
+                                              f"{','.join(listed)}")
+            self.on_reshard(placement)
+        elif placement.num_shards != len(self._cluster):
             raise FailedPreconditionError(f"the servers' placement map {placement.describe()} is for another "
                                           f"number of shards than this worker's {len(self._cluster)}")
         self.placement = placement
