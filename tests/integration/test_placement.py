@@ -401,3 +401,51 @@ def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards)
         blocks = [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status]
         assert blocks == [TableSpec("w", (size,)).num_blocks // 2] * 2  # even over the two shards left
         assert {s["placement"]["num_shards"] for s in status} == {2}
+
+
+@pytest.mark.parametrize("kill_after", ["settle", "take"])
+def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after):
+    workers, size, most_steps = 3, 8192, 3000
+    with shards(3) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}") as creator:
+            creator.create("w", (size,), optimizer="sgd", lr=1.0)
+        acknowledged = np.zeros(size, np.float64)
+        lock = threading.Lock()
+        going = [threading.Event() for _ in range(workers)]
+        finished = threading.Event()
+
+        def work(w: int) -> None:
+            with Client(f"{a},{b}", wait_timeout_s=20.0) as client:
+                total = np.zeros(size, np.float64)
+                extra = 0
+                for k in range(most_steps):
+                    grad = np.full(size, float(w + 1 + k % 5), np.float32)
+                    client.push({"w": grad})
+                    total += grad
+                    if k == 2:
+                        going[w].set()
+                    extra += finished.is_set()
+                    if extra >= 5:
+                        break
+                with lock:
+                    acknowledged[:] += total
+
+        def admin() -> None:
+            assert all(g.wait(60.0) for g in going)
+            killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", kill_after)
+            assert killed.returncode == -9, killed.stderr
+            rerun = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert rerun.returncode == 0, rerun.stderr
+            again = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")  # a third run: no change
+            assert again.returncode == 0 and json.loads(again.stdout) == json.loads(rerun.stdout), again.stderr
+            finished.set()
+
+        run_threads([lambda w=w: work(w) for w in range(workers)] + [admin], timeout_s=120.0)
+        with Client(f"{a},{b},{c}") as reader:
+            final = reader.pull(["w"])["w"]
+            status = reader.status()
+        assert np.array_equal(final.astype(np.float64), -acknowledged)
+        assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
+        blocks = [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status]
+        assert blocks == [TableSpec("w", (size,)).num_blocks // 3] * 3
