@@ -30,11 +30,14 @@ from worker.client.transport import RetryPolicy, ShardChannel, call, fan_out
 
 def newest_placement(channels: Sequence[ShardChannel], timeout_s: float, retry: RetryPolicy) -> PlacementMap:
     """The newest placement map any shard holds (one Status call each). Blocks; raises
-    PSError, FailedPreconditionError when no shard knows its topology yet."""
+    PSError, FailedPreconditionError when no shard knows its topology yet, or in sync mode."""
     replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest()) for ch in channels], timeout_s, retry)
     maps = [PlacementMap.from_proto(r.placement) for r in replies if r.HasField("placement")]
     if not maps:
         raise FailedPreconditionError("no shard knows its topology yet: create a table first")
+    if any(r.mode == ps_pb2.SYNC for r in replies):
+        raise FailedPreconditionError("moves work in async and ssp mode only (for now): a sync step's sums "
+                                      "do not move")
     return max(maps, key=lambda m: m.version)
 
 

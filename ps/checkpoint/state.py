@@ -250,8 +250,8 @@ def _open_data(stack: contextlib.ExitStack, path: str, manifest: dict) -> dict:
 
 
 def _placement_of(headers: list[dict], num_shards: int) -> PlacementMap:
-    """The map a restore serves with: the newest saved one when it is for ``num_shards``
-    shards; else the default rule on ``num_shards``, one version past every saved map (a
+    """The map a restore serves with: the newest saved one (without the shards' addresses,
+    which a restart changes) when it is for ``num_shards`` shards; else the default rule on ``num_shards``, one version past every saved map (a
     resharding restore rebuilds every shard from the blocks, wherever they were)."""
     saved = []
     for h in headers:
@@ -261,8 +261,8 @@ def _placement_of(headers: list[dict], num_shards: int) -> PlacementMap:
             except InvalidArgumentError as exc:
                 raise CheckpointError(f"{h['_path']}: {exc}") from None
     newest = max(saved, key=lambda m: m.version, default=None)
-    if newest is not None and newest.num_shards == num_shards:
-        return newest
+    if newest is not None and newest.num_shards == num_shards:  # the servers' addresses come from the clients
+        return PlacementMap(newest.version, num_shards, newest.moved)
     return PlacementMap.initial(num_shards, version=1 if newest is None else newest.version + 1)
 
 

@@ -449,3 +449,42 @@ def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_a
         assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
         blocks = [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status]
         assert blocks == [TableSpec("w", (size,)).num_blocks // 3] * 3
+
+
+def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shards, tmp_path):
+    d = str(tmp_path)
+    with shards(3, checkpoint_dir=d) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}") as client:
+            client.create("w", (8192,), optimizer="adam", lr=0.1)
+            client.push({"w": np.arange(8192, dtype=np.float32)})
+        grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+        assert grow.returncode == 0, grow.stderr
+        with Client(f"{a},{b},{c}") as client:
+            client.push({"w": np.ones(8192, dtype=np.float32)})
+            expect = client.pull(["w"])["w"]
+            client.checkpoint("resized")
+    restored = [ShardServer(ServerConfig(port=0, shard_index=i, num_shards=3, checkpoint_dir=d, restore=True)).start()
+                for i in range(3)]
+    try:
+        with Client(addresses(restored)) as client:
+            assert np.array_equal(client.pull(["w"])["w"], expect)
+            status = client.status()
+            assert {s["placement"]["version"] for s in status} == {2}
+            client.push({"w": np.ones(8192, dtype=np.float32)})  # trains on, on the new set
+    finally:
+        for s in restored:
+            s.stop(grace_s=0.5)
+
+
+def test_moves_and_resizes_are_refused_in_sync_mode_and_change_nothing(shards):
+    with shards(3, mode="sync", num_workers=1) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}", local=False) as client:
+            client.create("w", (4096,))
+            move = ps_admin("move", "--servers", f"{a},{b}", "--table", "w", "--blocks", "0", "--to", "1")
+            assert move.returncode == 1 and "async and ssp mode only" in move.stderr
+            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert grow.returncode == 1 and "async mode only" in grow.stderr
+            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
+            client.pull(["w"])

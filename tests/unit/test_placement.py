@@ -104,3 +104,26 @@ def test_a_malformed_json_map_is_refused():
         PlacementMap.from_json({"num_shards": 2})
     with pytest.raises(InvalidArgumentError):
         PlacementMap.from_json({"version": 1, "num_shards": 2, "moved": [["w", False, 0, 1], ["w", False, 0, 0]]})
+
+
+def test_plan_resize_keeps_blocks_in_place_up_to_an_even_share_and_deals_the_rest():
+    from ps._proto import ps_pb2
+    from launcher.placement_moves import plan_resize
+
+    spec = TableSpec("w", (12 * 512,), block_elems=512).to_proto()   # 12 blocks
+    tiny = TableSpec("b", (10,)).to_proto()                           # 1 block
+    start = PlacementMap.initial(2)
+    grown = plan_resize(start, ["a", "b"], ["a", "b", "c"], [spec, tiny])
+    assert grown.version == 2 and grown.addresses == ("a", "b", "c")
+    owners = grown.owners("w", 12)
+    assert list(map(len, owners)) == [4, 4, 4]
+    stayed = sum(1 for blk in range(12) if grown.block_owner("w", blk) == start.block_owner("w", blk))
+    assert stayed == 8   # only the new shard's share moved
+    assert grown.block_owner("b", 0) == start.block_owner("b", 0)
+    shrunk = plan_resize(grown, ["a", "b", "c"], ["b", "c"], [spec, tiny])
+    assert list(map(len, shrunk.owners("w", 12))) == [6, 6]
+    for blk in range(12):  # what b and c held stays with them
+        before = ("a", "b", "c")[grown.block_owner("w", blk)]
+        if before != "a":
+            assert ("b", "c")[shrunk.block_owner("w", blk)] == before
+    assert isinstance(ps_pb2.PlacementMap.FromString(shrunk.to_proto().SerializeToString()), ps_pb2.PlacementMap)
