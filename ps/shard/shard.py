@@ -199,14 +199,15 @@ class Shard:
 
     def arriving(self) -> set[str]:
         """Lock held: the dense tables with blocks the map places here that this shard does not
-        hold yet (a move under way). Recomputed only after a change; does not block."""
+        hold yet (a move under way): it holds fewer than the map gives it (a shard never holds
+        a block it does not own: a settle gives those away). Recomputed only after a change,
+        in O(tables + moved blocks); does not block."""
         if self._arriving is None:
             placement, topology = self.current_placement(), self.membership.topology
             self._arriving = set()
             if placement is not None and not self.retired:
-                for name, table in self.tables.items():
-                    mine = placement.blocks_of(name, table.spec.num_blocks, topology[0])
-                    if len(mine) != len(table.blocks) or any(b not in table.blocks for b in mine):
+                for name, table in self.tables.items():  # a shard holds no block it does not own (moves)
+                    if placement.count_of(name, table.spec.num_blocks, topology[0]) != len(table.blocks):
                         self._arriving.add(name)
         return self._arriving
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ps._proto import ps_pb2
 from ps.errors import InvalidArgumentError
-from ps.tables.placement import ROW_BUCKETS, block_shard, bucket_owners, row_buckets
+from ps.tables.placement import ROW_BUCKETS, block_shard, bucket_owners, row_buckets, table_offset
 
 __all__ = ["PlacementMap", "Unit"]
 
@@ -32,7 +32,7 @@ class PlacementMap:
     the default rule (entries equal to the rule are dropped). Raises InvalidArgumentError for a
     version < 1, a shard count < 1, a unit on a shard out of range or a bucket out of range."""
 
-    __slots__ = ("version", "num_shards", "addresses", "_moved", "_buckets")
+    __slots__ = ("version", "num_shards", "addresses", "_moved", "_buckets", "_by_table")
 
     def __init__(self, version: int, num_shards: int, moved: Mapping[Unit, int] | None = None,
                  addresses: Sequence[str] = ()) -> None:
@@ -55,6 +55,7 @@ class PlacementMap:
         self.addresses: tuple[str, ...] = tuple(addresses)
         self._moved = dict(sorted(kept.items()))
         self._buckets: dict[str, np.ndarray] = {}  # table -> owner of each bucket (a cache; the value never changes)
+        self._by_table: dict[str, list[tuple[int, int]]] | None = None  # table -> moved (block, shard): a cache
 
     @classmethod
     def initial(cls, num_shards: int, addresses: Sequence[str] = (), version: int = 1) -> PlacementMap:
@@ -78,14 +79,37 @@ class PlacementMap:
 
     def owners(self, table: str, num_blocks: int) -> list[list[int]]:
         """Per shard, the blocks of ``table`` (``num_blocks`` of them) it owns, ascending."""
-        out: list[list[int]] = [[] for _ in range(self.num_shards)]
-        for b in range(num_blocks):
-            out[self.block_owner(table, b)].append(b)
+        offset = table_offset(table, self.num_shards)
+        out = [list(range((s - offset) % self.num_shards, num_blocks, self.num_shards)) for s in range(self.num_shards)]
+        moved = [(index, owner) for (name, rows, index), owner in self._moved.items()
+                 if name == table and not rows and index < num_blocks]
+        if moved:
+            gone = {index for index, _ in moved}
+            out = [[b for b in blocks if b not in gone] for blocks in out]
+            for index, owner in moved:
+                out[owner].append(index)
+            for blocks in out:
+                blocks.sort()
         return out
 
     def blocks_of(self, table: str, num_blocks: int, shard: int) -> list[int]:
         """The blocks of ``table`` that ``shard`` owns, ascending."""
         return self.owners(table, num_blocks)[shard] if 0 <= shard < self.num_shards else []
+
+    def count_of(self, table: str, num_blocks: int, shard: int) -> int:
+        """How many blocks of ``table`` (``num_blocks``) ``shard`` owns; O(blocks moved of it)."""
+        if self._by_table is None:
+            by_table: dict[str, list[tuple[int, int]]] = {}
+            for (name, rows, index), owner in self._moved.items():
+                if not rows:
+                    by_table.setdefault(name, []).append((index, owner))
+            self._by_table = by_table
+        first = (shard - table_offset(table, self.num_shards)) % self.num_shards
+        count = len(range(first, num_blocks, self.num_shards))
+        for index, owner in self._by_table.get(table, ()):
+            if index < num_blocks:
+                count += (owner == shard) - (block_shard(table, index, self.num_shards) == shard)
+        return count
 
     def bucket_owners(self, table: str) -> np.ndarray:
         """The shard of every row bucket of sparse table ``table`` (read-only int64 array)."""

@@ -80,6 +80,7 @@ def test_the_map_records_only_moves_and_round_trips():
     assert moved.block_owner("w", 5) == other and moved.block_owner("w", 4) == base.block_owner("w", 4)
     assert ("w", False, 6) not in moved.moved          # where the rule puts it: not recorded
     assert sum(map(len, moved.owners("w", 10))) == 10 and 5 in moved.owners("w", 10)[other]
+    assert [moved.count_of("w", 10, k) for k in range(3)] == [len(x) for x in moved.owners("w", 10)]
     ids = np.arange(20_000, dtype=np.int64)
     in_bucket_7 = ids[row_buckets("emb", ids) == 7]
     assert (moved.row_shards("emb", in_bucket_7) == 2).all()
