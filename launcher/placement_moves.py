@@ -63,22 +63,25 @@ def move_blocks(channels: Sequence[ShardChannel], moves: Mapping[tuple[str, int]
 
 def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s: float, retry: RetryPolicy,
            kill_after: str = "", indices: Sequence[int] | None = None,
-           tables: Sequence[ps_pb2.TableSpec] = ()) -> PlacementMap:
+           tables: Sequence[ps_pb2.TableSpec] = (), first: int = 0) -> PlacementMap:
     """Make ``placement`` true everywhere: every shard installs it and gives the blocks it puts
     elsewhere (held, or kept from an interrupted move), their owners take them, every shard
     drops its kept copies. Idempotent: run again after any interruption, it finishes.
 
     A resize gives ``indices`` (per channel, its place in ``placement``; -1: it leaves) and the
     dense ``tables`` a new shard must create; the owners are then ``channels[indices.index(i)]``.
-    Shards settle in ``channels`` order. Blocks; raises PSError."""
+    The ``first`` channels settle one by one, then the others all at once; the takes go to
+    their owners all at once. Blocks; raises PSError."""
     wire = placement.to_proto()
-    replies = []
+    requests = []
     for k in range(len(channels)):
         request = ps_pb2.MoveRequest(placement=wire, settle=True)
         if indices is not None:
             request.reshard, request.shard_index = True, indices[k]
             request.tables.extend(tables)
-        replies.append(call(channels[k], channels[k].move, request, timeout_s, retry))
+        requests.append((channels[k], channels[k].move, request))
+    replies = [call(*requests[k], timeout_s, retry) for k in range(first)]
+    replies += fan_out(requests[first:], timeout_s, retry)
     _fault(kill_after, "settle")
     taken: dict[int, list[tuple[ps_pb2.UnitState, dict[str, np.ndarray]]]] = defaultdict(list)
     for reply in replies:
@@ -88,6 +91,7 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
             prefix = f"{i}."
             mine = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
             taken[placement.block_owner(state.unit.table, state.unit.index)].append((state, mine))
+    takes = []
     for target, states in sorted(taken.items()):
         ch = channels[target if indices is None else list(indices).index(target)]
         request = ps_pb2.MoveRequest(placement=wire)
@@ -98,7 +102,8 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
         buf = io.BytesIO()
         np.savez(buf, **payload)
         request.payload = buf.getvalue()
-        call(ch, ch.move, request, timeout_s, retry)
+        takes.append((ch, ch.move, request))
+    fan_out(takes, timeout_s, retry)
     _fault(kill_after, "take")
     fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, release=True)) for ch in channels], timeout_s, retry)
     return placement
@@ -162,7 +167,8 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
         target = plan_resize(newest, old, new, list(specs.values()))
     ordered = [channels[a] for a in union]
     indices = [new.index(a) if a in new else -1 for a in union]
-    return settle(ordered, target, timeout_s, retry, kill_after, indices, list(specs.values()))
+    return settle(ordered, target, timeout_s, retry, kill_after, indices, list(specs.values()),
+                  first=sum(1 for a in new if a not in old))
 
 
 def _fault(kill_after: str, step: str) -> None:
