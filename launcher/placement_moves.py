@@ -27,6 +27,10 @@ from ps.errors import FailedPreconditionError, InvalidArgumentError
 from ps.tables.placement_map import PlacementMap
 from worker.client.transport import RetryPolicy, ShardChannel, call, fan_out
 
+#: bytes of blocks one Move message carries at most (about; at least one block): well under the
+#: servers' message limit (``--max-message-bytes``, 64 MiB by default)
+MOVE_PAGE_BYTES = 16 << 20
+
 
 def newest_placement(channels: Sequence[ShardChannel], timeout_s: float, retry: RetryPolicy) -> PlacementMap:
     """The newest placement map any shard holds (one Status call each). Blocks; raises
@@ -75,13 +79,23 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
     wire = placement.to_proto()
     requests = []
     for k in range(len(channels)):
-        request = ps_pb2.MoveRequest(placement=wire, settle=True)
+        request = ps_pb2.MoveRequest(placement=wire, settle=True, max_bytes=MOVE_PAGE_BYTES)
         if indices is not None:
             request.reshard, request.shard_index = True, indices[k]
             request.tables.extend(tables)
         requests.append((channels[k], channels[k].move, request))
     replies = [call(*requests[k], timeout_s, retry) for k in range(first)]
     replies += fan_out(requests[first:], timeout_s, retry)
+    for k, reply in enumerate(list(replies)):  # the later pages, one shard at a time (bounded: units only grow it)
+        while reply.more:
+            ch, method, request = requests[k]
+            page = ps_pb2.MoveRequest()
+            page.CopyFrom(request)
+            page.skip = reply.next_skip
+            reply = call(ch, method, page, timeout_s, retry)
+            if reply.next_skip and reply.next_skip <= page.skip:
+                raise FailedPreconditionError(f"{ch.address}: a Move page did not advance")
+            replies.append(reply)
     _fault(kill_after, "settle")
     taken: dict[int, list[tuple[ps_pb2.UnitState, dict[str, np.ndarray]]]] = defaultdict(list)
     for reply in replies:
@@ -94,19 +108,34 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
     takes = []
     for target, states in sorted(taken.items()):
         ch = channels[target if indices is None else list(indices).index(target)]
-        request = ps_pb2.MoveRequest(placement=wire)
-        payload = {}
-        for i, (state, mine) in enumerate(states):
-            request.take.add().CopyFrom(state)
-            payload.update({f"{i}.{name}": arr for name, arr in mine.items()})
-        buf = io.BytesIO()
-        np.savez(buf, **payload)
-        request.payload = buf.getvalue()
-        takes.append((ch, ch.move, request))
+        for chunk in _pages(states):
+            request = ps_pb2.MoveRequest(placement=wire)
+            payload = {}
+            for i, (state, mine) in enumerate(chunk):
+                request.take.add().CopyFrom(state)
+                payload.update({f"{i}.{name}": arr for name, arr in mine.items()})
+            buf = io.BytesIO()
+            np.savez(buf, **payload)
+            request.payload = buf.getvalue()
+            takes.append((ch, ch.move, request))
     fan_out(takes, timeout_s, retry)
     _fault(kill_after, "take")
     fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, release=True)) for ch in channels], timeout_s, retry)
     return placement
+
+
+def _pages(states: list) -> list[list]:
+    """``states`` cut into runs of about :data:`MOVE_PAGE_BYTES` (at least one each)."""
+    pages: list[list] = [[]]
+    size = 0
+    for state in states:
+        nbytes = sum(a.nbytes for a in state[1].values())
+        if pages[-1] and size + nbytes > MOVE_PAGE_BYTES:
+            pages.append([])
+            size = 0
+        pages[-1].append(state)
+        size += nbytes
+    return [p for p in pages if p]
 
 
 def plan_resize(current: PlacementMap, old: Sequence[str], new: Sequence[str],

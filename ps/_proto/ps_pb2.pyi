@@ -531,7 +531,7 @@ class ListRowsRequest(_message.Message):
     def __init__(self, table: _Optional[str] = ..., after_id: _Optional[int] = ..., from_start: _Optional[bool] = ..., max_rows: _Optional[int] = ...) -> None: ...
 
 class MoveRequest(_message.Message):
-    __slots__ = ("placement", "give", "take", "payload", "release", "settle", "reshard", "shard_index", "tables")
+    __slots__ = ("placement", "give", "take", "payload", "release", "settle", "reshard", "shard_index", "tables", "skip", "max_bytes")
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     GIVE_FIELD_NUMBER: _ClassVar[int]
     TAKE_FIELD_NUMBER: _ClassVar[int]
@@ -541,6 +541,8 @@ class MoveRequest(_message.Message):
     RESHARD_FIELD_NUMBER: _ClassVar[int]
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     placement: PlacementMap
     give: _containers.RepeatedCompositeFieldContainer[PlacedUnit]
     take: _containers.RepeatedCompositeFieldContainer[UnitState]
@@ -550,7 +552,9 @@ class MoveRequest(_message.Message):
     reshard: bool
     shard_index: int
     tables: _containers.RepeatedCompositeFieldContainer[TableSpec]
-    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., give: _Optional[_Iterable[_Union[PlacedUnit, _Mapping]]] = ..., take: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., release: _Optional[bool] = ..., settle: _Optional[bool] = ..., reshard: _Optional[bool] = ..., shard_index: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ...) -> None: ...
+    skip: int
+    max_bytes: int
+    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., give: _Optional[_Iterable[_Union[PlacedUnit, _Mapping]]] = ..., take: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., release: _Optional[bool] = ..., settle: _Optional[bool] = ..., reshard: _Optional[bool] = ..., shard_index: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., skip: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class UnitState(_message.Message):
     __slots__ = ("unit", "version")
@@ -561,11 +565,15 @@ class UnitState(_message.Message):
     def __init__(self, unit: _Optional[_Union[PlacedUnit, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class MoveReply(_message.Message):
-    __slots__ = ("placement", "units", "payload")
+    __slots__ = ("placement", "units", "payload", "more", "next_skip")
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SKIP_FIELD_NUMBER: _ClassVar[int]
     placement: PlacementMap
     units: _containers.RepeatedCompositeFieldContainer[UnitState]
     payload: bytes
-    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., units: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    more: bool
+    next_skip: int
+    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., units: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., more: _Optional[bool] = ..., next_skip: _Optional[int] = ...) -> None: ...

@@ -101,7 +101,9 @@ class ControlService:
             raise InvalidArgumentError("a Move names the units to give or settles, not both")
         if request.give or request.settle:
             units = [(u.table, u.rows, int(u.index)) for u in request.give] if request.give else None
-            given = self.moves.give(placement, units, budget(context.time_remaining()))
+            given, next_skip = self.moves.give(placement, units, budget(context.time_remaining()), request.skip,
+                                               request.max_bytes)
+            reply.more, reply.next_skip = next_skip is not None, next_skip or 0
             arrays = {}
             for i, (unit, version, unit_arrays) in enumerate(given):
                 reply.units.add(version=version).unit.CopyFrom(ps_pb2.PlacedUnit(table=unit[0], rows=unit[1],

@@ -69,12 +69,15 @@ class UnitMoves:
                 shard.set_placement(placement)
             return shard.current_placement()
 
-    def give(self, placement: PlacementMap, units: Sequence[Unit] | None, timeout_s: float) -> list[UnitState]:
+    def give(self, placement: PlacementMap, units: Sequence[Unit] | None, timeout_s: float, skip: int = 0,
+             max_bytes: int = 0) -> tuple[list[UnitState], int | None]:
         """Install ``placement``, wait for pushes admitted under older maps, and hand over
         ``units`` (each this shard owned under its previous map, and ``placement`` puts
         elsewhere; None: every unit this shard holds or kept that ``placement`` puts
         elsewhere, which is how an interrupted move is finished). A repeat with the same map
-        gives the kept copies again. Blocks up to ``timeout_s``. Raises
+        gives the kept copies again. Answers one page: the units (in order) from ``skip`` on,
+        up to about ``max_bytes`` (at least one; 0: all), and the ``skip`` of the next page
+        (None: none). Blocks up to ``timeout_s``. Raises
         FailedPreconditionError (an older map, a unit not here), InvalidArgumentError (a
         sparse unit; a unit ``placement`` leaves here), NotFoundError, DeadlineExceededError."""
         shard = self._shard
@@ -90,9 +93,7 @@ class UnitMoves:
             if units is None:
                 for unit in [u for u in self._given if placement.block_owner(u[0], u[2]) == index]:
                     shard.tables[unit[0]].move_in(self._given.pop(unit))  # given, never taken, now back here
-                units = sorted({u for u in self._given if placement.block_owner(u[0], u[2]) != index}
-                               | {(name, False, b) for name, t in shard.tables.items() for b in t.blocks
-                                  if placement.block_owner(name, b) != index})
+                units = self._settled(placement, index)
             for table, rows, block in units:
                 if rows:
                     raise InvalidArgumentError(f"{table!r}: moving sparse row buckets is not supported yet")
@@ -111,13 +112,24 @@ class UnitMoves:
                 if given is not None:
                     self._given[unit] = given
             shard.blocks_changed()
-            blocks = [(unit, self._given[unit]) for unit in units]
+            blocks = [(unit, self._given[unit]) for unit in units[skip:]]
         out = []
+        size = 0
         for unit, block in blocks:
+            if out and max_bytes and size + block.values.nbytes * (1 + len(block.state)) > max_bytes:
+                return out, skip + len(out)
             with block.lock:  # no push holds it now, but be exact
                 arrays = {"values": block.values.copy(), **{f"state.{k}": v.copy() for k, v in block.state.items()}}
                 out.append((unit, block.version, arrays))
-        return out
+            size += sum(a.nbytes for a in arrays.values())
+        return out, None
+
+    def _settled(self, placement: PlacementMap, index: int) -> list[Unit]:
+        """Lock held: every unit held or kept that ``placement`` puts elsewhere, in order."""
+        shard = self._shard
+        return sorted({u for u in self._given if placement.block_owner(u[0], u[2]) != index}
+                      | {(name, False, b) for name, t in shard.tables.items() for b in t.blocks
+                         if placement.block_owner(name, b) != index})
 
     def take(self, placement: PlacementMap, states: Sequence[UnitState]) -> PlacementMap:
         """Hold the units in ``states`` (those already held are left as they are) and install
