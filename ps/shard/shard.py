@@ -230,7 +230,8 @@ class Shard:
         """Create the table (its blocks placed here), or accept an identical spec.
 
         Returns True if created. Raises AlreadyExistsError for a different spec under the
-        same name, FailedPreconditionError before the topology is known, and
+        same name, FailedPreconditionError before the topology is known (or, reason MOVED,
+        on a shard a resize removed), and
         ResourceExhaustedError, before anything is allocated, when the blocks it would hold
         here (with optimizer state and update buffers: ``ps.shard.memory_budget``) do not
         fit in what is left of the memory budget; a table of more than
@@ -249,6 +250,8 @@ class Shard:
                 raise FailedPreconditionError("shard topology unknown: register or give it with the request")
             if exists_alike(spec, self.tables, self.rows.tables, "sparse"):
                 return False
+            if self.retired:
+                raise self.moved_error(0)
             index, count = self.membership.topology
             placement = self.current_placement()
         what = f"dense table {spec.name!r} ({spec.size} elements of {spec.dtype}, {spec.optimizer.name})"
