@@ -21,6 +21,9 @@
 - ``ps-admin resize --servers A,B --to A,B,C``: change the shard set while workers train
   (async mode, dense tables): blocks move to balance the new set, workers learn the new
   servers from the placement map. Run again after an interruption, it finishes.
+- ``ps-admin rebalance --servers A,B [--by bytes|accesses] [--ratio 1.1]``: move dense blocks
+  until the busiest shard's load is at most ``--ratio`` times the mean; prints the ratio
+  before and after as JSON.
 
 Connection flags (``--token-file``/``PS_TOKEN``, ``--tls-ca``, ``--tls-cert``,
 ``--tls-key``) are those of the workers. Exits 0 on success, 1 on failure (with the
@@ -102,7 +105,26 @@ def build_parser(environ=None) -> EnvArgumentParser:
                    help="the new shard list, HOST:PORT,... (new servers started empty)")
     r.add_argument("--kill-after", default="", choices=("", "settle", "take"),
                    help="fault injection for tests: SIGKILL ps-admin right after this step of the resize")
+    rb = sub.add_parser("rebalance", help="move dense blocks until the busiest shard holds <= --ratio x the mean",
+                        environ=environ)
+    _connection_args(rb)
+    rb.add_argument("--by", default="bytes", choices=("bytes", "accesses"),
+                    help="the load: bytes of values and optimizer state, or pushes and pulls per block")
+    rb.add_argument("--ratio", type=float, default=1.1, help="the busiest shard's load over the mean to reach")
     return p
+
+
+def rebalance(args) -> int:
+    """Rebalance the shards' load; prints the ratio before and after as JSON."""
+    from launcher.placement_moves import rebalance as rebalance_shards
+
+    channels = _channels(args)
+    try:
+        print(json.dumps(rebalance_shards(channels, args.by, args.ratio, args.timeout)))
+    finally:
+        for ch in channels:
+            ch.close()
+    return 0
 
 
 def _channels(args, addresses: str | None = None) -> list[ShardChannel]:
@@ -205,7 +227,8 @@ def status(args) -> int:
 
 
 COMMANDS: dict[str, Callable] = {"checkpoint": checkpoint, "shutdown": shutdown, "stop": shutdown, "status": status,
-                                  "export": export, "move": move, "resize": resize}
+                                  "export": export, "move": move, "resize": resize,
+                                  "rebalance": rebalance}
 
 
 def main(argv: list[str] | None = None) -> int:

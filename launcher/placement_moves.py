@@ -204,3 +204,61 @@ def _fault(kill_after: str, step: str) -> None:
     """Fault injection (tests): SIGKILL this process right after ``step``."""
     if kill_after == step:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def plan_rebalance(loads: Sequence[Mapping[tuple[str, int], int]], ratio: float) -> dict[tuple[str, int], int]:
+    """Moves that bring the busiest shard's load to at most ``ratio`` times the mean, where
+    ``loads[s]`` maps each block on shard ``s`` to its load: each move takes from the busiest
+    shard to the least busy the block that evens them best. Stops when the ratio holds or no
+    move helps (at most one move per block). Pure."""
+    held = [dict(x) for x in loads]
+    total = [sum(x.values()) for x in held]
+    mean = sum(total) / len(total) if total else 0.0
+    moves: dict[tuple[str, int], int] = {}
+    for _ in range(sum(len(x) for x in held)):
+        hi = max(range(len(total)), key=lambda s: total[s])
+        lo = min(range(len(total)), key=lambda s: total[s])
+        gap = total[hi] - total[lo]
+        if mean <= 0 or total[hi] <= ratio * mean or gap <= 0:
+            break
+        helpful = [(load, unit) for unit, load in held[hi].items() if 0 < load < gap and unit not in moves]
+        if not helpful:
+            break
+        load, unit = min(helpful, key=lambda x: (abs(gap / 2 - x[0]), x[1]))
+        moves[unit] = lo
+        del held[hi][unit]
+        held[lo][unit] = load
+        total[hi] -= load
+        total[lo] += load
+    return moves
+
+
+def rebalance(channels: Sequence[ShardChannel], by: str, ratio: float, timeout_s: float,
+              retry: RetryPolicy = RetryPolicy(attempts=3)) -> dict:
+    """Move dense blocks until the busiest shard's load (``by``: "bytes" of values and optimizer
+    state, or "accesses": pushes and pulls counted per block) is at most ``ratio`` times the
+    mean (``plan_rebalance``), with :func:`move_blocks`. Returns the loads' max/mean ratio
+    before and after, the blocks moved and the map. Blocks; raises InvalidArgumentError,
+    PSError (sync mode: FailedPreconditionError)."""
+    if by not in ("bytes", "accesses") or not ratio >= 1.0:
+        raise InvalidArgumentError(f"rebalance by bytes or accesses, to a ratio >= 1 (got {by!r}, {ratio})")
+
+    def measure() -> list[dict[tuple[str, int], int]]:
+        replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest(with_loads=True)) for ch in channels],
+                          timeout_s, retry)
+        return [{(x.table, int(x.block)): int(x.bytes if by == "bytes" else x.accesses) for x in r.loads}
+                for r in replies]
+
+    def skew(loads: list[dict]) -> float:
+        totals = [sum(x.values()) for x in loads]
+        mean = sum(totals) / len(totals)
+        return max(totals) / mean if mean > 0 else 1.0
+
+    newest_placement(channels, timeout_s, retry)  # refuses sync mode before anything moves
+    before = measure()
+    moves = plan_rebalance(before, ratio)
+    placement = move_blocks(channels, moves, timeout_s, retry) if moves else newest_placement(channels, timeout_s,
+                                                                                              retry)
+    after = measure()  # a block's access count moves with it
+    return {"by": by, "before": skew(before), "after": skew(after), "moved": len(moves),
+            "placement": placement.to_json()}

@@ -398,10 +398,24 @@ class ShutdownReply(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ("with_checkpoints",)
+    __slots__ = ("with_checkpoints", "with_loads")
     WITH_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    WITH_LOADS_FIELD_NUMBER: _ClassVar[int]
     with_checkpoints: bool
-    def __init__(self, with_checkpoints: _Optional[bool] = ...) -> None: ...
+    with_loads: bool
+    def __init__(self, with_checkpoints: _Optional[bool] = ..., with_loads: _Optional[bool] = ...) -> None: ...
+
+class BlockLoad(_message.Message):
+    __slots__ = ("table", "block", "bytes", "accesses")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACCESSES_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    block: int
+    bytes: int
+    accesses: int
+    def __init__(self, table: _Optional[str] = ..., block: _Optional[int] = ..., bytes: _Optional[int] = ..., accesses: _Optional[int] = ...) -> None: ...
 
 class CheckpointInfo(_message.Message):
     __slots__ = ("tag", "version", "cluster", "created")
@@ -458,7 +472,7 @@ class TableStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., blocks: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id", "epoch", "sparse_tables", "local_plane", "checkpoints", "awaiting_rollback", "restored_tag", "restored_version", "rollback_id", "stream_port", "placement")
+    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id", "epoch", "sparse_tables", "local_plane", "checkpoints", "awaiting_rollback", "restored_tag", "restored_version", "rollback_id", "stream_port", "placement", "loads")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -485,6 +499,7 @@ class StatusReply(_message.Message):
     ROLLBACK_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_PORT_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    LOADS_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     staleness: int
     version: int
@@ -504,7 +519,8 @@ class StatusReply(_message.Message):
     rollback_id: str
     stream_port: int
     placement: PlacementMap
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sparse_tables: _Optional[_Iterable[_Union[SparseTableStatus, _Mapping]]] = ..., local_plane: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ..., awaiting_rollback: _Optional[bool] = ..., restored_tag: _Optional[str] = ..., restored_version: _Optional[int] = ..., rollback_id: _Optional[str] = ..., stream_port: _Optional[int] = ..., placement: _Optional[_Union[PlacementMap, _Mapping]] = ...) -> None: ...
+    loads: _containers.RepeatedCompositeFieldContainer[BlockLoad]
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sparse_tables: _Optional[_Iterable[_Union[SparseTableStatus, _Mapping]]] = ..., local_plane: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ..., awaiting_rollback: _Optional[bool] = ..., restored_tag: _Optional[str] = ..., restored_version: _Optional[int] = ..., rollback_id: _Optional[str] = ..., stream_port: _Optional[int] = ..., placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., loads: _Optional[_Iterable[_Union[BlockLoad, _Mapping]]] = ...) -> None: ...
 
 class SparseTableStatus(_message.Message):
     __slots__ = ("spec", "rows", "bytes", "evicted")

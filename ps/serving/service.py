@@ -171,6 +171,9 @@ class ParameterServerService:
         for spec, rows, nbytes, evicted in self.shard.rows.status():
             reply.sparse_tables.add(spec=spec.to_proto(), rows=rows, bytes=nbytes, evicted=evicted)
         reply.counters.update(self.shard.rows.counters())
+        if request.with_loads:
+            for table, block, nbytes, accesses in self.shard.loads():
+                reply.loads.add(table=table, block=block, bytes=nbytes, accesses=accesses)
         return reply
 
     def handler(self) -> grpc.GenericRpcHandler:

@@ -112,14 +112,15 @@ class UnitMoves:
                 if given is not None:
                     self._given[unit] = given
             shard.blocks_changed()
-            blocks = [(unit, self._given[unit]) for unit in units[skip:]]
+            blocks = [(unit, self._given[unit], shard.accesses.get((unit[0], unit[2]), 0)) for unit in units[skip:]]
         out = []
         size = 0
-        for unit, block in blocks:
+        for unit, block, accesses in blocks:
             if out and max_bytes and size + block.values.nbytes * (1 + len(block.state)) > max_bytes:
                 return out, skip + len(out)
             with block.lock:  # no push holds it now, but be exact
-                arrays = {"values": block.values.copy(), **{f"state.{k}": v.copy() for k, v in block.state.items()}}
+                arrays = {"values": block.values.copy(), **{f"state.{k}": v.copy() for k, v in block.state.items()},
+                          "accesses": np.array(accesses, dtype=np.int64)}  # its load moves with it
                 out.append((unit, block.version, arrays))
             size += sum(a.nbytes for a in arrays.values())
         return out, None
@@ -152,8 +153,9 @@ class UnitMoves:
             if placement.version < current.version:
                 raise FailedPreconditionError(f"move under placement {placement.describe()}: this shard already "
                                               f"has {current.describe()}")
-            for unit, table, block in built:
-                table.move_in(block)
+            for (unit, table, block), (_, _, arrays) in zip(built, states):
+                if table.move_in(block):
+                    shard.accesses[(unit[0], unit[2])] = int(arrays.get("accesses", 0))
                 self._given.pop(unit, None)
             shard.blocks_changed()
             if placement.version > current.version:

@@ -102,6 +102,8 @@ class Shard:
         self.retired = False
         #: pushes admitted under each placement version and not yet finished (a move waits for them)
         self.admitted: Counter[int] = Counter()
+        #: (table, block) -> pushes and pulls that touched the block here (ps-admin rebalance)
+        self.accesses: Counter[tuple[str, int]] = Counter()
 
     @property
     def epoch(self) -> int:
@@ -361,9 +363,13 @@ class Shard:
                     table.apply(block, grad)
 
         try:
-            return self.steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
-                                       remember=lambda: self._pending.blocks.update(targets), session=session,
-                                       admit=admit)
+            result = self.steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
+                                         remember=lambda: self._pending.blocks.update(targets), session=session,
+                                         admit=admit)
+            if result.outcome in ("applied", "accumulated"):
+                with self.steps.cond:
+                    self.accesses.update((t.spec.name, b.index) for t, b in targets)
+            return result
         finally:
             if admitted:
                 self.done_admitted(admitted[0])
@@ -422,6 +428,7 @@ class Shard:
                                    reason=Reason.ROLLED_BACK)
             self._check_pull_placement(placement_version, pushed, selected)  # a block may have moved meanwhile
             self.counters["pulls"] += 1
+            self.accesses.update((t.spec.name, b.index) for t, b in picked)
         return version, out
 
     def _check_pull_placement(self, placement_version: int, pushed: bool, tables: Sequence[DenseTable]) -> None:
@@ -490,6 +497,14 @@ class Shard:
         return targets, elsewhere
 
     # -- status -------------------------------------------------------------------------
+
+    def loads(self) -> list[tuple[str, int, int, int]]:
+        """``(table, block, bytes, accesses)`` of every dense block held here: bytes of its
+        values and optimizer state; pushes and pulls that touched it here. Does not block long."""
+        with self.steps.cond:
+            held = [(name, b) for name, t in self.tables.items() for b in t.blocks.values()]
+            return [(name, b.index, b.values.nbytes + sum(a.nbytes for a in b.state.values()),
+                     self.accesses.get((name, b.index), 0)) for name, b in held]
 
     def snapshot(self) -> dict:
         """Mode, version, workers, tables and counters, for the Status call."""

@@ -521,3 +521,49 @@ def test_a_move_larger_than_one_message_goes_in_pages(shards, monkeypatch):
         assert [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status] == [0, 12]
         for ch in channels:
             ch.close()
+
+
+def test_rebalance_by_bytes_evens_a_skewed_placement(shards):
+    with shards(2) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers)) as client:
+            sizes = {"t0": 4096, "t1": 2048, "t2": 2048, "t3": 1024, "t4": 1024}
+            for name, n in sizes.items():  # one block each
+                client.create(name, (n,), optimizer="adam", lr=0.5, block_elems=4096)
+                client.push({name: np.ones(n, np.float32)})
+            home = PlacementMap.initial(2)
+            move_blocks(channels, {(name, 0): 0 for name in sizes if home.block_owner(name, 0) != 0}, 10.0)
+            before = client.pull(list(sizes))
+            out = ps_admin("rebalance", "--servers", addresses(servers))
+            assert out.returncode == 0, out.stderr
+            result = json.loads(out.stdout)
+            assert result["before"] == 2.0 and result["after"] <= 1.1 and result["moved"] >= 1, result
+            after = client.pull(list(sizes))
+            assert all(np.array_equal(before[n], after[n]) for n in sizes)
+            client.push({name: np.ones(n, np.float32) for name, n in sizes.items()})  # trains on
+            again = json.loads(ps_admin("rebalance", "--servers", addresses(servers)).stdout)
+            assert again["moved"] == 0 and again["before"] <= 1.1  # nothing left to do
+        for ch in channels:
+            ch.close()
+
+
+def test_rebalance_by_accesses_spreads_the_hot_blocks(shards):
+    with shards(2) as servers:
+        channels = _channels(servers)
+        home = PlacementMap.initial(2)
+        names = [f"t{i}" for i in range(12)]
+        hot = [n for n in names if home.block_owner(n, 0) == 0][:2]
+        assert len(hot) == 2
+        with Client(addresses(servers)) as client:
+            for name in names:
+                client.create(name, (1024,), optimizer="sgd", lr=0.1, block_elems=1024)
+            for _ in range(30):
+                client.push({name: np.ones(1024, np.float32) for name in hot})
+            out = ps_admin("rebalance", "--servers", addresses(servers), "--by", "accesses")
+            assert out.returncode == 0, out.stderr
+            result = json.loads(out.stdout)
+            assert result["before"] > 1.8 and result["after"] <= 1.1, result
+            owners = newest_placement(channels, 10.0, RetryPolicy())
+            assert {owners.block_owner(n, 0) for n in hot} == {0, 1}  # one hot block on each shard
+        for ch in channels:
+            ch.close()
