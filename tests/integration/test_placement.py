@@ -288,37 +288,67 @@ def ps_admin(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess
                           text=True, timeout=timeout_s, cwd=ROOT, env=CLEAN_ENV, stdin=subprocess.DEVNULL)
 
 
+class Pushers:
+    """``workers`` clients pushing integer gradients (SGD at lr 1) to table "w" of ``size``
+    elements until :attr:`done` is set (then 5 more steps each; at most ``most_steps``); every
+    ``push_pull_every``-th step is a push-pull (0: never). :attr:`acknowledged` sums every push
+    that returned; :attr:`going` is set per worker once it pushed 3 times; :attr:`addresses`
+    lists each client's servers at the end."""
+
+    def __init__(self, servers: str, workers: int, size: int, push_pull_every: int = 0,
+                 most_steps: int = 3000) -> None:
+        self.servers, self.workers, self.size = servers, workers, size
+        self.push_pull_every, self.most_steps = push_pull_every, most_steps
+        self.acknowledged = np.zeros(size, np.float64)
+        self.going = [threading.Event() for _ in range(workers)]
+        self.done = threading.Event()
+        self.addresses: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def work(self, w: int) -> None:
+        with Client(self.servers, wait_timeout_s=20.0) as client:  # a move never finished: fails
+            total = np.zeros(self.size, np.float64)
+            extra = 0
+            for k in range(self.most_steps):
+                grad = np.full(self.size, float(w + 1 + k % 5), np.float32)
+                if self.push_pull_every and k % self.push_pull_every == self.push_pull_every - 1:
+                    client.push_pull({"w": grad}, ["w"])
+                else:
+                    client.push({"w": grad})
+                total += grad
+                if k == 2:
+                    self.going[w].set()
+                extra += self.done.is_set()
+                if extra >= 5:
+                    break
+            with self._lock:
+                self.acknowledged[:] += total
+                self.addresses.append(list(client.addresses))
+
+    def run(self, admin) -> None:
+        """Run the workers and ``admin()`` (which starts once every worker is pushing and sets
+        :attr:`done` when it finished) in threads; bounded."""
+        def admin_then_done() -> None:
+            assert all(g.wait(60.0) for g in self.going)  # every worker is pushing
+            try:
+                admin()
+            finally:
+                self.done.set()
+
+        run_threads([lambda w=w: self.work(w) for w in range(self.workers)] + [admin_then_done], timeout_s=120.0)
+
+
 @pytest.mark.parametrize("kill_after", ["settle", "take"])
 def test_a_move_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_every_push_applies_once(shards, kill_after):
-    workers, size, most_steps = 3, 4096, 2000
+    size = 4096
     with shards(2) as servers:
         with Client(addresses(servers)) as creator:
             creator.create("w", (size,), optimizer="sgd", lr=1.0)
         home = PlacementMap.initial(2)
         blocks = home.blocks_of("w", TableSpec("w", (size,)).num_blocks, 0)[:2]
-        acknowledged = np.zeros(size, np.float64)
-        lock = threading.Lock()
-        rerun_done = threading.Event()
-        going = [threading.Event() for _ in range(workers)]
-
-        def work(w: int) -> None:
-            with Client(addresses(servers), wait_timeout_s=20.0) as client:  # a move never finished: fails
-                total = np.zeros(size, np.float64)
-                extra = 0
-                for k in range(most_steps):
-                    grad = np.full(size, float(w + 1 + k % 4), np.float32)
-                    client.push({"w": grad})
-                    total += grad
-                    if k == 2:
-                        going[w].set()
-                    extra += rerun_done.is_set()
-                    if extra >= 5:
-                        break
-                with lock:
-                    acknowledged[:] += total
+        pushers = Pushers(addresses(servers), 3, size)
 
         def admin() -> None:
-            assert all(g.wait(60.0) for g in going)  # every worker is pushing
             killed = ps_admin("move", "--servers", addresses(servers), "--table", "w", "--blocks",
                               ",".join(map(str, blocks)), "--to", "1", "--kill-after", kill_after)
             assert killed.returncode == -9, killed.stderr
@@ -329,13 +359,12 @@ def test_a_move_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_every_push_a
             rerun = ps_admin("move", "--servers", addresses(servers))
             assert rerun.returncode == 0, rerun.stderr
             assert json.loads(rerun.stdout)["version"] == 2
-            rerun_done.set()
 
-        run_threads([lambda w=w: work(w) for w in range(workers)] + [admin], timeout_s=120.0)
+        pushers.run(admin)
         with Client(addresses(servers)) as reader:
             final = reader.pull(["w"])["w"]
             status = reader.status()
-        assert np.array_equal(final.astype(np.float64), -acknowledged)
+        assert np.array_equal(final.astype(np.float64), -pushers.acknowledged)
         assert [s["placement"] for s in status] == [{"version": 2, "num_shards": 2, "moved": 2}] * 2
         held = {s["address"]: next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status}
         total_blocks = TableSpec("w", (size,)).num_blocks
@@ -345,39 +374,14 @@ def test_a_move_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_every_push_a
 def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards):
     """Async, SGD at lr 1, integer gradients: the final table is minus the sum of every
     acknowledged push; the new server's address reaches the workers through the map."""
-    workers, size, most_steps = 3, 8192, 3000
+    size = 8192
     with shards(3) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}") as creator:
             creator.create("w", (size,), optimizer="sgd", lr=1.0)
-        acknowledged = np.zeros(size, np.float64)
-        lock = threading.Lock()
-        going = [threading.Event() for _ in range(workers)]
-        resized = threading.Event()
-        seen_addresses: list[list[str]] = []
-
-        def work(w: int) -> None:
-            with Client(f"{a},{b}", wait_timeout_s=20.0) as client:
-                total = np.zeros(size, np.float64)
-                extra = 0
-                for k in range(most_steps):
-                    grad = np.full(size, float(w + 1 + k % 5), np.float32)
-                    if k % 3 == 2:
-                        client.push_pull({"w": grad}, ["w"])
-                    else:
-                        client.push({"w": grad})
-                    total += grad
-                    if k == 2:
-                        going[w].set()
-                    extra += resized.is_set()
-                    if extra >= 5:
-                        break
-                with lock:
-                    acknowledged[:] += total
-                    seen_addresses.append(list(client.addresses))
+        pushers = Pushers(f"{a},{b}", 3, size, push_pull_every=3)
 
         def admin() -> None:
-            assert all(g.wait(60.0) for g in going)
             grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
             assert grow.returncode == 0, grow.stderr
             grown = json.loads(grow.stdout)
@@ -388,14 +392,13 @@ def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards)
             shrink = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")
             assert shrink.returncode == 0, shrink.stderr
             assert json.loads(shrink.stdout)["addresses"] == [b, c]
-            resized.set()
 
-        run_threads([lambda w=w: work(w) for w in range(workers)] + [admin], timeout_s=120.0)
-        assert seen_addresses == [[b, c]] * workers  # no worker restarted: each followed the map
+        pushers.run(admin)
+        assert pushers.addresses == [[b, c]] * 3  # no worker restarted: each followed the map
         with Client(f"{b},{c}") as reader:
             final = reader.pull(["w"])["w"]
             status = reader.status()
-        assert np.array_equal(final.astype(np.float64), -acknowledged)
+        assert np.array_equal(final.astype(np.float64), -pushers.acknowledged)
         blocks = [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status]
         assert blocks == [TableSpec("w", (size,)).num_blocks // 2] * 2  # even over the two shards left
         assert {s["placement"]["num_shards"] for s in status} == {2}
@@ -403,47 +406,26 @@ def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards)
 
 @pytest.mark.parametrize("kill_after", ["settle", "take"])
 def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after):
-    workers, size, most_steps = 3, 8192, 3000
+    size = 8192
     with shards(3) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}") as creator:
             creator.create("w", (size,), optimizer="sgd", lr=1.0)
-        acknowledged = np.zeros(size, np.float64)
-        lock = threading.Lock()
-        going = [threading.Event() for _ in range(workers)]
-        finished = threading.Event()
-
-        def work(w: int) -> None:
-            with Client(f"{a},{b}", wait_timeout_s=20.0) as client:
-                total = np.zeros(size, np.float64)
-                extra = 0
-                for k in range(most_steps):
-                    grad = np.full(size, float(w + 1 + k % 5), np.float32)
-                    client.push({"w": grad})
-                    total += grad
-                    if k == 2:
-                        going[w].set()
-                    extra += finished.is_set()
-                    if extra >= 5:
-                        break
-                with lock:
-                    acknowledged[:] += total
+        pushers = Pushers(f"{a},{b}", 3, size)
 
         def admin() -> None:
-            assert all(g.wait(60.0) for g in going)
             killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", kill_after)
             assert killed.returncode == -9, killed.stderr
             rerun = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
             assert rerun.returncode == 0, rerun.stderr
             again = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")  # a third run: no change
             assert again.returncode == 0 and json.loads(again.stdout) == json.loads(rerun.stdout), again.stderr
-            finished.set()
 
-        run_threads([lambda w=w: work(w) for w in range(workers)] + [admin], timeout_s=120.0)
+        pushers.run(admin)
         with Client(f"{a},{b},{c}") as reader:
             final = reader.pull(["w"])["w"]
             status = reader.status()
-        assert np.array_equal(final.astype(np.float64), -acknowledged)
+        assert np.array_equal(final.astype(np.float64), -pushers.acknowledged)
         assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
         blocks = [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status]
         assert blocks == [TableSpec("w", (size,)).num_blocks // 3] * 3
