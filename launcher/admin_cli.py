@@ -21,9 +21,9 @@
 - ``ps-admin resize --servers A,B --to A,B,C``: change the shard set while workers train
   (async mode, dense tables): blocks move to balance the new set, workers learn the new
   servers from the placement map. Run again after an interruption, it finishes.
-- ``ps-admin rebalance --servers A,B [--by bytes|accesses] [--ratio 1.1]``: move dense blocks
-  until the busiest shard's load is at most ``--ratio`` times the mean; prints the ratio
-  before and after as JSON.
+- ``ps-admin rebalance --servers A,B [--by bytes|accesses] [--ratio 1.1] [--auto S --rounds N]``:
+  move dense blocks until the busiest shard's load is at most ``--ratio`` times the mean;
+  prints the ratio before and after as JSON; with ``--auto`` again every S seconds, N times.
 
 Connection flags (``--token-file``/``PS_TOKEN``, ``--tls-ca``, ``--tls-cert``,
 ``--tls-key``) are those of the workers. Exits 0 on success, 1 on failure (with the
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from collections.abc import Callable
 
 from launcher import client_safety, status_table
@@ -111,16 +112,26 @@ def build_parser(environ=None) -> EnvArgumentParser:
     rb.add_argument("--by", default="bytes", choices=("bytes", "accesses"),
                     help="the load: bytes of values and optimizer state, or pushes and pulls per block")
     rb.add_argument("--ratio", type=float, default=1.1, help="the busiest shard's load over the mean to reach")
+    rb.add_argument("--auto", type=float, default=0.0, metavar="SECONDS",
+                    help="while training: rebalance every SECONDS, --rounds times (0: once)")
+    rb.add_argument("--rounds", type=int, default=60, help="--auto: how many times")
     return p
 
 
 def rebalance(args) -> int:
-    """Rebalance the shards' load; prints the ratio before and after as JSON."""
+    """Rebalance the shards' load; prints the ratio before and after as JSON (a line per
+    round with ``--auto``: every ``--auto`` seconds, ``--rounds`` times). Blocks."""
     from launcher.placement_moves import rebalance as rebalance_shards
 
+    if args.auto < 0 or args.rounds < 1:
+        raise ValueError("--auto must be >= 0 and --rounds >= 1")
     channels = _channels(args)
+    pause = threading.Event()  # never set: a bounded wait between rounds
     try:
-        print(json.dumps(rebalance_shards(channels, args.by, args.ratio, args.timeout)))
+        for i in range(args.rounds if args.auto else 1):
+            if i:
+                pause.wait(args.auto)
+            print(json.dumps(rebalance_shards(channels, args.by, args.ratio, args.timeout)), flush=True)
     finally:
         for ch in channels:
             ch.close()

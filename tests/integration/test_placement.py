@@ -549,3 +549,33 @@ def test_rebalance_by_accesses_spreads_the_hot_blocks(shards):
             assert {owners.block_owner(n, 0) for n in hot} == {0, 1}  # one hot block on each shard
         for ch in channels:
             ch.close()
+
+
+def test_rebalance_auto_rebalances_while_the_load_shifts(shards):
+    """--auto: a round per interval; a table that turns hot between rounds is spread by a later round."""
+    with shards(2) as servers:
+        home = PlacementMap.initial(2)
+        names = [f"t{i}" for i in range(12)]
+        on_zero = [n for n in names if home.block_owner(n, 0) == 0]
+        with Client(addresses(servers)) as client:
+            for name in names:
+                client.create(name, (1024,), optimizer="sgd", lr=0.1, block_elems=1024)
+            for _ in range(30):
+                client.push({name: np.ones(1024, np.float32) for name in on_zero[:2]})
+            with subprocess.Popen([sys.executable, "-m", "launcher.admin_cli", "rebalance", "--servers",
+                                   addresses(servers), "--by", "accesses", "--auto", "0.5", "--rounds", "3",
+                                   "--timeout", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  cwd=ROOT, env=CLEAN_ENV, stdin=subprocess.DEVNULL) as proc:
+                try:
+                    first = json.loads(proc.stdout.readline())
+                    assert first["moved"] >= 1 and first["after"] <= 1.1, first
+                    for _ in range(60):  # the load shifts: two other tables on shard 0 turn hot
+                        client.push({name: np.ones(1024, np.float32) for name in on_zero[2:4]})
+                    out, err = proc.communicate(timeout=60)
+                    assert proc.returncode == 0, err
+                    rounds = [first] + [json.loads(line) for line in out.splitlines()]
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+        assert len(rounds) == 3 and all(r["after"] <= 1.1 for r in rounds), rounds
+        assert any(r["moved"] >= 1 and r["before"] > 1.1 for r in rounds[1:]), rounds  # a later round acted
