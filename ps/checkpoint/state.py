@@ -322,8 +322,8 @@ def load(directory: str, shard_index: int, num_shards: int, tag: str | None = No
     UnsupportedCheckpointError for a valid checkpoint holding a table kind with no codec.
     """
     for files in candidates(directory, shard_index, num_shards, tag):
-        if len(files) == 1 and files[0][1].get("placement_moved"):  # blocks moved in live in others' files
-            files = _whole_tag(directory, files[0][1])
+        if len(files) == 1 and files[0][1].get("placement_moved", True):  # blocks moved in (or placed by an
+            files = _whole_tag(directory, files[0][1])                    # older rule) live in others' files
         try:
             with _READS:
                 return _restore(files, shard_index, num_shards)

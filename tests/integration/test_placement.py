@@ -579,3 +579,4 @@ def test_rebalance_auto_rebalances_while_the_load_shifts(shards):
                         proc.kill()
         assert len(rounds) == 3 and all(r["after"] <= 1.1 for r in rounds), rounds
         assert any(r["moved"] >= 1 and r["before"] > 1.1 for r in rounds[1:]), rounds  # a later round acted
+
