@@ -12,7 +12,18 @@
   the path, format, tables, keys and bytes as JSON.
 - ``ps-admin status --servers A,B [--json]``: one table of every shard's tables, version,
   blocks and bytes, the workers it knows with their clocks and last contact, and in sync
-  mode the workers the open step still waits for (:mod:`launcher.status_table`).
+  mode the workers the open step still waits for (:mod:`launcher.status_table`), and each
+  shard's placement map version.
+- ``ps-admin move --servers A,B --table T --blocks 0,3 --to 1``: move dense blocks to shard
+  ``--to`` while workers train, under a new placement map version (:mod:`launcher.placement_moves`,
+  ``docs/placement.md``); prints the new map as JSON. It first finishes any move left half
+  done (an admin killed mid-move); without ``--blocks`` it only does that.
+- ``ps-admin resize --servers A,B --to A,B,C``: change the shard set while workers train
+  (async mode, dense tables): blocks move to balance the new set, workers learn the new
+  servers from the placement map. Run again after an interruption, it finishes.
+- ``ps-admin rebalance --servers A,B [--by bytes|accesses] [--ratio 1.1] [--auto S --rounds N]``:
+  move dense blocks until the busiest shard's load is at most ``--ratio`` times the mean;
+  prints the ratio before and after as JSON; with ``--auto`` again every S seconds, N times.
 
 Connection flags (``--token-file``/``PS_TOKEN``, ``--tls-ca``, ``--tls-cert``,
 ``--tls-key``) are those of the workers. Exits 0 on success, 1 on failure (with the
@@ -24,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from collections.abc import Callable
 
 from launcher import client_safety, status_table
@@ -78,7 +90,98 @@ def build_parser(environ=None) -> EnvArgumentParser:
     e.add_argument("--out", required=True, help="the file to write: PATH.npz, or PATH.safetensors (needs safetensors)")
     e.add_argument("--tables", default=None, help="comma-separated table names (default: every table)")
     e.add_argument("--force", action="store_true", help="replace the file if it exists")
+    m = sub.add_parser("move", help="move dense blocks to another shard (a new placement map version)",
+                       environ=environ)
+    _connection_args(m)
+    m.add_argument("--table", default="", help="the dense table whose blocks move")
+    m.add_argument("--blocks", default="", help="comma-separated block indices (none: only finish an "
+                   "interrupted move)")
+    m.add_argument("--to", default=0, type=int, help="the shard (index in --servers) they move to")
+    m.add_argument("--kill-after", default="", choices=("", "settle", "take"),
+                   help="fault injection for tests: SIGKILL ps-admin right after this step of the move")
+    r = sub.add_parser("resize", help="change the shard set while workers train (adds or drops servers)",
+                       environ=environ)
+    _connection_args(r)
+    r.add_argument("--to", required=True, type=server_addresses, dest="to_servers",
+                   help="the new shard list, HOST:PORT,... (new servers started empty)")
+    r.add_argument("--kill-after", default="", choices=("", "settle", "take"),
+                   help="fault injection for tests: SIGKILL ps-admin right after this step of the resize")
+    rb = sub.add_parser("rebalance", help="move dense blocks until the busiest shard holds <= --ratio x the mean",
+                        environ=environ)
+    _connection_args(rb)
+    rb.add_argument("--by", default="bytes", choices=("bytes", "accesses"),
+                    help="the load: bytes of values and optimizer state, or pushes and pulls per block")
+    rb.add_argument("--ratio", type=float, default=1.1, help="the busiest shard's load over the mean to reach")
+    rb.add_argument("--auto", type=float, default=0.0, metavar="SECONDS",
+                    help="while training: rebalance every SECONDS, --rounds times (0: once)")
+    rb.add_argument("--rounds", type=int, default=60, help="--auto: how many times")
     return p
+
+
+def rebalance(args) -> int:
+    """Rebalance the shards' load; prints the ratio before and after as JSON (a line per
+    round with ``--auto``: every ``--auto`` seconds, ``--rounds`` times). Blocks."""
+    from launcher.placement_moves import rebalance as rebalance_shards
+
+    if args.auto < 0 or args.rounds < 1:
+        raise ValueError("--auto must be >= 0 and --rounds >= 1")
+    channels = _channels(args)
+    pause = threading.Event()  # never set: a bounded wait between rounds
+    try:
+        for i in range(args.rounds if args.auto else 1):
+            if i:
+                pause.wait(args.auto)
+            print(json.dumps(rebalance_shards(channels, args.by, args.ratio, args.timeout)), flush=True)
+    finally:
+        for ch in channels:
+            ch.close()
+    return 0
+
+
+def _channels(args, addresses: str | None = None) -> list[ShardChannel]:
+    """One control channel per ``--servers`` entry (or ``addresses``), with the connection flags."""
+    kw = client_safety.client_kwargs(args)
+    creds = tls.channel_credentials(kw["tls_ca"], kw["tls_cert"], kw["tls_key"]) if kw["tls_ca"] else None
+    return [ShardChannel(a.strip(), DEFAULT_MAX_MESSAGE_BYTES, credentials=creds, token=kw["token"],
+                         server_name=kw["tls_server_name"]) for a in (addresses or args.servers).split(",")]
+
+
+def resize(args) -> int:
+    """Resize the shard set from ``--servers`` to ``--to``; prints the placement map installed."""
+    from launcher.placement_moves import resize as resize_shards
+
+    old = [a.strip() for a in args.servers.split(",")]
+    new = [a.strip() for a in args.to_servers.split(",")]
+    union = list(dict.fromkeys(old + new))
+    channels = dict(zip(union, _channels(args, ",".join(union))))
+    try:
+        placement = resize_shards(channels, old, new, args.timeout, kill_after=args.kill_after)
+    finally:
+        for ch in channels.values():
+            ch.close()
+    print(json.dumps(placement.to_json()))
+    return 0
+
+
+def move(args) -> int:
+    """Move ``--blocks`` of ``--table`` to shard ``--to``; prints the placement map installed."""
+    from launcher.placement_moves import move_blocks
+
+    try:
+        blocks = [int(b) for b in args.blocks.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--blocks must be comma-separated integers, got {args.blocks!r}") from None
+    if blocks and not args.table:
+        raise ValueError("--blocks needs --table")
+    channels = _channels(args)
+    try:
+        placement = move_blocks(channels, {(args.table, b): args.to for b in blocks}, args.timeout,
+                                kill_after=args.kill_after)
+    finally:
+        for ch in channels:
+            ch.close()
+    print(json.dumps(placement.to_json()))
+    return 0
 
 
 def export(args) -> int:
@@ -111,9 +214,7 @@ def shutdown(args) -> int:
                     timeout_s=args.timeout, **kw) as client:
             reason = wait_until_done(client.status, DoneWatch(args.num_workers, args.idle), args.timeout)
         print(f"ps-admin stop: the run is over: {reason}; stopping the servers", file=sys.stderr, flush=True)
-    creds = tls.channel_credentials(kw["tls_ca"], kw["tls_cert"], kw["tls_key"]) if kw["tls_ca"] else None
-    channels = [ShardChannel(a.strip(), DEFAULT_MAX_MESSAGE_BYTES, credentials=creds, token=kw["token"],
-                             server_name=kw["tls_server_name"]) for a in args.servers.split(",")]
+    channels = _channels(args)
     try:
         fan_out([(ch, ch.shutdown, ps_pb2.ShutdownRequest()) for ch in channels], args.timeout,
                 RetryPolicy(attempts=3))
@@ -137,7 +238,8 @@ def status(args) -> int:
 
 
 COMMANDS: dict[str, Callable] = {"checkpoint": checkpoint, "shutdown": shutdown, "stop": shutdown, "status": status,
-                                  "export": export}
+                                  "export": export, "move": move, "resize": resize,
+                                  "rebalance": rebalance}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,11 @@
 """``status_table``: the cluster's state as one plain-text table, for ``ps-admin status``.
 
 Input: ``Client.status()`` (one dict per shard). One row per shard, then one per table it
-holds and one per worker it knows::
+holds and one per worker it knows; the shard's state names its placement map version
+(``docs/placement.md``)::
 
     SHARD  ADDRESS          KIND    NAME  VERSION  SIZE              CLOCK  LAST CONTACT  STATE
-    0      127.0.0.1:50051  shard         120      2 tables, 17 KiB                       sync; step 120 waits for worker 1
+    0      127.0.0.1:50051  shard         120      2 tables, 17 KiB                       sync; step 120 waits for worker 1; placement v1
     0                       table   w1             1 block, 16 KiB
     0                       worker  0                                121    0.1 s ago     live
     0                       worker  1                                120    5.3 s ago     live; step 120 waits for it (slowest)
@@ -58,6 +59,9 @@ def rows(statuses: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
             state += f"; step {s['version']} waits for {_workers(waiting, missing)}" if waiting else "; no step waiting"
         elif missing:
             state += f"; pulls wait for {_workers(missing, missing)}"
+        if s.get("placement"):
+            moved = s["placement"]["moved"]
+            state += f"; placement v{s['placement']['version']}" + (f" ({_plural(moved, 'unit')} moved)" if moved else "")
         shard = str(index)
         out.append((shard, s["address"], "shard", "", str(s["version"]),
                     f"{_plural(len(dense) + len(sparse), 'table')}, {human_bytes(total)}", "", "", state))

@@ -47,6 +47,10 @@ class Reason(enum.IntEnum):
     ROLLED_BACK = 4       # the cluster rolled back (or awaits one): adopt it, retry from a fresh pull
     WAIT_EXPIRED = 5      # the shard's own bounded wait on other workers ran out (the details name them):
                           #   not retried, unlike a transport timeout
+    MOVED = 6             # the call was planned with another placement map version, or names a unit this
+                          #   shard does not own: nothing of it was applied; refresh the map, plan again
+    PULL_MOVED = 7        # a push-pull's push was applied (or a duplicate), but its pull was planned with
+                          #   another placement map: the push is done; refresh the map, pull again
 
     @classmethod
     def parse(cls, value: str | int | None) -> Reason:

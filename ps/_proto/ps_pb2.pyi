@@ -136,7 +136,7 @@ class RegisterRequest(_message.Message):
     def __init__(self, worker_id: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., resync: _Optional[bool] = ..., session: _Optional[int] = ..., num_workers: _Optional[int] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("worker_id", "next_seq", "mode", "staleness", "clock", "num_workers", "tables", "server_id", "epoch", "lease_s", "fenced")
+    __slots__ = ("worker_id", "next_seq", "mode", "staleness", "clock", "num_workers", "tables", "server_id", "epoch", "lease_s", "fenced", "placement")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NEXT_SEQ_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,7 @@ class RegisterReply(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
     FENCED_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     next_seq: int
     mode: Mode
@@ -159,7 +160,32 @@ class RegisterReply(_message.Message):
     epoch: int
     lease_s: float
     fenced: bool
-    def __init__(self, worker_id: _Optional[int] = ..., next_seq: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., clock: _Optional[int] = ..., num_workers: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_s: _Optional[float] = ..., fenced: _Optional[bool] = ...) -> None: ...
+    placement: PlacementMap
+    def __init__(self, worker_id: _Optional[int] = ..., next_seq: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., clock: _Optional[int] = ..., num_workers: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., lease_s: _Optional[float] = ..., fenced: _Optional[bool] = ..., placement: _Optional[_Union[PlacementMap, _Mapping]] = ...) -> None: ...
+
+class PlacementMap(_message.Message):
+    __slots__ = ("version", "num_shards", "addresses", "moved")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    num_shards: int
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    moved: _containers.RepeatedCompositeFieldContainer[PlacedUnit]
+    def __init__(self, version: _Optional[int] = ..., num_shards: _Optional[int] = ..., addresses: _Optional[_Iterable[str]] = ..., moved: _Optional[_Iterable[_Union[PlacedUnit, _Mapping]]] = ...) -> None: ...
+
+class PlacedUnit(_message.Message):
+    __slots__ = ("table", "rows", "index", "shard")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    rows: bool
+    index: int
+    shard: int
+    def __init__(self, table: _Optional[str] = ..., rows: _Optional[bool] = ..., index: _Optional[int] = ..., shard: _Optional[int] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("worker_id", "session")
@@ -202,7 +228,7 @@ class BlockRef(_message.Message):
     def __init__(self, table: _Optional[str] = ..., block: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., count: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class PushHeader(_message.Message):
-    __slots__ = ("worker_id", "seq", "step", "part", "num_parts", "blocks", "then_pull", "session")
+    __slots__ = ("worker_id", "seq", "step", "part", "num_parts", "blocks", "then_pull", "session", "placement_version")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +237,7 @@ class PushHeader(_message.Message):
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     THEN_PULL_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     seq: int
     step: int
@@ -219,7 +246,8 @@ class PushHeader(_message.Message):
     blocks: _containers.RepeatedCompositeFieldContainer[BlockRef]
     then_pull: PullHeader
     session: int
-    def __init__(self, worker_id: _Optional[int] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., then_pull: _Optional[_Union[PullHeader, _Mapping]] = ..., session: _Optional[int] = ...) -> None: ...
+    placement_version: int
+    def __init__(self, worker_id: _Optional[int] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., then_pull: _Optional[_Union[PullHeader, _Mapping]] = ..., session: _Optional[int] = ..., placement_version: _Optional[int] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("header", "payload")
@@ -238,7 +266,7 @@ class PushReply(_message.Message):
     def __init__(self, outcome: _Optional[_Union[Outcome, str]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class PullHeader(_message.Message):
-    __slots__ = ("worker_id", "step", "tables", "part", "num_parts", "known", "known_for")
+    __slots__ = ("worker_id", "step", "tables", "part", "num_parts", "known", "known_for", "placement_version")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +274,7 @@ class PullHeader(_message.Message):
     NUM_PARTS_FIELD_NUMBER: _ClassVar[int]
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     KNOWN_FOR_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     step: int
     tables: _containers.RepeatedScalarFieldContainer[str]
@@ -253,7 +282,8 @@ class PullHeader(_message.Message):
     num_parts: int
     known: _containers.RepeatedCompositeFieldContainer[BlockRef]
     known_for: str
-    def __init__(self, worker_id: _Optional[int] = ..., step: _Optional[int] = ..., tables: _Optional[_Iterable[str]] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., known: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., known_for: _Optional[str] = ...) -> None: ...
+    placement_version: int
+    def __init__(self, worker_id: _Optional[int] = ..., step: _Optional[int] = ..., tables: _Optional[_Iterable[str]] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., known: _Optional[_Iterable[_Union[BlockRef, _Mapping]]] = ..., known_for: _Optional[str] = ..., placement_version: _Optional[int] = ...) -> None: ...
 
 class PullRequest(_message.Message):
     __slots__ = ("header",)
@@ -284,7 +314,7 @@ class PullReply(_message.Message):
     def __init__(self, header: _Optional[_Union[PullReplyHeader, _Mapping]] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class RowsHeader(_message.Message):
-    __slots__ = ("worker_id", "seq", "step", "part", "num_parts", "table", "num_ids", "dim", "dtype", "version", "session")
+    __slots__ = ("worker_id", "seq", "step", "part", "num_parts", "table", "num_ids", "dim", "dtype", "version", "session", "placement_version")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +326,7 @@ class RowsHeader(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
     seq: int
     step: int
@@ -307,7 +338,8 @@ class RowsHeader(_message.Message):
     dtype: DType
     version: int
     session: int
-    def __init__(self, worker_id: _Optional[int] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., table: _Optional[str] = ..., num_ids: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., version: _Optional[int] = ..., session: _Optional[int] = ...) -> None: ...
+    placement_version: int
+    def __init__(self, worker_id: _Optional[int] = ..., seq: _Optional[int] = ..., step: _Optional[int] = ..., part: _Optional[int] = ..., num_parts: _Optional[int] = ..., table: _Optional[str] = ..., num_ids: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., version: _Optional[int] = ..., session: _Optional[int] = ..., placement_version: _Optional[int] = ...) -> None: ...
 
 class RowsRequest(_message.Message):
     __slots__ = ("header", "payload")
@@ -366,10 +398,24 @@ class ShutdownReply(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ("with_checkpoints",)
+    __slots__ = ("with_checkpoints", "with_loads")
     WITH_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    WITH_LOADS_FIELD_NUMBER: _ClassVar[int]
     with_checkpoints: bool
-    def __init__(self, with_checkpoints: _Optional[bool] = ...) -> None: ...
+    with_loads: bool
+    def __init__(self, with_checkpoints: _Optional[bool] = ..., with_loads: _Optional[bool] = ...) -> None: ...
+
+class BlockLoad(_message.Message):
+    __slots__ = ("table", "block", "bytes", "accesses")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACCESSES_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    block: int
+    bytes: int
+    accesses: int
+    def __init__(self, table: _Optional[str] = ..., block: _Optional[int] = ..., bytes: _Optional[int] = ..., accesses: _Optional[int] = ...) -> None: ...
 
 class CheckpointInfo(_message.Message):
     __slots__ = ("tag", "version", "cluster", "created")
@@ -426,7 +472,7 @@ class TableStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., blocks: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id", "epoch", "sparse_tables", "local_plane", "checkpoints", "awaiting_rollback", "restored_tag", "restored_version", "rollback_id", "stream_port")
+    __slots__ = ("mode", "staleness", "version", "topology", "workers", "tables", "waiting_for", "counters", "server_id", "epoch", "sparse_tables", "local_plane", "checkpoints", "awaiting_rollback", "restored_tag", "restored_version", "rollback_id", "stream_port", "placement", "loads")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -452,6 +498,8 @@ class StatusReply(_message.Message):
     RESTORED_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_PORT_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    LOADS_FIELD_NUMBER: _ClassVar[int]
     mode: Mode
     staleness: int
     version: int
@@ -470,7 +518,9 @@ class StatusReply(_message.Message):
     restored_version: int
     rollback_id: str
     stream_port: int
-    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sparse_tables: _Optional[_Iterable[_Union[SparseTableStatus, _Mapping]]] = ..., local_plane: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ..., awaiting_rollback: _Optional[bool] = ..., restored_tag: _Optional[str] = ..., restored_version: _Optional[int] = ..., rollback_id: _Optional[str] = ..., stream_port: _Optional[int] = ...) -> None: ...
+    placement: PlacementMap
+    loads: _containers.RepeatedCompositeFieldContainer[BlockLoad]
+    def __init__(self, mode: _Optional[_Union[Mode, str]] = ..., staleness: _Optional[int] = ..., version: _Optional[int] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableStatus, _Mapping]]] = ..., waiting_for: _Optional[_Iterable[int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., sparse_tables: _Optional[_Iterable[_Union[SparseTableStatus, _Mapping]]] = ..., local_plane: _Optional[str] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ..., awaiting_rollback: _Optional[bool] = ..., restored_tag: _Optional[str] = ..., restored_version: _Optional[int] = ..., rollback_id: _Optional[str] = ..., stream_port: _Optional[int] = ..., placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., loads: _Optional[_Iterable[_Union[BlockLoad, _Mapping]]] = ...) -> None: ...
 
 class SparseTableStatus(_message.Message):
     __slots__ = ("spec", "rows", "bytes", "evicted")
@@ -495,3 +545,51 @@ class ListRowsRequest(_message.Message):
     from_start: bool
     max_rows: int
     def __init__(self, table: _Optional[str] = ..., after_id: _Optional[int] = ..., from_start: _Optional[bool] = ..., max_rows: _Optional[int] = ...) -> None: ...
+
+class MoveRequest(_message.Message):
+    __slots__ = ("placement", "give", "take", "payload", "release", "settle", "reshard", "shard_index", "tables", "skip", "max_bytes")
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    GIVE_FIELD_NUMBER: _ClassVar[int]
+    TAKE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    SETTLE_FIELD_NUMBER: _ClassVar[int]
+    RESHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    placement: PlacementMap
+    give: _containers.RepeatedCompositeFieldContainer[PlacedUnit]
+    take: _containers.RepeatedCompositeFieldContainer[UnitState]
+    payload: bytes
+    release: bool
+    settle: bool
+    reshard: bool
+    shard_index: int
+    tables: _containers.RepeatedCompositeFieldContainer[TableSpec]
+    skip: int
+    max_bytes: int
+    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., give: _Optional[_Iterable[_Union[PlacedUnit, _Mapping]]] = ..., take: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., release: _Optional[bool] = ..., settle: _Optional[bool] = ..., reshard: _Optional[bool] = ..., shard_index: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., skip: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class UnitState(_message.Message):
+    __slots__ = ("unit", "version")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    unit: PlacedUnit
+    version: int
+    def __init__(self, unit: _Optional[_Union[PlacedUnit, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class MoveReply(_message.Message):
+    __slots__ = ("placement", "units", "payload", "more", "next_skip")
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SKIP_FIELD_NUMBER: _ClassVar[int]
+    placement: PlacementMap
+    units: _containers.RepeatedCompositeFieldContainer[UnitState]
+    payload: bytes
+    more: bool
+    next_skip: int
+    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., units: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., more: _Optional[bool] = ..., next_skip: _Optional[int] = ...) -> None: ...

@@ -104,6 +104,11 @@ class ParameterServerStub:
                 request_serializer=ps_dot___proto_dot_ps__pb2.ListRowsRequest.SerializeToString,
                 response_deserializer=ps_dot___proto_dot_ps__pb2.RowsReply.FromString,
                 _registered_method=True)
+        self.Move = channel.unary_unary(
+                '/ps.v1.ParameterServer/Move',
+                request_serializer=ps_dot___proto_dot_ps__pb2.MoveRequest.SerializeToString,
+                response_deserializer=ps_dot___proto_dot_ps__pb2.MoveReply.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -207,6 +212,13 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Move(self, request, context):
+        """Moves dense blocks between shards and installs placement maps (ps.shard.moves; docs/placement.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -279,6 +291,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.ListRows,
                     request_deserializer=ps_dot___proto_dot_ps__pb2.ListRowsRequest.FromString,
                     response_serializer=ps_dot___proto_dot_ps__pb2.RowsReply.SerializeToString,
+            ),
+            'Move': grpc.unary_unary_rpc_method_handler(
+                    servicer.Move,
+                    request_deserializer=ps_dot___proto_dot_ps__pb2.MoveRequest.FromString,
+                    response_serializer=ps_dot___proto_dot_ps__pb2.MoveReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -659,6 +676,33 @@ class ParameterServer:
             '/ps.v1.ParameterServer/ListRows',
             ps_dot___proto_dot_ps__pb2.ListRowsRequest.SerializeToString,
             ps_dot___proto_dot_ps__pb2.RowsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Move(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ps.v1.ParameterServer/Move',
+            ps_dot___proto_dot_ps__pb2.MoveRequest.SerializeToString,
+            ps_dot___proto_dot_ps__pb2.MoveReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -145,12 +145,9 @@ class Checkpointer:
                 raise FailedPreconditionError(f"shard {topology[0]} has no valid checkpoint {tag!r} at version "
                                               f"{version}")
 
-            def install_tables() -> None:
-                for kind, codec in checkpoint.CODECS.items():
-                    codec.install(self.shard, state.tables.get(kind, []))
-
             left = max(0.0, timeout_s - (time.monotonic() - start))
-            done = self.shard.recovery.rollback(rollback_id, left, state, install_tables)
+            done = self.shard.recovery.rollback(rollback_id, left, state,
+                                                lambda: checkpoint.install_tables(self.shard, state))
             if done:
                 log.warning("rolled back to checkpoint %s (version %d, epoch %d) for %s", tag, version,
                             self.shard.epoch, rollback_id)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ps.errors import InvalidArgumentError
 from ps.tables.optim import OptimizerSpec, make_optimizer
-from ps.tables.placement import blocks_of_shard
+from ps.tables.placement_map import PlacementMap
 from ps.tables.spec import InitSpec, TableSpec
 from ps.tables.dense_table import Block, DenseTable
 
@@ -45,8 +45,8 @@ class TableCodec(Protocol):
     def export(self, table) -> tuple[dict, dict[str, np.ndarray]]:
         """``(metadata, arrays)``: a consistent copy of one table's state on this shard."""
 
-    def restore(self, pieces: Sequence[Piece], shard_index: int, num_shards: int):
-        """The table as shard ``shard_index`` of ``num_shards`` holds it, from the pieces
+    def restore(self, pieces: Sequence[Piece], shard_index: int, placement: PlacementMap):
+        """The table as shard ``shard_index`` holds it under ``placement``, from the pieces
         every saving shard wrote. Raises CheckpointError when they do not fit together."""
 
     def install(self, shard, tables: list) -> None:
@@ -121,7 +121,7 @@ class DenseCodec:
                 blocks.append([index, block.version])
         return {"spec": spec_to_json(table.spec), "blocks": blocks}, arrays
 
-    def restore(self, pieces: Sequence[Piece], shard_index: int, num_shards: int) -> DenseTable:
+    def restore(self, pieces: Sequence[Piece], shard_index: int, placement: PlacementMap) -> DenseTable:
         spec: TableSpec = _one_spec(TableSpec, pieces)
         where: dict[int, tuple[int, Mapping[str, np.ndarray]]] = {}
         for meta, arrays in pieces:
@@ -132,7 +132,7 @@ class DenseCodec:
         optimizer = make_optimizer(spec.optimizer)
         dtype = np.dtype(spec.dtype)
         blocks = {}
-        for b in blocks_of_shard(spec.name, spec.num_blocks, shard_index, num_shards):
+        for b in placement.blocks_of(spec.name, spec.num_blocks, shard_index):
             if b not in where:
                 raise CheckpointError(f"{spec.name}: block {b} is in none of the checkpoint's files")
             version, arrays = where[b]
@@ -164,13 +164,13 @@ class SparseCodec:
     def export(self, table) -> tuple[dict, dict[str, np.ndarray]]:
         return {"spec": spec_to_json(table.spec)}, table.export_state()
 
-    def restore(self, pieces: Sequence[Piece], shard_index: int, num_shards: int):
+    def restore(self, pieces: Sequence[Piece], shard_index: int, placement: PlacementMap):
         from ps.tables.sparse_spec import SparseTableSpec
         from ps.tables.sparse_table import SparseTable
 
         spec = _one_spec(SparseTableSpec, pieces)
         try:
-            return SparseTable.restore(spec, [arrays for _, arrays in pieces], shard_index, num_shards)
+            return SparseTable.restore(spec, [arrays for _, arrays in pieces], shard_index, placement.num_shards)
         except (InvalidArgumentError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{spec.name}: {exc}") from None
 

@@ -50,13 +50,15 @@ from ps.checkpoint.files import (
     fsync_dir,
     listing,
     manifest_checksum,
+    manifests,
     new_tag,
     prune,
     read_manifest,
     remove_unreferenced,
     sha256_of,
 )
-from ps.errors import FailedPreconditionError
+from ps.errors import FailedPreconditionError, InvalidArgumentError
+from ps.tables.placement_map import PlacementMap
 from ps.checkpoint.codecs import CODECS, CheckpointError
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,8 @@ class ShardState:
     sources: list[str] = field(default_factory=list)  # files a restore read
     cluster: bool = False  # written under a cluster-wide tag on request (sync rollbacks use these)
     left: list[int] = field(default_factory=list)  # workers that had left the quorum (not live on restore)
+    #: the placement map: saved, the shard's; loaded, the one to serve with (docs/placement.md)
+    placement: PlacementMap | None = None
 
 
 # -- capture ------------------------------------------------------------------------------
@@ -113,7 +117,10 @@ def capture(shard, tag: str, at_version: int = 0, timeout_s: float = 60.0) -> Sh
     """
     check_tag(tag)
 
-    def export() -> list[TablePart]:
+    held: list[PlacementMap | None] = []
+
+    def export() -> list[TablePart]:  # the shard's lock is held: the map and the tables agree
+        held.append(shard.current_placement())
         parts = []
         for kind, codec in CODECS.items():
             for table in codec.tables(shard):
@@ -133,7 +140,7 @@ def capture(shard, tag: str, at_version: int = 0, timeout_s: float = 60.0) -> Sh
     index, count = meta["topology"]
     return ShardState(tag=tag, shard_index=index, num_shards=count, version=meta["version"],
                       epoch=meta["epoch"], mode=meta["mode"], clocks=meta["clocks"], dedup=meta["dedup"],
-                      tables=parts, created=time.time(), left=meta["left"])
+                      tables=parts, created=time.time(), left=meta["left"], placement=held[0])
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -173,6 +180,8 @@ def write(directory: str, state: ShardState, hook: WriteHook | None = None) -> s
         "dedup": {str(w): [floor, above] for w, (floor, above) in (state.dedup or {}).items()},
         "tables": tables,
     }
+    if state.placement is not None:
+        header["placement"] = state.placement.to_json()
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     data_name = f"{base}-v{state.version}-{secrets.token_hex(4)}.npz"
     digest, size = atomic_write(tag_dir, data_name, lambda f: np.savez(f, **arrays), hook, "data")
@@ -183,6 +192,7 @@ def write(directory: str, state: ShardState, hook: WriteHook | None = None) -> s
         "data": {"file": data_name, "bytes": size, "sha256": digest},
         "tables": [{"kind": t["kind"], "name": t["name"]} for t in tables],
         "cluster": bool(state.cluster),
+        "placement_moved": bool(state.placement is not None and state.placement.moved),
     }
     manifest = dict(body, checksum=manifest_checksum(body))
     manifest_name = f"{base}.manifest.json"
@@ -239,10 +249,28 @@ def _open_data(stack: contextlib.ExitStack, path: str, manifest: dict) -> dict:
     return header
 
 
+def _placement_of(headers: list[dict], num_shards: int) -> PlacementMap:
+    """The map a restore serves with: the newest saved one (without the shards' addresses,
+    which a restart changes) when it is for ``num_shards`` shards; else the default rule on ``num_shards``, one version past every saved map (a
+    resharding restore rebuilds every shard from the blocks, wherever they were)."""
+    saved = []
+    for h in headers:
+        if "placement" in h:
+            try:
+                saved.append(PlacementMap.from_json(h["placement"]))
+            except InvalidArgumentError as exc:
+                raise CheckpointError(f"{h['_path']}: {exc}") from None
+    newest = max(saved, key=lambda m: m.version, default=None)
+    if newest is not None and newest.num_shards == num_shards:  # the servers' addresses come from the clients
+        return PlacementMap(newest.version, num_shards, newest.moved)
+    return PlacementMap.initial(num_shards, version=1 if newest is None else newest.version + 1)
+
+
 def _restore(files: list[tuple[str, dict]], shard_index: int, num_shards: int) -> ShardState:
-    same_topology = len(files) == 1 and files[0][1]["num_shards"] == num_shards
+    same_topology = all(m["num_shards"] == num_shards for _, m in files)
     with contextlib.ExitStack() as stack:
         headers = [_open_data(stack, path, m) for path, m in files]
+        placement = _placement_of(headers, num_shards)
         pieces: dict[tuple[str, str], list] = defaultdict(list)
         for h in headers:
             for t in h["tables"]:
@@ -253,7 +281,7 @@ def _restore(files: list[tuple[str, dict]], shard_index: int, num_shards: int) -
             if codec is None:
                 raise UnsupportedCheckpointError(f"table {name!r} is of kind {kind!r}, which this server "
                                                  "cannot restore")
-            tables[kind].append(codec.restore(parts, shard_index, num_shards))
+            tables[kind].append(codec.restore(parts, shard_index, placement))
         clocks: dict[int, int] = {}
         for h in headers:
             for w, c in h["clocks"].items():
@@ -266,15 +294,16 @@ def _restore(files: list[tuple[str, dict]], shard_index: int, num_shards: int) -
             live |= {int(w) for w in h["clocks"]} - gone
         left -= live
         dedup = None
-        if same_topology:
-            dedup = {int(w): (int(floor), [int(s) for s in above]) for w, (floor, above) in headers[0]["dedup"].items()}
+        if same_topology:  # this shard's own table (sequence numbers are per shard)
+            own = next(h for h in headers if h["shard_index"] == shard_index)
+            dedup = {int(w): (int(floor), [int(s) for s in above]) for w, (floor, above) in own["dedup"].items()}
         modes = {h["mode"] for h in headers}
         return ShardState(
             tag=files[0][1]["tag"], shard_index=shard_index, num_shards=num_shards,
             version=max(h["version"] for h in headers), epoch=max(h["epoch"] for h in headers),
             mode=modes.pop() if len(modes) == 1 else "mixed", clocks=clocks, dedup=dedup,
             tables=dict(tables), created=max(m["created"] for _, m in files),
-            sources=[h["_path"] for h in headers], left=sorted(left),
+            sources=[h["_path"] for h in headers], left=sorted(left), placement=placement,
         )
 
 
@@ -293,6 +322,8 @@ def load(directory: str, shard_index: int, num_shards: int, tag: str | None = No
     UnsupportedCheckpointError for a valid checkpoint holding a table kind with no codec.
     """
     for files in candidates(directory, shard_index, num_shards, tag):
+        if len(files) == 1 and files[0][1].get("placement_moved", True):  # blocks moved in (or placed by an
+            files = _whole_tag(directory, files[0][1])                    # older rule) live in others' files
         try:
             with _READS:
                 return _restore(files, shard_index, num_shards)
@@ -303,13 +334,29 @@ def load(directory: str, shard_index: int, num_shards: int, tag: str | None = No
     return None
 
 
+def _whole_tag(directory: str, manifest: dict) -> list[tuple[str, dict]]:
+    """Every shard's file of ``manifest``'s checkpoint (same tag and shard count), own first
+    where all are there; else just ``manifest``'s own (the restore then names what is missing)."""
+    count = manifest["num_shards"]
+    files = {m["shard_index"]: (path, m) for name, path, m in manifests(directory)
+             if name == manifest["tag"] and m["num_shards"] == count}
+    if len(files) != count:
+        return [files[manifest["shard_index"]]]
+    return [files[i] for i in range(count)]
+
+
+def install_tables(shard, state: ShardState) -> None:
+    """Install a restored state's tables and placement map on ``shard`` (its lock held: a
+    ``Recovery.install`` or rollback callback)."""
+    for kind, codec in CODECS.items():
+        codec.install(shard, state.tables.get(kind, []))
+    if state.placement is not None:
+        shard.set_placement(state.placement)
+
+
 def install(shard, state: ShardState) -> None:
     """Make a restored state the shard's own, with the next epoch. Call before serving."""
-
-    def install_tables() -> None:
-        for kind, codec in CODECS.items():
-            codec.install(shard, state.tables.get(kind, []))
-
-    shard.recovery.install(state.version, state.clocks, state.dedup, state.epoch + 1, install_tables, state.left)
+    shard.recovery.install(state.version, state.clocks, state.dedup, state.epoch + 1,
+                           lambda: install_tables(shard, state), state.left)
 
 

@@ -1,16 +1,19 @@
-"""The control calls of ``ps.v1.ParameterServer``: Heartbeat, Checkpoint, Restore and Shutdown.
+"""The control calls of ``ps.v1.ParameterServer``: Heartbeat, Checkpoint, Restore, Shutdown and Move.
 
 A second generic handler for the same service, next to :mod:`ps.serving.service` (gRPC asks each
 handler in turn): leases (``Membership.heartbeat``), checkpoints on request
-(:class:`~ps.checkpoint.checkpointer.Checkpointer`) and a graceful stop. Errors map to status codes
+(:class:`~ps.checkpoint.checkpointer.Checkpointer`), a graceful stop and moves of blocks
+between shards (:class:`~ps.shard.moves.UnitMoves`). Errors map to status codes
 exactly as in :mod:`ps.serving.service` (:func:`~ps.serving.handler.failure_of`). Thread-safe.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 
 import grpc
+import numpy as np
 
 from ps._proto import ps_pb2
 from ps.checkpoint.checkpointer import Checkpointer
@@ -19,7 +22,10 @@ from ps.errors import FailedPreconditionError, InvalidArgumentError
 from ps.protocol.channel import SERVICE_NAME
 from ps.serving.handler import budget
 from ps.serving.service import handled, lenient
+from ps.shard.moves import UnitMoves
 from ps.shard.shard import Shard
+from ps.tables.placement_map import PlacementMap
+from ps.tables.spec import TableSpec
 
 
 class ControlService:
@@ -29,6 +35,7 @@ class ControlService:
         self.shard = shard
         self.checkpointer = checkpointer
         self.request_stop = request_stop
+        self.moves = UnitMoves(shard)
 
     @handled
     def Heartbeat(self, request: ps_pb2.HeartbeatRequest, context) -> ps_pb2.HeartbeatReply:
@@ -73,6 +80,48 @@ class ControlService:
         self.request_stop()
         return ps_pb2.ShutdownReply()
 
+    @handled
+    def Move(self, request: ps_pb2.MoveRequest, context) -> ps_pb2.MoveReply:
+        """Give units away (named, or every one ``settle``), take units in, or only install a
+        placement map (``ps.shard.moves``).
+
+        Blocks (give: until no push admitted under an older map is being applied, within the
+        call's deadline). FAILED_PRECONDITION for an older map or a unit not here,
+        INVALID_ARGUMENT for a malformed map, payload or unit, NOT_FOUND for an unknown table.
+        """
+        if not request.HasField("placement"):
+            raise InvalidArgumentError("a Move needs the placement map to install")
+        if request.give and request.take:
+            raise InvalidArgumentError("a Move gives units or takes them, not both")
+        placement = PlacementMap.from_proto(request.placement)
+        if request.reshard:
+            self.moves.reshard(placement, request.shard_index, [TableSpec.from_proto(t) for t in request.tables])
+        reply = ps_pb2.MoveReply()
+        if request.give and request.settle:
+            raise InvalidArgumentError("a Move names the units to give or settles, not both")
+        if request.give or request.settle:
+            units = [(u.table, u.rows, int(u.index)) for u in request.give] if request.give else None
+            given, next_skip = self.moves.give(placement, units, budget(context.time_remaining()), request.skip,
+                                               request.max_bytes)
+            reply.more, reply.next_skip = next_skip is not None, next_skip or 0
+            arrays = {}
+            for i, (unit, version, unit_arrays) in enumerate(given):
+                reply.units.add(version=version).unit.CopyFrom(ps_pb2.PlacedUnit(table=unit[0], rows=unit[1],
+                                                                                   index=unit[2]))
+                arrays.update({f"{i}.{name}": arr for name, arr in unit_arrays.items()})
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            reply.payload = buf.getvalue()
+            current = self.shard.placement
+        elif request.take:
+            current = self.moves.take(placement, _taken(request))
+        else:
+            current = self.moves.install(placement)
+        if request.release:
+            self.moves.release()
+        reply.placement.CopyFrom(current.to_proto())
+        return reply
+
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(method, request_type, reply_type):
             return grpc.unary_unary_rpc_method_handler(
@@ -84,4 +133,21 @@ class ControlService:
             "Checkpoint": unary(self.Checkpoint, ps_pb2.CheckpointRequest, ps_pb2.CheckpointReply),
             "Shutdown": unary(self.Shutdown, ps_pb2.ShutdownRequest, ps_pb2.ShutdownReply),
             "Restore": unary(self.Restore, ps_pb2.RestoreRequest, ps_pb2.RestoreReply),
+            "Move": unary(self.Move, ps_pb2.MoveRequest, ps_pb2.MoveReply),
         })
+
+
+def _taken(request: ps_pb2.MoveRequest) -> list:
+    """The ``take`` units of a Move with their arrays (``ps.shard.moves.UnitState``). Raises
+    InvalidArgumentError for a payload that is not an .npz archive of plain arrays."""
+    try:
+        with np.load(io.BytesIO(request.payload), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except Exception as exc:
+        raise InvalidArgumentError(f"malformed Move payload: {exc}") from None
+    out = []
+    for i, state in enumerate(request.take):
+        prefix = f"{i}."
+        mine = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        out.append(((state.unit.table, state.unit.rows, int(state.unit.index)), int(state.version), mine))
+    return out

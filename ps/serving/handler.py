@@ -167,11 +167,13 @@ class ShardHandler:
         if push is not None:
             grads = tensors.grads(shard, push)
             result = shard.push(push.worker_id, push.seq, push.step, push.part, max(1, push.num_parts),
-                                [(ref.table, ref.block) for ref in push.blocks], grads, wait_s, push.session)
+                                [(ref.table, ref.block) for ref in push.blocks], grads, wait_s, push.session,
+                                push.placement_version)
             reply.outcome, reply.version = OUTCOMES[result.outcome], result.version
         if pull is not None:
             version, blocks = shard.pull(pull.worker_id, pull.step, list(pull.tables), pull.part,
-                                         max(1, pull.num_parts), wait_s, known=known, into=into)
+                                         max(1, pull.num_parts), wait_s, known=known, into=into,
+                                         placement_version=pull.placement_version, pushed=push is not None)
             header = reply.header = ps_pb2.PullReplyHeader(version=version, state_token=shard.state_token)
             if push is not None:
                 header.push_outcome, header.push_version = reply.outcome, reply.version
@@ -203,9 +205,11 @@ class ShardHandler:
         ids, grads = split_rows(header, payload, with_ids=True, with_values=pushes)
         if pushes:
             result = self.shard.rows.push(header.worker_id, header.seq, header.step, header.part,
-                                          max(1, header.num_parts), header.table, ids, grads, wait_s, header.session)
+                                          max(1, header.num_parts), header.table, ids, grads, wait_s, header.session,
+                                          header.placement_version)
             return ps_pb2.PushReply(outcome=OUTCOMES[result.outcome], version=result.version)
-        version, values = self.shard.rows.pull(header.worker_id, header.step, header.table, ids, wait_s)
+        version, values = self.shard.rows.pull(header.worker_id, header.step, header.table, ids, wait_s,
+                                               header.placement_version)
         return encode_rows(ps_pb2.RowsHeader(table=header.table, num_ids=len(ids), dim=values.shape[1],
                                              dtype=wire_dtype(values.dtype), version=version), None, values)
 

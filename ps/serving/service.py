@@ -95,12 +95,16 @@ class ParameterServerService:
             shard.membership.adopt_topology(request.topology.shard_index, request.topology.num_shards)
         fenced = request.resync and shard.membership.unfence(request.worker_id)  # adopts a rollback: the restored clock
         worker, clock, next_seq = shard.register(request.worker_id, request.session)
-        return ps_pb2.RegisterReply(
+        reply = ps_pb2.RegisterReply(
             worker_id=worker, next_seq=next_seq, mode=_MODES[cfg.mode], staleness=cfg.staleness,
             clock=clock, num_workers=cfg.num_workers, server_id=shard.server_id,
             tables=[t.spec.to_proto() for t in list(shard.tables.values())],
             epoch=shard.epoch, lease_s=cfg.lease_s, fenced=fenced,
         )
+        placement = shard.placement
+        if placement is not None:
+            reply.placement.CopyFrom(placement.to_proto())
+        return reply
 
     @handled
     def Leave(self, request: ps_pb2.LeaveRequest, context) -> ps_pb2.LeaveReply:
@@ -158,6 +162,8 @@ class ParameterServerService:
                 reply.checkpoints.add(tag=c["tag"], version=c["version"], cluster=c["cluster"], created=c["created"])
         if snap["topology"] is not None:
             reply.topology.shard_index, reply.topology.num_shards = snap["topology"]
+        if snap["placement"] is not None:
+            reply.placement.CopyFrom(snap["placement"].to_proto())
         for worker, clock, live, age in snap["workers"]:
             reply.workers.add(worker_id=worker, clock=clock, live=live, last_contact_age_s=age)
         for spec, nblocks, nbytes in snap["tables"]:
@@ -165,6 +171,9 @@ class ParameterServerService:
         for spec, rows, nbytes, evicted in self.shard.rows.status():
             reply.sparse_tables.add(spec=spec.to_proto(), rows=rows, bytes=nbytes, evicted=evicted)
         reply.counters.update(self.shard.rows.counters())
+        if request.with_loads:
+            for table, block, nbytes, accesses in self.shard.loads():
+                reply.loads.add(table=table, block=block, bytes=nbytes, accesses=accesses)
         return reply
 
     def handler(self) -> grpc.GenericRpcHandler:

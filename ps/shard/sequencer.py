@@ -50,7 +50,7 @@ class Sequencer:
 
     def run_push(self, worker: int, seq: int, step: int, part: int, num_parts: int, deadline: float, *,
                  skip: bool, update: Callable[[bool], None], remember: Callable[[], None],
-                 session: int = 0) -> PushResult:
+                 session: int = 0, admit: Callable[[], None] | None = None) -> PushResult:
         """The one push flow, for dense blocks and sparse rows alike, after validation.
 
         Under the lock: the guard admits the worker, a duplicate ``(worker, seq)`` is
@@ -61,6 +61,11 @@ class Sequencer:
         apply it. Finally, under the lock, the sequence number is recorded, ``remember()``
         notes what a sync step must apply, and the step is applied if this push completed
         it. Returns the outcome and the shard's version.
+
+        ``admit()`` (lock held) is asked each time a push not seen before is decided, after
+        the duplicate check and before the gate: it raises to refuse the push unapplied (a
+        unit this shard does not own: ``Reason.MOVED``), so that a retry of a push applied
+        here is acknowledged as a duplicate even after its blocks moved away.
         """
 
         def decide():
@@ -69,6 +74,8 @@ class Sequencer:
                 return Wait(f"push {seq} of worker {worker} is still being applied from an earlier delivery")
             if seen is Seen.DUPLICATE:
                 return seen
+            if admit is not None:
+                admit()
             return self.gate.on_push(worker, step, part, num_parts)
 
         with self.cond:

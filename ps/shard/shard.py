@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ from ps.shard.sequencer import PushResult, Sequencer
 from ps.shard.sparse_rows import SparseRows
 from ps.tables.clipping import clip_by_norm
 from ps.tables.dense_table import Block, DenseTable
-from ps.tables.placement import blocks_of_shard
+from ps.tables.placement_map import PlacementMap
 from ps.tables.spec import TableSpec, exists_alike
 
 __all__ = ["PulledBlock", "PushResult", "Shard"]
@@ -91,9 +92,18 @@ class Shard:
         self._create_lock = threading.Lock()
         self.budget = MemoryBudget(config.max_memory_bytes, self._held_bytes)
         self.rows = SparseRows(self.steps, self.membership, self.tables, self.budget)
+        self.rows.moved_error = self.moved_error
         self._pending = _PendingBlocks(self.steps)
         self.steps.step_parts = (self._pending, self.rows)
         self.gate, self.counters = self.steps.gate, self.steps.counters
+        self._placement: PlacementMap | None = None  # None: the default map of the topology (version 1)
+        self._arriving: set[str] | None = None  # tables with blocks placed here not held yet (None: unknown)
+        #: a resize removed this shard from the map: it owns nothing and redirects every data call
+        self.retired = False
+        #: pushes admitted under each placement version and not yet finished (a move waits for them)
+        self.admitted: Counter[int] = Counter()
+        #: (table, block) -> pushes and pulls that touched the block here (ps-admin rebalance)
+        self.accesses: Counter[tuple[str, int]] = Counter()
 
     @property
     def epoch(self) -> int:
@@ -140,13 +150,90 @@ class Shard:
     def expire_leases(self) -> list[int]:
         return self.membership.expire_leases()
 
+    # -- placement ----------------------------------------------------------------------
+
+    @property
+    def placement(self) -> PlacementMap | None:
+        """The shard's placement map (``docs/placement.md``); None before it knows its topology."""
+        with self.steps.cond:
+            return self.current_placement()
+
+    def current_placement(self) -> PlacementMap | None:
+        """:attr:`placement`, the lock held by the caller. Does not block."""
+        topology = self.membership.topology
+        if topology is None:
+            return None
+        if self._placement is None:
+            self._placement = PlacementMap.initial(topology[1])
+        return self._placement
+
+    def set_placement(self, placement: PlacementMap) -> None:
+        """Make ``placement`` the shard's map (lock held by the caller; a restore, a move). Does
+        not move data: ``ps.shard.moves`` does that first. Raises FailedPreconditionError for a
+        map of another shard count than the topology's."""
+        topology = self.membership.topology
+        if topology is not None and placement.num_shards != topology[1] and not self.retired:
+            raise FailedPreconditionError(f"placement map {placement.describe()} does not fit this shard's "
+                                          f"topology ({topology[1]} shards)")
+        self._placement = placement
+        self.blocks_changed()
+        self.steps.cond.notify_all()
+
+    def reshard(self, index: int, placement: PlacementMap) -> None:
+        """Lock held: a resize gives this shard place ``index`` in ``placement`` (its topology
+        becomes ``(index, placement.num_shards)``), or none (``index`` -1: it leaves the
+        cluster, owns nothing and redirects every data call). Installs ``placement``. Raises
+        InvalidArgumentError for an index out of range."""
+        if not -1 <= index < placement.num_shards:
+            raise InvalidArgumentError(f"shard index {index} is not in a map of {placement.num_shards} shards")
+        if index < 0:
+            self.retired = True
+        else:
+            self.retired = False
+            self.membership.topology = (index, placement.num_shards)
+        self._placement = placement
+        self.blocks_changed()
+        self.steps.cond.notify_all()
+
+    def blocks_changed(self) -> None:
+        """Lock held: the map or the blocks held changed (a move); :meth:`arriving` recomputes."""
+        self._arriving = None
+
+    def arriving(self) -> set[str]:
+        """Lock held: the dense tables with blocks the map places here that this shard does not
+        hold yet (a move under way): it holds fewer than the map gives it (a shard never holds
+        a block it does not own: a settle gives those away). Recomputed only after a change,
+        in O(tables + moved blocks); does not block."""
+        if self._arriving is None:
+            placement, topology = self.current_placement(), self.membership.topology
+            self._arriving = set()
+            if placement is not None and not self.retired:
+                for name, table in self.tables.items():  # a shard holds no block it does not own (moves)
+                    if placement.count_of(name, table.spec.num_blocks, topology[0]) != len(table.blocks):
+                        self._arriving.add(name)
+        return self._arriving
+
+    def moved_error(self, version: int, what: str = "") -> FailedPreconditionError | None:
+        """The MOVED refusal of a call planned with map ``version`` (0: unchecked) that names
+        units elsewhere (``what``: which, "" for none), or None when it may go on here. Lock held."""
+        current = self.current_placement()
+        if self.retired:
+            what = what or "this shard left the cluster in a resize"
+        if current is None or ((not version or version == current.version) and not what):
+            return None
+        why = what or f"the call was planned with placement map v{version}"
+        self.counters["moved"] += 1
+        return FailedPreconditionError(f"{why}; this shard has placement map {current.describe()}: "
+                                       "refresh the map and plan again", reason=Reason.MOVED)
+
     # -- tables -------------------------------------------------------------------------
 
     def create_table(self, spec: TableSpec) -> bool:
         """Create the table (its blocks placed here), or accept an identical spec.
 
         Returns True if created. Raises AlreadyExistsError for a different spec under the
-        same name, FailedPreconditionError before the topology is known, and
+        same name, FailedPreconditionError before the topology is known (or, reason MOVED,
+        on a shard a resize removed), and
         ResourceExhaustedError, before anything is allocated, when the blocks it would hold
         here (with optimizer state and update buffers: ``ps.shard.memory_budget``) do not
         fit in what is left of the memory budget; a table of more than
@@ -165,14 +252,17 @@ class Shard:
                 raise FailedPreconditionError("shard topology unknown: register or give it with the request")
             if exists_alike(spec, self.tables, self.rows.tables, "sparse"):
                 return False
+            if self.retired:
+                raise self.moved_error(0)
             index, count = self.membership.topology
+            placement = self.current_placement()
         what = f"dense table {spec.name!r} ({spec.size} elements of {spec.dtype}, {spec.optimizer.name})"
         itemsize, sync = np.dtype(spec.dtype).itemsize, self.config.mode is Mode.SYNC
         try:
             if spec.num_blocks > PLACEMENT_CHECK_BLOCKS:
                 self.budget.check(dense_footprint(itemsize, spec.optimizer.name, spec.size * 7 // (8 * count), sync),
                                   what)
-            owned = blocks_of_shard(spec.name, spec.num_blocks, index, count)
+            owned = placement.blocks_of(spec.name, spec.num_blocks, index)
             elements = sum(min(spec.block_elems, spec.size - b * spec.block_elems) for b in owned)
             nbytes = dense_footprint(itemsize, spec.optimizer.name, elements, sync)
             self.budget.reserve(nbytes, what)
@@ -226,10 +316,14 @@ class Shard:
         grads: Sequence[np.ndarray],
         timeout_s: float,
         session: int = 0,
+        placement_version: int = 0,
     ) -> PushResult:
         """Apply, aggregate or drop one push message. Blocks up to ``timeout_s`` in sync mode.
 
-        ``session`` is the pushing Client's (see :meth:`Membership.admit_push`; 0: not checked).
+        ``session`` is the pushing Client's (see :meth:`Membership.admit_push`; 0: not checked);
+        ``placement_version`` the map version it was planned with (0: not checked). A push that
+        was not applied here before and was planned with another map, or names a block this
+        shard does not own, is refused unapplied (FailedPreconditionError, reason MOVED).
 
         Raises InvalidArgumentError (bad shape, dtype, length, block, non-finite values),
         NotFoundError (unknown table), FailedPreconditionError (unregistered worker, block
@@ -243,11 +337,20 @@ class Shard:
         try:
             with self.steps.cond:  # who before what: a restarted shard says "not registered" first
                 self._check_caller(worker, pushes=True)
-            targets = self._validate(blocks, grads)
+            targets, elsewhere = self._validate(blocks, grads)
         except Exception:
             with self.steps.cond:
                 self.counters["refused"] += 1
             raise
+        admitted: list[int] = []
+
+        def admit() -> None:  # lock held: after the duplicate check, before anything is applied
+            refusal = self.moved_error(placement_version, elsewhere)
+            if refusal is not None:
+                raise refusal
+            if not admitted:
+                admitted.append(self._placement.version if self._placement is not None else 0)
+                self.admitted[admitted[0]] += 1
         skip = self.config.nonfinite == "skip" and not all(np.isfinite(g).all() for g in grads)
         if self.config.clip_norm and not skip:
             grads = clip_by_norm(grads, self.config.clip_norm)
@@ -259,12 +362,30 @@ class Shard:
                 else:
                     table.apply(block, grad)
 
-        return self.steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
-                                   remember=lambda: self._pending.blocks.update(targets), session=session)
+        try:
+            result = self.steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
+                                         remember=lambda: self._pending.blocks.update(targets), session=session,
+                                         admit=admit)
+            if result.outcome in ("applied", "accumulated"):
+                with self.steps.cond:
+                    self.accesses.update((t.spec.name, b.index) for t, b in targets)
+            return result
+        finally:
+            if admitted:
+                self.done_admitted(admitted[0])
+
+    def done_admitted(self, version: int) -> None:
+        """A push admitted under placement ``version`` finished (applied or not). Takes the lock."""
+        with self.steps.cond:
+            self.admitted[version] -= 1
+            if self.admitted[version] <= 0:
+                del self.admitted[version]
+            self.steps.cond.notify_all()
 
     def pull(self, worker: int, step: int, tables: Sequence[str], part: int, num_parts: int,
              timeout_s: float, known: Mapping[tuple[str, int], int] | None = None,
-             into: Callable[[str, Block], np.ndarray] | None = None) -> tuple[int, list[PulledBlock]]:
+             into: Callable[[str, Block], np.ndarray] | None = None, placement_version: int = 0,
+             pushed: bool = False) -> tuple[int, list[PulledBlock]]:
         """This shard's blocks of ``tables`` (those with ``block % num_parts == part``).
 
         Waits (bounded) in sync mode for version >= ``step`` and in ssp mode for the
@@ -274,14 +395,18 @@ class Shard:
         are left out of the result. With ``into`` (``into(table, block)`` gives the
         block's writable slot, e.g. in a worker's shared-memory region) every selected
         block is in the result and is copied straight into its slot unless unchanged;
-        ``data`` is then the slot. Raises NotFoundError, FailedPreconditionError,
-        DeadlineExceededError, and whatever ``into`` raises (nothing is copied then).
+        ``data`` is then the slot. ``placement_version``: the map the pull was planned with (0:
+        not checked); another one is refused with FailedPreconditionError, reason MOVED (or,
+        ``pushed``, after a push-pull's push went through: PULL_MOVED). Raises NotFoundError,
+        FailedPreconditionError, DeadlineExceededError, and whatever ``into`` raises (nothing
+        is copied then).
         """
         deadline = self.steps.clock() + min(timeout_s, self.config.sync_timeout_s)
         num_parts = max(1, num_parts)
         with self.steps.cond:
             selected = self._pull_tables(worker, tables, part, num_parts, False)  # before it waits (or abstains)
             version = self.steps.await_pull(worker, step, deadline)
+            self._check_pull_placement(placement_version, pushed, selected)
             generation = self.steps.generation
         known = known or {}
         picked = [(t, b) for t in selected for b in t.part_blocks(part, num_parts)]
@@ -301,8 +426,21 @@ class Shard:
             if self.steps.generation != generation:
                 raise AbortedError("the cluster rolled back while this pull was copied: retry from a fresh pull",
                                    reason=Reason.ROLLED_BACK)
+            self._check_pull_placement(placement_version, pushed, selected)  # a block may have moved meanwhile
             self.counters["pulls"] += 1
+            self.accesses.update((t.spec.name, b.index) for t, b in picked)
         return version, out
+
+    def _check_pull_placement(self, placement_version: int, pushed: bool, tables: Sequence[DenseTable]) -> None:
+        """Lock held: raise MOVED (PULL_MOVED after a push-pull's push) for a pull planned with
+        another map version than this shard's, or of a table with blocks still moving here."""
+        arriving = [t.spec.name for t in tables if t.spec.name in self.arriving()] if placement_version else []
+        refusal = self.moved_error(placement_version, f"{arriving[0]}: blocks moving to this shard have not "
+                                                      "arrived yet" if arriving else "")
+        if refusal is not None:
+            if pushed:
+                refusal.reason = Reason.PULL_MOVED
+            raise refusal
 
     def _check_caller(self, worker: int, pushes: bool) -> None:
         """Lock held. Who before what: raises AbortedError (a rollback to adopt) or
@@ -335,23 +473,38 @@ class Shard:
     # -- internals ----------------------------------------------------------------------
 
     def _validate(self, blocks: Sequence[tuple[str, int]],
-                  grads: Sequence[np.ndarray]) -> list[tuple[DenseTable, Block]]:
+                  grads: Sequence[np.ndarray]) -> tuple[list[tuple[DenseTable, Block]], str]:
+        """The push's targets, and "" or the first block it names that another shard owns
+        (refused as MOVED only after the duplicate check). Raises InvalidArgumentError,
+        NotFoundError, FailedPreconditionError."""
         if len(blocks) != len(grads):
             raise InvalidArgumentError(f"{len(blocks)} block references but {len(grads)} gradients")
         targets = []
+        elsewhere = ""
         seen: set[tuple[str, int]] = set()
         for (name, index), grad in zip(blocks, grads):
             if (name, index) in seen:
                 raise InvalidArgumentError(f"{name}: block {index} appears twice in one push")
             seen.add((name, index))
             table = self.table(name)
+            if 0 <= index < table.spec.num_blocks and index not in table.blocks:
+                elsewhere = elsewhere or f"{name}: block {index} is not on this shard"
+                continue
             block = table.block_for(index, grad)
             if self.config.nonfinite == "refuse" and not np.isfinite(grad).all():
                 raise InvalidArgumentError(f"{name}: block {index} has NaN or Inf gradients (refused)")
             targets.append((table, block))
-        return targets
+        return targets, elsewhere
 
     # -- status -------------------------------------------------------------------------
+
+    def loads(self) -> list[tuple[str, int, int, int]]:
+        """``(table, block, bytes, accesses)`` of every dense block held here: bytes of its
+        values and optimizer state; pushes and pulls that touched it here. Does not block long."""
+        with self.steps.cond:
+            held = [(name, b) for name, t in self.tables.items() for b in t.blocks.values()]
+            return [(name, b.index, b.values.nbytes + sum(a.nbytes for a in b.state.values()),
+                     self.accesses.get((name, b.index), 0)) for name, b in held]
 
     def snapshot(self) -> dict:
         """Mode, version, workers, tables and counters, for the Status call."""
@@ -360,6 +513,7 @@ class Shard:
             return {
                 "version": self.gate.version,
                 "topology": self.topology,
+                "placement": self.current_placement(),
                 "workers": [
                     (i, w.clock, w.live, now - self.membership.last_contact.get(i, now))
                     for i, w in sorted(self.gate.workers.items())

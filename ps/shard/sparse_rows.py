@@ -62,6 +62,9 @@ class SparseRows:
         self._dense = dense
         self.tables: dict[str, SparseTable] = {}
         self._pending: set[SparseTable] = set()   # sync: tables with rows kept for this step
+        #: (lock held) the MOVED refusal of a call planned with placement map version v, or None
+        #: (``Shard.moved_error``); None: not checked
+        self.moved_error = None
 
     # -- tables -------------------------------------------------------------------------
 
@@ -99,7 +102,8 @@ class SparseRows:
     # -- push and pull ------------------------------------------------------------------
 
     def push(self, worker: int, seq: int, step: int, part: int, num_parts: int, name: str,
-             ids: np.ndarray, grads: np.ndarray, timeout_s: float, session: int = 0) -> PushResult:
+             ids: np.ndarray, grads: np.ndarray, timeout_s: float, session: int = 0,
+             placement_version: int = 0) -> PushResult:
         """Apply, keep for the sync step, or drop one row push (one part of a worker's step).
 
         ``ids`` int64 (n,), ``grads`` (n, dim) of the table's dtype; duplicates are summed.
@@ -111,7 +115,9 @@ class SparseRows:
         FailedPreconditionError (dense table, unregistered worker, rows placed on another
         shard, second contribution to a step, a fenced ``session``: see ``Membership.admit_push``),
         DeadlineExceededError, ResourceExhaustedError (async/ssp: new rows that the memory
-        budget has no room for, in a table without ``max_rows``; see ``SparseTable``). A refused
+        budget has no room for, in a table without ``max_rows``; see ``SparseTable``). A push
+        not seen before that was planned with another placement map (``placement_version``; 0:
+        not checked) is refused unapplied: FailedPreconditionError, reason MOVED. A refused
         push changes nothing. Exactly once per ``(worker, seq)``.
         """
         steps = self._steps
@@ -139,21 +145,30 @@ class SparseRows:
         def remember() -> None:
             self._pending.add(table)
 
+        def admit() -> None:
+            self._check_placement(placement_version)
+
         result = steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
-                                remember=remember, session=session)
+                                remember=remember, session=session, admit=admit)
         if result.outcome in ("applied", "accumulated"):
             with steps.cond:
                 steps.counters["row_pushes"] += 1
         return result
 
-    def pull(self, worker: int, step: int, name: str, ids: np.ndarray, timeout_s: float) -> tuple[int, np.ndarray]:
+    def _check_placement(self, version: int) -> None:
+        refusal = self.moved_error(version) if self.moved_error is not None else None
+        if refusal is not None:
+            raise refusal
+
+    def pull(self, worker: int, step: int, name: str, ids: np.ndarray, timeout_s: float,
+             placement_version: int = 0) -> tuple[int, np.ndarray]:
         """Rows ``ids`` of table ``name`` as ``(version, (len(ids), dim) array)``.
 
         Rows never pushed (or evicted, or not admitted) read as their initial values. Waits
         (bounded) in sync mode for version >= ``step`` and in ssp mode for the staleness
         bound; readers with ``worker < 0`` never wait. Raises NotFoundError,
-        FailedPreconditionError (dense table, rows placed elsewhere), InvalidArgumentError,
-        DeadlineExceededError.
+        FailedPreconditionError (dense table, rows placed elsewhere; reason MOVED: planned with
+        another placement map than this shard's), InvalidArgumentError, DeadlineExceededError.
         """
         steps = self._steps
         deadline = steps.clock() + min(timeout_s, steps.config.sync_timeout_s)
@@ -168,6 +183,7 @@ class SparseRows:
         table.check_ids(ids)
         with steps.cond:
             version = steps.await_pull(worker, step, deadline)
+            self._check_placement(placement_version)
         values = table.read(ids)
         with steps.cond:
             steps.counters["row_pulls"] += 1

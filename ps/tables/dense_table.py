@@ -62,14 +62,35 @@ class DenseTable:
 
     def __init__(self, spec: TableSpec, blocks: dict[int, Block], optimizer: Optimizer) -> None:
         self.spec = spec
-        self.blocks = blocks  # fixed once the table is built
+        self.blocks = blocks  # replaced whole (never changed in place) when a block moves in or out
         self.optimizer = optimizer
         dtype = np.dtype(spec.dtype)
         self.wire_dtype = wire_dtype(dtype)
         self.itemsize = dtype.itemsize
-        self.elements = sum(b.values.size for b in blocks.values())  # held here (blocks are fixed)
+        self.elements = sum(b.values.size for b in blocks.values())  # held here
         self._parts: dict[tuple[int, int], list[Block]] = {}
         self._scratch = _Scratch()
+
+    def move_in(self, block: Block) -> bool:
+        """Hold ``block`` (moved here from another shard, ``ps.shard.moves``); False if this
+        table already holds its index (a repeated import: unchanged). Readers iterating the
+        old ``blocks`` are undisturbed (copy on write). Call with the shard's lock held."""
+        if block.index in self.blocks:
+            return False
+        self.blocks = {**self.blocks, block.index: block}
+        self.elements += block.values.size
+        self._parts = {}
+        return True
+
+    def move_out(self, index: int) -> Block | None:
+        """Stop holding block ``index`` (it moved away); returns it, or None when not held.
+        Copy on write, as :meth:`move_in`. Call with the shard's lock held."""
+        block = self.blocks.get(index)
+        if block is not None:
+            self.blocks = {i: b for i, b in self.blocks.items() if i != index}
+            self.elements -= block.values.size
+            self._parts = {}
+        return block
 
     def part_blocks(self, part: int, num_parts: int) -> list[Block]:
         """The owned blocks with ``index % num_parts == part``, by index (remembered: a loop asks again)."""

@@ -20,8 +20,15 @@ from ps.tables.optim import OptimizerSpec
 from ps.tables.placement import table_hash
 from ps.protocol.wire import np_dtype, wire_dtype
 
-#: elements per block by default: 1 MiB of float32, well under the message size limit
+#: the largest automatic block: 1 MiB of float32, well under the message size limit
 DEFAULT_BLOCK_ELEMS = 1 << 18
+#: ``block_elems`` that asks for the automatic block size (:func:`balanced_block_elems`)
+AUTO_BLOCK_ELEMS = 0
+#: the automatic block size cuts a table into at least this many blocks (dealt evenly over 2, 3,
+#: 4, 6 or 12 shards: ``ps.tables.placement``) ...
+DEAL_BLOCKS = 12
+#: ... but never into blocks smaller than this many elements (a smaller table is one block)
+MIN_DEAL_BLOCK_ELEMS = 512
 #: the most elements one table may hold (2**40: 4 TiB of float32); guards size overflow
 MAX_TABLE_ELEMS = 1 << 40
 INIT_KINDS = ("zeros", "normal", "uniform", "glorot", "constant")
@@ -43,14 +50,33 @@ class InitSpec:
     seed: int = 0
 
 
+def balanced_block_elems(size: int) -> int:
+    """The automatic block size (elements) of a ``size``-element table: small enough that the
+    table is at least :data:`DEAL_BLOCKS` blocks (so its blocks deal evenly over the shards and
+    bytes balance), at least :data:`MIN_DEAL_BLOCK_ELEMS`, at most :data:`DEFAULT_BLOCK_ELEMS`.
+
+    A function of the size alone: every creator (any client, any shard count) computes the
+    same, so the resolved spec stays equal across workers and across restores onto another
+    shard count."""
+    return min(DEFAULT_BLOCK_ELEMS, max(MIN_DEAL_BLOCK_ELEMS, -(-max(0, size) // DEAL_BLOCKS)))
+
+
 @dataclass(frozen=True)
 class TableSpec:
+    """``block_elems`` :data:`AUTO_BLOCK_ELEMS` (the default) is replaced at construction by
+    :func:`balanced_block_elems` of the table's size, so a spec always holds its real block size."""
+
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
-    block_elems: int = DEFAULT_BLOCK_ELEMS
+    block_elems: int = AUTO_BLOCK_ELEMS
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     init: InitSpec = field(default_factory=InitSpec)
+
+    def __post_init__(self) -> None:
+        if self.block_elems == AUTO_BLOCK_ELEMS:
+            size = math.prod(self.shape) if all(isinstance(d, int) for d in self.shape) else 0
+            object.__setattr__(self, "block_elems", balanced_block_elems(size))
 
     def validate(self) -> None:
         """Raises InvalidArgumentError when any field is out of range."""

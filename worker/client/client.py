@@ -29,7 +29,7 @@ from ps.errors import AbortedError
 from ps.protocol.channel import DEFAULT_MAX_MESSAGE_BYTES
 from ps.tables.optim import OptimizerSpec
 from ps.tables.sparse_spec import SparseTableSpec
-from ps.tables.spec import DEFAULT_BLOCK_ELEMS, InitSpec, TableSpec
+from ps.tables.spec import AUTO_BLOCK_ELEMS, InitSpec, TableSpec
 from worker.client.cluster import Cluster
 from worker.client.membership import Membership
 from worker.client.pull_cache import PullCache
@@ -160,7 +160,7 @@ class Client:
         # TCP payloads: not with TLS (they stay on gRPC's TLS), and little-endian hosts only
         self._stream_plane = (StreamPlane(token, timeout_s, wait_timeout_s, cache)
                               if stream and not tls_ca and sys.byteorder == "little" else None)
-        planner = StepPlanner(self._directory, len(addresses), part_bytes, local_part_bytes)
+        self._planner = planner = StepPlanner(self._directory, len(addresses), part_bytes, local_part_bytes)
         self._engine = StepEngine(self._directory, planner, GrpcPlane(self._cluster, cache), timeout_s=wait_timeout_s,
                                   shared=self._local_plane, reconcile=self._membership.reconcile, observer=observer)
         self._state = "new"
@@ -216,9 +216,22 @@ class Client:
             self.close()
             raise
         self._engine.start(self.worker_id, self.session, self.mode, clock, next_seqs, planes)
+        self._directory.on_reshard = self._reshard
         log.info("worker %d moves tensors over: %s", self.worker_id,
                  ", ".join(f"{a} {plane}" for a, plane in zip(self.addresses, self.data_planes())))
         return self
+
+    def _reshard(self, placement) -> None:
+        """A resize (a placement map listing other shards): channels to the new shard list,
+        registration with the new shards, sequence numbers carried over by address, gRPC for
+        every shard from now on. Blocks (registration); raises PSError."""
+        old = list(self._cluster.addresses)
+        seqs = dict(zip(old, self._engine.next_seqs()))
+        self._cluster.retarget(list(placement.addresses))
+        fresh = self._membership.reshard(old)
+        self.addresses = list(self._cluster.addresses)
+        self._engine.reshard([seqs.get(a) or fresh.get(a, 1) for a in self.addresses])
+        self._planner.reshard(len(self.addresses))
 
     def _open_planes(self) -> list:
         """Per shard, the fast data plane that serves it (None: gRPC). Best effort: blocks for one
@@ -283,13 +296,15 @@ class Client:
         seed: int = 0,
         optimizer: str = "sgd",
         lr: float = 0.01,
-        block_elems: int = DEFAULT_BLOCK_ELEMS,
+        block_elems: int = AUTO_BLOCK_ELEMS,
         **optimizer_options: Any,
     ) -> None:
         """Create a dense table on the cluster, or check an existing one is the same.
 
         ``optimizer`` is sgd | momentum | adagrad | adam, with options such as
-        ``momentum=0.9, nesterov=True, beta1, beta2, eps, weight_decay``. Idempotent.
+        ``momentum=0.9, nesterov=True, beta1, beta2, eps, weight_decay``. ``block_elems`` 0
+        (the default) cuts the table into blocks that deal evenly over the shards
+        (``ps.tables.spec.balanced_block_elems``; ``docs/placement.md``). Idempotent.
         Blocks. Raises InvalidArgumentError for a bad spec and AlreadyExistsError when
         the table exists with another spec.
         """

@@ -38,6 +38,7 @@ class Cluster:
         self._token = token
         self._tls = (tls_ca, tls_cert, tls_key, tls_server_name)
         self.channels: list[ShardChannel] = []
+        self._credentials = None
 
     def __len__(self) -> int:
         return len(self.addresses)
@@ -45,9 +46,22 @@ class Cluster:
     def open(self) -> None:
         """Make the channels. Reads the TLS files; raises OSError when one cannot be read."""
         ca, cert, key, server_name = self._tls
-        credentials = tls.channel_credentials(ca, cert, key) if ca or cert else None
-        self.channels = [ShardChannel(a, self.max_message_bytes, credentials=credentials, token=self._token,
-                                      server_name=server_name) for a in self.addresses]
+        self._credentials = tls.channel_credentials(ca, cert, key) if ca or cert else None
+        self.channels = [self._channel(a) for a in self.addresses]
+
+    def _channel(self, address: str) -> ShardChannel:
+        return ShardChannel(address, self.max_message_bytes, credentials=self._credentials, token=self._token,
+                            server_name=self._tls[3])
+
+    def retarget(self, addresses: Sequence[str]) -> None:
+        """The shards are now ``addresses`` (a resize): keeps the channels of those that stay,
+        makes channels to the new ones (connecting lazily) and closes the others. Does not
+        block. Callers re-set :meth:`on_lost_registration` (it is per shard index)."""
+        by_address = {ch.address: ch for ch in self.channels}
+        channels = [by_address.pop(a, None) or self._channel(a) for a in addresses]
+        self.addresses, self.channels = list(addresses), channels
+        for ch in by_address.values():
+            ch.close()
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until every channel connects. Raises UnavailableError after ``timeout_s`` for one.

@@ -6,12 +6,14 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
 
 from ps._proto import ps_pb2
 from ps.errors import FailedPreconditionError, PSError, Reason, TransientError
+from ps.tables.placement_map import PlacementMap
 from ps.tables.spec import TableSpec
 from worker.client.shard_status import MODES
 from worker.client.transport import REJOIN_REASONS, rpc_errors
@@ -98,7 +100,9 @@ class Membership:
         if self._observer:
             statuses = self._cluster.fan_out("status", [ps_pb2.StatusRequest()] * n)
             replies = [ps_pb2.RegisterReply(worker_id=-1, mode=s.mode, tables=[t.spec for t in s.tables],
-                                            server_id=s.server_id, epoch=s.epoch) for s in statuses]
+                                            server_id=s.server_id, epoch=s.epoch,
+                                            placement=s.placement if s.HasField("placement") else None)
+                       for s in statuses]
         else:
             wanted = -1 if self._requested_id is None else self._requested_id
             first = self._cluster.call(0, "register", self._request(0, wanted))
@@ -108,6 +112,9 @@ class Membership:
         if len(modes) != 1:
             raise FailedPreconditionError(f"servers disagree on the mode: {sorted(MODES[m] for m in modes)}")
         self.worker_id, self.mode = replies[0].worker_id, MODES[replies[0].mode]
+        for r in replies:  # the newest map any shard holds (they differ only while a move is installed)
+            if r.HasField("placement"):
+                self._directory.adopt_placement(PlacementMap.from_proto(r.placement))
         for r in replies:
             for spec in r.tables:
                 self._directory.learn(TableSpec.from_proto(spec))
@@ -179,6 +186,27 @@ class Membership:
             log.warning("shard %d (%s) was restored from a checkpoint (epoch %d -> %d)", shard, address, old_epoch,
                         epoch)
         self._incarnations[shard] = (server_id if server_id is not None else old_id, epoch)
+
+    def reshard(self, old: Sequence[str]) -> dict[str, int]:
+        """The cluster's shards changed from ``old`` to ``self._cluster.addresses`` (a resize,
+        already retargeted): register with the new ones under this worker's id. Returns their
+        next sequence numbers by address. Blocks, bounded by the cluster's timeouts; raises
+        PSError."""
+        with self._lock:
+            known = dict(zip(old, self._incarnations))
+            fresh = [i for i, a in enumerate(self._cluster.addresses) if a not in known]
+            replies = {}
+            if fresh and not self._observer:
+                replies = dict(zip(fresh, self._cluster.fan_out(
+                    "register", {i: self._request(i, self.worker_id) for i in fresh})))
+            elif fresh:
+                replies = dict(zip(fresh, self._cluster.fan_out("status", {i: ps_pb2.StatusRequest() for i in fresh})))
+            self._incarnations = [known.get(a) or (replies[i].server_id, replies[i].epoch)
+                                  for i, a in enumerate(self._cluster.addresses)]
+            if not self._observer:
+                self._cluster.on_lost_registration(self.rejoin)
+            log.warning("worker %d: the shards are now %s", self.worker_id, ", ".join(self._cluster.addresses))
+            return {self._cluster.addresses[i]: getattr(r, "next_seq", 1) or 1 for i, r in replies.items()}
 
     def rejoin(self, shard: int) -> None:
         """Register again with ``shard`` under the same id; create the tables it lost.

@@ -28,6 +28,8 @@ def shard_status(address: str, r: ps_pb2.StatusReply) -> dict[str, Any]:
             {"name": t.spec.name, "shape": tuple(t.spec.shape), "blocks": t.blocks, "bytes": t.bytes}
             for t in r.tables
         ],
+        "placement": ({"version": r.placement.version, "num_shards": r.placement.num_shards,
+                       "moved": len(r.placement.moved)} if r.HasField("placement") else None),
         "waiting_for": list(r.waiting_for),
         "counters": dict(r.counters),
         "sparse_tables": [

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 #: tries of one verb that a sync rollback (or a shard awaiting one) answered with ABORTED
 STEP_TRIES = 4
+#: the first pause (s) before redirected parts are sent again when no newer placement map was
+#: found (a move under way): it doubles each round up to MOVE_BACKOFF_MAX_S, within the verb's deadline
+MOVE_BACKOFF_S = 0.01
+MOVE_BACKOFF_MAX_S = 0.25
 _OUTCOME_NAMES = {number: name.lower() for name, number in ps_pb2.Outcome.items()}
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -69,6 +73,7 @@ class StepEngine:
         self._pipelined: tuple[bool, ...] = ()
         self._next_seq: list[int] = []
         self._deadline: float | None = None  # time.monotonic() by which the verb running now ends
+        self._refused: list[tuple[Part, PSError]] = []  # this round's parts refused as MOVED or PULL_MOVED
         self.worker_id = -1
         self.session = 0
         self.mode = ""
@@ -86,6 +91,18 @@ class StepEngine:
         self._next_seq = list(next_seqs)
         self._planes = [p or self._fallback for p in (*planes, *[None] * (len(next_seqs) - len(planes)))]
         self._pipelined = tuple(p.pipelined for p in self._planes)
+
+    def reshard(self, next_seqs: Sequence[int]) -> None:
+        """The shards changed (a resize; ``next_seqs`` per new shard index, carried over by
+        address): every shard's parts go over the fallback plane from now on (the fast planes
+        know shards by their old places). No I/O."""
+        self._next_seq = list(next_seqs)
+        self._planes = [self._fallback] * len(next_seqs)
+        self._pipelined = tuple(p.pipelined for p in self._planes)
+
+    def next_seqs(self) -> list[int]:
+        """Each shard's next sequence number, in server order (a copy)."""
+        return list(self._next_seq)
 
     def planes(self) -> list[str]:
         """How each shard's tensors travel now (a plane's name), in server order."""
@@ -168,7 +185,7 @@ class StepEngine:
     def _step(self, pull_step: int | None = None, **data: Any) -> Step:
         return Step(self._directory.specs, self.worker_id, self.session, self.clock,
                     self.clock if pull_step is None else pull_step, self._deadline, **data,
-                    independent=self.mode == "async")
+                    independent=self.mode == "async", placement_version=self._directory.placement.version)
 
     def _dense(self, grads: Mapping[str, Any] | None, names: Iterable[str] | str | None,
                out: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
@@ -215,8 +232,42 @@ class StepEngine:
 
     def _execute(self, parts: list[Part], step: Step) -> list[tuple[int, int]]:
         """Number and send every part, then collect the replies; parts that failed on a fast
-        plane go again over the fallback. Returns the pushes' ``(outcome, version)``.
-        Blocks until every part is answered; then raises the first PSError."""
+        plane go again over the fallback. Parts a shard refused unapplied because they were
+        planned with another placement map (reason MOVED) are planned again with the newest
+        map (asked of the shards that refused them) and sent, as new messages, to their
+        owners now: nothing of them was applied, so they are applied once. A push-pull
+        whose push went through but whose pull was refused (PULL_MOVED) only pulls again.
+        Returns the pushes' ``(outcome, version)``. Blocks until every part is answered (and
+        the redirected ones, until the verb's deadline); then raises the first PSError."""
+        outcomes: list[tuple[int, int]] = []
+        rounds = 0
+        while True:  # bounded by the verb's deadline: each round waits or finds a newer map
+            moved: list[tuple[Part, PSError]] = []
+            self._execute_once(parts, step, outcomes, moved)
+            if not moved:
+                return outcomes
+            if time.monotonic() >= step.deadline:
+                raise moved[0][1]
+            rounds += 1
+            have = self._directory.placement.version
+            version = self._directory.refresh_placement({p.shard for p, _ in moved})
+            log.info("worker %d: %d part(s) redirected (%s); placement map v%d -> v%d", self.worker_id,
+                     len(moved), moved[0][1], have, version)
+            if version == have:  # a move under way (a map being installed, blocks in flight): wait a little
+                pause = min(MOVE_BACKOFF_S * 2 ** min(rounds, 16), MOVE_BACKOFF_MAX_S)
+                time.sleep(min(pause, max(0.0, step.deadline - time.monotonic())))
+            for p, exc in moved:
+                if exc.reason is Reason.PULL_MOVED:
+                    outcomes.append((ps_pb2.DUPLICATE, 0))  # its push went through before
+            step.placement_version = version
+            parts = self._planner.replan([p if exc.reason is Reason.MOVED else Part(p.shard, p.part, p.num_parts,
+                                                                                    None, p.pull, p.pull_blocks)
+                                          for p, exc in moved], self._pipelined, self.mode)
+
+    def _execute_once(self, parts: list[Part], step: Step, outcomes: list[tuple[int, int]],
+                      moved: list[tuple[Part, PSError]]) -> None:
+        """One round of :meth:`_execute`: ``outcomes`` and ``moved`` (parts refused with reason
+        MOVED or PULL_MOVED, and the refusal) gain this round's. Raises the first other PSError."""
         calls = []
         for p in parts:
             seq = 0
@@ -224,14 +275,15 @@ class StepEngine:
                 seq = self._next_seq[p.shard]
                 self._next_seq[p.shard] += 1
             calls.append((p, seq))
-        outcomes: list[tuple[int, int]] = []
         errors: list[PSError] = []
         again = self._round(calls, step, outcomes, errors, fallback=False)
         if again:
             self._round(again, step, outcomes, errors, fallback=True)
-        if errors:
-            raise errors[0]
-        return outcomes
+        moved += self._refused
+        self._refused = []
+        real = [e for e in errors if e.reason not in (Reason.MOVED, Reason.PULL_MOVED)]
+        if real:
+            raise real[0]
 
     def _round(self, calls: list[tuple[Part, int]], step: Step, outcomes: list, errors: list,
                fallback: bool) -> list[tuple[Part, int]]:
@@ -259,7 +311,10 @@ class StepEngine:
         return again
 
     def _failed(self, plane: DataPlane, p: Part, seq: int, exc: PSError, again: list, errors: list) -> None:
-        if plane is self._fallback or exc.reason is Reason.WAIT_EXPIRED:  # a wait that ran out: not again
+        if exc.reason in (Reason.MOVED, Reason.PULL_MOVED):  # planned with an old map: planned again
+            self._refused.append((p, exc))
+            errors.append(exc)
+        elif plane is self._fallback or exc.reason is Reason.WAIT_EXPIRED:  # a wait that ran out: not again
             errors.append(exc)
         elif isinstance(exc, TransientError):
             log.info("shard %d: the %s data plane failed (%s); using %s", p.shard, plane.name, exc,

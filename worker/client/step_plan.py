@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ps.tables.placement import row_shards
 from ps.tables.sparse_spec import SparseTableSpec
 from worker.planes.local_plane import LOCAL_MAX_PARTS
 from worker.planes.part import Part
@@ -38,13 +37,18 @@ class StepPlanner:
         self._local_part_bytes = local_part_bytes
         self._plans: dict[tuple, list[Part] | None] = {}
 
+    def reshard(self, num_shards: int) -> None:
+        """The cluster has ``num_shards`` shards now (a resize): plans are made again."""
+        self._num_shards = num_shards
+        self._plans.clear()
+
     def dense(self, push: tuple[str, ...] | None, pull: tuple[str, ...] | None, local: tuple[bool, ...],
               mode: str) -> list[Part] | None:
         """The parts of a step that pushes blocks of ``push`` and pulls ``pull`` (None: neither),
         ``local[shard]`` telling which shards are on a pipelined plane (same-host): part 0 of every
         shard, then part 1, ... so that every shard gets work early. None when a fused part
         cannot fit one message (then push, then pull)."""
-        key = (push, pull, local, mode, len(self._directory.specs))
+        key = (push, pull, local, mode, len(self._directory.specs), self._directory.placement.version)
         if key not in self._plans:
             if len(self._plans) > 64:
                 self._plans.clear()
@@ -133,11 +137,49 @@ class StepPlanner:
                 for shard, positions in enumerate(self.row_positions(spec.name, ids))
                 for i in range(0, len(positions), per_call)]
 
+    def replan(self, moved: Sequence[Part], local: tuple[bool, ...], mode: str) -> list[Part]:
+        """The parts that redo, under the directory's (newer) placement map, what ``moved`` (parts
+        a shard refused unapplied: reason MOVED) would have done: their gradient blocks and
+        rows go to their owners now, ``part_bytes`` at a time; their dense pulls pull those
+        tables again whole; their row pulls go to the rows' owners, landing where they would
+        have. Pure."""
+        out: list[Part] = []
+        pushed = [x for p in moved if p.push for x in p.push]
+        owners = self._directory.placement
+        by_shard: list[list[tuple[str, int]]] = [[] for _ in range(self._num_shards)]
+        for name, b in pushed:
+            by_shard[owners.block_owner(name, b)].append((name, b))
+        for shard, blocks in enumerate(by_shard):
+            chunk: list[tuple[str, int]] = []
+            size = 0
+            for x in blocks:
+                if chunk and size + self._bytes(*x) > self._part_bytes:
+                    out.append(Part(shard, 0, 1, tuple(chunk)))
+                    chunk, size = [], 0
+                chunk.append(x)
+                size += self._bytes(*x)
+            if chunk:
+                out.append(Part(shard, 0, 1, tuple(chunk)))
+        pulled = tuple(sorted({t for p in moved if p.pull for t in p.pull}))
+        if pulled:
+            out += [Part(p.shard, p.part, p.num_parts, None, p.pull, p.pull_blocks)
+                    for p in self.dense(None, pulled, local, mode) or ()]
+        for p in moved:
+            if not p.table:
+                continue
+            spec = self._directory.sparse_spec(p.table)
+            if p.values is not None:
+                out += self.with_rows([], [(spec, p.ids, p.values)])
+            else:
+                out += [Part(q.shard, 0, 1, table=q.table, ids=q.ids, target=p.target[q.target])
+                        for q in self.rows_pull(spec, p.ids)]
+        return out
+
     def row_positions(self, name: str, ids: np.ndarray) -> list[np.ndarray]:
         """Positions into ``ids`` per shard (each ascending)."""
         if self._num_shards == 1:
             return [np.arange(len(ids))]
-        shard_of = row_shards(name, ids, self._num_shards)
+        shard_of = self._directory.placement.row_shards(name, ids)
         small = np.uint8 if self._num_shards <= 256 else np.uint32  # a stable radix sort on small ints
         order = np.argsort(shard_of.astype(small), kind="stable")
         bounds = np.searchsorted(shard_of[order], np.arange(self._num_shards + 1))

@@ -1,4 +1,4 @@
-"""``TableDirectory``: the tables a worker knows, and which shard owns each dense block."""
+"""``TableDirectory``: the tables a worker knows, and which shard owns each dense block (the placement map)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ps._proto import ps_pb2
 from ps.errors import FailedPreconditionError, NotFoundError
-from ps.tables.placement import block_shard
+from ps.tables.placement_map import PlacementMap
 from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.spec import TableSpec
 
@@ -19,12 +19,15 @@ log = logging.getLogger("worker.client")  # the client's logger: these lines are
 
 
 class TableDirectory:
-    """Dense specs with their placement (stable hashing, :mod:`ps.tables.placement`), sparse specs.
+    """Dense specs with their placement (the shards' :class:`~ps.tables.placement_map.PlacementMap`),
+    sparse specs.
 
     Learns tables from register replies and from creating them; asks shard 0 (one Status
     call, bounded by the cluster's ``timeout_s``) about a name it does not know. A known
-    table is never forgotten. The constructor does no I/O. Thread-safe for one writer (the
-    Client) beside readers (the heartbeat thread's rejoin).
+    table is never forgotten. Learns the placement map from register replies and, when a
+    shard redirects a call (reason MOVED), from that shard (:meth:`refresh_placement`); a map
+    is only ever replaced by a newer one. The constructor does no I/O. Thread-safe for one
+    writer (the Client) beside readers (the heartbeat thread's rejoin).
     """
 
     def __init__(self, cluster: Cluster) -> None:
@@ -32,6 +35,11 @@ class TableDirectory:
         self._dense: dict[str, TableSpec] = {}
         self._sparse: dict[str, SparseTableSpec] = {}
         self._owned: dict[str, list[list[int]]] = {}   # table -> shard -> its blocks
+        #: the placement map calls are planned with (the default rule until a shard tells another)
+        self.placement = PlacementMap.initial(len(cluster))
+        #: called with a newer map that lists other shards than the cluster's (a resize), before it is
+        #: adopted: retargets the client (the Client sets it once started); None: such a map is refused
+        self.on_reshard = None
         #: read-only view of the dense specs by name
         self.specs = MappingProxyType(self._dense)
 
@@ -42,11 +50,41 @@ class TableDirectory:
             return
         if spec.name in self._dense:
             return
-        owned: list[list[int]] = [[] for _ in range(len(self._cluster))]
-        for b in range(spec.num_blocks):
-            owned[block_shard(spec.name, b, len(owned))].append(b)
-        self._owned[spec.name] = owned
+        self._owned[spec.name] = self.placement.owners(spec.name, spec.num_blocks)
         self._dense[spec.name] = spec
+
+    def adopt_placement(self, placement: PlacementMap) -> bool:
+        """Plan with ``placement`` from now on if it is newer than the map held; returns whether
+        it was. A map listing other shards (a resize) goes through :attr:`on_reshard` first
+        (which blocks while the client registers with new shards). Raises
+        FailedPreconditionError for a map of another shard count, or listing other shards
+        while :attr:`on_reshard` is None (e.g. while joining)."""
+        if placement.version <= self.placement.version:
+            return False
+        listed = list(placement.addresses) or self._cluster.addresses
+        if listed != self._cluster.addresses:
+            if self.on_reshard is None:
+                raise FailedPreconditionError(f"the servers are now {', '.join(listed)} (placement map "
+                                              f"{placement.describe()}): start this worker with --servers "
+                                              f"{','.join(listed)}")
+            self.on_reshard(placement)
+        elif placement.num_shards != len(self._cluster):
+            raise FailedPreconditionError(f"the servers' placement map {placement.describe()} is for another "
+                                          f"number of shards than this worker's {len(self._cluster)}")
+        self.placement = placement
+        self._owned = {name: placement.owners(name, spec.num_blocks) for name, spec in self._dense.items()}
+        log.info("placement map %s adopted", placement.describe())
+        return True
+
+    def refresh_placement(self, shards: set[int]) -> int:
+        """Ask ``shards`` (one Status call each, bounded by the cluster's ``timeout_s``) for
+        their placement maps and adopt the newest; returns the version now held. Blocks;
+        raises PSError."""
+        replies = self._cluster.fan_out("status", {i: ps_pb2.StatusRequest() for i in sorted(shards)})
+        for reply in replies:
+            if reply.HasField("placement"):
+                self.adopt_placement(PlacementMap.from_proto(reply.placement))
+        return self.placement.version
 
     def blocks(self, name: str, shard: int) -> list[int]:
         """The blocks of known dense table ``name`` that ``shard`` owns. Raises KeyError."""

@@ -134,6 +134,7 @@ class ShardChannel:
                                 ps_pb2.CheckpointReply.FromString)
         self.shutdown = unary(p + "Shutdown", ps_pb2.ShutdownRequest.SerializeToString, ps_pb2.ShutdownReply.FromString)
         self.restore = unary(p + "Restore", ps_pb2.RestoreRequest.SerializeToString, ps_pb2.RestoreReply.FromString)
+        self.move = unary(p + "Move", ps_pb2.MoveRequest.SerializeToString, ps_pb2.MoveReply.FromString)
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the channel connects. Raises UnavailableError after ``timeout_s``."""

@@ -33,12 +33,12 @@ class Step:
     """
 
     __slots__ = ("specs", "worker_id", "session", "clock", "pull_step", "deadline", "grads", "dest", "rows",
-                 "memo", "independent")
+                 "memo", "independent", "placement_version")
 
     def __init__(self, specs: Mapping[str, TableSpec], worker_id: int, session: int, clock: int, pull_step: int,
                  deadline: float, grads: Mapping[str, np.ndarray] | None = None,
                  dest: Mapping[str, np.ndarray] | None = None, rows: np.ndarray | None = None,
-                 independent: bool = False) -> None:
+                 independent: bool = False, placement_version: int = 0) -> None:
         self.specs = specs
         self.worker_id = worker_id
         self.session = session
@@ -51,6 +51,8 @@ class Step:
         self.independent = independent
         #: a plane's answers that hold for the whole step (None until one keeps some)
         self.memo: dict | None = None
+        #: the placement map version the step's parts were planned with (0: not checked)
+        self.placement_version = placement_version
 
     @property
     def timeout_s(self) -> float:
@@ -76,6 +78,7 @@ class Step:
             push, pull = pair
         if pull is not None:
             pull.worker_id, pull.step = self.worker_id, self.pull_step
+            pull.placement_version = self.placement_version
             if templates is not None and (pull.known or pull.known_for):
                 del pull.known[:]
                 pull.known_for = ""
@@ -83,6 +86,7 @@ class Step:
                 known(pull)
         if push is not None:
             push.worker_id, push.seq, push.step, push.session = self.worker_id, seq, self.clock, self.session
+            push.placement_version = self.placement_version
         return push, pull
 
     def _blank(self, part: Part) -> tuple[ps_pb2.PushHeader | None, ps_pb2.PullHeader | None]:
@@ -115,7 +119,8 @@ class Step:
         values = part.values if push else self.rows
         return ps_pb2.RowsHeader(worker_id=self.worker_id, seq=seq, step=self.clock if push else self.pull_step,
                                  part=part.part, num_parts=part.num_parts, table=part.table, num_ids=len(part.ids),
-                                 dim=values.shape[1], dtype=wire_dtype(values.dtype), session=self.session if push else 0)
+                                 dim=values.shape[1], dtype=wire_dtype(values.dtype), session=self.session if push else 0,
+                                 placement_version=self.placement_version)
 
     def block(self, part: Part, table: str, block: int, count: int, dtype: int) -> tuple[int, int]:
         """Where a pulled block goes in ``dest[table]``: ``(start, stop)``. Every plane checks a

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from ps.errors import NotFoundError
-from ps.tables.spec import DEFAULT_BLOCK_ELEMS
+from ps.tables.spec import AUTO_BLOCK_ELEMS
 from worker.torch.host import HostArrays
 from worker.torch.tables import SparseParam, model_tables
 
@@ -70,7 +70,7 @@ class ParameterServerOptimizer:
         prefix: put in front of every table name, to keep several models apart.
         init: ``{parameter name: (kind, scale)}`` overriding :func:`worker.torch.tables.default_init`.
         seed: seed of the servers' initial values (the same on every worker).
-        block_elems: block size of the dense tables.
+        block_elems: block size of the dense tables (0: automatic, ``ps.tables.spec.balanced_block_elems``).
         max_rows, eviction, admit_after: memory bounds of the sparse tables (``Client.create_sparse``).
 
     The constructor does I/O (it is what makes the optimizer ready, as a torch optimizer is
@@ -83,7 +83,7 @@ class ParameterServerOptimizer:
 
     def __init__(self, model: nn.Module, client: Any, *, optimizer: str = "sgd", lr: float = 0.01,
                  prefix: str = "", init: Mapping[str, tuple[str, float]] | None = None, seed: int = 0,
-                 block_elems: int = DEFAULT_BLOCK_ELEMS, max_rows: int = 0, eviction: str = "lru",
+                 block_elems: int = AUTO_BLOCK_ELEMS, max_rows: int = 0, eviction: str = "lru",
                  admit_after: int = 0, **optimizer_options: Any) -> None:
         self.model = model
         self.client = client

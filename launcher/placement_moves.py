@@ -1,0 +1,264 @@
+"""``move_blocks``: move dense blocks between running shards (``ps-admin move``), under a new placement map.
+
+The steps (each shard's side: ``ps.shard.moves``; the rule: ``docs/placement.md``): read every
+shard's map and take the newest; make the next version with the moves; every shard
+installs it and gives the blocks it puts elsewhere (so pushes planned with the old map are
+redirected); their owners take them; every shard drops the copies it kept. Workers keep training: a call planned with the old map is
+refused unapplied (reason MOVED), and the client re-plans it with the new map.
+
+Resumable: a move interrupted anywhere (the admin killed) is finished by the next
+``ps-admin move`` (even with no new blocks to move): the newest map any shard holds is
+settled first. A source keeps what it gave until the end, and a target takes a block once.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import signal
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ps._proto import ps_pb2
+from ps.errors import FailedPreconditionError, InvalidArgumentError
+from ps.tables.placement_map import PlacementMap
+from worker.client.transport import RetryPolicy, ShardChannel, call, fan_out
+
+#: bytes of blocks one Move message carries at most (about; at least one block): well under the
+#: servers' message limit (``--max-message-bytes``, 64 MiB by default)
+MOVE_PAGE_BYTES = 16 << 20
+
+
+def newest_placement(channels: Sequence[ShardChannel], timeout_s: float, retry: RetryPolicy) -> PlacementMap:
+    """The newest placement map any shard holds (one Status call each). Blocks; raises
+    PSError, FailedPreconditionError when no shard knows its topology yet, or in sync mode."""
+    replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest()) for ch in channels], timeout_s, retry)
+    maps = [PlacementMap.from_proto(r.placement) for r in replies if r.HasField("placement")]
+    if not maps:
+        raise FailedPreconditionError("no shard knows its topology yet: create a table first")
+    if any(r.mode == ps_pb2.SYNC for r in replies):
+        raise FailedPreconditionError("moves work in async and ssp mode only (for now): a sync step's sums "
+                                      "do not move")
+    return max(maps, key=lambda m: m.version)
+
+
+def move_blocks(channels: Sequence[ShardChannel], moves: Mapping[tuple[str, int], int], timeout_s: float,
+                retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
+    """Move dense block ``(table, block)`` to shard ``moves[...]`` for each entry; returns the
+    map installed. First finishes a move left half done (the newest map some shard holds).
+    ``kill_after`` (fault injection for tests: "settle" or "take") SIGKILLs this process
+    right after that step of the new move. Blocks (each call bounded by ``timeout_s``).
+    Raises InvalidArgumentError for a shard out of range, PSError from the shards."""
+    current = newest_placement(channels, timeout_s, retry)
+    if current.num_shards != len(channels):
+        raise InvalidArgumentError(f"the servers' map is for {current.num_shards} shards; {len(channels)} given")
+    for (table, block), shard in moves.items():
+        if not 0 <= shard < len(channels):
+            raise InvalidArgumentError(f"{table!r} block {block}: no shard {shard} among {len(channels)}")
+    settle(channels, current, timeout_s, retry)
+    new = current.with_moves({(t, False, b): s for (t, b), s in moves.items()})
+    if new.moved == current.moved:
+        return current
+    return settle(channels, new, timeout_s, retry, kill_after)
+
+
+def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s: float, retry: RetryPolicy,
+           kill_after: str = "", indices: Sequence[int] | None = None,
+           tables: Sequence[ps_pb2.TableSpec] = (), first: int = 0) -> PlacementMap:
+    """Make ``placement`` true everywhere: every shard installs it and gives the blocks it puts
+    elsewhere (held, or kept from an interrupted move), their owners take them, every shard
+    drops its kept copies. Idempotent: run again after any interruption, it finishes.
+
+    A resize gives ``indices`` (per channel, its place in ``placement``; -1: it leaves) and the
+    dense ``tables`` a new shard must create; the owners are then ``channels[indices.index(i)]``.
+    The ``first`` channels settle one by one, then the others all at once; the takes go to
+    their owners all at once. Blocks; raises PSError."""
+    wire = placement.to_proto()
+    requests = []
+    for k in range(len(channels)):
+        request = ps_pb2.MoveRequest(placement=wire, settle=True, max_bytes=MOVE_PAGE_BYTES)
+        if indices is not None:
+            request.reshard, request.shard_index = True, indices[k]
+            request.tables.extend(tables)
+        requests.append((channels[k], channels[k].move, request))
+    replies = [call(*requests[k], timeout_s, retry) for k in range(first)]
+    replies += fan_out(requests[first:], timeout_s, retry)
+    for k, reply in enumerate(list(replies)):  # the later pages, one shard at a time (bounded: units only grow it)
+        while reply.more:
+            ch, method, request = requests[k]
+            page = ps_pb2.MoveRequest()
+            page.CopyFrom(request)
+            page.skip = reply.next_skip
+            reply = call(ch, method, page, timeout_s, retry)
+            if reply.next_skip and reply.next_skip <= page.skip:
+                raise FailedPreconditionError(f"{ch.address}: a Move page did not advance")
+            replies.append(reply)
+    _fault(kill_after, "settle")
+    taken: dict[int, list[tuple[ps_pb2.UnitState, dict[str, np.ndarray]]]] = defaultdict(list)
+    for reply in replies:
+        with np.load(io.BytesIO(reply.payload), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        for i, state in enumerate(reply.units):
+            prefix = f"{i}."
+            mine = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            taken[placement.block_owner(state.unit.table, state.unit.index)].append((state, mine))
+    takes = []
+    for target, states in sorted(taken.items()):
+        ch = channels[target if indices is None else list(indices).index(target)]
+        for chunk in _pages(states):
+            request = ps_pb2.MoveRequest(placement=wire)
+            payload = {}
+            for i, (state, mine) in enumerate(chunk):
+                request.take.add().CopyFrom(state)
+                payload.update({f"{i}.{name}": arr for name, arr in mine.items()})
+            buf = io.BytesIO()
+            np.savez(buf, **payload)
+            request.payload = buf.getvalue()
+            takes.append((ch, ch.move, request))
+    fan_out(takes, timeout_s, retry)
+    _fault(kill_after, "take")
+    fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, release=True)) for ch in channels], timeout_s, retry)
+    return placement
+
+
+def _pages(states: list) -> list[list]:
+    """``states`` cut into runs of about :data:`MOVE_PAGE_BYTES` (at least one each)."""
+    pages: list[list] = [[]]
+    size = 0
+    for state in states:
+        nbytes = sum(a.nbytes for a in state[1].values())
+        if pages[-1] and size + nbytes > MOVE_PAGE_BYTES:
+            pages.append([])
+            size = 0
+        pages[-1].append(state)
+        size += nbytes
+    return [p for p in pages if p]
+
+
+def plan_resize(current: PlacementMap, old: Sequence[str], new: Sequence[str],
+                specs: Sequence[ps_pb2.TableSpec]) -> PlacementMap:
+    """The map after resizing shards ``old`` (placed by ``current``) to ``new`` (addresses): each
+    dense table's blocks stay where they are while their shard stays and holds no more than its
+    even share (``ceil(blocks / len(new))``); the others go to the shards holding fewest of the
+    table. Pure."""
+    index = {a: i for i, a in enumerate(new)}
+    moved: dict[tuple[str, bool, int], int] = {}
+    for spec in specs:
+        num_blocks = -(-math.prod(spec.shape) // spec.block_elems) if spec.block_elems else 0
+        share = -(-num_blocks // len(new))
+        counts = [0] * len(new)
+        pending = []
+        for b in range(num_blocks):
+            i = index.get(old[current.block_owner(spec.name, b)])
+            if i is not None and counts[i] < share:
+                moved[(spec.name, False, b)] = i
+                counts[i] += 1
+            else:
+                pending.append(b)
+        for b in pending:
+            i = min(range(len(new)), key=lambda k: (counts[k], k))
+            moved[(spec.name, False, b)] = i
+            counts[i] += 1
+    return PlacementMap(current.version + 1, len(new), moved, list(new))
+
+
+def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequence[str], timeout_s: float,
+           retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
+    """Change the shards from ``old`` to ``new`` (addresses; ``channels`` holds one per address of
+    either) while workers train; returns the map installed. A resize left half done (the same
+    ``new``) is finished. Async mode and dense tables only. Blocks (each call bounded by
+    ``timeout_s``). Raises InvalidArgumentError (duplicate addresses, servers that are not
+    ``old``), FailedPreconditionError (sync or ssp mode, sparse tables), PSError."""
+    old, new = list(old), list(new)
+    if len(set(old)) != len(old) or len(set(new)) != len(new) or not new:
+        raise InvalidArgumentError("--servers and --to must each list distinct addresses, --to at least one")
+    # shards new to the cluster first: no shard hands out the new map before they can serve it
+    union = [a for a in new if a not in old] + old
+    statuses = fan_out([(channels[a], channels[a].status, ps_pb2.StatusRequest()) for a in union], timeout_s, retry)
+    maps = [PlacementMap.from_proto(r.placement) for r in statuses if r.HasField("placement")]
+    if not maps:
+        raise FailedPreconditionError("no shard knows its topology yet: create a table first")
+    newest = max(maps, key=lambda m: m.version)
+    specs = {t.spec.name: t.spec for r in statuses for t in r.tables}
+    if list(newest.addresses) == new:
+        target = newest  # a resize to `new` was started: finish it
+    else:
+        placed = list(newest.addresses) or old
+        if placed != old:
+            raise InvalidArgumentError(f"the servers are {','.join(placed)}, not {','.join(old)}")
+        if any(r.mode != ps_pb2.ASYNC for r in statuses if r.HasField("placement")):
+            raise FailedPreconditionError("resize works in async mode only (for now)")
+        if any(r.sparse_tables for r in statuses):
+            raise FailedPreconditionError("resize does not move sparse tables yet")
+        target = plan_resize(newest, old, new, list(specs.values()))
+    ordered = [channels[a] for a in union]
+    indices = [new.index(a) if a in new else -1 for a in union]
+    return settle(ordered, target, timeout_s, retry, kill_after, indices, list(specs.values()),
+                  first=sum(1 for a in new if a not in old))
+
+
+def _fault(kill_after: str, step: str) -> None:
+    """Fault injection (tests): SIGKILL this process right after ``step``."""
+    if kill_after == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def plan_rebalance(loads: Sequence[Mapping[tuple[str, int], int]], ratio: float) -> dict[tuple[str, int], int]:
+    """Moves that bring the busiest shard's load to at most ``ratio`` times the mean, where
+    ``loads[s]`` maps each block on shard ``s`` to its load: each move takes from the busiest
+    shard to the least busy the block that evens them best. Stops when the ratio holds or no
+    move helps (at most one move per block). Pure."""
+    held = [dict(x) for x in loads]
+    total = [sum(x.values()) for x in held]
+    mean = sum(total) / len(total) if total else 0.0
+    moves: dict[tuple[str, int], int] = {}
+    for _ in range(sum(len(x) for x in held)):
+        hi = max(range(len(total)), key=lambda s: total[s])
+        lo = min(range(len(total)), key=lambda s: total[s])
+        gap = total[hi] - total[lo]
+        if mean <= 0 or total[hi] <= ratio * mean or gap <= 0:
+            break
+        helpful = [(load, unit) for unit, load in held[hi].items() if 0 < load < gap and unit not in moves]
+        if not helpful:
+            break
+        load, unit = min(helpful, key=lambda x: (abs(gap / 2 - x[0]), x[1]))
+        moves[unit] = lo
+        del held[hi][unit]
+        held[lo][unit] = load
+        total[hi] -= load
+        total[lo] += load
+    return moves
+
+
+def rebalance(channels: Sequence[ShardChannel], by: str, ratio: float, timeout_s: float,
+              retry: RetryPolicy = RetryPolicy(attempts=3)) -> dict:
+    """Move dense blocks until the busiest shard's load (``by``: "bytes" of values and optimizer
+    state, or "accesses": pushes and pulls counted per block) is at most ``ratio`` times the
+    mean (``plan_rebalance``), with :func:`move_blocks`. Returns the loads' max/mean ratio
+    before and after, the blocks moved and the map. Blocks; raises InvalidArgumentError,
+    PSError (sync mode: FailedPreconditionError)."""
+    if by not in ("bytes", "accesses") or not ratio >= 1.0:
+        raise InvalidArgumentError(f"rebalance by bytes or accesses, to a ratio >= 1 (got {by!r}, {ratio})")
+
+    def measure() -> list[dict[tuple[str, int], int]]:
+        replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest(with_loads=True)) for ch in channels],
+                          timeout_s, retry)
+        return [{(x.table, int(x.block)): int(x.bytes if by == "bytes" else x.accesses) for x in r.loads}
+                for r in replies]
+
+    def skew(loads: list[dict]) -> float:
+        totals = [sum(x.values()) for x in loads]
+        mean = sum(totals) / len(totals)
+        return max(totals) / mean if mean > 0 else 1.0
+
+    newest_placement(channels, timeout_s, retry)  # refuses sync mode before anything moves
+    before = measure()
+    moves = plan_rebalance(before, ratio)
+    placement = move_blocks(channels, moves, timeout_s, retry) if moves else newest_placement(channels, timeout_s,
+                                                                                              retry)
+    after = measure()  # a block's access count moves with it
+    return {"by": by, "before": skew(before), "after": skew(after), "moved": len(moves),
+            "placement": placement.to_json()}

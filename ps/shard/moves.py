@@ -1,0 +1,208 @@
+"""``UnitMoves``: dense blocks moving into and out of one shard, and the placement maps that say so.
+
+A move of units from shard A to shard B under a new map version v (driven by
+``launcher.placement_moves``, ``docs/placement.md``):
+
+1. A :meth:`UnitMoves.give`: installs v, so every push planned with an older map, or naming
+   a unit A no longer owns, is refused unapplied (reason MOVED) after its duplicate check;
+   waits (bounded) until no push admitted under an older map is still being applied; stops
+   holding the units and answers their values, optimizer state and versions. A keeps a
+   copy until :meth:`release`, so a rerun of an interrupted move can give them again.
+2. B :meth:`UnitMoves.take`: holds the units (a repeat is a no-op) and installs v.
+3. Every other shard installs v (:meth:`UnitMoves.install`); then A releases its copies.
+
+A push that A applied before the move and whose reply was lost is retried to A and
+acknowledged as a duplicate there (A keeps its dedup table); a push A refused was applied
+nowhere, and the client sends it, re-planned, to B. So every push is applied once.
+Dense blocks only; async and ssp mode (a sync step's sums do not move). Thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ps.errors import FailedPreconditionError, InvalidArgumentError
+from ps.shard.consistency import Proceed, Wait
+from ps.shard.shard import Shard
+from ps.tables.dense_table import Block, DenseTable
+from ps.tables.placement_map import PlacementMap, Unit
+from ps.tables.spec import TableSpec, exists_alike
+
+#: one unit's state as it travels: the unit, its version (updates applied), its arrays by name
+UnitState = tuple[Unit, int, dict[str, np.ndarray]]
+
+
+class UnitMoves:
+    """The moves of one :class:`Shard`'s units. The constructor does no I/O."""
+
+    def __init__(self, shard: Shard) -> None:
+        self._shard = shard
+        self._given: dict[Unit, Block] = {}  # units given away, kept until released (a rerun gives them again)
+
+    def reshard(self, placement: PlacementMap, index: int, tables: Sequence[TableSpec] = ()) -> None:
+        """A resize: take place ``index`` in ``placement`` (-1: leave) and create ``tables`` (dense,
+        holding no blocks) where missing, unless the shard already has ``placement`` or a newer
+        map. Does not block. Raises FailedPreconditionError (an older map), AlreadyExistsError
+        (a table of another spec), InvalidArgumentError."""
+        shard = self._shard
+        with shard.steps.cond:
+            current = shard.current_placement()
+            if current is not None and placement.version < current.version:
+                raise FailedPreconditionError(f"resize to placement {placement.describe()}: this shard already "
+                                              f"has {current.describe()}")
+            if current is not None and placement.version == current.version:
+                return  # done before: a rerun
+            for spec in tables:
+                if not exists_alike(spec, shard.tables, shard.rows.tables, "sparse"):
+                    shard.tables[spec.name] = DenseTable.create(spec, [])
+            shard.reshard(index, placement)
+
+    def install(self, placement: PlacementMap) -> PlacementMap:
+        """Install ``placement`` if it is newer than the shard's map; returns the shard's map.
+        Does not block. Raises FailedPreconditionError (another shard count, no topology)."""
+        shard = self._shard
+        with shard.steps.cond:
+            current = self._current()
+            if placement.version > current.version:
+                shard.set_placement(placement)
+            return shard.current_placement()
+
+    def give(self, placement: PlacementMap, units: Sequence[Unit] | None, timeout_s: float, skip: int = 0,
+             max_bytes: int = 0) -> tuple[list[UnitState], int | None]:
+        """Install ``placement``, wait for pushes admitted under older maps, and hand over
+        ``units`` (each this shard owned under its previous map, and ``placement`` puts
+        elsewhere; None: every unit this shard holds or kept that ``placement`` puts
+        elsewhere, which is how an interrupted move is finished). A repeat with the same map
+        gives the kept copies again. Answers one page: the units (in order) from ``skip`` on,
+        up to about ``max_bytes`` (at least one; 0: all), and the ``skip`` of the next page
+        (None: none). Blocks up to ``timeout_s``. Raises
+        FailedPreconditionError (an older map, a unit not here), InvalidArgumentError (a
+        sparse unit; a unit ``placement`` leaves here), NotFoundError, DeadlineExceededError."""
+        shard = self._shard
+        steps = shard.steps
+        deadline = steps.clock() + timeout_s
+        index = self._index()
+        with steps.cond:
+            current = self._current()
+            if placement.version < current.version or (placement.version == current.version
+                                                       and placement != current):
+                raise FailedPreconditionError(f"move under placement {placement.describe()}: this shard already "
+                                              f"has {current.describe()}")
+            if units is None:
+                for unit in [u for u in self._given if placement.block_owner(u[0], u[2]) == index]:
+                    shard.tables[unit[0]].move_in(self._given.pop(unit))  # given, never taken, now back here
+                units = self._settled(placement, index)
+            for table, rows, block in units:
+                if rows:
+                    raise InvalidArgumentError(f"{table!r}: moving sparse row buckets is not supported yet")
+                if placement.block_owner(table, block) == index:
+                    raise InvalidArgumentError(f"{table!r} block {block}: the new map keeps it on this shard")
+                held = shard.table(table).blocks
+                if block not in held and (table, rows, block) not in self._given:
+                    raise FailedPreconditionError(f"{table!r} block {block} is not on this shard")
+            if placement.version > current.version:
+                shard.set_placement(placement)
+            steps.wait(lambda: Proceed() if not any(v < placement.version for v in shard.admitted) else Wait(
+                f"a move waits for pushes admitted under placement maps before v{placement.version}"), deadline)
+            for unit in units:
+                table, _, block = unit
+                given = shard.tables[table].move_out(block)
+                if given is not None:
+                    self._given[unit] = given
+            shard.blocks_changed()
+            blocks = [(unit, self._given[unit], shard.accesses.get((unit[0], unit[2]), 0)) for unit in units[skip:]]
+        out = []
+        size = 0
+        for unit, block, accesses in blocks:
+            if out and max_bytes and size + block.values.nbytes * (1 + len(block.state)) > max_bytes:
+                return out, skip + len(out)
+            with block.lock:  # no push holds it now, but be exact
+                arrays = {"values": block.values.copy(), **{f"state.{k}": v.copy() for k, v in block.state.items()},
+                          "accesses": np.array(accesses, dtype=np.int64)}  # its load moves with it
+                out.append((unit, block.version, arrays))
+            size += sum(a.nbytes for a in arrays.values())
+        return out, None
+
+    def _settled(self, placement: PlacementMap, index: int) -> list[Unit]:
+        """Lock held: every unit held or kept that ``placement`` puts elsewhere, in order."""
+        shard = self._shard
+        return sorted({u for u in self._given if placement.block_owner(u[0], u[2]) != index}
+                      | {(name, False, b) for name, t in shard.tables.items() for b in t.blocks
+                         if placement.block_owner(name, b) != index})
+
+    def take(self, placement: PlacementMap, states: Sequence[UnitState]) -> PlacementMap:
+        """Hold the units in ``states`` (those already held are left as they are) and install
+        ``placement``, which must put them here. Does not block. Raises InvalidArgumentError
+        (arrays that do not fit, a unit placed elsewhere), NotFoundError (unknown table),
+        FailedPreconditionError."""
+        shard = self._shard
+        index = self._index()
+        built = []
+        for unit, version, arrays in states:
+            table_name, rows, block = unit
+            if rows:
+                raise InvalidArgumentError(f"{table_name!r}: moving sparse row buckets is not supported yet")
+            if placement.block_owner(table_name, block) != index:
+                raise InvalidArgumentError(f"{table_name!r} block {block}: the map puts it on another shard")
+            table = shard.table(table_name)
+            built.append((unit, table, _block(table, block, version, arrays)))
+        with shard.steps.cond:
+            current = self._current()
+            if placement.version < current.version:
+                raise FailedPreconditionError(f"move under placement {placement.describe()}: this shard already "
+                                              f"has {current.describe()}")
+            for (unit, table, block), (_, _, arrays) in zip(built, states):
+                if table.move_in(block):
+                    shard.accesses[(unit[0], unit[2])] = int(arrays.get("accesses", 0))
+                self._given.pop(unit, None)
+            shard.blocks_changed()
+            if placement.version > current.version:
+                shard.set_placement(placement)
+            return shard.current_placement()
+
+    def release(self) -> int:
+        """Drop the kept copies of units the shard's map puts elsewhere; returns how many. Does not block."""
+        shard = self._shard
+        with shard.steps.cond:
+            placement, index = self._current(), self._index()
+            gone = [u for u in self._given if placement.block_owner(u[0], u[2]) != index]
+            for unit in gone:
+                del self._given[unit]
+            return len(gone)
+
+    def _current(self) -> PlacementMap:
+        placement = self._shard.current_placement()
+        if placement is None:
+            raise FailedPreconditionError("shard topology unknown: nothing to move yet")
+        return placement
+
+    def _index(self) -> int:
+        if self._shard.retired:
+            return -1
+        topology = self._shard.topology
+        if topology is None:
+            raise FailedPreconditionError("shard topology unknown: nothing to move yet")
+        return topology[0]
+
+
+def _block(table, index: int, version: int, arrays: Mapping[str, np.ndarray]) -> Block:
+    """A block of ``table`` from moved arrays. Raises InvalidArgumentError when they do not fit."""
+    spec = table.spec
+    if not 0 <= index < spec.num_blocks:
+        raise InvalidArgumentError(f"{spec.name}: block {index} out of range [0, {spec.num_blocks})")
+    start, stop = spec.block_range(index)
+    values = arrays.get("values")
+    if values is None or values.shape != (stop - start,) or values.dtype != np.dtype(spec.dtype):
+        raise InvalidArgumentError(f"{spec.name}: block {index} moved with values that do not fit the table")
+    state = {}
+    for name, like in table.optimizer.init_state(values).items():
+        arr = arrays.get(f"state.{name}")
+        if arr is None or arr.shape != like.shape or arr.dtype != like.dtype:
+            raise InvalidArgumentError(f"{spec.name}: block {index} moved without a fitting optimizer state {name!r}")
+        state[name] = np.array(arr)
+    block = Block(index, np.array(values), state)
+    block.version = int(version)
+    return block
+

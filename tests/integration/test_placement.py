@@ -1,0 +1,582 @@
+"""Placement as a versioned map (issue 16, stage 1): balance by bytes, the map in status and
+checkpoints, and redirects that a client follows invisibly, applying every push once.
+
+Real shards on loopback (ports from the OS); ``ps-admin`` as a real process.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from launcher.placement_moves import move_blocks, newest_placement
+from ps import ServerConfig, ShardServer
+from ps.checkpoint import state as checkpoint
+from ps.tables.placement_map import PlacementMap
+from ps.tables.spec import TableSpec
+from tests.conftest import run_threads
+from tests.integration.procs import CLEAN_ENV, ROOT
+from worker import Client
+from worker.client.transport import RetryPolicy, ShardChannel
+from worker.models.mlp import MLP
+from worker.training.model_tables import create_tables, table_specs
+from worker.training.train_config import TrainConfig
+
+
+def addresses(servers) -> str:
+    return ",".join(s.address for s in servers)
+
+
+def shard_bytes_from_checkpoint(directory, tag: str, num_shards: int) -> list[int]:
+    """Bytes each shard's checkpoint holds in arrays (values and optimizer state) for ``tag``."""
+    out = []
+    for i in range(num_shards):
+        state = checkpoint.load(str(directory), i, num_shards, tag)
+        total = 0
+        for table in state.tables.get("dense", []):
+            for block in table.blocks.values():
+                total += block.values.nbytes + sum(a.nbytes for a in block.state.values())
+        out.append(total)
+    return out
+
+
+def test_the_default_model_balances_bytes_with_optimizer_state_over_two_shards(shards, tmp_path):
+    """ps-launch's default model (MLP 64 hidden, Adam, digits: 64 features, 10 classes)."""
+    config = TrainConfig()
+    specs = table_specs(MLP(64, 10, config.hidden), config)
+    with shards(2, checkpoint_dir=str(tmp_path)) as servers:
+        with Client(addresses(servers)) as client:
+            create_tables(client, specs)
+            client.checkpoint("balance")
+            status = client.status()
+    held = shard_bytes_from_checkpoint(tmp_path, "balance", 2)
+    assert sum(held) > 4810 * 4 * 3  # every parameter with Adam's two moments
+    assert max(held) <= 1.2 * (sum(held) / 2), held
+    params = [sum(t["bytes"] for t in s["tables"]) for s in status]
+    assert max(params) <= 1.2 * (sum(params) / 2), params
+
+
+def test_a_16_mib_table_splits_evenly_over_two_shards(shards):
+    with shards(2) as servers:
+        with Client(addresses(servers)) as client:
+            client.create("big", (1 << 22,), dtype="float32")
+            status = client.status()
+    blocks = [t["blocks"] for s in status for t in s["tables"] if t["name"] == "big"]
+    nbytes = [t["bytes"] for s in status for t in s["tables"] if t["name"] == "big"]
+    assert blocks == [8, 8] and nbytes == [8 << 20, 8 << 20]
+
+
+def test_status_and_ps_admin_status_show_the_placement_map_version(shards):
+    with shards(2) as servers:
+        with Client(addresses(servers)) as client:
+            client.create("w", (4096,))
+            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
+        channels = [ShardChannel(s.address, 1 << 26) for s in servers]
+        try:
+            move_blocks(channels, {("w", 0): 1 - PlacementMap.initial(2).block_owner("w", 0)}, 10.0)
+        finally:
+            for ch in channels:
+                ch.close()
+        out = subprocess.run([sys.executable, "-m", "launcher.admin_cli", "status", "--servers", addresses(servers),
+                              "--timeout", "20"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                             env=CLEAN_ENV, stdin=subprocess.DEVNULL)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("placement v2 (1 unit moved)") == 2, out.stdout
+        js = subprocess.run([sys.executable, "-m", "launcher.admin_cli", "status", "--json", "--servers",
+                             addresses(servers), "--timeout", "20"], capture_output=True, text=True, timeout=60,
+                            cwd=ROOT, env=CLEAN_ENV, stdin=subprocess.DEVNULL)
+        assert [s["placement"] for s in json.loads(js.stdout)] == [{"version": 2, "num_shards": 2, "moved": 1}] * 2
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _channels(servers) -> list[ShardChannel]:
+    return [ShardChannel(s.address, 1 << 26) for s in servers]
+
+
+def test_a_client_with_a_stale_map_is_redirected_and_its_pushes_apply_exactly_once(shards):
+    """SGD at lr 1 with integer gradients: the table must end at -(sum of every push), exactly."""
+    spec_blocks = TableSpec("w", (4096,)).num_blocks
+    with shards(2) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers)) as a, Client(addresses(servers)) as b:
+            a.create("w", (4096,), optimizer="sgd", lr=1.0)
+            a.push({"w": np.ones(4096, np.float32)})
+            b.push({"w": np.ones(4096, np.float32)})
+            home = PlacementMap.initial(2)
+            moved = {("w", blk): 1 - home.block_owner("w", blk) for blk in range(0, spec_blocks, 2)}
+            new = move_blocks(channels, moved, 10.0)  # both clients still plan with v1
+            assert new.version == 2
+            for i in range(5):
+                a.push({"w": np.full(4096, 2.0, np.float32)})
+                got = b.push_pull({"w": np.full(4096, 3.0, np.float32)}, ["w"])["w"]
+                assert got.shape == (4096,)
+            final = a.pull(["w"])["w"]
+            assert np.array_equal(final, np.full(4096, -(2 + 5 * 2 + 5 * 3), np.float32))
+            assert newest_placement(channels, 10.0, RetryPolicy()).version == 2
+            moved_counts = [s["counters"].get("moved", 0) for s in a.status()]
+            assert sum(moved_counts) >= 2  # both clients were redirected at least once
+            # a block moved back: a third version, and still exact
+            move_blocks(channels, {("w", 0): home.block_owner("w", 0)}, 10.0)
+            b.push({"w": np.ones(4096, np.float32)})
+            assert np.array_equal(a.pull(["w"])["w"], np.full(4096, -(2 + 25 + 1), np.float32))
+        for ch in channels:
+            ch.close()
+
+
+def test_a_push_applied_before_a_move_and_retried_after_it_is_a_duplicate(shards):
+    """A retry of a push the old owner applied (its reply lost) must not be applied again on the new owner."""
+    with shards(2) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers)) as client:
+            client.create("w", (1024,), optimizer="sgd", lr=1.0)
+            engine = client._engine
+            owner = PlacementMap.initial(2).block_owner("w", 0)
+            seq = engine._next_seq[owner]
+            client.push({"w": np.ones(1024, np.float32)})  # applied on both shards
+            move_blocks(channels, {("w", 0): 1 - owner}, 10.0)
+            engine._next_seq[owner] = seq  # as if the reply was lost: the same message again
+            engine._directory.placement = PlacementMap.initial(2)  # planned with the old map
+            engine._directory._owned = {"w": PlacementMap.initial(2).owners("w", 2)}
+            client.push({"w": np.ones(1024, np.float32)})  # block 0: the old owner's seq again; block 1: a new one
+            assert client.stats["duplicate"] == 1
+            final = client.pull(["w"])["w"]
+            assert np.array_equal(final[:512], -np.ones(512, np.float32))   # applied once, not on the new owner
+            assert np.array_equal(final[512:], np.full(512, -2.0, np.float32))
+        for ch in channels:
+            ch.close()
+
+
+def test_the_map_survives_a_checkpoint_and_a_restore_onto_the_same_and_another_count(tmp_path):
+    d = str(tmp_path)
+    servers = [ShardServer(ServerConfig(port=0, shard_index=i, num_shards=2, checkpoint_dir=d)).start()
+               for i in range(2)]
+    try:
+        with Client(addresses(servers)) as client:
+            client.create("w", (4096,), optimizer="adam", lr=0.1)
+            client.push({"w": np.arange(4096, dtype=np.float32)})
+            owner = PlacementMap.initial(2).block_owner("w", 3)
+            channels = _channels(servers)
+            move_blocks(channels, {("w", 3): 1 - owner}, 10.0)
+            for ch in channels:
+                ch.close()
+            client.push({"w": np.ones(4096, dtype=np.float32)})
+            expect = client.pull(["w"])["w"]
+            client.checkpoint("moved")
+    finally:
+        for s in servers:
+            s.stop(grace_s=0.5)
+    manifests = glob.glob(os.path.join(d, "moved", "*.manifest.json"))
+    assert manifests and all(json.loads(_read(m))["placement_moved"] for m in manifests)
+    for count in (2, 3, 1):
+        restored = [ShardServer(ServerConfig(port=0, shard_index=i, num_shards=count, checkpoint_dir=d,
+                                             restore=True)).start() for i in range(count)]
+        try:
+            with Client(addresses(restored)) as client:
+                assert np.array_equal(client.pull(["w"])["w"], expect)
+                maps = [s["placement"] for s in client.status()]
+                if count == 2:  # the saved map, with its move
+                    assert maps == [{"version": 2, "num_shards": 2, "moved": 1}] * 2
+                else:  # the default rule on the new count, one version past the saved map
+                    assert maps == [{"version": 3, "num_shards": count, "moved": 0}] * count
+                client.push({"w": np.ones(4096, dtype=np.float32)})  # trains on
+        finally:
+            for s in restored:
+                s.stop(grace_s=0.5)
+
+
+def test_a_move_of_a_block_a_shard_does_not_hold_is_refused_and_changes_nothing(shards):
+    with shards(2) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers)) as client:
+            client.create("w", (4096,))
+            home = PlacementMap.initial(2)
+            blk = home.blocks_of("w", 8, 0)[0]
+            from ps._proto import ps_pb2
+            from worker.client.transport import call
+            from ps.errors import FailedPreconditionError, InvalidArgumentError
+            request = ps_pb2.MoveRequest(placement=home.with_moves({("w", False, blk): 1}).to_proto())
+            request.give.add(table="w", index=blk)
+            with pytest.raises(InvalidArgumentError):  # shard 1 does not hold it, and the map puts it there
+                call(channels[1], channels[1].move, request, 5.0)
+            same_version = ps_pb2.MoveRequest(placement=PlacementMap(1, 2, {("w", False, blk): 1}).to_proto())
+            same_version.give.add(table="w", index=blk)
+            with pytest.raises(FailedPreconditionError):  # not newer than the shard's map
+                call(channels[0], channels[0].move, same_version, 5.0)
+            with pytest.raises(InvalidArgumentError):  # a map that is no map
+                call(channels[0], channels[0].move, ps_pb2.MoveRequest(), 5.0)
+            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
+            client.push({"w": np.ones(4096, np.float32)})
+        for ch in channels:
+            ch.close()
+
+
+PLANES = {"shared-memory": dict(local=True, stream=False), "tcp": dict(local=False, stream=True),
+          "grpc": dict(local=False, stream=False)}
+
+
+@pytest.mark.parametrize("plane", sorted(PLANES))
+def test_pushes_racing_moves_are_each_applied_exactly_once(shards, plane):
+    """3 workers push integer gradients (SGD, lr 1) while blocks move back and forth between
+    the shards: the table ends at exactly minus the sum of every acknowledged push."""
+    workers, steps, size = 3, 25, 4096
+    with shards(2) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers), **PLANES[plane]) as creator:
+            creator.create("w", (size,), optimizer="sgd", lr=1.0)
+        num_blocks = TableSpec("w", (size,)).num_blocks
+        acknowledged = np.zeros(size, np.float64)
+        planes_used: list[list[str]] = []
+        stop_moving = threading.Event()
+
+        def work(w: int) -> None:
+            with Client(addresses(servers), **PLANES[plane]) as client:
+                planes_used.append(client.data_planes())
+                total = np.zeros(size, np.float64)
+                for k in range(steps):
+                    grad = np.full(size, float((w + 1) * (k % 3 + 1)), np.float32)
+                    if k % 2:
+                        client.push_pull({"w": grad}, ["w"])
+                    else:
+                        client.push({"w": grad})
+                    total += grad
+                with lock:
+                    acknowledged[:] += total
+
+        def mover() -> None:
+            rounds = 0
+            while not stop_moving.is_set() and rounds < 40:
+                blk = rounds % num_blocks
+                current = newest_placement(channels, 10.0, RetryPolicy())
+                move_blocks(channels, {("w", blk): 1 - current.block_owner("w", blk)}, 10.0)
+                rounds += 1
+            moves.append(rounds)
+
+        lock = threading.Lock()
+        moves: list[int] = []
+        mover_thread = threading.Thread(target=mover, daemon=True)
+        mover_thread.start()
+        try:
+            run_threads([lambda w=w: work(w) for w in range(workers)], timeout_s=120.0)
+        finally:
+            stop_moving.set()
+            mover_thread.join(timeout=60.0)
+        assert not mover_thread.is_alive() and moves and moves[0] >= 2, moves
+        with Client(addresses(servers), **PLANES[plane]) as reader:
+            final = reader.pull(["w"])["w"]
+            moved = sum(s["counters"].get("moved", 0) for s in reader.status())
+        assert np.array_equal(final.astype(np.float64), -acknowledged), (final[:4], -acknowledged[:4])
+        assert moved > 0  # the race happened: some calls were redirected
+        expected_plane = {"shared-memory": "shared memory", "tcp": "tcp", "grpc": "grpc"}[plane]
+        assert all(p == [expected_plane] * 2 for p in planes_used), planes_used
+        for ch in channels:
+            ch.close()
+
+
+def ps_admin(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher.admin_cli", *args, "--timeout", "20"], capture_output=True,
+                          text=True, timeout=timeout_s, cwd=ROOT, env=CLEAN_ENV, stdin=subprocess.DEVNULL)
+
+
+class Pushers:
+    """``workers`` clients pushing integer gradients (SGD at lr 1) to table "w" of ``size``
+    elements until :attr:`done` is set (then 5 more steps each; at most ``most_steps``); every
+    ``push_pull_every``-th step is a push-pull (0: never). :attr:`acknowledged` sums every push
+    that returned; :attr:`going` is set per worker once it pushed 3 times; :attr:`addresses`
+    lists each client's servers at the end."""
+
+    def __init__(self, servers: str, workers: int, size: int, push_pull_every: int = 0,
+                 most_steps: int = 3000) -> None:
+        self.servers, self.workers, self.size = servers, workers, size
+        self.push_pull_every, self.most_steps = push_pull_every, most_steps
+        self.acknowledged = np.zeros(size, np.float64)
+        self.going = [threading.Event() for _ in range(workers)]
+        self.done = threading.Event()
+        self.addresses: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def work(self, w: int) -> None:
+        with Client(self.servers, wait_timeout_s=20.0) as client:  # a move never finished: fails
+            total = np.zeros(self.size, np.float64)
+            extra = 0
+            for k in range(self.most_steps):
+                grad = np.full(self.size, float(w + 1 + k % 5), np.float32)
+                if self.push_pull_every and k % self.push_pull_every == self.push_pull_every - 1:
+                    client.push_pull({"w": grad}, ["w"])
+                else:
+                    client.push({"w": grad})
+                total += grad
+                if k == 2:
+                    self.going[w].set()
+                extra += self.done.is_set()
+                if extra >= 5:
+                    break
+            with self._lock:
+                self.acknowledged[:] += total
+                self.addresses.append(list(client.addresses))
+
+    def run(self, admin) -> None:
+        """Run the workers and ``admin()`` (which starts once every worker is pushing and sets
+        :attr:`done` when it finished) in threads; bounded."""
+        def admin_then_done() -> None:
+            assert all(g.wait(60.0) for g in self.going)  # every worker is pushing
+            try:
+                admin()
+            finally:
+                self.done.set()
+
+        run_threads([lambda w=w: self.work(w) for w in range(self.workers)] + [admin_then_done], timeout_s=120.0)
+
+
+@pytest.mark.parametrize("kill_after", ["settle", "take"])
+def test_a_move_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_every_push_applies_once(shards, kill_after):
+    size = 4096
+    with shards(2) as servers:
+        with Client(addresses(servers)) as creator:
+            creator.create("w", (size,), optimizer="sgd", lr=1.0)
+        home = PlacementMap.initial(2)
+        blocks = home.blocks_of("w", TableSpec("w", (size,)).num_blocks, 0)[:2]
+        pushers = Pushers(addresses(servers), 3, size)
+
+        def admin() -> None:
+            killed = ps_admin("move", "--servers", addresses(servers), "--table", "w", "--blocks",
+                              ",".join(map(str, blocks)), "--to", "1", "--kill-after", kill_after)
+            assert killed.returncode == -9, killed.stderr
+            channels = _channels(servers)
+            assert newest_placement(channels, 10.0, RetryPolicy()).version == 2  # half done
+            for ch in channels:
+                ch.close()
+            rerun = ps_admin("move", "--servers", addresses(servers))
+            assert rerun.returncode == 0, rerun.stderr
+            assert json.loads(rerun.stdout)["version"] == 2
+
+        pushers.run(admin)
+        with Client(addresses(servers)) as reader:
+            final = reader.pull(["w"])["w"]
+            status = reader.status()
+        assert np.array_equal(final.astype(np.float64), -pushers.acknowledged)
+        assert [s["placement"] for s in status] == [{"version": 2, "num_shards": 2, "moved": 2}] * 2
+        held = {s["address"]: next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status}
+        total_blocks = TableSpec("w", (size,)).num_blocks
+        assert held == {servers[0].address: total_blocks // 2 - 2, servers[1].address: total_blocks // 2 + 2}
+
+
+def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards):
+    """Async, SGD at lr 1, integer gradients: the final table is minus the sum of every
+    acknowledged push; the new server's address reaches the workers through the map."""
+    size = 8192
+    with shards(3) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}") as creator:
+            creator.create("w", (size,), optimizer="sgd", lr=1.0)
+        pushers = Pushers(f"{a},{b}", 3, size, push_pull_every=3)
+
+        def admin() -> None:
+            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert grow.returncode == 0, grow.stderr
+            grown = json.loads(grow.stdout)
+            assert grown["num_shards"] == 3 and grown["addresses"] == [a, b, c]
+            with Client(f"{a},{b},{c}", observer=True) as observer:
+                spread = [next(t["blocks"] for t in st["tables"] if t["name"] == "w") for st in observer.status()]
+            assert spread == [TableSpec("w", (size,)).num_blocks // 3] * 3, spread  # the new shard took its share
+            shrink = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")
+            assert shrink.returncode == 0, shrink.stderr
+            assert json.loads(shrink.stdout)["addresses"] == [b, c]
+
+        pushers.run(admin)
+        assert pushers.addresses == [[b, c]] * 3  # no worker restarted: each followed the map
+        with Client(f"{b},{c}") as reader:
+            final = reader.pull(["w"])["w"]
+            status = reader.status()
+        assert np.array_equal(final.astype(np.float64), -pushers.acknowledged)
+        blocks = [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status]
+        assert blocks == [TableSpec("w", (size,)).num_blocks // 2] * 2  # even over the two shards left
+        assert {s["placement"]["num_shards"] for s in status} == {2}
+
+
+@pytest.mark.parametrize("kill_after", ["settle", "take"])
+def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after):
+    size = 8192
+    with shards(3) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}") as creator:
+            creator.create("w", (size,), optimizer="sgd", lr=1.0)
+        pushers = Pushers(f"{a},{b}", 3, size)
+
+        def admin() -> None:
+            killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", kill_after)
+            assert killed.returncode == -9, killed.stderr
+            rerun = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert rerun.returncode == 0, rerun.stderr
+            again = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")  # a third run: no change
+            assert again.returncode == 0 and json.loads(again.stdout) == json.loads(rerun.stdout), again.stderr
+
+        pushers.run(admin)
+        with Client(f"{a},{b},{c}") as reader:
+            final = reader.pull(["w"])["w"]
+            status = reader.status()
+        assert np.array_equal(final.astype(np.float64), -pushers.acknowledged)
+        assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
+        blocks = [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status]
+        assert blocks == [TableSpec("w", (size,)).num_blocks // 3] * 3
+
+
+def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shards, tmp_path):
+    d = str(tmp_path)
+    with shards(3, checkpoint_dir=d) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}") as client:
+            client.create("w", (8192,), optimizer="adam", lr=0.1)
+            client.push({"w": np.arange(8192, dtype=np.float32)})
+        grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+        assert grow.returncode == 0, grow.stderr
+        with Client(f"{a},{b},{c}") as client:
+            client.push({"w": np.ones(8192, dtype=np.float32)})
+            expect = client.pull(["w"])["w"]
+            client.checkpoint("resized")
+    restored = [ShardServer(ServerConfig(port=0, shard_index=i, num_shards=3, checkpoint_dir=d, restore=True)).start()
+                for i in range(3)]
+    try:
+        with Client(addresses(restored)) as client:
+            assert np.array_equal(client.pull(["w"])["w"], expect)
+            status = client.status()
+            assert {s["placement"]["version"] for s in status} == {2}
+            client.push({"w": np.ones(8192, dtype=np.float32)})  # trains on, on the new set
+    finally:
+        for s in restored:
+            s.stop(grace_s=0.5)
+
+
+def test_moves_and_resizes_are_refused_in_sync_mode_and_change_nothing(shards):
+    with shards(3, mode="sync", num_workers=1) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}", local=False) as client:
+            client.create("w", (4096,))
+            move = ps_admin("move", "--servers", f"{a},{b}", "--table", "w", "--blocks", "0", "--to", "1")
+            assert move.returncode == 1 and "async and ssp mode only" in move.stderr
+            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert grow.returncode == 1 and "async mode only" in grow.stderr
+            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
+            client.pull(["w"])
+
+
+def test_a_move_larger_than_one_message_goes_in_pages(shards, monkeypatch):
+    import launcher.placement_moves as placement_moves
+
+    monkeypatch.setattr(placement_moves, "MOVE_PAGE_BYTES", 4096)  # a few blocks per Move message
+    calls: list[int] = []
+    real_call = placement_moves.call
+
+    def counting(ch, method, request, *args):
+        calls.append(request.skip)
+        return real_call(ch, method, request, *args)
+
+    monkeypatch.setattr(placement_moves, "call", counting)
+    with shards(2) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers)) as client:
+            for name in ("w", "ref"):  # "ref" never moves: the same updates must give the same values
+                client.create(name, (12 * 512,), optimizer="adam", lr=0.5, block_elems=512)
+            grad = np.arange(12 * 512, dtype=np.float32) % 7 - 3
+            client.push({"w": grad, "ref": grad})
+            before = client.pull(["w"])["w"]
+            owned = PlacementMap.initial(2).owners("w", 12)
+            placement = move_blocks(channels, {("w", b): 1 for b in owned[0]}, 10.0)
+            assert placement.owners("w", 12) == [[], list(range(12))]
+            assert any(skip > 0 for skip in calls)  # later pages were asked for
+            assert np.array_equal(client.pull(["w"])["w"], before)
+            for _ in range(3):  # Adam's moments and step counts moved with the values
+                client.push({"w": grad, "ref": grad})
+            got = client.pull(["w", "ref"])
+            assert np.array_equal(got["w"], got["ref"])
+            status = client.status()
+        assert [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status] == [0, 12]
+        for ch in channels:
+            ch.close()
+
+
+def test_rebalance_by_bytes_evens_a_skewed_placement(shards):
+    with shards(2) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers)) as client:
+            sizes = {"t0": 4096, "t1": 2048, "t2": 2048, "t3": 1024, "t4": 1024}
+            for name, n in sizes.items():  # one block each
+                client.create(name, (n,), optimizer="adam", lr=0.5, block_elems=4096)
+                client.push({name: np.ones(n, np.float32)})
+            home = PlacementMap.initial(2)
+            move_blocks(channels, {(name, 0): 0 for name in sizes if home.block_owner(name, 0) != 0}, 10.0)
+            before = client.pull(list(sizes))
+            out = ps_admin("rebalance", "--servers", addresses(servers))
+            assert out.returncode == 0, out.stderr
+            result = json.loads(out.stdout)
+            assert result["before"] == 2.0 and result["after"] <= 1.1 and result["moved"] >= 1, result
+            after = client.pull(list(sizes))
+            assert all(np.array_equal(before[n], after[n]) for n in sizes)
+            client.push({name: np.ones(n, np.float32) for name, n in sizes.items()})  # trains on
+            again = json.loads(ps_admin("rebalance", "--servers", addresses(servers)).stdout)
+            assert again["moved"] == 0 and again["before"] <= 1.1  # nothing left to do
+        for ch in channels:
+            ch.close()
+
+
+def test_rebalance_by_accesses_spreads_the_hot_blocks(shards):
+    with shards(2) as servers:
+        channels = _channels(servers)
+        home = PlacementMap.initial(2)
+        names = [f"t{i}" for i in range(12)]
+        hot = [n for n in names if home.block_owner(n, 0) == 0][:2]
+        assert len(hot) == 2
+        with Client(addresses(servers)) as client:
+            for name in names:
+                client.create(name, (1024,), optimizer="sgd", lr=0.1, block_elems=1024)
+            for _ in range(30):
+                client.push({name: np.ones(1024, np.float32) for name in hot})
+            out = ps_admin("rebalance", "--servers", addresses(servers), "--by", "accesses")
+            assert out.returncode == 0, out.stderr
+            result = json.loads(out.stdout)
+            assert result["before"] > 1.8 and result["after"] <= 1.1, result
+            owners = newest_placement(channels, 10.0, RetryPolicy())
+            assert {owners.block_owner(n, 0) for n in hot} == {0, 1}  # one hot block on each shard
+        for ch in channels:
+            ch.close()
+
+
+def test_rebalance_auto_rebalances_while_the_load_shifts(shards):
+    """--auto: a round per interval; a table that turns hot between rounds is spread by a later round."""
+    with shards(2) as servers:
+        home = PlacementMap.initial(2)
+        names = [f"t{i}" for i in range(12)]
+        on_zero = [n for n in names if home.block_owner(n, 0) == 0]
+        with Client(addresses(servers)) as client:
+            for name in names:
+                client.create(name, (1024,), optimizer="sgd", lr=0.1, block_elems=1024)
+            for _ in range(30):
+                client.push({name: np.ones(1024, np.float32) for name in on_zero[:2]})
+            with subprocess.Popen([sys.executable, "-m", "launcher.admin_cli", "rebalance", "--servers",
+                                   addresses(servers), "--by", "accesses", "--auto", "0.5", "--rounds", "3",
+                                   "--timeout", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  cwd=ROOT, env=CLEAN_ENV, stdin=subprocess.DEVNULL) as proc:
+                try:
+                    first = json.loads(proc.stdout.readline())
+                    assert first["moved"] >= 1 and first["after"] <= 1.1, first
+                    for _ in range(60):  # the load shifts: two other tables on shard 0 turn hot
+                        client.push({name: np.ones(1024, np.float32) for name in on_zero[2:4]})
+                    out, err = proc.communicate(timeout=60)
+                    assert proc.returncode == 0, err
+                    rounds = [first] + [json.loads(line) for line in out.splitlines()]
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+        assert len(rounds) == 3 and all(r["after"] <= 1.1 for r in rounds), rounds
+        assert any(r["moved"] >= 1 and r["before"] > 1.1 for r in rounds[1:]), rounds  # a later round acted
+
