@@ -46,7 +46,7 @@ class Sequencer:
         self.generation = 0  # bumps on every rollback: waits in flight end with ABORTED
         self.stopping = False  # the server stops: waits on other workers end with UNAVAILABLE (stop_waits)
         self.step_seqs: list[tuple[int, int]] = []  # sync: (worker, seq) summed into the open step
-        self.guard = None  # admit_push(worker, session), admit_pull(worker): raise unless they may (Membership)
+        self.guard = None  # admit_push(worker, session, seq), admit_pull(worker), refuse_fenced(worker) (Membership)
         self.step_parts: tuple = ()  # apply_step(scale), discard_step(): keep sums for the open sync step
         self.metrics = None  # observes pushes and waits (ps.metrics.shard_metrics.ShardMetrics)
 
@@ -74,7 +74,8 @@ class Sequencer:
             return self.gate.on_push(worker, step, part, num_parts)
 
         with self.cond:
-            self.guard.admit_push(worker, session)
+            if self.guard.admit_push(worker, session, seq):  # a fenced session's push from before the takeover
+                return self._replay(worker, seq, deadline)
             decision = self.wait(decide, deadline)
             if decision is Seen.DUPLICATE:
                 self.counters["duplicate"] += 1
@@ -186,6 +187,24 @@ class Sequencer:
                 self.counters["wait_timeouts"] += 1
                 raise DeadlineExceededError(f"timed out: {result.describe()}", reason=Reason.WAIT_EXPIRED)
             self.cond.wait(remaining)
+
+    def _replay(self, worker: int, seq: int, deadline: float) -> PushResult:
+        """Lock held. The fenced session's push ``seq``, numbered before the takeover: a
+        duplicate of one this shard applied (or is applying: waits, bounded) is acknowledged
+        again; anything else is refused (FENCED) and never applied. Raises
+        FailedPreconditionError, DeadlineExceededError, UnavailableError."""
+
+        def seen():
+            found = self.dedup.check(worker, seq)
+            if found is Seen.IN_PROGRESS:
+                return Wait(f"push {seq} of worker {worker} is still being applied from an earlier delivery")
+            return found
+
+        if self.wait(seen, deadline) is Seen.DUPLICATE:
+            self.counters["duplicate"] += 1
+            return PushResult("duplicate", self.gate.version)
+        self.guard.refuse_fenced(worker)
+        raise AssertionError("unreachable: refuse_fenced raises")
 
     def _skip(self, worker: int, seq: int, step: int, decision) -> PushResult:
         """``nonfinite=skip``: acknowledge a push with NaN/Inf values without applying it.

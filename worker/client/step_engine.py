@@ -225,15 +225,16 @@ class StepEngine:
             calls.append((p, seq))
         outcomes: list[tuple[int, int]] = []
         errors: list[PSError] = []
-        again = self._round(calls, step, outcomes, errors, fallback=False)
+        acked: set[int] = set()  # shards that acknowledged a part of this push
+        again = self._round(calls, step, outcomes, errors, fallback=False, acked=acked)
         if again:
-            self._round(again, step, outcomes, errors, fallback=True)
+            self._round(again, step, outcomes, errors, fallback=True, acked=acked)
         if errors:
-            raise errors[0]
+            raise _with_applied_shards(next((e for e in errors if e.reason is Reason.FENCED), errors[0]), acked)
         return outcomes
 
     def _round(self, calls: list[tuple[Part, int]], step: Step, outcomes: list, errors: list,
-               fallback: bool) -> list[tuple[Part, int]]:
+               fallback: bool, acked: set[int]) -> list[tuple[Part, int]]:
         """Send every call (each shard's data plane, or the fallback), then finish every call
         sent, in order (a plane works on the others meanwhile). Returns the calls to send
         again over the fallback."""
@@ -255,6 +256,7 @@ class StepEngine:
             else:
                 if outcome is not None:
                     outcomes.append(outcome)
+                    acked.add(p.shard)
         return again
 
     def _failed(self, plane: DataPlane, p: Part, seq: int, exc: PSError, again: list, errors: list) -> None:
@@ -351,3 +353,17 @@ class StepEngine:
         if g.dtype != np.dtype(spec.dtype):
             raise dtype_refusal(name, g.dtype, spec.dtype)
         return spec, ids, np.ascontiguousarray(g, dtype=g.dtype.newbyteorder("<"))
+
+
+def _with_applied_shards(error: PSError, acked: set[int]) -> PSError:
+    """``error``; when it is a FENCED refusal of a push, it tells its caller which shards
+    applied the push all the same: ``applied_shards``, the shards that acknowledged a part
+    of it before the newer client's takeover reached them (empty: applied on no shard;
+    every part a shard did not acknowledge was not applied there). Sets the attribute (and
+    names the shards in the message) on ``error`` itself."""
+    if error.reason is Reason.FENCED:
+        error.applied_shards = tuple(sorted(acked))  # type: ignore[attr-defined]
+        if acked:
+            error.args = (f"{error}; this push straddled the takeover: shard(s) {sorted(acked)} applied (parts of) "
+                          "it before the takeover reached them, the others refused it",)
+    return error
