@@ -230,7 +230,7 @@ class StepEngine:
         if again:
             self._round(again, step, outcomes, errors, fallback=True, acked=acked)
         if errors:
-            raise _with_applied_shards(next((e for e in errors if e.reason is Reason.FENCED), errors[0]), acked)
+            raise _with_applied_shards(errors, acked)
         return outcomes
 
     def _round(self, calls: list[tuple[Part, int]], step: Step, outcomes: list, errors: list,
@@ -355,13 +355,16 @@ class StepEngine:
         return spec, ids, np.ascontiguousarray(g, dtype=g.dtype.newbyteorder("<"))
 
 
-def _with_applied_shards(error: PSError, acked: set[int]) -> PSError:
-    """``error``; when it is a FENCED refusal of a push, it tells its caller which shards
-    applied the push all the same: ``applied_shards``, the shards that acknowledged a part
-    of it before the newer client's takeover reached them (empty: applied on no shard;
-    every part a shard did not acknowledge was not applied there). Sets the attribute (and
-    names the shards in the message) on ``error`` itself."""
-    if error.reason is Reason.FENCED:
+def _with_applied_shards(errors: list[PSError], acked: set[int]) -> PSError:
+    """The error a push with these part ``errors`` raises: the first. When every part that
+    failed was refused as FENCED, it tells its caller where the push was applied all the
+    same: ``applied_shards``, the shards that acknowledged a part of it because it reached
+    them before the newer client's takeover did (empty: applied on no shard; a part a shard
+    refused was not applied there). Sets the attribute (and names the shards in the message)
+    on that error itself. With any other failure among them the outcome is not known
+    everywhere (a part may have run out of time): no ``applied_shards`` then."""
+    error = errors[0]
+    if all(e.reason is Reason.FENCED for e in errors):
         error.applied_shards = tuple(sorted(acked))  # type: ignore[attr-defined]
         if acked:
             error.args = (f"{error}; this push straddled the takeover: shard(s) {sorted(acked)} applied (parts of) "
