@@ -136,7 +136,7 @@ class Membership:
         not checked. Returns True for a *replay*: the push ``seq`` of the session the last
         takeover fenced, numbered before it; the caller then answers it from the dedup
         table only (a duplicate of a push this shard applied before the takeover is
-        acknowledged again, anything else refused with :meth:`refuse_fenced`), so that a
+        acknowledged again, anything else refused with :meth:`fenced_refusal`), so that a
         fenced client whose reply was lost is told what this shard did. Raises AbortedError,
         FailedPreconditionError (NOT_REGISTERED, or FENCED: a newer client's session holds
         the id)."""
@@ -154,11 +154,11 @@ class Membership:
         self.unheard.discard(worker)
         return False
 
-    def refuse_fenced(self, worker: int) -> None:
-        """Lock held: refuse a replay (:meth:`admit_push`) this shard never applied. Raises
-        FailedPreconditionError (FENCED)."""
+    def fenced_refusal(self, worker: int) -> FailedPreconditionError:
+        """Lock held: the error (FENCED) that refuses a replay (:meth:`admit_push`) this shard
+        never applied; counted in ``fenced_pushes``."""
         self._steps.counters["fenced_pushes"] += 1
-        raise self._fenced(worker, "push")
+        return self._fenced(worker, "push")
 
     def _refuse_older(self, worker: int, session: int, what: str) -> None:
         """Call with the lock held. Raises FailedPreconditionError (FENCED) when a newer session

@@ -46,7 +46,7 @@ class Sequencer:
         self.generation = 0  # bumps on every rollback: waits in flight end with ABORTED
         self.stopping = False  # the server stops: waits on other workers end with UNAVAILABLE (stop_waits)
         self.step_seqs: list[tuple[int, int]] = []  # sync: (worker, seq) summed into the open step
-        self.guard = None  # admit_push(worker, session, seq), admit_pull(worker), refuse_fenced(worker) (Membership)
+        self.guard = None  # admit_push(worker, session, seq), admit_pull(worker), fenced_refusal(worker) (Membership)
         self.step_parts: tuple = ()  # apply_step(scale), discard_step(): keep sums for the open sync step
         self.metrics = None  # observes pushes and waits (ps.metrics.shard_metrics.ShardMetrics)
 
@@ -66,12 +66,8 @@ class Sequencer:
         """
 
         def decide():
-            seen = self.dedup.check(worker, seq)
-            if seen is Seen.IN_PROGRESS:
-                return Wait(f"push {seq} of worker {worker} is still being applied from an earlier delivery")
-            if seen is Seen.DUPLICATE:
-                return seen
-            return self.gate.on_push(worker, step, part, num_parts)
+            seen = self._seen(worker, seq)
+            return seen if seen is not Seen.NEW else self.gate.on_push(worker, step, part, num_parts)
 
         with self.cond:
             if self.guard.admit_push(worker, session, seq):  # a fenced session's push from before the takeover
@@ -194,17 +190,18 @@ class Sequencer:
         again; anything else is refused (FENCED) and never applied. Raises
         FailedPreconditionError, DeadlineExceededError, UnavailableError."""
 
-        def seen():
-            found = self.dedup.check(worker, seq)
-            if found is Seen.IN_PROGRESS:
-                return Wait(f"push {seq} of worker {worker} is still being applied from an earlier delivery")
-            return found
-
-        if self.wait(seen, deadline) is Seen.DUPLICATE:
+        if self.wait(lambda: self._seen(worker, seq), deadline) is Seen.DUPLICATE:
             self.counters["duplicate"] += 1
             return PushResult("duplicate", self.gate.version)
-        self.guard.refuse_fenced(worker)
-        raise AssertionError("unreachable: refuse_fenced raises")
+        raise self.guard.fenced_refusal(worker)
+
+    def _seen(self, worker: int, seq: int):
+        """Lock held: the dedup table's :class:`Seen` for ``(worker, seq)``, or a :class:`Wait`
+        while an earlier delivery of it is still being applied."""
+        seen = self.dedup.check(worker, seq)
+        if seen is Seen.IN_PROGRESS:
+            return Wait(f"push {seq} of worker {worker} is still being applied from an earlier delivery")
+        return seen
 
     def _skip(self, worker: int, seq: int, step: int, decision) -> PushResult:
         """``nonfinite=skip``: acknowledge a push with NaN/Inf values without applying it.
