@@ -24,7 +24,7 @@ from ps.serving.server import ShardServer
 
 log = logging.getLogger("ps-server")
 
-#: seconds the interpreter may take to exit after a finished stop (see _exit_unheld)
+#: seconds the interpreter may take to exit after a finished stop, a last resort (see _exit_unheld)
 EXIT_BOUND_S = 1.0
 
 
@@ -117,18 +117,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exit_unheld(code: int) -> int:
-    """``code``, with a watchdog that ends the process ``EXIT_BOUND_S`` after a finished stop.
+    """``code``, with a last-resort watchdog that ends the process ``EXIT_BOUND_S`` after a
+    finished stop.
 
-    The stop has cancelled every call after the grace period, written the final checkpoint
-    and closed every port. A handler thread may still sit inside the shard, though (a sync
-    pull waiting on other workers, until --sync-timeout), and the interpreter joins gRPC's
-    handler threads at exit: the watchdog flushes the logs and leaves with ``code``. For the
-    process's entry point only (like the signal handlers ``main`` installs).
+    The stop has ended every call waiting inside the shard on other workers
+    (``Sequencer.stop_waits``), cancelled the rest after the grace period, written the final
+    checkpoint and closed every port, so the interpreter normally exits at once. The
+    interpreter joins gRPC's handler threads at exit, though, and a handler can still be
+    busy where no stop reaches it (a ``Checkpoint`` or ``Restore`` call on a stalled disk):
+    then the watchdog flushes the logs, says so and leaves with ``code``. For the process's
+    entry point only (like the signal handlers ``main`` installs).
     """
 
     def leave() -> None:
-        log.warning("a cancelled call still waits inside the shard %.0f s after the stop: exiting anyway",
-                    EXIT_BOUND_S)
+        log.warning("a call is still being handled %.0f s after the stop (a checkpoint on a stalled disk?): "
+                    "exiting anyway", EXIT_BOUND_S)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

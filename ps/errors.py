@@ -18,7 +18,10 @@
 
 The server raises these from its logic and the servicer turns them into status codes
 (:func:`status_code_of`); the client turns status codes back into these (:func:`from_status`).
-That pair is the only place the mapping lives.
+That pair is the only place the mapping lives. Each class names its status code as a string
+(``status``); this module never imports gRPC, so that the server's logic (the consistency gate,
+the shard) runs without it: the names become ``grpc.StatusCode`` values in
+:mod:`ps.protocol.grpc_status`, loaded only when a status is sent or read (and by ``code``).
 
 Some errors also carry a :class:`Reason`: a name the client acts on (register again, a
 fenced session, a rollback to adopt), so that recovery never depends on the wording of a
@@ -30,8 +33,10 @@ over gRPC, and as its number in the error reply frame of the data planes
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
-import grpc
+if TYPE_CHECKING:
+    import grpc
 
 #: the gRPC trailing-metadata key that carries an error's :class:`Reason` (by name)
 REASON_METADATA_KEY = "ps-reason"
@@ -63,13 +68,24 @@ class Reason(enum.IntEnum):
         return cls.__members__.get(value or "", cls.NONE)
 
 
+class _StatusCode:
+    """``cls.code``: the ``grpc.StatusCode`` named by ``cls.status`` (loads gRPC on first use)."""
+
+    def __get__(self, error: PSError | None, owner: type[PSError]) -> grpc.StatusCode:
+        from ps.protocol import grpc_status
+
+        return grpc_status.code_of(owner.status)
+
+
 class PSError(Exception):
     """Base of every error the parameter server raises to its users.
 
     ``reason`` (keyword only) names what the client should do about it (:class:`Reason`).
+    ``status`` is the name of the gRPC status code it is reported with; ``code`` the code.
     """
 
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    status = "UNKNOWN"
+    code = _StatusCode()
 
     def __init__(self, *args: object, reason: Reason = Reason.NONE) -> None:
         super().__init__(*args)
@@ -77,38 +93,38 @@ class PSError(Exception):
 
 
 class InvalidArgumentError(PSError, ValueError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
 
 
 class NotFoundError(PSError, KeyError):
-    code = grpc.StatusCode.NOT_FOUND
+    status = "NOT_FOUND"
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
 
 
 class AlreadyExistsError(PSError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    status = "ALREADY_EXISTS"
 
 
 class FailedPreconditionError(PSError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status = "FAILED_PRECONDITION"
 
 
 class AbortedError(PSError):
-    code = grpc.StatusCode.ABORTED
+    status = "ABORTED"
 
 
 class ResourceExhaustedError(PSError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
 
 
 class UnauthenticatedError(PSError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    status = "UNAUTHENTICATED"
 
 
 class PermissionDeniedError(PSError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    status = "PERMISSION_DENIED"
 
 
 class TransientError(PSError):
@@ -116,19 +132,19 @@ class TransientError(PSError):
 
 
 class UnavailableError(TransientError):
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
 
 
 class DeadlineExceededError(TransientError, TimeoutError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    status = "DEADLINE_EXCEEDED"
 
 
 class RemoteError(PSError):
     """The server failed in a way the protocol does not name (INTERNAL, UNKNOWN, ...)."""
 
 
-_BY_CODE: dict[grpc.StatusCode, type[PSError]] = {
-    cls.code: cls
+_BY_STATUS: dict[str, type[PSError]] = {
+    cls.status: cls
     for cls in (
         InvalidArgumentError,
         NotFoundError,
@@ -145,8 +161,10 @@ _BY_CODE: dict[grpc.StatusCode, type[PSError]] = {
 
 
 def status_code_of(error: PSError) -> grpc.StatusCode:
-    """The gRPC status code a server reports for ``error``."""
-    return error.code if type(error) is not PSError else grpc.StatusCode.UNKNOWN
+    """The gRPC status code a server reports for ``error`` (loads gRPC)."""
+    from ps.protocol import grpc_status
+
+    return grpc_status.code_of(error.status)
 
 
 def from_status(code: grpc.StatusCode, details: str, reason: Reason | str | int | None = None) -> PSError:
@@ -154,12 +172,12 @@ def from_status(code: grpc.StatusCode, details: str, reason: Reason | str | int 
 
     ``reason``: the :class:`Reason` sent beside the status (a name, a number or None).
     """
-    return _BY_CODE.get(code, RemoteError)(details or code.name, reason=Reason.parse(reason))
-
-
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
+    return _BY_STATUS.get(code.name, RemoteError)(details or code.name, reason=Reason.parse(reason))
 
 
 def from_status_number(number: int, details: str, reason: Reason | str | int | None = None) -> PSError:
     """:func:`from_status` for a status code sent as its number (the data planes' frames)."""
-    return from_status(_CODES.get(number, grpc.StatusCode.UNKNOWN), details, reason)
+    from ps.protocol import grpc_status
+
+    name = grpc_status.name_of_number(number)
+    return _BY_STATUS.get(name, RemoteError)(details or name, reason=Reason.parse(reason))

@@ -8,7 +8,8 @@ periodic-checkpoint threads (and, with ``metrics_port``, the Prometheus endpoint
 :mod:`ps.metrics.shard_metrics`), and only then marks the shard SERVING (NOT_SERVING before).
 :meth:`ShardServer.stop` (or
 :meth:`ShardServer.request_stop`, from a signal handler or the Shutdown call) marks it
-NOT_SERVING, lets in-flight calls finish within the grace period, writes a final
+NOT_SERVING, ends every call waiting inside the shard on other workers (UNAVAILABLE "server
+stopping": ``Sequencer.stop_waits``), lets the other in-flight calls finish within the grace period, writes a final
 checkpoint when a checkpoint directory is set, and joins its threads. Usable as a
 context manager. Thread-safe.
 """
@@ -193,7 +194,8 @@ class ShardServer:
         self.stop()
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Go NOT_SERVING, finish in-flight calls within the grace period, release the port,
+        """Go NOT_SERVING, end the calls waiting on other workers (UNAVAILABLE "server stopping"),
+        finish the other in-flight calls within the grace period, release the port,
         write the final checkpoint (when a checkpoint directory is set), join the threads.
 
         Blocks until stopped. Idempotent. A failed final checkpoint is logged and kept
@@ -210,6 +212,7 @@ class ShardServer:
             self._state = "stopping"
             assert self._health is not None and self._server is not None
             self._health.enter_graceful_shutdown()
+            self.shard.steps.stop_waits()  # first: a call waiting on a worker must not hold the stop
             self.checkpointer.stop()
             if self._leases is not None:
                 self._leases.stop()

@@ -32,6 +32,9 @@ class Membership:
         self.awaiting_rollback = False         # refuse every push and pull until the cluster decides
         self.held_state = "?"                  # the restored state, as refusals name it
         self.unheard: set[int] = set()         # restored, silent since: their ids are free for --rank auto
+        #: worker -> (the session a takeover fenced, the first sequence number the new session may use):
+        #: the fenced session's own pushes numbered below it may still be answered (admit_push)
+        self.replaced: dict[int, tuple[int, int]] = {}
         self._next_worker = 0
 
     def adopt_topology(self, shard_index: int, num_shards: int) -> None:
@@ -97,6 +100,7 @@ class Membership:
             if session:
                 held = self.sessions.get(worker)
                 if held is not None and held != session:
+                    self.replaced[worker] = (held, steps.dedup.next_seq(worker))
                     steps.counters["takeovers"] += 1
                     log.warning("worker id %d was registered again by another client (session %x replaces %x): "
                                 "the older client is fenced. Two workers sharing one --rank?", worker, session, held)
@@ -115,24 +119,32 @@ class Membership:
         departed = [w for w in steps.gate.departed() if w >= steps.config.num_workers]
         for worker in steps.gate.forget(departed):
             self.sessions.pop(worker, None)
+            self.replaced.pop(worker, None)
             self.last_contact.pop(worker, None)
             self.fenced.discard(worker)
             self.unheard.discard(worker)
             self._next_worker = min(self._next_worker, worker)
             steps.counters["ids_reclaimed"] += 1
 
-    def admit_push(self, worker: int, session: int) -> None:
+    def admit_push(self, worker: int, session: int, seq: int = 0) -> bool:
         """Call with the lock held before a push: :meth:`check_current`, registered and live,
         and the session check: only the session holding the id pushes. A session this shard
         does not hold the id for, and which is not older than the holder (none after this
         shard restarted, even restored), must register first (NOT_REGISTERED): the client's
         rejoin asks the other shards whether a newer session holds the id before it
         registers, so a stale client never claims an id on a restarted shard. Session 0 is
-        not checked. Raises AbortedError, FailedPreconditionError (NOT_REGISTERED, or FENCED:
-        a newer client's session holds the id)."""
+        not checked. Returns True for a *replay*: the push ``seq`` of the session the last
+        takeover fenced, numbered before it; the caller then answers it from the dedup
+        table only (a duplicate of a push this shard applied before the takeover is
+        acknowledged again, anything else refused with :meth:`fenced_refusal`), so that a
+        fenced client whose reply was lost is told what this shard did. Raises AbortedError,
+        FailedPreconditionError (NOT_REGISTERED, or FENCED: a newer client's session holds
+        the id)."""
         self.check_current(worker)
         self._steps.gate.check_live(worker)
         if session and worker >= 0:
+            if self.replaced.get(worker, (0, 0))[0] == session and seq < self.replaced[worker][1]:
+                return True
             self._refuse_older(worker, session, "push")
             if self.sessions.get(worker) != session:
                 raise FailedPreconditionError(
@@ -140,6 +152,13 @@ class Membership:
                     "register again", reason=Reason.NOT_REGISTERED)
         self.last_contact[worker] = self._steps.clock()  # after the checks: unknown ids leave no trace
         self.unheard.discard(worker)
+        return False
+
+    def fenced_refusal(self, worker: int) -> FailedPreconditionError:
+        """Lock held: the error (FENCED) that refuses a replay (:meth:`admit_push`) this shard
+        never applied; counted in ``fenced_pushes``."""
+        self._steps.counters["fenced_pushes"] += 1
+        return self._fenced(worker, "push")
 
     def _refuse_older(self, worker: int, session: int, what: str) -> None:
         """Call with the lock held. Raises FailedPreconditionError (FENCED) when a newer session
@@ -149,7 +168,11 @@ class Membership:
             return
         if what == "push":
             self._steps.counters["fenced_pushes"] += 1
-        raise FailedPreconditionError(
+        raise self._fenced(worker, what)
+
+    @staticmethod
+    def _fenced(worker: int, what: str) -> FailedPreconditionError:
+        return FailedPreconditionError(
             f"worker id {worker} now belongs to another client that registered under it after this one: "
             f"this client is fenced and its {what} was refused; none of its pushes is applied any more. "
             "Give every worker its own rank "

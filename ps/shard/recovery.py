@@ -149,4 +149,5 @@ class Recovery:
         """With pushes held and the lock held: wait (bounded) until none is being applied."""
         steps = self._steps
         steps.wait(lambda: Wait(f"{what} waits for pushes being applied")
-                   if steps.dedup.busy() or steps.gate.applying else Proceed(), deadline)
+                   if steps.dedup.busy() or steps.gate.applying else Proceed(), deadline,
+                   stoppable=False)  # applies end by themselves; a stop's final checkpoint waits for them

@@ -5,7 +5,8 @@ It owns what every push and pull, dense or sparse, goes through: the lock, the
 Status counters, the state epoch and the rollback generation. :meth:`~Sequencer.run_push` is
 the one push flow, :meth:`~Sequencer.await_pull` the one pull wait, :meth:`~Sequencer.apply_step`
 applies a completed sync step through its step parts. Thread-safe; the lock is never held
-while arrays are touched; every wait is bounded (DeadlineExceededError names whom it waited for).
+while arrays are touched; every wait is bounded (DeadlineExceededError names whom it waited for)
+and ends at once, with UnavailableError, when the server stops (:meth:`~Sequencer.stop_waits`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ps.config import ServerConfig
-from ps.errors import AbortedError, DeadlineExceededError, Reason
+from ps.errors import AbortedError, DeadlineExceededError, Reason, UnavailableError
 from ps.shard.consistency import Accumulate, ConsistencyGate, Stale, StepReady, Wait
 from ps.shard.dedup import DedupTable, Seen
 
@@ -43,8 +44,9 @@ class Sequencer:
         self.counters: Counter[str] = Counter()
         self.epoch = 0       # bumps each time the state is restored from a checkpoint
         self.generation = 0  # bumps on every rollback: waits in flight end with ABORTED
+        self.stopping = False  # the server stops: waits on other workers end with UNAVAILABLE (stop_waits)
         self.step_seqs: list[tuple[int, int]] = []  # sync: (worker, seq) summed into the open step
-        self.guard = None  # admit_push(worker, session), admit_pull(worker): raise unless they may (Membership)
+        self.guard = None  # admit_push(worker, session, seq), admit_pull(worker), fenced_refusal(worker) (Membership)
         self.step_parts: tuple = ()  # apply_step(scale), discard_step(): keep sums for the open sync step
         self.metrics = None  # observes pushes and waits (ps.metrics.shard_metrics.ShardMetrics)
 
@@ -69,17 +71,16 @@ class Sequencer:
         """
 
         def decide():
-            seen = self.dedup.check(worker, seq)
-            if seen is Seen.IN_PROGRESS:
-                return Wait(f"push {seq} of worker {worker} is still being applied from an earlier delivery")
-            if seen is Seen.DUPLICATE:
+            seen = self._seen(worker, seq)
+            if seen is not Seen.NEW:
                 return seen
             if admit is not None:
                 admit()
             return self.gate.on_push(worker, step, part, num_parts)
 
         with self.cond:
-            self.guard.admit_push(worker, session)
+            if self.guard.admit_push(worker, session, seq):  # a fenced session's push from before the takeover
+                return self._replay(worker, seq, deadline)
             decision = self.wait(decide, deadline)
             if decision is Seen.DUPLICATE:
                 self.counters["duplicate"] += 1
@@ -146,12 +147,24 @@ class Sequencer:
         for part in self.step_parts:
             part.discard_step()
 
-    def wait(self, decide: Callable[[], object], deadline: float):
+    def stop_waits(self) -> None:
+        """The server stops: every wait of :meth:`wait` in progress, and every one to come,
+        ends with UnavailableError ("server stopping") instead of waiting, so that no call
+        stays inside the shard and its client fails over as from a dead server. A call that
+        ends so changed nothing. Waits only for in-flight applies (``stoppable=False``: the
+        final checkpoint's) are not ended. Does not block beyond the lock; irreversible."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def wait(self, decide: Callable[[], object], deadline: float, stoppable: bool = True):
         """Re-evaluate ``decide()`` (lock held) until it is not a :class:`Wait`; bounded.
 
         A :class:`StepReady` (a sync reader abstained and so completed the step) is
         applied right here, the (re-entrant) lock held, and ``decide()`` asked again.
-        Raises AbortedError when a rollback happens meanwhile, DeadlineExceededError.
+        Raises AbortedError when a rollback happens meanwhile, DeadlineExceededError,
+        and UnavailableError when it would wait while the server stops (``stoppable``,
+        see :meth:`stop_waits`).
         """
         waited_since = None  # when the first Wait came, for the metrics
         generation = self.generation
@@ -167,12 +180,37 @@ class Sequencer:
                 if waited_since is not None and self.metrics is not None:
                     self.metrics.observe_wait(self.clock() - waited_since)
                 return result
-            waited_since = self.clock() if waited_since is None else waited_since
+            if self.stopping and stoppable:
+                self.counters["stop_woken"] += 1
+                raise UnavailableError(f"server stopping: it ended this call's wait ({result.describe()}); "
+                                       "nothing of the call was applied")
+            if waited_since is None:
+                waited_since = self.clock()
+                self.counters["waits"] += 1  # calls that had to wait (Status, ps_shard_events_total)
             remaining = deadline - self.clock()
             if remaining <= 0:
                 self.counters["wait_timeouts"] += 1
                 raise DeadlineExceededError(f"timed out: {result.describe()}", reason=Reason.WAIT_EXPIRED)
             self.cond.wait(remaining)
+
+    def _replay(self, worker: int, seq: int, deadline: float) -> PushResult:
+        """Lock held. The fenced session's push ``seq``, numbered before the takeover: a
+        duplicate of one this shard applied (or is applying: waits, bounded) is acknowledged
+        again; anything else is refused (FENCED) and never applied. Raises
+        FailedPreconditionError, DeadlineExceededError, UnavailableError."""
+
+        if self.wait(lambda: self._seen(worker, seq), deadline) is Seen.DUPLICATE:
+            self.counters["duplicate"] += 1
+            return PushResult("duplicate", self.gate.version)
+        raise self.guard.fenced_refusal(worker)
+
+    def _seen(self, worker: int, seq: int):
+        """Lock held: the dedup table's :class:`Seen` for ``(worker, seq)``, or a :class:`Wait`
+        while an earlier delivery of it is still being applied."""
+        seen = self.dedup.check(worker, seq)
+        if seen is Seen.IN_PROGRESS:
+            return Wait(f"push {seq} of worker {worker} is still being applied from an earlier delivery")
+        return seen
 
     def _skip(self, worker: int, seq: int, step: int, decision) -> PushResult:
         """``nonfinite=skip``: acknowledge a push with NaN/Inf values without applying it.

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ps import ServerConfig, ShardServer
-from ps.errors import PSError
+from ps.errors import PSError, UnavailableError
 from tests.integration.ports import free_port
 from tests.integration.procs import ROOT, Cluster
 from worker import Client
@@ -167,6 +167,69 @@ def test_slow_clients_on_every_port_cannot_hold_a_stop(tmp_path, how):
     finally:
         for c in clients:
             c.close()
+        for w in workers:
+            w.close()
+        cluster.close()
+
+
+#: a long grace: a stop that waits for the blocked pull instead of ending it would take all of it
+LONG_GRACE_S = 8.0
+
+
+def wait_until_waiting(client: Client, waits_before: int, timeout_s: float = 20.0) -> None:
+    """Until the shard counts one more call that waits on other workers than ``waits_before``
+    (the counter ``waits`` goes up under the shard's lock just before the call waits)."""
+    deadline = time.monotonic() + timeout_s
+    while client.status()[0]["counters"].get("waits", 0) <= waits_before:
+        assert time.monotonic() < deadline, "the pull never started waiting in the shard"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("plane", ["grpc", "stream", "local"])
+def test_sigterm_ends_a_sync_pull_waiting_in_the_shard(tmp_path, plane):
+    """SIGTERM while a sync pull waits in the shard for another worker's push: the pull fails
+    at once with UNAVAILABLE "server stopping" (the stop ends the wait; it does not let it run
+    out its grace period), and the process exits 0 by itself, well within the grace period,
+    with its final checkpoint (no watchdog exit). On every plane."""
+    cluster = Cluster(tmp_path)
+    workers: list[Client] = []
+    try:
+        proc, address = cluster.server(
+            "--mode", "sync", "--num-workers", "2", "--grace", str(LONG_GRACE_S), "--sync-timeout", "120",
+            "--checkpoint-dir", str(tmp_path / "ckpt"), "--shard-index", "0", "--num-shards", "1")
+        workers = [Client(address, worker_id=i, local=plane == "local", stream=plane == "stream",
+                          wait_timeout_s=120, retry=RetryPolicy(attempts=1)).connect() for i in range(2)]
+        assert workers[0].data_planes() == [{"grpc": "grpc", "stream": "tcp", "local": "shared memory"}[plane]]
+        workers[0].create("w", shape=(4,), lr=0.1)
+        workers[0].pull(["w"])
+        workers[0].push({"w": np.ones(4, np.float32)})  # step 0 now waits for worker 1's push
+        waits_before = workers[1].status()[0]["counters"].get("waits", 0)
+        pulled: list = []
+
+        def pull_in_flight() -> None:
+            try:
+                pulled.append(workers[0].pull(["w"]))
+            except PSError as exc:
+                pulled.append(exc)
+            pulled.append(time.monotonic())
+
+        puller = threading.Thread(target=pull_in_flight, daemon=True)
+        puller.start()
+        wait_until_waiting(workers[1], waits_before)
+        start = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        puller.join(LONG_GRACE_S)
+        assert not puller.is_alive(), "the pull still waits after the stop began"
+        error, ended = pulled
+        assert isinstance(error, UnavailableError), error
+        if plane == "grpc":  # a fast plane's client sends a transient failure again over gRPC, by then closed
+            assert "server stopping" in str(error) and "worker 1" in str(error), error  # and whom it waited for
+        assert ended - start < LONG_GRACE_S / 2
+        assert proc.wait(LONG_GRACE_S) == 0, proc.log()[-3000:]
+        assert time.monotonic() - start < LONG_GRACE_S
+        assert "exiting anyway" not in proc.log(), proc.log()[-3000:]
+        assert list((tmp_path / "ckpt").rglob("*final*")), "no final checkpoint was written"
+    finally:
         for w in workers:
             w.close()
         cluster.close()

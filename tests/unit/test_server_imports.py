@@ -52,3 +52,13 @@ def test_the_client_loads_no_server_module():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
                             check=True).stdout.split()
     assert [m for m in loaded if m.startswith(SERVER_ONLY)] == []
+
+
+def test_the_consistency_gate_loads_no_grpc():
+    """The consistency logic is a pure object (issue 11): importing it, with the errors it
+    raises, loads no gRPC module (``ps.errors`` names status codes as strings)."""
+    code = "import sys; import ps.shard.consistency, ps.errors; print(' '.join(sorted(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            check=True).stdout.split()
+    assert "ps.shard.consistency" in loaded
+    assert [m for m in loaded if m.split(".")[0] in ("grpc", "grpc_tools", "grpc_health", "grpc_reflection")] == []

@@ -377,7 +377,10 @@ class Client:
         the current step (a gradient for a step already applied is dropped and counted
         in ``stats["stale"]``; the clock then jumps to the cluster's). Blocks until every
         shard acknowledged. Raises InvalidArgumentError for a wrong shape or dtype
-        (checked before anything is sent), NotFoundError, DeadlineExceededError.
+        (checked before anything is sent), NotFoundError, DeadlineExceededError, and
+        FailedPreconditionError with reason FENCED once a newer Client took this worker id
+        over: its ``applied_shards`` names the shards that applied the push all the same (it
+        reached them before the takeover did; empty: applied on no shard).
         ``rows`` (``{sparse table: (ids, grads)}``) go in the same step as ``grads``:
         one clock tick for the whole model (see :meth:`push_rows`).
         """

@@ -276,17 +276,18 @@ class StepEngine:
                 self._next_seq[p.shard] += 1
             calls.append((p, seq))
         errors: list[PSError] = []
-        again = self._round(calls, step, outcomes, errors, fallback=False)
+        acked: set[int] = set()  # shards that acknowledged a part of this push
+        again = self._round(calls, step, outcomes, errors, fallback=False, acked=acked)
         if again:
-            self._round(again, step, outcomes, errors, fallback=True)
+            self._round(again, step, outcomes, errors, fallback=True, acked=acked)
         moved += self._refused
         self._refused = []
         real = [e for e in errors if e.reason not in (Reason.MOVED, Reason.PULL_MOVED)]
         if real:
-            raise real[0]
+            raise _with_applied_shards(real, acked)
 
     def _round(self, calls: list[tuple[Part, int]], step: Step, outcomes: list, errors: list,
-               fallback: bool) -> list[tuple[Part, int]]:
+               fallback: bool, acked: set[int]) -> list[tuple[Part, int]]:
         """Send every call (each shard's data plane, or the fallback), then finish every call
         sent, in order (a plane works on the others meanwhile). Returns the calls to send
         again over the fallback."""
@@ -308,6 +309,7 @@ class StepEngine:
             else:
                 if outcome is not None:
                     outcomes.append(outcome)
+                    acked.add(p.shard)
         return again
 
     def _failed(self, plane: DataPlane, p: Part, seq: int, exc: PSError, again: list, errors: list) -> None:
@@ -407,3 +409,20 @@ class StepEngine:
         if g.dtype != np.dtype(spec.dtype):
             raise dtype_refusal(name, g.dtype, spec.dtype)
         return spec, ids, np.ascontiguousarray(g, dtype=g.dtype.newbyteorder("<"))
+
+
+def _with_applied_shards(errors: list[PSError], acked: set[int]) -> PSError:
+    """The error a push with these part ``errors`` raises: the first. When every part that
+    failed was refused as FENCED, it tells its caller where the push was applied all the
+    same: ``applied_shards``, the shards that acknowledged a part of it because it reached
+    them before the newer client's takeover did (empty: applied on no shard; a part a shard
+    refused was not applied there). Sets the attribute (and names the shards in the message)
+    on that error itself. With any other failure among them the outcome is not known
+    everywhere (a part may have run out of time): no ``applied_shards`` then."""
+    error = errors[0]
+    if all(e.reason is Reason.FENCED for e in errors):
+        error.applied_shards = tuple(sorted(acked))  # type: ignore[attr-defined]
+        if acked:
+            error.args = (f"{error}; this push straddled the takeover: shard(s) {sorted(acked)} applied (parts of) "
+                          "it before the takeover reached them, the others refused it",)
+    return error

@@ -48,7 +48,10 @@ def status_error(code: grpc.StatusCode | int, details: str, reason: Reason | str
 
 @contextlib.contextmanager
 def rpc_errors(address: str) -> Iterator[None]:
-    """Re-raise any ``grpc.RpcError`` inside the block as the matching :class:`PSError`."""
+    """Re-raise any ``grpc.RpcError`` inside the block as the matching :class:`PSError`.
+
+    CANCELLED becomes UnavailableError: the client never cancels its calls, so the server
+    cancelled it (a call that raced the server's stop), and it is retried like a dead server's."""
     try:
         yield
     except grpc.RpcError as exc:
@@ -56,6 +59,8 @@ def rpc_errors(address: str) -> Iterator[None]:
         details = exc.details() if hasattr(exc, "details") else str(exc)
         trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
         reason = next((v for k, v in trailing or () if k == REASON_METADATA_KEY), None)
+        if code == grpc.StatusCode.CANCELLED:  # this client never cancels a call: the server did, as it stopped
+            code, details = grpc.StatusCode.UNAVAILABLE, f"call cancelled by the server (stopping): {details}"
         raise status_error(code, f"{address}: {details}", reason) from exc
 
 
