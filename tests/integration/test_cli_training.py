@@ -81,10 +81,31 @@ def read_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
             return line.strip()
 
 
-def assert_port_closed(address: str) -> None:
-    host, port = address.rsplit(":", 1)
-    with pytest.raises(OSError):
-        socket.create_connection((host, int(port)), timeout=2).close()
+def assert_stopped(addresses: list[str], run_dir: Path) -> None:
+    """Every process ps-launch started is gone: none still has its log in ``run_dir`` open.
+
+    Read from ``/proc`` (each server and worker writes its stderr to its log there). A port
+    that refuses connections does not show it: once a server exited, the OS may give its port
+    number to another process at once (other test runs share the machine), and a connect to a
+    loopback port that nobody listens on can connect to itself (TCP self-connect); either
+    made such a check fail (loop run 19). Without ``/proc`` the ports are checked instead."""
+    logs = {str(p.resolve()) for p in run_dir.glob("*.log")}
+    assert any(Path(p).name.startswith("server-") for p in logs), sorted(logs)
+    proc = Path("/proc")
+    if not (proc / "self" / "fd").is_dir():
+        for address in addresses:
+            host, port = address.rsplit(":", 1)
+            with pytest.raises(OSError):
+                socket.create_connection((host, int(port)), timeout=2).close()
+        return
+    holders = []
+    for fds in proc.glob("[0-9]*/fd"):
+        try:
+            if logs & {os.readlink(fd) for fd in fds.iterdir()}:
+                holders.append(fds.parent.name)
+        except OSError:  # the process ended meanwhile
+            continue
+    assert holders == [], f"pids {holders} still hold the logs of {run_dir}"
 
 
 def server_addresses(output: str) -> list[str]:
@@ -116,8 +137,7 @@ def test_ps_launch_trains_and_writes_the_run_folder(tmp_path: Path):
         assert (run_dir / name).exists()
     pytest.importorskip("matplotlib")
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for address in server_addresses(result.stdout):
-        assert_port_closed(address)
+    assert_stopped(server_addresses(result.stdout), run_dir)
 
 
 @pytest.mark.parametrize("plane, used", [("auto", "shared memory"), ("tcp", "tcp"), ("grpc", "grpc")])
@@ -197,8 +217,7 @@ def test_ps_launch_names_the_failed_worker_and_stops_everything(tmp_path: Path):
             pid = int(line.split("(pid ")[1].split(")")[0])
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
-    for address in server_addresses(result.stdout):
-        assert_port_closed(address)
+    assert_stopped(server_addresses(result.stdout), run_dir)
     for i in range(2):
         assert "stopped" in (run_dir / f"server-{i}.log").read_text()
 
@@ -211,8 +230,7 @@ def test_ps_launch_stops_everything_on_sigint(tmp_path: Path, spawn):
     out, err = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 130, err
     assert "interrupted" in out
-    for address in server_addresses(line):
-        assert_port_closed(address)
+    assert_stopped(server_addresses(line), tmp_path / "run")
     for rank in range(2):
         log = (tmp_path / "run" / f"worker-{rank}.log").read_text()
         assert "stopped by signal; left the cluster" in log
