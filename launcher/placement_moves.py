@@ -84,7 +84,10 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
             request.reshard, request.shard_index = True, indices[k]
             request.tables.extend(tables)
         requests.append((channels[k], channels[k].move, request))
-    replies = [call(*requests[k], timeout_s, retry) for k in range(first)]
+    replies = []
+    for k in range(first):  # the new shards, one by one
+        replies.append(call(*requests[k], timeout_s, retry))
+        _fault(kill_after, "settle-first")  # mid-settle: one shard has the new map, the others not yet
     replies += fan_out(requests[first:], timeout_s, retry)
     for k, reply in enumerate(list(replies)):  # the later pages, one shard at a time (bounded: units only grow it)
         while reply.more:
@@ -169,7 +172,9 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
            retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
     """Change the shards from ``old`` to ``new`` (addresses; ``channels`` holds one per address of
     either) while workers train; returns the map installed. A resize left half done (the same
-    ``new``) is finished. Async mode and dense tables only. Blocks (each call bounded by
+    ``new``) is finished. ``kill_after``: as :func:`move_blocks`, or "settle-first" (in the
+    middle of the settle loop: after the first new server settled, before the others).
+    Dense tables only. Blocks (each call bounded by
     ``timeout_s``). Raises InvalidArgumentError (duplicate addresses, servers that are not
     ``old``), FailedPreconditionError (sync or ssp mode, sparse tables), PSError."""
     old, new = list(old), list(new)

@@ -404,8 +404,9 @@ def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards)
         assert {s["placement"]["num_shards"] for s in status} == {2}
 
 
-@pytest.mark.parametrize("kill_after", ["settle", "take"])
+@pytest.mark.parametrize("kill_after", ["settle-first", "settle", "take"])
 def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after):
+    """SIGKILLed inside the per-shard settle loop, after it, or after the takes; then rerun."""
     size = 8192
     with shards(3) as servers:
         a, b, c = (s.address for s in servers)
@@ -416,6 +417,9 @@ def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_a
         def admin() -> None:
             killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", kill_after)
             assert killed.returncode == -9, killed.stderr
+            if kill_after == "settle-first":  # killed inside the settle loop: the maps are split
+                with Client(f"{a},{b},{c}", observer=True) as observer:
+                    assert [s["placement"]["version"] for s in observer.status()] == [1, 1, 2]
             rerun = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
             assert rerun.returncode == 0, rerun.stderr
             again = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")  # a third run: no change
