@@ -461,17 +461,123 @@ def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shard
             s.stop(grace_s=0.5)
 
 
-def test_moves_and_resizes_are_refused_in_sync_mode_and_change_nothing(shards):
-    with shards(3, mode="sync", num_workers=1) as servers:
+def test_resize_and_move_refused_in_ssp_mode_and_bad_hold_change_nothing(shards):
+    with shards(3, mode="ssp", staleness=1, num_workers=1) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}", local=False) as client:
             client.create("w", (4096,))
-            move = ps_admin("move", "--servers", f"{a},{b}", "--table", "w", "--blocks", "0", "--to", "1")
-            assert move.returncode == 1 and "async and ssp mode only" in move.stderr
             grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
-            assert grow.returncode == 1 and "async mode only" in grow.stderr
+            assert grow.returncode == 1 and "async and sync mode only" in grow.stderr
             assert [s["placement"]["version"] for s in client.status()] == [1, 1]
             client.pull(["w"])
+
+
+SYNC_LR = 0.05
+
+
+def linear_gradient(rank: int, step: int, w: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """A deterministic squared-error gradient of a Linear(100, 10) layer on worker data."""
+    rng = np.random.default_rng([rank, step])
+    x = rng.standard_normal((16, 100)).astype(np.float32)
+    y = rng.standard_normal((16, 10)).astype(np.float32)
+    r = x @ w + b - y
+    return {"w": (x.T @ r / len(x)).astype(np.float32), "b": r.mean(axis=0).astype(np.float32)}
+
+
+class SyncTrainers:
+    """``workers`` sync workers training a Linear layer (tables "w" and "b", small blocks so they
+    span every shard) until :meth:`stop` names the last step: every worker stops at that same
+    step (set above any step a worker began). Bounded by ``most_steps``."""
+
+    def __init__(self, servers: str, workers: int, most_steps: int = 2000) -> None:
+        self.servers, self.workers, self.most_steps = servers, workers, most_steps
+        self.going = [threading.Event() for _ in range(workers)]
+        self.progress = [0] * workers
+        self.stop_at: int | None = None
+        self.initial: dict[str, np.ndarray] = {}
+        self.finals: list[dict[str, np.ndarray]] = []
+        self.addresses: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def stop(self, extra: int = 10) -> None:
+        with self._lock:
+            self.stop_at = max(self.progress) + extra
+
+    def work(self, rank: int) -> None:
+        with Client(self.servers, worker_id=rank, timeout_s=10, wait_timeout_s=30) as ps:
+            ps.create("w", shape=(100, 10), init="normal", init_scale=0.1, seed=7, lr=SYNC_LR, block_elems=96)
+            ps.create("b", shape=(10,), lr=SYNC_LR, block_elems=4)
+            initial = ps.pull(["w", "b"])
+            for step in range(self.most_steps):
+                with self._lock:
+                    if self.stop_at is not None and step >= self.stop_at:
+                        break
+                    self.progress[rank] = step
+                p = ps.pull(["w", "b"])
+                ps.push(linear_gradient(rank, step, p["w"], p["b"]))
+                if step == 2:
+                    self.going[rank].set()
+            final = ps.pull(["w", "b"])
+            with self._lock:
+                self.initial = initial
+                self.finals.append(final)
+                self.addresses.append(list(ps.addresses))
+
+    def run(self, admin) -> None:
+        def admin_then_stop() -> None:
+            assert all(g.wait(60.0) for g in self.going)  # every worker is training
+            try:
+                admin()
+            finally:
+                self.stop()
+
+        run_threads([lambda r=r: self.work(r) for r in range(self.workers)] + [admin_then_stop], timeout_s=120.0)
+
+    def check_against_numpy(self) -> None:
+        """Every worker ends equal to one NumPy process: SGD on the mean of the workers' gradients."""
+        w = self.initial["w"].astype(np.float64)
+        b = self.initial["b"].astype(np.float64)
+        for step in range(self.stop_at):
+            grads = [linear_gradient(r, step, w.astype(np.float32), b.astype(np.float32)) for r in range(self.workers)]
+            w = w - SYNC_LR * np.mean([g["w"] for g in grads], axis=0)
+            b = b - SYNC_LR * np.mean([g["b"] for g in grads], axis=0)
+        assert len(self.finals) == self.workers
+        for final in self.finals:
+            np.testing.assert_allclose(final["w"], w, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(final["b"], b, rtol=1e-6, atol=1e-6)
+        assert np.abs(self.finals[0]["w"] - self.initial["w"]).max() > 1e-3  # it trained
+
+
+def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(shards):
+    """Sync (BSP): the resizes settle between two steps; the workers never restart and end equal
+    to one NumPy process doing SGD on the mean gradient, to 1e-6."""
+    with shards(3, mode="sync", num_workers=3) as servers:
+        a, b, c = (s.address for s in servers)
+        trainers = SyncTrainers(f"{a},{b}", 3)
+
+        def admin() -> None:
+            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert grow.returncode == 0, grow.stderr
+            assert json.loads(grow.stdout)["addresses"] == [a, b, c]
+            with Client(f"{a},{b},{c}", observer=True) as observer:
+                held = [next(t["blocks"] for t in st["tables"] if t["name"] == "w") for st in observer.status()]
+            assert held == [4, 4, 3] or sorted(held) == [3, 4, 4], held  # the new shard took its share
+            assert held[2] > 0
+            shrink = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")
+            assert shrink.returncode == 0, shrink.stderr
+            shrunk = PlacementMap.from_json(json.loads(shrink.stdout))
+            first = next(k for k in range(11) if shrunk.block_owner("w", k) == 0)
+            moved = ps_admin("move", "--servers", f"{b},{c}", "--table", "w", "--blocks", str(first), "--to", "1")
+            assert moved.returncode == 0, moved.stderr
+            assert json.loads(moved.stdout)["version"] == 4  # a move in sync mode too
+
+        trainers.run(admin)
+        assert trainers.addresses == [[b, c]] * 3  # no worker restarted: each followed the map
+        trainers.check_against_numpy()
+        with Client(f"{b},{c}", observer=True) as observer:
+            status = observer.status()
+        assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
+        assert sum(next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status) == 11
 
 
 def test_a_move_larger_than_one_message_goes_in_pages(shards, monkeypatch):

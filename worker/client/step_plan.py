@@ -140,7 +140,8 @@ class StepPlanner:
     def replan(self, moved: Sequence[Part], local: tuple[bool, ...], mode: str) -> list[Part]:
         """The parts that redo, under the directory's (newer) placement map, what ``moved`` (parts
         a shard refused unapplied: reason MOVED) would have done: their gradient blocks and
-        rows go to their owners now, ``part_bytes`` at a time; their dense pulls pull those
+        rows go to their owners now, ``part_bytes`` at a time (in sync mode numbered per shard,
+        every shard getting one: a sync move refuses a step's pushes whole); their dense pulls pull those
         tables again whole; their row pulls go to the rows' owners, landing where they would
         have. Pure."""
         out: list[Part] = []
@@ -173,6 +174,14 @@ class StepPlanner:
             else:
                 out += [Part(q.shard, 0, 1, table=q.table, ids=q.ids, target=p.target[q.target])
                         for q in self.rows_pull(spec, p.ids)]
+        if mode == "sync" and any(p.pushes for p in moved):
+            # a sync move settles between steps, so a step's pushes were refused whole: each shard
+            # must hear once per step, its pushing parts numbered 0..n-1 (an empty one if none)
+            per_shard = [[q for q in out if q.pushes and q.shard == s] or [Part(s, 0, 1, ())]
+                         for s in range(self._num_shards)]
+            out = [q for q in out if not q.pushes] + [
+                Part(s, k, len(mine), q.push, None, (), q.table, q.ids, q.values)
+                for s, mine in enumerate(per_shard) for k, q in enumerate(mine)]
         return out
 
     def row_positions(self, name: str, ids: np.ndarray) -> list[np.ndarray]:
