@@ -73,12 +73,12 @@ class UnitMoves:
         """Sync: hold pushes for steps >= the boundary ``max(from_step, first step not started
         here)``; with ``from_step`` > 0 then wait (bounded by ``timeout_s``) until every step
         before it is applied here, so that no sum is pending while blocks move. Returns the
-        boundary and the live workers. Other modes: nothing to hold, ``(0, [])``. Blocks with
+        boundary and the live workers. Other modes, or a shard a resize dropped: nothing to hold, ``(0, [])``. Blocks with
         ``from_step`` > 0. Raises FailedPreconditionError (the shard is past ``from_step``: a
         later step started), DeadlineExceededError naming the workers a step waits for."""
         shard = self._shard
         steps, gate = shard.steps, shard.gate
-        if shard.config.mode is not Mode.SYNC:
+        if shard.config.mode is not Mode.SYNC or shard.retired:  # a retired shard gets no pushes
             return 0, []
         deadline = steps.clock() + timeout_s
         with steps.cond:

@@ -435,6 +435,29 @@ def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_a
         assert blocks == [TableSpec("w", (size,)).num_blocks // 3] * 3
 
 
+def test_after_a_resize_a_worker_uses_the_tcp_plane_on_the_shard_the_resize_added(shards):
+    size = 8192
+    with shards(3) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}", local=False, stream=True) as client:
+            client.create("w", (size,), optimizer="sgd", lr=1.0)
+            client.push({"w": np.ones(size, np.float32)})
+            assert client.data_planes() == ["tcp", "tcp"]
+            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert grow.returncode == 0, grow.stderr
+            client.push({"w": np.ones(size, np.float32)})  # redirected: the client follows the resize
+            assert client.addresses == [a, b, c]
+            assert client.data_planes() == ["tcp", "tcp", "tcp"]
+            plane = client._stream_plane
+            sent: list[int] = []
+            send = plane.send
+            plane.send = lambda part, seq, step: (sent.append(part.shard), send(part, seq, step))[1]
+            for _ in range(3):
+                out = client.push_pull({"w": np.ones(size, np.float32)}, ["w"])["w"]
+            assert set(sent) == {0, 1, 2}  # every shard's parts went over TCP, the new one's too
+            assert np.array_equal(out, np.full(size, -5.0, np.float32))
+
+
 def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shards, tmp_path):
     d = str(tmp_path)
     with shards(3, checkpoint_dir=d) as servers:
@@ -565,6 +588,8 @@ def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(
             assert held[2] > 0
             shrink = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")
             assert shrink.returncode == 0, shrink.stderr
+            again = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")  # a rerun: no change
+            assert again.returncode == 0 and json.loads(again.stdout) == json.loads(shrink.stdout), again.stderr
             shrunk = PlacementMap.from_json(json.loads(shrink.stdout))
             first = next(k for k in range(11) if shrunk.block_owner("w", k) == 0)
             moved = ps_admin("move", "--servers", f"{b},{c}", "--table", "w", "--blocks", str(first), "--to", "1")
@@ -578,6 +603,29 @@ def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(
             status = observer.status()
         assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
         assert sum(next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status) == 11
+
+
+@pytest.mark.parametrize("kill_after", ["settle-first", "take"])
+def test_a_sync_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_stays_exact(shards, kill_after):
+    """The admin killed while the pushes are held at the step boundary (inside the settle loop,
+    or after the takes): the workers wait (bounded), the rerun settles and releases them."""
+    with shards(3, mode="sync", num_workers=3) as servers:
+        a, b, c = (s.address for s in servers)
+        trainers = SyncTrainers(f"{a},{b}", 3)
+
+        def admin() -> None:
+            killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", kill_after)
+            assert killed.returncode == -9, killed.stderr
+            rerun = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert rerun.returncode == 0, rerun.stderr
+
+        trainers.run(admin)
+        assert trainers.addresses == [[a, b, c]] * 3
+        trainers.check_against_numpy()
+        with Client(f"{a},{b},{c}", observer=True) as observer:
+            status = observer.status()
+        assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
+        assert [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status] == [4, 4, 3]
 
 
 def test_a_move_larger_than_one_message_goes_in_pages(shards, monkeypatch):
