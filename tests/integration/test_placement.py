@@ -23,6 +23,7 @@ from ps.tables.placement_map import PlacementMap
 from ps.tables.spec import TableSpec
 from tests.conftest import run_threads
 from tests.integration.procs import CLEAN_ENV, ROOT
+from tests.integration.test_sync_exactness import gradient as linear_gradient
 from worker import Client
 from worker.client.transport import RetryPolicy, ShardChannel
 from worker.models.mlp import MLP
@@ -496,15 +497,6 @@ def test_resize_and_move_refused_in_ssp_mode_and_bad_hold_change_nothing(shards)
 
 
 SYNC_LR = 0.05
-
-
-def linear_gradient(rank: int, step: int, w: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    """A deterministic squared-error gradient of a Linear(100, 10) layer on worker data."""
-    rng = np.random.default_rng([rank, step])
-    x = rng.standard_normal((16, 100)).astype(np.float32)
-    y = rng.standard_normal((16, 10)).astype(np.float32)
-    r = x @ w + b - y
-    return {"w": (x.T @ r / len(x)).astype(np.float32), "b": r.mean(axis=0).astype(np.float32)}
 
 
 class SyncTrainers:
