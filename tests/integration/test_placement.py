@@ -504,8 +504,8 @@ class SyncTrainers:
     span every shard) until :meth:`stop` names the last step: every worker stops at that same
     step (set above any step a worker began). Bounded by ``most_steps``."""
 
-    def __init__(self, servers: str, workers: int, most_steps: int = 2000) -> None:
-        self.servers, self.workers, self.most_steps = servers, workers, most_steps
+    def __init__(self, servers: str, workers: int, fused: bool = False, most_steps: int = 2000) -> None:
+        self.servers, self.workers, self.fused, self.most_steps = servers, workers, fused, most_steps
         self.going = [threading.Event() for _ in range(workers)]
         self.progress = [0] * workers
         self.stop_at: int | None = None
@@ -522,14 +522,17 @@ class SyncTrainers:
         with Client(self.servers, worker_id=rank, timeout_s=10, wait_timeout_s=30) as ps:
             ps.create("w", shape=(100, 10), init="normal", init_scale=0.1, seed=7, lr=SYNC_LR, block_elems=96)
             ps.create("b", shape=(10,), lr=SYNC_LR, block_elems=4)
-            initial = ps.pull(["w", "b"])
+            initial = p = ps.pull(["w", "b"])
             for step in range(self.most_steps):
                 with self._lock:
                     if self.stop_at is not None and step >= self.stop_at:
                         break
                     self.progress[rank] = step
-                p = ps.pull(["w", "b"])
-                ps.push(linear_gradient(rank, step, p["w"], p["b"]))
+                if self.fused:  # one push-pull per step: the step's push and the next step's weights
+                    p = ps.push_pull(linear_gradient(rank, step, p["w"], p["b"]), ["w", "b"])
+                else:
+                    p = ps.pull(["w", "b"])
+                    ps.push(linear_gradient(rank, step, p["w"], p["b"]))
                 if step == 2:
                     self.going[rank].set()
             final = ps.pull(["w", "b"])
@@ -563,12 +566,13 @@ class SyncTrainers:
         assert np.abs(self.finals[0]["w"] - self.initial["w"]).max() > 1e-3  # it trained
 
 
-def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(shards):
+@pytest.mark.parametrize("fused", [False, True], ids=["pull-then-push", "push-pull"])
+def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(shards, fused):
     """Sync (BSP): the resizes settle between two steps; the workers never restart and end equal
     to one NumPy process doing SGD on the mean gradient, to 1e-6."""
     with shards(3, mode="sync", num_workers=3) as servers:
         a, b, c = (s.address for s in servers)
-        trainers = SyncTrainers(f"{a},{b}", 3)
+        trainers = SyncTrainers(f"{a},{b}", 3, fused)
 
         def admin() -> None:
             grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
@@ -591,6 +595,8 @@ def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(
         trainers.run(admin)
         assert trainers.addresses == [[b, c]] * 3  # no worker restarted: each followed the map
         trainers.check_against_numpy()
+        with Client(f"{b},{c}", observer=True) as observer:
+            assert all(s["counters"].get("stale", 0) == 0 for s in observer.status())  # no step lost a gradient
         with Client(f"{b},{c}", observer=True) as observer:
             status = observer.status()
         assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere

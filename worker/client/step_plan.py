@@ -144,6 +144,13 @@ class StepPlanner:
         every shard getting one: a sync move refuses a step's pushes whole); their dense pulls pull those
         tables again whole; their row pulls go to the rows' owners, landing where they would
         have. Pure."""
+        pulled = tuple(sorted({t for p in moved if p.pull for t in p.pull}))
+        if mode == "sync" and pulled and all(p.push is not None and not p.table for p in moved):
+            # a sync push-pull refused whole (a move settles between steps): fused again, so that no
+            # shard sees the step's pull before its push (the pull would abstain from the step)
+            fused = self.dense(tuple(sorted({name for p in moved for name, _ in p.push})), pulled, local, mode)
+            if fused is not None:
+                return fused
         out: list[Part] = []
         pushed = [x for p in moved if p.push for x in p.push]
         owners = self._directory.placement
@@ -161,7 +168,6 @@ class StepPlanner:
                 size += self._bytes(*x)
             if chunk:
                 out.append(Part(shard, 0, 1, tuple(chunk)))
-        pulled = tuple(sorted({t for p in moved if p.pull for t in p.pull}))
         if pulled:
             out += [Part(p.shard, p.part, p.num_parts, None, p.pull, p.pull_blocks)
                     for p in self.dense(None, pulled, local, mode) or ()]
