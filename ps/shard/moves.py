@@ -49,7 +49,7 @@ class UnitMoves:
         """A resize: take place ``index`` in ``placement`` (-1: leave) and create ``tables`` (dense,
         holding no blocks) where missing, unless the shard already has ``placement`` or a newer
         map. In sync mode a shard new to the cluster (no map yet) starts its step clock at
-        ``step`` (the move's step boundary, > 0) expecting ``workers`` (live, each at that
+        ``step`` (the move's step boundary) expecting ``workers`` (live, each at that
         clock), its pushes held from it as on the other shards. Does not block. Raises
         FailedPreconditionError (an older map), AlreadyExistsError (a table of another spec),
         InvalidArgumentError."""
@@ -61,7 +61,7 @@ class UnitMoves:
                                               f"has {current.describe()}")
             if current is not None and placement.version == current.version:
                 return  # done before: a rerun
-            if current is None and step and shard.config.mode is Mode.SYNC:
+            if current is None and shard.config.mode is Mode.SYNC:
                 shard.gate.load(step, {int(w): step for w in workers})
                 shard.gate.hold_for_move(step)
             for spec in tables:
