@@ -86,8 +86,9 @@ class ControlService:
         placement map (``ps.shard.moves``).
 
         Blocks (give: until no push admitted under an older map is being applied; hold, sync:
-        until the steps before the boundary are applied; within the call's deadline). FAILED_PRECONDITION for an older map or a unit not here,
-        INVALID_ARGUMENT for a malformed map, payload or unit, NOT_FOUND for an unknown table.
+        until the steps before the boundary are applied; within the call's deadline).
+        FAILED_PRECONDITION for an older map or a unit not here, INVALID_ARGUMENT for a
+        malformed map, payload or unit, NOT_FOUND for an unknown table.
         """
         if not request.HasField("placement"):
             raise InvalidArgumentError("a Move needs the placement map to install")

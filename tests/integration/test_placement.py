@@ -18,14 +18,16 @@ import pytest
 
 from launcher.placement_moves import move_blocks, newest_placement
 from ps import ServerConfig, ShardServer
+from ps._proto import ps_pb2
 from ps.checkpoint import state as checkpoint
+from ps.errors import DeadlineExceededError, InvalidArgumentError
 from ps.tables.placement_map import PlacementMap
 from ps.tables.spec import TableSpec
 from tests.conftest import run_threads
 from tests.integration.procs import CLEAN_ENV, ROOT
 from tests.integration.test_sync_exactness import gradient as linear_gradient
 from worker import Client
-from worker.client.transport import RetryPolicy, ShardChannel
+from worker.client.transport import RetryPolicy, ShardChannel, call, fan_out
 from worker.models.mlp import MLP
 from worker.training.model_tables import create_tables, table_specs
 from worker.training.train_config import TrainConfig
@@ -494,6 +496,28 @@ def test_resize_and_move_refused_in_ssp_mode_and_bad_hold_change_nothing(shards)
             assert grow.returncode == 1 and "async and sync mode only" in grow.stderr
             assert [s["placement"]["version"] for s in client.status()] == [1, 1]
             client.pull(["w"])
+
+
+def test_a_sync_hold_is_bounded_names_the_move_and_ends_with_unhold_and_bad_holds_change_nothing(shards):
+    with shards(2, mode="sync", num_workers=1) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers), worker_id=0, wait_timeout_s=1.0, local=False) as client:
+            client.create("w", (4096,))
+            client.push({"w": np.ones(4096, np.float32)})
+            wire = newest_placement(channels, 10.0, RetryPolicy()).to_proto()
+            with pytest.raises(InvalidArgumentError, match="does nothing else"):
+                call(channels[0], channels[0].move, ps_pb2.MoveRequest(placement=wire, hold=True, release=True), 10.0)
+            client.push({"w": np.ones(4096, np.float32)})  # nothing was held
+            held = fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, hold=True, hold_from=2))
+                            for ch in channels], 10.0)
+            assert [(r.hold_from, list(r.workers)) for r in held] == [(2, [0]), (2, [0])]
+            with pytest.raises(DeadlineExceededError, match="placement move settles at step 2"):
+                client.push({"w": np.ones(4096, np.float32)})  # bounded, and says why
+            fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, unhold=True)) for ch in channels], 10.0)
+            client.push({"w": np.ones(4096, np.float32)})
+            assert np.array_equal(client.pull(["w"])["w"], np.full(4096, -0.03, np.float32))
+        for ch in channels:
+            ch.close()
 
 
 SYNC_LR = 0.05
