@@ -487,7 +487,7 @@ def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shard
             s.stop(grace_s=0.5)
 
 
-def test_resize_and_move_refused_in_ssp_mode_and_bad_hold_change_nothing(shards):
+def test_resize_is_refused_in_ssp_mode_and_changes_nothing(shards):
     with shards(3, mode="ssp", staleness=1, num_workers=1) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}", local=False) as client:
