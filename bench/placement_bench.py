@@ -9,9 +9,11 @@ each against a baseline taken in the same run:
    moments travel) from shard 0 to shard 1 and back; GB/s = bytes of the moved blocks'
    values and optimizer state / seconds of the move (all steps: settle, take, release);
 3. ``steps``: a worker's push-pull step times on a 4 MiB table before any move and while
-   blocks of a second table move back and forth; p50 and p99 of each.
+   blocks of a second table move back and forth; p50 and p99 of each. ``--sync`` repeats 2
+   and 3 with servers in sync mode and one sync worker (each move settles at a step boundary:
+   the worker's next step waits for it).
 
-Usage: ``python -m bench.placement_bench [--quick] [--out FILE.json]``. Prints JSON lines;
+Usage: ``python -m bench.placement_bench [--quick] [--sync | --only-sync] [--out FILE.json]``. Prints JSON lines;
 writes them all to ``--out`` when given. Blocks for about a minute (``--quick``: seconds).
 """
 
@@ -58,14 +60,16 @@ def shards(quick: bool) -> dict:
             "median_step_s": med, "ratio_2_over_1": med["2 shards"] / med["1 shard"]}
 
 
-def migration_and_steps(quick: bool) -> list[dict]:
-    """Move half the blocks of a 64 MiB Adam table back and forth; meanwhile a worker steps."""
+def migration_and_steps(quick: bool, mode: str = "async") -> list[dict]:
+    """Move half the blocks of a 64 MiB Adam table back and forth; meanwhile a worker steps
+    (``mode`` "sync": one sync worker, so every move settles at a step boundary)."""
     moving_elems = (1 << 22) if quick else (1 << 24)   # 16 MiB / 64 MiB of float32
     step_elems = 1 << 20                                 # 4 MiB
-    with ps_servers(2, "--mode", "async") as addresses:
+    extra = ("--num-workers", "1") if mode == "sync" else ()
+    with ps_servers(2, "--mode", mode, *extra) as addresses:
         channels = [ShardChannel(a, 1 << 28) for a in addresses]
         try:
-            with Client(addresses) as setup:
+            with Client(addresses, observer=mode == "sync") as setup:
                 setup.create("moving", (moving_elems,), optimizer="adam", lr=0.001)
                 setup.create("steps", (step_elems,), optimizer="sgd", lr=0.01)
                 num_blocks = setup.spec("moving").num_blocks
@@ -103,9 +107,9 @@ def migration_and_steps(quick: bool) -> list[dict]:
     seconds = sum(s for _, s in moves)
     pct = lambda xs, q: float(np.percentile(xs, q)) if xs else None  # noqa: E731
     return [
-        {"bench": "migration", "moves": len(moves), "blocks_moved": sum(n for n, _ in moves),
+        {"bench": "migration", "mode": mode, "moves": len(moves), "blocks_moved": sum(n for n, _ in moves),
          "bytes_moved": moved_bytes, "seconds": seconds, "gb_per_s": moved_bytes / seconds / 1e9},
-        {"bench": "steps", "table_bytes": step_elems * 4, "steps_before": len(before), "steps_during": len(during),
+        {"bench": "steps", "mode": mode, "table_bytes": step_elems * 4, "steps_before": len(before), "steps_during": len(during),
          "p50_before_s": pct(before, 50), "p99_before_s": pct(before, 99),
          "p50_during_s": pct(during, 50), "p99_during_s": pct(during, 99),
          "p99_ratio": (pct(during, 99) / pct(before, 99)) if during else None},
@@ -116,8 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few seconds: fewer steps, smaller tables")
     p.add_argument("--out", default=None, help="also write every result line to this JSON file")
+    p.add_argument("--sync", action="store_true", help="also moves under a sync worker (step boundaries)")
+    p.add_argument("--only-sync", action="store_true", help="only the moves under a sync worker")
     args = p.parse_args(argv)
-    results = [shards(args.quick), *migration_and_steps(args.quick)]
+    results = [] if args.only_sync else [shards(args.quick), *migration_and_steps(args.quick)]
+    if args.sync or args.only_sync:
+        results += migration_and_steps(args.quick, "sync")
     for r in results:
         print(json.dumps(r), flush=True)
     if args.out:

@@ -34,15 +34,17 @@ MOVE_PAGE_BYTES = 16 << 20
 
 def newest_placement(channels: Sequence[ShardChannel], timeout_s: float, retry: RetryPolicy) -> PlacementMap:
     """The newest placement map any shard holds (one Status call each). Blocks; raises
-    PSError, FailedPreconditionError when no shard knows its topology yet, or in sync mode."""
+    PSError, FailedPreconditionError when no shard knows its topology yet."""
+    return _cluster(channels, timeout_s, retry)[0]
+
+
+def _cluster(channels: Sequence[ShardChannel], timeout_s: float, retry: RetryPolicy) -> tuple[PlacementMap, bool]:
+    """:func:`newest_placement`, and whether the shards run in sync mode."""
     replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest()) for ch in channels], timeout_s, retry)
     maps = [PlacementMap.from_proto(r.placement) for r in replies if r.HasField("placement")]
     if not maps:
         raise FailedPreconditionError("no shard knows its topology yet: create a table first")
-    if any(r.mode == ps_pb2.SYNC for r in replies):
-        raise FailedPreconditionError("moves work in async and ssp mode only (for now): a sync step's sums "
-                                      "do not move")
-    return max(maps, key=lambda m: m.version)
+    return max(maps, key=lambda m: m.version), any(r.mode == ps_pb2.SYNC for r in replies)
 
 
 def move_blocks(channels: Sequence[ShardChannel], moves: Mapping[tuple[str, int], int], timeout_s: float,
@@ -52,22 +54,22 @@ def move_blocks(channels: Sequence[ShardChannel], moves: Mapping[tuple[str, int]
     ``kill_after`` (fault injection for tests: "settle" or "take") SIGKILLs this process
     right after that step of the new move. Blocks (each call bounded by ``timeout_s``).
     Raises InvalidArgumentError for a shard out of range, PSError from the shards."""
-    current = newest_placement(channels, timeout_s, retry)
+    current, sync = _cluster(channels, timeout_s, retry)
     if current.num_shards != len(channels):
         raise InvalidArgumentError(f"the servers' map is for {current.num_shards} shards; {len(channels)} given")
     for (table, block), shard in moves.items():
         if not 0 <= shard < len(channels):
             raise InvalidArgumentError(f"{table!r} block {block}: no shard {shard} among {len(channels)}")
-    settle(channels, current, timeout_s, retry)
+    settle(channels, current, timeout_s, retry, sync=sync)
     new = current.with_moves({(t, False, b): s for (t, b), s in moves.items()})
     if new.moved == current.moved:
         return current
-    return settle(channels, new, timeout_s, retry, kill_after)
+    return settle(channels, new, timeout_s, retry, kill_after, sync=sync)
 
 
 def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s: float, retry: RetryPolicy,
            kill_after: str = "", indices: Sequence[int] | None = None,
-           tables: Sequence[ps_pb2.TableSpec] = (), first: int = 0) -> PlacementMap:
+           tables: Sequence[ps_pb2.TableSpec] = (), first: int = 0, sync: bool = False) -> PlacementMap:
     """Make ``placement`` true everywhere: every shard installs it and gives the blocks it puts
     elsewhere (held, or kept from an interrupted move), their owners take them, every shard
     drops its kept copies. Idempotent: run again after any interruption, it finishes.
@@ -75,16 +77,24 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
     A resize gives ``indices`` (per channel, its place in ``placement``; -1: it leaves) and the
     dense ``tables`` a new shard must create; the owners are then ``channels[indices.index(i)]``.
     The ``first`` channels settle one by one, then the others all at once; the takes go to
-    their owners all at once. Blocks; raises PSError."""
+    their owners all at once. ``sync``: the shards (the ``first``, new to the cluster, apart)
+    first hold their pushes at a common step boundary (:func:`hold_step_boundary`) and
+    release them at the end; the new ones start at that boundary. Blocks; raises PSError."""
     wire = placement.to_proto()
+    step, workers = hold_step_boundary(channels[first:], wire, timeout_s, retry) if sync else (0, [])
     requests = []
     for k in range(len(channels)):
         request = ps_pb2.MoveRequest(placement=wire, settle=True, max_bytes=MOVE_PAGE_BYTES)
         if indices is not None:
             request.reshard, request.shard_index = True, indices[k]
             request.tables.extend(tables)
+            request.hold_from = step
+            request.workers.extend(workers)
         requests.append((channels[k], channels[k].move, request))
-    replies = [call(*requests[k], timeout_s, retry) for k in range(first)]
+    replies = []
+    for k in range(first):  # the new shards, one by one
+        replies.append(call(*requests[k], timeout_s, retry))
+        _fault(kill_after, "settle-first")  # mid-settle: one shard has the new map, the others not yet
     replies += fan_out(requests[first:], timeout_s, retry)
     for k, reply in enumerate(list(replies)):  # the later pages, one shard at a time (bounded: units only grow it)
         while reply.more:
@@ -120,8 +130,25 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
             takes.append((ch, ch.move, request))
     fan_out(takes, timeout_s, retry)
     _fault(kill_after, "take")
-    fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, release=True)) for ch in channels], timeout_s, retry)
+    fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, release=True, unhold=sync)) for ch in channels],
+            timeout_s, retry)
     return placement
+
+
+def hold_step_boundary(channels: Sequence[ShardChannel], wire: ps_pb2.PlacementMap, timeout_s: float,
+                       retry: RetryPolicy) -> tuple[int, list[int]]:
+    """Sync mode: make every shard hold pushes from one step boundary B and wait until each
+    applied every step before B, so no step's sum is pending anywhere while blocks move.
+    First each shard holds from the first step not started on it and names it; B is the
+    largest (a shard where step B - 1 started makes every shard finish it); then each holds
+    from B and waits. Returns B and the workers live on any shard. Blocks (each call within
+    ``timeout_s``); raises PSError (DeadlineExceededError naming whom a step waits for)."""
+    first = fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, hold=True)) for ch in channels],
+                    timeout_s, retry)
+    step = max(int(r.hold_from) for r in first)
+    replies = fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, hold=True, hold_from=step))
+                       for ch in channels], timeout_s, retry)
+    return step, sorted({int(w) for r in replies for w in r.workers})
 
 
 def _pages(states: list) -> list[list]:
@@ -169,9 +196,11 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
            retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
     """Change the shards from ``old`` to ``new`` (addresses; ``channels`` holds one per address of
     either) while workers train; returns the map installed. A resize left half done (the same
-    ``new``) is finished. Async mode and dense tables only. Blocks (each call bounded by
+    ``new``) is finished. Async and sync mode. ``kill_after``: as :func:`move_blocks`, or "settle-first" (in the
+    middle of the settle loop: after the first new server settled, before the others).
+    Dense tables only. Blocks (each call bounded by
     ``timeout_s``). Raises InvalidArgumentError (duplicate addresses, servers that are not
-    ``old``), FailedPreconditionError (sync or ssp mode, sparse tables), PSError."""
+    ``old``), FailedPreconditionError (ssp mode, sparse tables), PSError."""
     old, new = list(old), list(new)
     if len(set(old)) != len(old) or len(set(new)) != len(new) or not new:
         raise InvalidArgumentError("--servers and --to must each list distinct addresses, --to at least one")
@@ -189,15 +218,15 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
         placed = list(newest.addresses) or old
         if placed != old:
             raise InvalidArgumentError(f"the servers are {','.join(placed)}, not {','.join(old)}")
-        if any(r.mode != ps_pb2.ASYNC for r in statuses if r.HasField("placement")):
-            raise FailedPreconditionError("resize works in async mode only (for now)")
+        if any(r.mode == ps_pb2.SSP for r in statuses if r.HasField("placement")):
+            raise FailedPreconditionError("resize works in async and sync mode only (for now)")
         if any(r.sparse_tables for r in statuses):
             raise FailedPreconditionError("resize does not move sparse tables yet")
         target = plan_resize(newest, old, new, list(specs.values()))
     ordered = [channels[a] for a in union]
     indices = [new.index(a) if a in new else -1 for a in union]
     return settle(ordered, target, timeout_s, retry, kill_after, indices, list(specs.values()),
-                  first=sum(1 for a in new if a not in old))
+                  first=sum(1 for a in new if a not in old), sync=any(r.mode == ps_pb2.SYNC for r in statuses))
 
 
 def _fault(kill_after: str, step: str) -> None:
@@ -239,7 +268,7 @@ def rebalance(channels: Sequence[ShardChannel], by: str, ratio: float, timeout_s
     state, or "accesses": pushes and pulls counted per block) is at most ``ratio`` times the
     mean (``plan_rebalance``), with :func:`move_blocks`. Returns the loads' max/mean ratio
     before and after, the blocks moved and the map. Blocks; raises InvalidArgumentError,
-    PSError (sync mode: FailedPreconditionError)."""
+    PSError."""
     if by not in ("bytes", "accesses") or not ratio >= 1.0:
         raise InvalidArgumentError(f"rebalance by bytes or accesses, to a ratio >= 1 (got {by!r}, {ratio})")
 
@@ -254,7 +283,6 @@ def rebalance(channels: Sequence[ShardChannel], by: str, ratio: float, timeout_s
         mean = sum(totals) / len(totals)
         return max(totals) / mean if mean > 0 else 1.0
 
-    newest_placement(channels, timeout_s, retry)  # refuses sync mode before anything moves
     before = measure()
     moves = plan_rebalance(before, ratio)
     placement = move_blocks(channels, moves, timeout_s, retry) if moves else newest_placement(channels, timeout_s,

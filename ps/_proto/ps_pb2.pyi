@@ -547,7 +547,7 @@ class ListRowsRequest(_message.Message):
     def __init__(self, table: _Optional[str] = ..., after_id: _Optional[int] = ..., from_start: _Optional[bool] = ..., max_rows: _Optional[int] = ...) -> None: ...
 
 class MoveRequest(_message.Message):
-    __slots__ = ("placement", "give", "take", "payload", "release", "settle", "reshard", "shard_index", "tables", "skip", "max_bytes")
+    __slots__ = ("placement", "give", "take", "payload", "release", "settle", "reshard", "shard_index", "tables", "skip", "max_bytes", "hold", "hold_from", "workers", "unhold")
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     GIVE_FIELD_NUMBER: _ClassVar[int]
     TAKE_FIELD_NUMBER: _ClassVar[int]
@@ -559,6 +559,10 @@ class MoveRequest(_message.Message):
     TABLES_FIELD_NUMBER: _ClassVar[int]
     SKIP_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FROM_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    UNHOLD_FIELD_NUMBER: _ClassVar[int]
     placement: PlacementMap
     give: _containers.RepeatedCompositeFieldContainer[PlacedUnit]
     take: _containers.RepeatedCompositeFieldContainer[UnitState]
@@ -570,7 +574,11 @@ class MoveRequest(_message.Message):
     tables: _containers.RepeatedCompositeFieldContainer[TableSpec]
     skip: int
     max_bytes: int
-    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., give: _Optional[_Iterable[_Union[PlacedUnit, _Mapping]]] = ..., take: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., release: _Optional[bool] = ..., settle: _Optional[bool] = ..., reshard: _Optional[bool] = ..., shard_index: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., skip: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+    hold: bool
+    hold_from: int
+    workers: _containers.RepeatedScalarFieldContainer[int]
+    unhold: bool
+    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., give: _Optional[_Iterable[_Union[PlacedUnit, _Mapping]]] = ..., take: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., release: _Optional[bool] = ..., settle: _Optional[bool] = ..., reshard: _Optional[bool] = ..., shard_index: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ..., skip: _Optional[int] = ..., max_bytes: _Optional[int] = ..., hold: _Optional[bool] = ..., hold_from: _Optional[int] = ..., workers: _Optional[_Iterable[int]] = ..., unhold: _Optional[bool] = ...) -> None: ...
 
 class UnitState(_message.Message):
     __slots__ = ("unit", "version")
@@ -581,15 +589,19 @@ class UnitState(_message.Message):
     def __init__(self, unit: _Optional[_Union[PlacedUnit, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class MoveReply(_message.Message):
-    __slots__ = ("placement", "units", "payload", "more", "next_skip")
+    __slots__ = ("placement", "units", "payload", "more", "next_skip", "hold_from", "workers")
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     UNITS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     NEXT_SKIP_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FROM_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     placement: PlacementMap
     units: _containers.RepeatedCompositeFieldContainer[UnitState]
     payload: bytes
     more: bool
     next_skip: int
-    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., units: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., more: _Optional[bool] = ..., next_skip: _Optional[int] = ...) -> None: ...
+    hold_from: int
+    workers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, placement: _Optional[_Union[PlacementMap, _Mapping]] = ..., units: _Optional[_Iterable[_Union[UnitState, _Mapping]]] = ..., payload: _Optional[bytes] = ..., more: _Optional[bool] = ..., next_skip: _Optional[int] = ..., hold_from: _Optional[int] = ..., workers: _Optional[_Iterable[int]] = ...) -> None: ...

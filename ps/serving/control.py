@@ -85,18 +85,29 @@ class ControlService:
         """Give units away (named, or every one ``settle``), take units in, or only install a
         placement map (``ps.shard.moves``).
 
-        Blocks (give: until no push admitted under an older map is being applied, within the
-        call's deadline). FAILED_PRECONDITION for an older map or a unit not here,
-        INVALID_ARGUMENT for a malformed map, payload or unit, NOT_FOUND for an unknown table.
+        Blocks (give: until no push admitted under an older map is being applied; hold, sync:
+        until the steps before the boundary are applied; within the call's deadline).
+        FAILED_PRECONDITION for an older map or a unit not here, INVALID_ARGUMENT for a
+        malformed map, payload or unit, NOT_FOUND for an unknown table.
         """
         if not request.HasField("placement"):
             raise InvalidArgumentError("a Move needs the placement map to install")
         if request.give and request.take:
             raise InvalidArgumentError("a Move gives units or takes them, not both")
         placement = PlacementMap.from_proto(request.placement)
-        if request.reshard:
-            self.moves.reshard(placement, request.shard_index, [TableSpec.from_proto(t) for t in request.tables])
         reply = ps_pb2.MoveReply()
+        if request.hold:
+            if request.give or request.take or request.settle or request.reshard or request.release:
+                raise InvalidArgumentError("a Move that holds a step boundary does nothing else")
+            reply.hold_from, workers = self.moves.hold(request.hold_from, budget(context.time_remaining()))
+            reply.workers.extend(workers)
+            current = self.shard.placement
+            if current is not None:
+                reply.placement.CopyFrom(current.to_proto())
+            return reply
+        if request.reshard:
+            self.moves.reshard(placement, request.shard_index, [TableSpec.from_proto(t) for t in request.tables],
+                               request.hold_from, list(request.workers))
         if request.give and request.settle:
             raise InvalidArgumentError("a Move names the units to give or settles, not both")
         if request.give or request.settle:
@@ -119,6 +130,8 @@ class ControlService:
             current = self.moves.install(placement)
         if request.release:
             self.moves.release()
+        if request.unhold:
+            self.moves.unhold()
         reply.placement.CopyFrom(current.to_proto())
         return reply
 

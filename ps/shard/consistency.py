@@ -123,6 +123,7 @@ class ConsistencyGate:
         self._step = _Step()
         self._held = False
         self._held_from: int | None = None
+        self._move_from: int | None = None  # a placement move's step boundary (hold_for_move)
 
     # -- holds and state transfer (checkpoints) -------------------------------------------
 
@@ -137,6 +138,28 @@ class ConsistencyGate:
         """Undo every :meth:`hold`."""
         self._held = False
         self._held_from = None
+
+    def hold_for_move(self, from_step: int) -> None:
+        """Sync: pushes for steps >= ``from_step`` wait until :meth:`release_move`, before their
+        placement is checked (a placement move settles between two steps); replaces an earlier
+        move hold. Independent of :meth:`hold` (a checkpoint's release leaves it)."""
+        self._move_from = from_step
+
+    def release_move(self) -> None:
+        """Undo :meth:`hold_for_move`."""
+        self._move_from = None
+
+    def move_held(self, step: int) -> Wait | None:
+        """The :class:`Wait` of a push for ``step`` held by :meth:`hold_for_move`, or None."""
+        if self._move_from is None or step < self._move_from:
+            return None
+        return Wait(f"push for step {step} is held while a placement move settles at step {self._move_from} "
+                    "(ps-admin move/resize/rebalance; if that admin died, run it again)")
+
+    def first_open_step(self) -> int:
+        """Sync: the first step no part of which was accepted here: the version, or the next one
+        when the current step started."""
+        return self.version + (1 if self.step_started() else 0)
 
     @property
     def applying(self) -> bool:

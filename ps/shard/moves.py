@@ -14,7 +14,10 @@ A move of units from shard A to shard B under a new map version v (driven by
 A push that A applied before the move and whose reply was lost is retried to A and
 acknowledged as a duplicate there (A keeps its dedup table); a push A refused was applied
 nowhere, and the client sends it, re-planned, to B. So every push is applied once.
-Dense blocks only; async and ssp mode (a sync step's sums do not move). Thread-safe.
+In sync mode a move settles between two steps: :meth:`UnitMoves.hold` holds the pushes of
+a step boundary on every shard and waits until every earlier step is applied, so no sum is
+pending when blocks move; :meth:`UnitMoves.unhold` lets them go on. Dense blocks only.
+Thread-safe.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ps.errors import FailedPreconditionError, InvalidArgumentError
-from ps.shard.consistency import Proceed, Wait
+from ps.shard.consistency import Mode, Proceed, Wait
 from ps.shard.shard import Shard
 from ps.tables.dense_table import Block, DenseTable
 from ps.tables.placement_map import PlacementMap, Unit
@@ -41,11 +44,15 @@ class UnitMoves:
         self._shard = shard
         self._given: dict[Unit, Block] = {}  # units given away, kept until released (a rerun gives them again)
 
-    def reshard(self, placement: PlacementMap, index: int, tables: Sequence[TableSpec] = ()) -> None:
+    def reshard(self, placement: PlacementMap, index: int, tables: Sequence[TableSpec] = (), step: int = 0,
+                workers: Sequence[int] = ()) -> None:
         """A resize: take place ``index`` in ``placement`` (-1: leave) and create ``tables`` (dense,
         holding no blocks) where missing, unless the shard already has ``placement`` or a newer
-        map. Does not block. Raises FailedPreconditionError (an older map), AlreadyExistsError
-        (a table of another spec), InvalidArgumentError."""
+        map. In sync mode a shard new to the cluster (no map yet) starts its step clock at
+        ``step`` (the move's step boundary) expecting ``workers`` (live, each at that
+        clock), its pushes held from it as on the other shards. Does not block. Raises
+        FailedPreconditionError (an older map), AlreadyExistsError (a table of another spec),
+        InvalidArgumentError."""
         shard = self._shard
         with shard.steps.cond:
             current = shard.current_placement()
@@ -54,10 +61,44 @@ class UnitMoves:
                                               f"has {current.describe()}")
             if current is not None and placement.version == current.version:
                 return  # done before: a rerun
+            if current is None and shard.config.mode is Mode.SYNC:
+                shard.gate.load(step, {int(w): step for w in workers})
+                shard.gate.hold_for_move(step)
             for spec in tables:
                 if not exists_alike(spec, shard.tables, shard.rows.tables, "sparse"):
                     shard.tables[spec.name] = DenseTable.create(spec, [])
             shard.reshard(index, placement)
+
+    def hold(self, from_step: int, timeout_s: float) -> tuple[int, list[int]]:
+        """Sync: hold pushes for steps >= the boundary ``max(from_step, first step not started
+        here)``; with ``from_step`` > 0 then wait (bounded by ``timeout_s``) until every step
+        before it is applied here, so that no sum is pending while blocks move. Returns the
+        boundary and the live workers. Other modes, or a shard a resize dropped: nothing to hold, ``(0, [])``. Blocks with
+        ``from_step`` > 0. Raises FailedPreconditionError (the shard is past ``from_step``: a
+        later step started), DeadlineExceededError naming the workers a step waits for."""
+        shard = self._shard
+        steps, gate = shard.steps, shard.gate
+        if shard.config.mode is not Mode.SYNC or shard.retired:  # a retired shard gets no pushes
+            return 0, []
+        deadline = steps.clock() + timeout_s
+        with steps.cond:
+            boundary = max(from_step, gate.first_open_step())
+            if from_step and boundary > from_step:
+                raise FailedPreconditionError(f"a move at step {from_step}: step {boundary - 1} already started here")
+            gate.hold_for_move(boundary)
+            steps.cond.notify_all()
+            if from_step:
+                steps.wait(lambda: Proceed() if gate.version >= boundary and not gate.step_started() else Wait(
+                    f"a move at step {boundary} waits for step {gate.version} to be applied", gate.waiting_for()),
+                    deadline)
+            return boundary, gate.live_workers()
+
+    def unhold(self) -> None:
+        """Sync: release :meth:`hold`: held pushes go on (planned with an older map: refused as
+        MOVED, and planned again by their client). Does not block."""
+        with self._shard.steps.cond:
+            self._shard.gate.release_move()
+            self._shard.steps.cond.notify_all()
 
     def install(self, placement: PlacementMap) -> PlacementMap:
         """Install ``placement`` if it is newer than the shard's map; returns the shard's map.

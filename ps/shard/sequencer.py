@@ -67,7 +67,8 @@ class Sequencer:
         ``admit()`` (lock held) is asked each time a push not seen before is decided, after
         the duplicate check and before the gate: it raises to refuse the push unapplied (a
         unit this shard does not own: ``Reason.MOVED``), so that a retry of a push applied
-        here is acknowledged as a duplicate even after its blocks moved away.
+        here is acknowledged as a duplicate even after its blocks moved away; it returns a
+        :class:`Wait` to hold the push (a sync move settling at a step boundary), else None.
         """
 
         def decide():
@@ -75,7 +76,9 @@ class Sequencer:
             if seen is not Seen.NEW:
                 return seen
             if admit is not None:
-                admit()
+                held = admit()
+                if held is not None:
+                    return held
             return self.gate.on_push(worker, step, part, num_parts)
 
         with self.cond:

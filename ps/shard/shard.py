@@ -33,7 +33,7 @@ from ps.errors import (
     Reason,
     ResourceExhaustedError,
 )
-from ps.shard.consistency import Mode
+from ps.shard.consistency import Mode, Wait
 from ps.shard.membership import Membership
 from ps.shard.memory_budget import MemoryBudget, dense_footprint
 from ps.shard.recovery import Recovery
@@ -344,13 +344,19 @@ class Shard:
             raise
         admitted: list[int] = []
 
-        def admit() -> None:  # lock held: after the duplicate check, before anything is applied
+        def admit() -> Wait | None:  # lock held: after the duplicate check, before anything is applied
+            held = self.gate.move_held(step)  # a sync move settles at a step boundary: before the map check
+            if held is not None:
+                if admitted:  # admitted before the hold, it waited in the gate: no longer counts for a give
+                    self.done_admitted(admitted.pop())
+                return held
             refusal = self.moved_error(placement_version, elsewhere)
             if refusal is not None:
                 raise refusal
             if not admitted:
                 admitted.append(self._placement.version if self._placement is not None else 0)
                 self.admitted[admitted[0]] += 1
+            return None
         skip = self.config.nonfinite == "skip" and not all(np.isfinite(g).all() for g in grads)
         if self.config.clip_norm and not skip:
             grads = clip_by_norm(grads, self.config.clip_norm)

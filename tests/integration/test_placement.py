@@ -18,13 +18,16 @@ import pytest
 
 from launcher.placement_moves import move_blocks, newest_placement
 from ps import ServerConfig, ShardServer
+from ps._proto import ps_pb2
 from ps.checkpoint import state as checkpoint
+from ps.errors import DeadlineExceededError, InvalidArgumentError
 from ps.tables.placement_map import PlacementMap
 from ps.tables.spec import TableSpec
 from tests.conftest import run_threads
 from tests.integration.procs import CLEAN_ENV, ROOT
+from tests.integration.test_sync_exactness import gradient as linear_gradient
 from worker import Client
-from worker.client.transport import RetryPolicy, ShardChannel
+from worker.client.transport import RetryPolicy, ShardChannel, call, fan_out
 from worker.models.mlp import MLP
 from worker.training.model_tables import create_tables, table_specs
 from worker.training.train_config import TrainConfig
@@ -404,8 +407,9 @@ def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards)
         assert {s["placement"]["num_shards"] for s in status} == {2}
 
 
-@pytest.mark.parametrize("kill_after", ["settle", "take"])
+@pytest.mark.parametrize("kill_after", ["settle-first", "settle", "take"])
 def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after):
+    """SIGKILLed inside the per-shard settle loop, after it, or after the takes; then rerun."""
     size = 8192
     with shards(3) as servers:
         a, b, c = (s.address for s in servers)
@@ -416,6 +420,9 @@ def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_a
         def admin() -> None:
             killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", kill_after)
             assert killed.returncode == -9, killed.stderr
+            if kill_after == "settle-first":  # killed inside the settle loop: the maps are split
+                with Client(f"{a},{b},{c}", observer=True) as observer:
+                    assert [s["placement"]["version"] for s in observer.status()] == [1, 1, 2]
             rerun = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
             assert rerun.returncode == 0, rerun.stderr
             again = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")  # a third run: no change
@@ -429,6 +436,29 @@ def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_a
         assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
         blocks = [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status]
         assert blocks == [TableSpec("w", (size,)).num_blocks // 3] * 3
+
+
+def test_after_a_resize_a_worker_uses_the_tcp_plane_on_the_shard_the_resize_added(shards):
+    size = 8192
+    with shards(3) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}", local=False, stream=True) as client:
+            client.create("w", (size,), optimizer="sgd", lr=1.0)
+            client.push({"w": np.ones(size, np.float32)})
+            assert client.data_planes() == ["tcp", "tcp"]
+            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert grow.returncode == 0, grow.stderr
+            client.push({"w": np.ones(size, np.float32)})  # redirected: the client follows the resize
+            assert client.addresses == [a, b, c]
+            assert client.data_planes() == ["tcp", "tcp", "tcp"]
+            plane = client._stream_plane
+            sent: list[int] = []
+            send = plane.send
+            plane.send = lambda part, seq, step: (sent.append(part.shard), send(part, seq, step))[1]
+            for _ in range(3):
+                out = client.push_pull({"w": np.ones(size, np.float32)}, ["w"])["w"]
+            assert set(sent) == {0, 1, 2}  # every shard's parts went over TCP, the new one's too
+            assert np.array_equal(out, np.full(size, -5.0, np.float32))
 
 
 def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shards, tmp_path):
@@ -457,17 +487,167 @@ def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shard
             s.stop(grace_s=0.5)
 
 
-def test_moves_and_resizes_are_refused_in_sync_mode_and_change_nothing(shards):
-    with shards(3, mode="sync", num_workers=1) as servers:
+def test_resize_is_refused_in_ssp_mode_and_changes_nothing(shards):
+    with shards(3, mode="ssp", staleness=1, num_workers=1) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}", local=False) as client:
             client.create("w", (4096,))
-            move = ps_admin("move", "--servers", f"{a},{b}", "--table", "w", "--blocks", "0", "--to", "1")
-            assert move.returncode == 1 and "async and ssp mode only" in move.stderr
             grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
-            assert grow.returncode == 1 and "async mode only" in grow.stderr
+            assert grow.returncode == 1 and "async and sync mode only" in grow.stderr
             assert [s["placement"]["version"] for s in client.status()] == [1, 1]
             client.pull(["w"])
+
+
+def test_a_sync_hold_is_bounded_names_the_move_and_ends_with_unhold_and_bad_holds_change_nothing(shards):
+    with shards(2, mode="sync", num_workers=1) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers), worker_id=0, wait_timeout_s=1.0, local=False) as client:
+            client.create("w", (4096,))
+            client.push({"w": np.ones(4096, np.float32)})
+            wire = newest_placement(channels, 10.0, RetryPolicy()).to_proto()
+            with pytest.raises(InvalidArgumentError, match="does nothing else"):
+                call(channels[0], channels[0].move, ps_pb2.MoveRequest(placement=wire, hold=True, release=True), 10.0)
+            client.push({"w": np.ones(4096, np.float32)})  # nothing was held
+            held = fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, hold=True, hold_from=2))
+                            for ch in channels], 10.0)
+            assert [(r.hold_from, list(r.workers)) for r in held] == [(2, [0]), (2, [0])]
+            with pytest.raises(DeadlineExceededError, match="placement move settles at step 2"):
+                client.push({"w": np.ones(4096, np.float32)})  # bounded, and says why
+            fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, unhold=True)) for ch in channels], 10.0)
+            client.push({"w": np.ones(4096, np.float32)})
+            assert np.array_equal(client.pull(["w"])["w"], np.full(4096, -0.03, np.float32))
+        for ch in channels:
+            ch.close()
+
+
+SYNC_LR = 0.05
+
+
+class SyncTrainers:
+    """``workers`` sync workers training a Linear layer (tables "w" and "b", small blocks so they
+    span every shard) until :meth:`stop` names the last step: every worker stops at that same
+    step (set above any step a worker began). Bounded by ``most_steps``."""
+
+    def __init__(self, servers: str, workers: int, fused: bool = False, most_steps: int = 2000) -> None:
+        self.servers, self.workers, self.fused, self.most_steps = servers, workers, fused, most_steps
+        self.going = [threading.Event() for _ in range(workers)]
+        self.progress = [0] * workers
+        self.stop_at: int | None = None
+        self.initial: dict[str, np.ndarray] = {}
+        self.finals: list[dict[str, np.ndarray]] = []
+        self.addresses: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def stop(self, extra: int = 10) -> None:
+        with self._lock:
+            self.stop_at = max(self.progress) + extra
+
+    def work(self, rank: int) -> None:
+        with Client(self.servers, worker_id=rank, timeout_s=10, wait_timeout_s=30) as ps:
+            ps.create("w", shape=(100, 10), init="normal", init_scale=0.1, seed=7, lr=SYNC_LR, block_elems=96)
+            ps.create("b", shape=(10,), lr=SYNC_LR, block_elems=4)
+            initial = p = ps.pull(["w", "b"])
+            for step in range(self.most_steps):
+                with self._lock:
+                    if self.stop_at is not None and step >= self.stop_at:
+                        break
+                    self.progress[rank] = step
+                if self.fused:  # one push-pull per step: the step's push and the next step's weights
+                    p = ps.push_pull(linear_gradient(rank, step, p["w"], p["b"]), ["w", "b"])
+                else:
+                    p = ps.pull(["w", "b"])
+                    ps.push(linear_gradient(rank, step, p["w"], p["b"]))
+                if step == 2:
+                    self.going[rank].set()
+            final = ps.pull(["w", "b"])
+            with self._lock:
+                self.initial = initial
+                self.finals.append(final)
+                self.addresses.append(list(ps.addresses))
+
+    def run(self, admin) -> None:
+        def admin_then_stop() -> None:
+            assert all(g.wait(60.0) for g in self.going)  # every worker is training
+            try:
+                admin()
+            finally:
+                self.stop()
+
+        run_threads([lambda r=r: self.work(r) for r in range(self.workers)] + [admin_then_stop], timeout_s=120.0)
+
+    def check_against_numpy(self) -> None:
+        """Every worker ends equal to one NumPy process: SGD on the mean of the workers' gradients."""
+        w = self.initial["w"].astype(np.float64)
+        b = self.initial["b"].astype(np.float64)
+        for step in range(self.stop_at):
+            grads = [linear_gradient(r, step, w.astype(np.float32), b.astype(np.float32)) for r in range(self.workers)]
+            w = w - SYNC_LR * np.mean([g["w"] for g in grads], axis=0)
+            b = b - SYNC_LR * np.mean([g["b"] for g in grads], axis=0)
+        assert len(self.finals) == self.workers
+        for final in self.finals:
+            np.testing.assert_allclose(final["w"], w, rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(final["b"], b, rtol=1e-6, atol=1e-6)
+        assert np.abs(self.finals[0]["w"] - self.initial["w"]).max() > 1e-3  # it trained
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["pull-then-push", "push-pull"])
+def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(shards, fused):
+    """Sync (BSP): the resizes settle between two steps; the workers never restart and end equal
+    to one NumPy process doing SGD on the mean gradient, to 1e-6."""
+    with shards(3, mode="sync", num_workers=3) as servers:
+        a, b, c = (s.address for s in servers)
+        trainers = SyncTrainers(f"{a},{b}", 3, fused)
+
+        def admin() -> None:
+            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert grow.returncode == 0, grow.stderr
+            assert json.loads(grow.stdout)["addresses"] == [a, b, c]
+            with Client(f"{a},{b},{c}", observer=True) as observer:
+                held = [next(t["blocks"] for t in st["tables"] if t["name"] == "w") for st in observer.status()]
+            assert held == [4, 4, 3] or sorted(held) == [3, 4, 4], held  # the new shard took its share
+            assert held[2] > 0
+            shrink = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")
+            assert shrink.returncode == 0, shrink.stderr
+            again = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")  # a rerun: no change
+            assert again.returncode == 0 and json.loads(again.stdout) == json.loads(shrink.stdout), again.stderr
+            shrunk = PlacementMap.from_json(json.loads(shrink.stdout))
+            first = next(k for k in range(11) if shrunk.block_owner("w", k) == 0)
+            moved = ps_admin("move", "--servers", f"{b},{c}", "--table", "w", "--blocks", str(first), "--to", "1")
+            assert moved.returncode == 0, moved.stderr
+            assert json.loads(moved.stdout)["version"] == 4  # a move in sync mode too
+
+        trainers.run(admin)
+        assert trainers.addresses == [[b, c]] * 3  # no worker restarted: each followed the map
+        trainers.check_against_numpy()
+        with Client(f"{b},{c}", observer=True) as observer:
+            assert all(s["counters"].get("stale", 0) == 0 for s in observer.status())  # no step lost a gradient
+        with Client(f"{b},{c}", observer=True) as observer:
+            status = observer.status()
+        assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
+        assert sum(next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status) == 11
+
+
+@pytest.mark.parametrize("kill_after", ["settle-first", "take"])
+def test_a_sync_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_stays_exact(shards, kill_after):
+    """The admin killed while the pushes are held at the step boundary (inside the settle loop,
+    or after the takes): the workers wait (bounded), the rerun settles and releases them."""
+    with shards(3, mode="sync", num_workers=3) as servers:
+        a, b, c = (s.address for s in servers)
+        trainers = SyncTrainers(f"{a},{b}", 3)
+
+        def admin() -> None:
+            killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", kill_after)
+            assert killed.returncode == -9, killed.stderr
+            rerun = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert rerun.returncode == 0, rerun.stderr
+
+        trainers.run(admin)
+        assert trainers.addresses == [[a, b, c]] * 3
+        trainers.check_against_numpy()
+        with Client(f"{a},{b},{c}", observer=True) as observer:
+            status = observer.status()
+        assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
+        assert [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status] == [4, 4, 3]
 
 
 def test_a_move_larger_than_one_message_goes_in_pages(shards, monkeypatch):

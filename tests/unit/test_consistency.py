@@ -155,3 +155,22 @@ def test_unregistered_worker_is_refused():
 def test_observers_never_wait():
     gate = sync_gate(2)
     assert gate.on_pull(-1, 10) == Proceed()
+
+
+def test_a_move_hold_holds_pushes_from_the_first_open_step_and_outlives_a_checkpoint_release():
+    gate = sync_gate(2)
+    assert gate.first_open_step() == 0
+    assert contribute(gate, 0) is None
+    assert gate.first_open_step() == 1  # step 0 started: the boundary is the next step
+    gate.hold_for_move(1)
+    assert gate.move_held(0) is None  # the step before the boundary goes on
+    held = gate.move_held(1)
+    assert isinstance(held, Wait) and "placement move settles at step 1" in held.describe()
+    gate.hold(from_step=5)
+    gate.release()  # a checkpoint's release leaves the move's hold
+    assert isinstance(gate.move_held(2), Wait)
+    assert contribute(gate, 1) == StepReady(step=0, contributors=2)
+    gate.on_step_applied(StepReady(0, 2))
+    assert gate.first_open_step() == 1 and not gate.step_started()
+    gate.release_move()
+    assert gate.move_held(1) is None

@@ -223,20 +223,29 @@ class Client:
 
     def _reshard(self, placement) -> None:
         """A resize (a placement map listing other shards): channels to the new shard list,
-        registration with the new shards, sequence numbers carried over by address, gRPC for
-        every shard from now on. Blocks (registration); raises PSError."""
+        registration with the new shards, sequence numbers carried over by address, the TCP
+        data plane opened again for the new list (gRPC for a shard that does not offer it, and
+        for every shard the shared-memory plane served). Blocks (registration, a Status and a
+        connect per shard); raises PSError."""
         old = list(self._cluster.addresses)
         seqs = dict(zip(old, self._engine.next_seqs()))
         self._cluster.retarget(list(placement.addresses))
         fresh = self._membership.reshard(old)
         self.addresses = list(self._cluster.addresses)
-        self._engine.reshard([seqs.get(a) or fresh.get(a, 1) for a in self.addresses])
+        planes = []
+        if self._stream_plane is not None:  # it knows shards by their places: forget the old ones
+            for shard in range(len(old)):
+                self._stream_plane.drop(shard)
+            planes = self._open_planes(offers=[self._stream_plane])
+        self._engine.reshard([seqs.get(a) or fresh.get(a, 1) for a in self.addresses], planes)
         self._planner.reshard(len(self.addresses))
 
-    def _open_planes(self) -> list:
-        """Per shard, the fast data plane that serves it (None: gRPC). Best effort: blocks for one
-        round of Status calls and a connect per shard; never raises."""
-        offers = [p for p in (self._local_plane if self.local else None, self._stream_plane) if p is not None]
+    def _open_planes(self, offers: list | None = None) -> list:
+        """Per shard, the fast data plane that serves it (None: gRPC), among ``offers`` (None:
+        every plane this Client may use). Best effort: blocks for one round of Status calls and
+        a connect per shard; never raises."""
+        if offers is None:
+            offers = [p for p in (self._local_plane if self.local else None, self._stream_plane) if p is not None]
         if not offers:
             return []
         try:

@@ -92,12 +92,12 @@ class StepEngine:
         self._planes = [p or self._fallback for p in (*planes, *[None] * (len(next_seqs) - len(planes)))]
         self._pipelined = tuple(p.pipelined for p in self._planes)
 
-    def reshard(self, next_seqs: Sequence[int]) -> None:
+    def reshard(self, next_seqs: Sequence[int], planes: Sequence[DataPlane | None] = ()) -> None:
         """The shards changed (a resize; ``next_seqs`` per new shard index, carried over by
-        address): every shard's parts go over the fallback plane from now on (the fast planes
-        know shards by their old places). No I/O."""
+        address): ``planes[shard]`` carries that shard's parts from now on (None or missing:
+        the fallback), opened for the new places. No I/O."""
         self._next_seq = list(next_seqs)
-        self._planes = [self._fallback] * len(next_seqs)
+        self._planes = [p or self._fallback for p in (*planes, *[None] * (len(next_seqs) - len(planes)))]
         self._pipelined = tuple(p.pipelined for p in self._planes)
 
     def next_seqs(self) -> list[int]:

@@ -140,9 +140,17 @@ class StepPlanner:
     def replan(self, moved: Sequence[Part], local: tuple[bool, ...], mode: str) -> list[Part]:
         """The parts that redo, under the directory's (newer) placement map, what ``moved`` (parts
         a shard refused unapplied: reason MOVED) would have done: their gradient blocks and
-        rows go to their owners now, ``part_bytes`` at a time; their dense pulls pull those
+        rows go to their owners now, ``part_bytes`` at a time (in sync mode numbered per shard,
+        every shard getting one: a sync move refuses a step's pushes whole); their dense pulls pull those
         tables again whole; their row pulls go to the rows' owners, landing where they would
         have. Pure."""
+        pulled = tuple(sorted({t for p in moved if p.pull for t in p.pull}))
+        if mode == "sync" and pulled and all(p.push is not None and not p.table for p in moved):
+            # a sync push-pull refused whole (a move settles between steps): fused again, so that no
+            # shard sees the step's pull before its push (the pull would abstain from the step)
+            fused = self.dense(tuple(sorted({name for p in moved for name, _ in p.push})), pulled, local, mode)
+            if fused is not None:
+                return fused
         out: list[Part] = []
         pushed = [x for p in moved if p.push for x in p.push]
         owners = self._directory.placement
@@ -160,7 +168,6 @@ class StepPlanner:
                 size += self._bytes(*x)
             if chunk:
                 out.append(Part(shard, 0, 1, tuple(chunk)))
-        pulled = tuple(sorted({t for p in moved if p.pull for t in p.pull}))
         if pulled:
             out += [Part(p.shard, p.part, p.num_parts, None, p.pull, p.pull_blocks)
                     for p in self.dense(None, pulled, local, mode) or ()]
@@ -173,6 +180,14 @@ class StepPlanner:
             else:
                 out += [Part(q.shard, 0, 1, table=q.table, ids=q.ids, target=p.target[q.target])
                         for q in self.rows_pull(spec, p.ids)]
+        if mode == "sync" and any(p.pushes for p in moved):
+            # a sync move settles between steps, so a step's pushes were refused whole: each shard
+            # must hear once per step, its pushing parts numbered 0..n-1 (an empty one if none)
+            per_shard = [[q for q in out if q.pushes and q.shard == s] or [Part(s, 0, 1, ())]
+                         for s in range(self._num_shards)]
+            out = [q for q in out if not q.pushes] + [
+                Part(s, k, len(mine), q.push, None, (), q.table, q.ids, q.values)
+                for s, mine in enumerate(per_shard) for k, q in enumerate(mine)]
         return out
 
     def row_positions(self, name: str, ids: np.ndarray) -> list[np.ndarray]:
