@@ -362,25 +362,37 @@ class Shard:
                 else:
                     table.apply(block, grad)
 
-        try:
-            result = self.steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
-                                         remember=lambda: self._pending.blocks.update(targets), session=session,
-                                         admit=admit)
-            if result.outcome in ("applied", "accumulated"):
-                with self.steps.cond:
-                    self.accesses.update((t.spec.name, b.index) for t, b in targets)
-            return result
-        finally:
+        def done(outcome: str) -> None:  # lock held: the push is recorded (run_push wakes the waiters after)
+            self._count_accesses(targets)
             if admitted:
+                self._release_admitted(admitted.pop())
+
+        try:
+            return self.steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
+                                       remember=lambda: self._pending.blocks.update(targets), session=session,
+                                       admit=admit, done=done)
+        finally:
+            if admitted:  # not applied (a duplicate, stale, skipped or failed push): released here
                 self.done_admitted(admitted[0])
 
     def done_admitted(self, version: int) -> None:
         """A push admitted under placement ``version`` finished (applied or not). Takes the lock."""
         with self.steps.cond:
-            self.admitted[version] -= 1
-            if self.admitted[version] <= 0:
-                del self.admitted[version]
+            self._release_admitted(version)
             self.steps.cond.notify_all()
+
+    def _release_admitted(self, version: int) -> None:
+        """Lock held: one push admitted under placement ``version`` less in flight (the caller wakes waiters)."""
+        self.admitted[version] -= 1
+        if self.admitted[version] <= 0:
+            del self.admitted[version]
+
+    def _count_accesses(self, blocks: Sequence[tuple[DenseTable, Block]]) -> None:
+        """Lock held: one more push or pull touched each of ``blocks`` (ps-admin rebalance loads)."""
+        accesses = self.accesses
+        for table, block in blocks:
+            key = (table.spec.name, block.index)
+            accesses[key] = accesses.get(key, 0) + 1
 
     def pull(self, worker: int, step: int, tables: Sequence[str], part: int, num_parts: int,
              timeout_s: float, known: Mapping[tuple[str, int], int] | None = None,
@@ -428,7 +440,7 @@ class Shard:
                                    reason=Reason.ROLLED_BACK)
             self._check_pull_placement(placement_version, pushed, selected)  # a block may have moved meanwhile
             self.counters["pulls"] += 1
-            self.accesses.update((t.spec.name, b.index) for t, b in picked)
+            self._count_accesses(picked)
         return version, out
 
     def _check_pull_placement(self, placement_version: int, pushed: bool, tables: Sequence[DenseTable]) -> None:
