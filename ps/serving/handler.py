@@ -166,22 +166,14 @@ class ShardHandler:
         reply = DataReply()
         if push is not None:
             grads = tensors.grads(shard, push)
-            pushed = (push.worker_id, push.seq, push.step, push.part, max(1, push.num_parts),
-                      [(ref.table, ref.block) for ref in push.blocks], grads, wait_s, push.session,
-                      push.placement_version)
-            if pull is None:
-                result = shard.push(*pushed)
-            else:  # checked whole above (pull_tables with pushes): one fused call
-                result, (version, blocks) = shard.push_pull(
-                    *pushed, reader=pull.worker_id, pull_step=pull.step, tables=list(pull.tables),
-                    pull_part=pull.part, pull_num_parts=pull.num_parts, known=known, into=into,
-                    pull_placement_version=pull.placement_version)
+            result = shard.push(push.worker_id, push.seq, push.step, push.part, max(1, push.num_parts),
+                                [(ref.table, ref.block) for ref in push.blocks], grads, wait_s, push.session,
+                                push.placement_version)
             reply.outcome, reply.version = OUTCOMES[result.outcome], result.version
         if pull is not None:
-            if push is None:
-                version, blocks = shard.pull(pull.worker_id, pull.step, list(pull.tables), pull.part,
-                                             max(1, pull.num_parts), wait_s, known=known, into=into,
-                                             placement_version=pull.placement_version)
+            version, blocks = shard.pull(pull.worker_id, pull.step, list(pull.tables), pull.part,
+                                         max(1, pull.num_parts), wait_s, known=known, into=into,
+                                         placement_version=pull.placement_version, pushed=push is not None)
             header = reply.header = ps_pb2.PullReplyHeader(version=version, state_token=shard.state_token)
             if push is not None:
                 header.push_outcome, header.push_version = reply.outcome, reply.version

@@ -317,9 +317,6 @@ class Shard:
         timeout_s: float,
         session: int = 0,
         placement_version: int = 0,
-        *,
-        caller_checked: bool = False,
-        then: Callable[[], None] | None = None,
     ) -> PushResult:
         """Apply, aggregate or drop one push message. Blocks up to ``timeout_s`` in sync mode.
 
@@ -333,20 +330,13 @@ class Shard:
         not on this shard, second contribution to a step, a session fenced by another client
         holding the worker id) and DeadlineExceededError when
         a sync wait runs out. A refused push changes nothing.
-
-        ``caller_checked``: the caller has just checked ``worker`` as a pusher
-        (:meth:`pull_tables` with ``pushes``), so the who-before-what check is not repeated
-        (the sequencer checks the worker again when it admits the push). ``then()`` runs in
-        the push's last locked section when it was applied or accumulated (lock held; must not
-        raise): :meth:`push_pull` opens its pull there.
         """
         deadline = self.steps.clock() + min(timeout_s, self.config.sync_timeout_s)
         if seq < 1:
             raise InvalidArgumentError(f"sequence numbers start at 1, got {seq}")
         try:
-            if not caller_checked:
-                with self.steps.cond:  # who before what: a restarted shard says "not registered" first
-                    self._check_caller(worker, pushes=True)
+            with self.steps.cond:  # who before what: a restarted shard says "not registered" first
+                self._check_caller(worker, pushes=True)
             targets, elsewhere = self._validate(blocks, grads)
         except Exception:
             with self.steps.cond:
@@ -376,8 +366,6 @@ class Shard:
             self._count_accesses(targets)
             if admitted:
                 self._release_admitted(admitted.pop())
-            if then is not None:
-                then()
 
         try:
             return self.steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
@@ -428,58 +416,10 @@ class Shard:
         deadline = self.steps.clock() + min(timeout_s, self.config.sync_timeout_s)
         num_parts = max(1, num_parts)
         with self.steps.cond:
-            opened = self._open_pull(worker, step, tables, part, num_parts, deadline, placement_version, pushed)
-        return self._copy_pull(opened, part, num_parts, known, into, placement_version, pushed)
-
-    def push_pull(self, worker: int, seq: int, step: int, part: int, num_parts: int,
-                  blocks: Sequence[tuple[str, int]], grads: Sequence[np.ndarray], timeout_s: float, session: int,
-                  placement_version: int, *, reader: int, pull_step: int, tables: Sequence[str], pull_part: int,
-                  pull_num_parts: int, known: Mapping[tuple[str, int], int] | None = None,
-                  into: Callable[[str, Block], np.ndarray] | None = None,
-                  pull_placement_version: int = 0) -> tuple[PushResult, tuple[int, list[PulledBlock]]]:
-        """A fused push-pull: :meth:`push` (``caller_checked``: call it after :meth:`pull_tables`
-        with ``pushes``), then :meth:`pull` by ``reader`` of ``tables`` (``pushed``), with the
-        same results, waits and errors as the two calls one after the other. In async mode,
-        where a pull never waits, the pull's checks run in the push's last locked section
-        instead of a section of their own. Blocks as the two calls; raises what they raise."""
-        deadline = self.steps.clock() + min(timeout_s, self.config.sync_timeout_s)
-        pull_num_parts = max(1, pull_num_parts)
-        opened: list = []  # the pull's checks, passed or failed, when the push ran them
-
-        def open_pull() -> None:  # lock held, in the push's last section: never waits in async mode
-            try:
-                opened.append(self._open_pull(reader, pull_step, tables, pull_part, pull_num_parts, deadline,
-                                              pull_placement_version, True))
-            except Exception as exc:  # raised once the push is answered, as a pull after it would
-                opened.append(exc)
-
-        result = self.push(worker, seq, step, part, num_parts, blocks, grads, timeout_s, session, placement_version,
-                           caller_checked=True, then=open_pull if self.gate.mode is Mode.ASYNC else None)
-        if not opened:  # not applied here (duplicate, stale, skipped) or a mode whose pulls wait
-            with self.steps.cond:
-                opened.append(self._open_pull(reader, pull_step, tables, pull_part, pull_num_parts, deadline,
-                                              pull_placement_version, True))
-        if isinstance(opened[0], Exception):
-            raise opened[0]
-        return result, self._copy_pull(opened[0], pull_part, pull_num_parts, known, into, pull_placement_version,
-                                       True)
-
-    def _open_pull(self, worker: int, step: int, tables: Sequence[str], part: int, num_parts: int, deadline: float,
-                   placement_version: int, pushed: bool) -> tuple[list[DenseTable], int, int]:
-        """Lock held: check a pull (who, then what), wait until it may read (bounded by
-        ``deadline``) and check its placement. Returns the tables it reads, the shard's
-        version and the rollback generation it reads at. Raises as :meth:`pull`."""
-        selected = self._pull_tables(worker, tables, part, num_parts, False)  # before it waits (or abstains)
-        version = self.steps.await_pull(worker, step, deadline)
-        self._check_pull_placement(placement_version, pushed, selected)
-        return selected, version, self.steps.generation
-
-    def _copy_pull(self, opened: tuple[list[DenseTable], int, int], part: int, num_parts: int,
-                   known: Mapping[tuple[str, int], int] | None, into: Callable[[str, Block], np.ndarray] | None,
-                   placement_version: int, pushed: bool) -> tuple[int, list[PulledBlock]]:
-        """Copy an opened pull's blocks (each under its block lock), then check under the lock
-        that no rollback or move happened meanwhile and count it. Returns ``(version, blocks)``."""
-        selected, version, generation = opened
+            selected = self._pull_tables(worker, tables, part, num_parts, False)  # before it waits (or abstains)
+            version = self.steps.await_pull(worker, step, deadline)
+            self._check_pull_placement(placement_version, pushed, selected)
+            generation = self.steps.generation
         known = known or {}
         picked = [(t, b) for t in selected for b in t.part_blocks(part, num_parts)]
         slots = [into(t.spec.name, b) for t, b in picked] if into is not None else None
