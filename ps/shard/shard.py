@@ -46,6 +46,8 @@ from ps.tables.spec import TableSpec, exists_alike
 
 __all__ = ["PulledBlock", "PushResult", "Shard"]
 
+_all_true = np.logical_and.reduce  # ndarray.all() without its Python wrapper (numpy._core._methods)
+
 #: a dense create of more blocks than this is first checked against the budget at an even
 #: share of its size (cheap), before its placement is computed (a Python loop per block)
 PLACEMENT_CHECK_BLOCKS = 1 << 14
@@ -499,11 +501,11 @@ class Shard:
                 raise InvalidArgumentError(f"{name}: block {index} appears twice in one push")
             seen.add((name, index))
             table = self.table(name)
-            if 0 <= index < table.spec.num_blocks and index not in table.blocks:
+            if index not in table.blocks and 0 <= index < table.spec.num_blocks:
                 elsewhere = elsewhere or f"{name}: block {index} is not on this shard"
                 continue
             block = table.block_for(index, grad)
-            if self.config.nonfinite == "refuse" and not np.isfinite(grad).all():
+            if self.config.nonfinite == "refuse" and not _all_true(np.isfinite(grad), axis=None):
                 raise InvalidArgumentError(f"{name}: block {index} has NaN or Inf gradients (refused)")
             targets.append((table, block))
         return targets, elsewhere
