@@ -366,7 +366,7 @@ class Shard:
 
         def done(outcome: str) -> None:  # lock held: the push is recorded (run_push wakes the waiters after)
             self._count_accesses(targets)
-            if admitted:
+            if admitted and outcome == "applied":  # accumulated: held until the step it may complete is applied
                 self._release_admitted(admitted.pop())
 
         try:
@@ -374,7 +374,7 @@ class Shard:
                                        remember=lambda: self._pending.blocks.update(targets), session=session,
                                        admit=admit, done=done)
         finally:
-            if admitted:  # not applied (a duplicate, stale, skipped or failed push): released here
+            if admitted:  # accumulated (after its step's apply), duplicate, stale, skipped or failed: released here
                 self.done_admitted(admitted[0])
 
     def done_admitted(self, version: int) -> None:

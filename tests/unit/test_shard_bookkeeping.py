@@ -47,3 +47,20 @@ def test_a_duplicate_or_refused_push_counts_no_access_and_leaves_no_admission():
     assert shard.accesses == {("w", 0): 1, ("w", 1): 1}
     assert not shard.admitted
     assert (shard.counters["applied"], shard.counters["duplicate"]) == (1, 1)
+
+
+def test_a_sync_push_stays_admitted_until_the_step_it_completes_is_applied():
+    shard = make_shard(Mode.SYNC)
+    seen_during_apply = []
+    pending = shard._pending
+    apply_step = pending.apply_step
+
+    def observed(scale):  # a move waits for admitted pushes: the step's mean must be in the blocks first
+        seen_during_apply.append(dict(shard.admitted))
+        apply_step(scale)
+
+    pending.apply_step = observed
+    version = shard.placement.version
+    assert push(shard, 1, placement_version=version).outcome == "accumulated"
+    assert seen_during_apply == [{version: 1}]
+    assert not shard.admitted and shard.counters["steps"] == 1
