@@ -52,7 +52,8 @@ class Sequencer:
 
     def run_push(self, worker: int, seq: int, step: int, part: int, num_parts: int, deadline: float, *,
                  skip: bool, update: Callable[[bool], None], remember: Callable[[], None],
-                 session: int = 0, admit: Callable[[], None] | None = None) -> PushResult:
+                 session: int = 0, admit: Callable[[], None] | None = None,
+                 done: Callable[[str], None] | None = None) -> PushResult:
         """The one push flow, for dense blocks and sparse rows alike, after validation.
 
         Under the lock: the guard admits the worker, a duplicate ``(worker, seq)`` is
@@ -69,6 +70,10 @@ class Sequencer:
         unit this shard does not own: ``Reason.MOVED``), so that a retry of a push applied
         here is acknowledged as a duplicate even after its blocks moved away; it returns a
         :class:`Wait` to hold the push (a sync move settling at a step boundary), else None.
+
+        ``done(outcome)`` (lock held; must not raise) runs in that final section, once an
+        applied or accumulated push is recorded and before waiters are woken: the caller's
+        own bookkeeping of the push, without taking the lock again.
         """
 
         def decide():
@@ -121,6 +126,8 @@ class Sequencer:
                 self.gate.on_applied(worker, step)
                 self.counters["applied"] += 1
                 outcome = "applied"
+            if done is not None:
+                done(outcome)
             self.cond.notify_all()
         if ready:
             self.apply_step(ready)

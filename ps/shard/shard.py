@@ -46,6 +46,8 @@ from ps.tables.spec import TableSpec, exists_alike
 
 __all__ = ["PulledBlock", "PushResult", "Shard"]
 
+_all_true = np.logical_and.reduce  # ndarray.all() without its Python wrapper (numpy._core._methods)
+
 #: a dense create of more blocks than this is first checked against the budget at an even
 #: share of its size (cheap), before its placement is computed (a Python loop per block)
 PLACEMENT_CHECK_BLOCKS = 1 << 14
@@ -368,25 +370,37 @@ class Shard:
                 else:
                     table.apply(block, grad)
 
+        def done(outcome: str) -> None:  # lock held: the push is recorded (run_push wakes the waiters after)
+            self._count_accesses(targets)
+            if admitted and outcome == "applied":  # accumulated: held until the step it may complete is applied
+                self._release_admitted(admitted.pop())
+
         try:
-            result = self.steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
-                                         remember=lambda: self._pending.blocks.update(targets), session=session,
-                                         admit=admit)
-            if result.outcome in ("applied", "accumulated"):
-                with self.steps.cond:
-                    self.accesses.update((t.spec.name, b.index) for t, b in targets)
-            return result
+            return self.steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
+                                       remember=lambda: self._pending.blocks.update(targets), session=session,
+                                       admit=admit, done=done)
         finally:
-            if admitted:
+            if admitted:  # accumulated (after its step's apply), duplicate, stale, skipped or failed: released here
                 self.done_admitted(admitted[0])
 
     def done_admitted(self, version: int) -> None:
         """A push admitted under placement ``version`` finished (applied or not). Takes the lock."""
         with self.steps.cond:
-            self.admitted[version] -= 1
-            if self.admitted[version] <= 0:
-                del self.admitted[version]
+            self._release_admitted(version)
             self.steps.cond.notify_all()
+
+    def _release_admitted(self, version: int) -> None:
+        """Lock held: one push admitted under placement ``version`` less in flight (the caller wakes waiters)."""
+        self.admitted[version] -= 1
+        if self.admitted[version] <= 0:
+            del self.admitted[version]
+
+    def _count_accesses(self, blocks: Sequence[tuple[DenseTable, Block]]) -> None:
+        """Lock held: one more push or pull touched each of ``blocks`` (ps-admin rebalance loads)."""
+        accesses = self.accesses
+        for table, block in blocks:
+            key = (table.spec.name, block.index)
+            accesses[key] = accesses.get(key, 0) + 1
 
     def pull(self, worker: int, step: int, tables: Sequence[str], part: int, num_parts: int,
              timeout_s: float, known: Mapping[tuple[str, int], int] | None = None,
@@ -434,7 +448,7 @@ class Shard:
                                    reason=Reason.ROLLED_BACK)
             self._check_pull_placement(placement_version, pushed, selected)  # a block may have moved meanwhile
             self.counters["pulls"] += 1
-            self.accesses.update((t.spec.name, b.index) for t, b in picked)
+            self._count_accesses(picked)
         return version, out
 
     def _check_pull_placement(self, placement_version: int, pushed: bool, tables: Sequence[DenseTable]) -> None:
@@ -493,11 +507,11 @@ class Shard:
                 raise InvalidArgumentError(f"{name}: block {index} appears twice in one push")
             seen.add((name, index))
             table = self.table(name)
-            if 0 <= index < table.spec.num_blocks and index not in table.blocks:
+            if index not in table.blocks and 0 <= index < table.spec.num_blocks:
                 elsewhere = elsewhere or f"{name}: block {index} is not on this shard"
                 continue
             block = table.block_for(index, grad)
-            if self.config.nonfinite == "refuse" and not np.isfinite(grad).all():
+            if self.config.nonfinite == "refuse" and not _all_true(np.isfinite(grad), axis=None):
                 raise InvalidArgumentError(f"{name}: block {index} has NaN or Inf gradients (refused)")
             targets.append((table, block))
         return targets, elsewhere

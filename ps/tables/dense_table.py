@@ -48,13 +48,18 @@ class _Scratch(threading.local):
 
     def __init__(self) -> None:
         self.buffer = np.empty(0, np.uint8)
+        self.last: np.ndarray | None = None  # the view handed out last: blocks of a table share a shape
 
     def like(self, values: np.ndarray) -> np.ndarray:
         """An uninitialised array of ``values``' shape and dtype, valid until this thread's next call."""
+        last = self.last
+        if last is not None and last.shape == values.shape and last.dtype == values.dtype:
+            return last  # the same bytes at the start of the buffer as a new view would be
         nbytes = values.nbytes
         if nbytes > self.buffer.nbytes:
             self.buffer = np.empty(nbytes, np.uint8)
-        return self.buffer[:nbytes].view(values.dtype).reshape(values.shape)
+        self.last = self.buffer[:nbytes].view(values.dtype).reshape(values.shape)
+        return self.last
 
 
 class DenseTable:
