@@ -252,3 +252,23 @@ def test_rebalance_by_accesses_spreads_hot_row_buckets(shards):
         with Client(addresses(servers)) as client:  # the rows moved with their values
             assert np.array_equal(client.pull_rows("e", hot).astype(np.float64),
                                   -sum(_grads(0, k, hot).astype(np.float64) for k in range(5)))
+
+
+def test_ps_admin_move_buckets_moves_rows_and_refuses_bad_buckets(shards):
+    with shards(2) as servers:
+        _create(addresses(servers))
+        with Client(addresses(servers)) as client:
+            client.push_rows("e", IDS, np.ones((len(IDS), DIM), np.float32))
+            k = int(row_buckets("e", IDS[:1])[0])
+            to = 1 - int(PlacementMap.initial(2).bucket_owners("e")[k])
+            bad = ps_admin("move", "--servers", addresses(servers), "--table", "e", "--buckets", "x")
+            assert bad.returncode != 0 and "--buckets" in bad.stderr
+            out = ps_admin("move", "--servers", addresses(servers), "--table", "e", "--buckets", str(k),
+                           "--to", str(to))
+            assert out.returncode == 0, out.stderr
+            assert json.loads(out.stdout)["moved"] == [["e", True, k, to]]
+            assert np.array_equal(client.pull_rows("e", IDS), -np.ones((len(IDS), DIM), np.float32))
+            status = client.status()
+        rows = [next(t["rows"] for t in s["sparse_tables"]) for s in status]
+        owners = PlacementMap.initial(2).with_moves({("e", True, k): to}).row_shards("e", IDS)
+        assert rows == [int((owners == 0).sum()), int((owners == 1).sum())] and int((row_buckets("e", IDS) == k).sum())
