@@ -487,13 +487,7 @@ class SparseTable:
                     continue
                 lo, hi = np.searchsorted(of, [bucket, bucket + 1])
                 slots = live[lo:hi]
-                arrays = {"ids": ids[lo:hi].copy(), "values": self.values[slots]}
-                for name, arr in self.state.items():
-                    arrays[f"state.{name}"] = arr[slots]
-                if self.last_used is not None:
-                    arrays["last_used"] = self.last_used[slots]
-                if self.hits is not None:
-                    arrays["hits"] = self.hits[slots]
+                arrays = self._row_arrays(ids[lo:hi].copy(), slots)
                 arrays["accesses"] = np.array(self.bucket_accesses[bucket], dtype=np.int64)
                 out[int(bucket)] = arrays
                 gone.append(slots)
@@ -502,6 +496,18 @@ class SparseTable:
             if gone:
                 self.index.remove(np.concatenate(gone))
             return out
+
+    def _row_arrays(self, ids: np.ndarray, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """Lock held: copies of rows ``slots`` (ids ``ids``): ``ids``, ``values``,
+        ``state.<name>``, and ``last_used``/``hits`` when bounded."""
+        out = {"ids": ids, "values": self.values[slots]}
+        for name, arr in self.state.items():
+            out[f"state.{name}"] = arr[slots]
+        if self.last_used is not None:
+            out["last_used"] = self.last_used[slots]
+        if self.hits is not None:
+            out["hits"] = self.hits[slots]
+        return out
 
     def table_extras(self) -> dict[str, np.ndarray]:
         """What a bucket move carries once per table: the use clock ``tick`` and the admission
@@ -574,13 +580,7 @@ class SparseTable:
             ids = self.index.slot_ids[live]
             order = np.argsort(ids)
             live, ids = live[order], ids[order]
-            out = {"ids": ids, "values": self.values[live]}
-            for name, arr in self.state.items():
-                out[f"state.{name}"] = arr[live]
-            if self.last_used is not None:
-                out["last_used"] = self.last_used[live]
-            if self.hits is not None:
-                out["hits"] = self.hits[live]
+            out = self._row_arrays(ids, live)
             if self.sketch is not None:
                 out["sketch"] = self.sketch.counts.copy()
             out["tick"] = np.array(self.tick, dtype=np.int64)

@@ -10,8 +10,6 @@ Real shards on loopback (ports from the OS); ``ps-admin`` as a real process.
 from __future__ import annotations
 
 import json
-import threading
-
 import numpy as np
 
 from launcher.placement_moves import move_units, newest_placement
@@ -19,8 +17,7 @@ from ps import ServerConfig, ShardServer
 from ps._proto import ps_pb2
 from ps.tables.placement import ROW_BUCKETS, row_buckets
 from ps.tables.placement_map import PlacementMap
-from tests.conftest import run_threads
-from tests.integration.test_placement import _channels, addresses, ps_admin
+from tests.integration.test_placement import Pushers, _channels, addresses, ps_admin
 from worker import Client
 from worker.client.transport import RetryPolicy, call
 
@@ -34,19 +31,16 @@ def _grads(w: int, k: int, ids: np.ndarray) -> np.ndarray:
     return np.repeat(base[:, None], DIM, axis=1)
 
 
-class RowPushers:
+class RowPushers(Pushers):
     """``workers`` clients pushing integer row gradients (SGD at lr 1) to sparse table "e"
     until :attr:`done` is set (then 5 more steps each; at most ``most_steps``); each step
     pushes a different slice of :data:`IDS` (every 4th step also pulls its rows: never
-    short). :attr:`acknowledged` sums every push that returned, per row."""
+    short). :attr:`acknowledged` sums every push that returned, per row; :meth:`run` as
+    :class:`Pushers`."""
 
     def __init__(self, servers: str, workers: int, most_steps: int = 3000) -> None:
-        self.servers, self.workers, self.most_steps = servers, workers, most_steps
+        super().__init__(servers, workers, 0, most_steps=most_steps)
         self.acknowledged = np.zeros((len(IDS), DIM), np.float64)
-        self.going = [threading.Event() for _ in range(workers)]
-        self.done = threading.Event()
-        self.addresses: list[list[str]] = []
-        self._lock = threading.Lock()
 
     def work(self, w: int) -> None:
         with Client(self.servers, wait_timeout_s=20.0) as client:  # a move never finished: fails
@@ -68,18 +62,6 @@ class RowPushers:
             with self._lock:
                 self.acknowledged += total
                 self.addresses.append(list(client.addresses))
-
-    def run(self, admin) -> None:
-        """Run the workers and ``admin()`` (started once every worker is pushing; sets
-        :attr:`done` when it finished) in threads; bounded."""
-        def admin_then_done() -> None:
-            assert all(g.wait(60.0) for g in self.going)
-            try:
-                admin()
-            finally:
-                self.done.set()
-
-        run_threads([lambda w=w: self.work(w) for w in range(self.workers)] + [admin_then_done], timeout_s=150.0)
 
     def check(self, servers: str) -> None:
         """Every row is exactly minus the sum of its acknowledged pushes."""
