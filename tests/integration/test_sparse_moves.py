@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import numpy as np
+import pytest
 
 from launcher.placement_moves import move_units, newest_placement
 from ps import ServerConfig, ShardServer
@@ -63,6 +64,10 @@ class RowPushers(Pushers):
                 self.acknowledged += total
                 self.addresses.append(list(client.addresses))
 
+    def stored(self) -> np.ndarray:
+        """The ids some acknowledged push touched (every gradient is >= 1): the rows stored."""
+        return IDS[(self.acknowledged != 0).any(axis=1)]
+
     def check(self, servers: str) -> None:
         """Every row is exactly minus the sum of its acknowledged pushes."""
         with Client(servers) as reader:
@@ -100,7 +105,7 @@ def test_rows_pushed_while_buckets_move_back_and_forth_are_each_applied_exactly_
         placement = newest_placement(channels, 10.0, RetryPolicy())
         assert placement.version == 13 and sum(1 for u in placement.moved if u[1]) > 0
         rows = [next(t["rows"] for t in s["sparse_tables"] if t["name"] == "e") for s in status]
-        owners = placement.row_shards("e", IDS)
+        owners = placement.row_shards("e", pushers.stored())
         assert rows == [int((owners == 0).sum()), int((owners == 1).sum())]  # every row where the map says
         for ch in channels:
             ch.close()
@@ -180,7 +185,7 @@ def test_resize_2_to_3_to_2_with_a_sparse_table_while_3_workers_push_rows(shards
         with Client(f"{b},{c}", observer=True) as reader:
             status = reader.status()
         placement = newest_placement([channels[b], channels[c]], 10.0, RetryPolicy())
-        owners = placement.row_shards("e", IDS)
+        owners = placement.row_shards("e", pushers.stored())
         rows = [next(t["rows"] for t in s["sparse_tables"] if t["name"] == "e") for s in status]
         assert rows == [int((owners == 0).sum()), int((owners == 1).sum())]
         dropped = call(channels[a], channels[a].status, ps_pb2.StatusRequest(), 10.0, RetryPolicy())
@@ -254,3 +259,33 @@ def test_ps_admin_move_buckets_moves_rows_and_refuses_bad_buckets(shards):
         rows = [next(t["rows"] for t in s["sparse_tables"]) for s in status]
         owners = PlacementMap.initial(2).with_moves({("e", True, k): to}).row_shards("e", IDS)
         assert rows == [int((owners == 0).sum()), int((owners == 1).sum())] and int((row_buckets("e", IDS) == k).sum())
+
+
+@pytest.mark.parametrize("kill_after", ["settle", "take"])
+def test_a_sparse_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after):
+    """Killed after its gives (the buckets kept only by their sources) or after its takes:
+    the rerun finishes, one map everywhere, buckets even, every acknowledged row push once."""
+    with shards(3) as servers:
+        a, b, c = (s.address for s in servers)
+        _create(f"{a},{b}")
+        pushers = RowPushers(f"{a},{b}", 3)
+
+        def admin() -> None:
+            killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", kill_after)
+            assert killed.returncode == -9, killed.stderr
+            rerun = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert rerun.returncode == 0, rerun.stderr
+
+        pushers.run(admin)
+        pushers.check(f"{a},{b},{c}")
+        with Client(f"{a},{b},{c}", observer=True) as reader:
+            status = reader.status()
+        assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
+        channels = _channels(servers)
+        placement = newest_placement(channels, 10.0, RetryPolicy())
+        assert np.bincount(placement.bucket_owners("e"), minlength=3).tolist() == [1366, 1365, 1365]
+        owners = placement.row_shards("e", pushers.stored())
+        rows = [next(t["rows"] for t in s["sparse_tables"] if t["name"] == "e") for s in status]
+        assert rows == [int((owners == i).sum()) for i in range(3)]
+        for ch in channels:
+            ch.close()
