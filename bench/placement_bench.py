@@ -1,6 +1,6 @@
 """Placement (issue 16): balance speed, migration throughput, step times during a move.
 
-Real ``ps-server`` processes on loopback; one worker process (this one). Three measurements,
+Real ``ps-server`` processes on loopback; one worker process (this one). Four measurements,
 each against a baseline taken in the same run:
 
 1. ``shards``: push-pull steps of one 16 MiB float32 table (SGD) on 1 shard and on 2 shards,
@@ -9,12 +9,19 @@ each against a baseline taken in the same run:
    moments travel) from shard 0 to shard 1 and back; GB/s = bytes of the moved blocks'
    values and optimizer state / seconds of the move (all steps: settle, take, release);
 3. ``steps``: a worker's push-pull step times on a 4 MiB table before any move and while
-   blocks of a second table move back and forth; p50 and p99 of each. ``--sync`` repeats 2
-   and 3 with servers in sync mode and one sync worker (each move settles at a step boundary:
-   the worker's next step waits for it).
+   blocks of a second table move back and forth; p50 and p99 of each;
+   ``migration-sync`` repeats it with servers in sync mode and one sync worker (each move
+   settles at a step boundary: the worker's next step waits for it);
+4. ``sparse-rebalance``: a skewed sparse workload (row ids drawn from a Zipf law, exponent
+   1.2 and, more skewed, 2.0, over a million ids; pulls and pushes of 4096 ids a step) on 3
+   shards; the load ratio (busiest shard's rows pushed and pulled / the mean; a message
+   counts each distinct id once, as the client merges repeats) of the workload under the
+   default placement (the baseline), then ``rebalance --by accesses`` (row buckets move),
+   then the ratio of the same workload drawn again on the new placement (counted afresh).
 
-Usage: ``python -m bench.placement_bench [--quick] [--sync | --only-sync] [--out FILE.json]``. Prints JSON lines;
-writes them all to ``--out`` when given. Blocks for about a minute (``--quick``: seconds).
+Usage: ``python -m bench.placement_bench [--quick] [--only NAME] [--out FILE.json]``. Prints
+JSON lines; writes them all to ``--out`` when given. Blocks for about a minute (``--quick``:
+seconds).
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ import time
 import numpy as np
 
 from bench.servers import ps_servers
-from launcher.placement_moves import move_blocks, newest_placement
+from launcher.placement_moves import move_blocks, newest_placement, rebalance
+from ps._proto import ps_pb2
 from worker import Client
-from worker.client.transport import RetryPolicy, ShardChannel
+from worker.client.transport import RetryPolicy, ShardChannel, fan_out
 
 
 def _steps(client: Client, name: str, size: int, count: int) -> list[float]:
@@ -116,16 +124,65 @@ def migration_and_steps(quick: bool, mode: str = "async") -> list[dict]:
     ]
 
 
+def _row_accesses(channels: list[ShardChannel]) -> list[int]:
+    """Rows pushed and pulled so far on each shard, summed over its row buckets."""
+    replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest(with_loads=True)) for ch in channels], 60.0,
+                      RetryPolicy())
+    return [sum(x.accesses for x in r.loads if x.rows) for r in replies]
+
+
+def _ratio(loads: list[int]) -> float:
+    return max(loads) / (sum(loads) / len(loads))
+
+
+def sparse_rebalance(quick: bool, exponent: float) -> dict:
+    """Load ratio of a Zipf (``exponent``) sparse workload before and after ``rebalance --by accesses``."""
+    num_shards, dim, batch, steps = 3, 16, 4096, (30 if quick else 200)
+
+    def workload(client: Client, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for k in range(steps):
+            ids = (rng.zipf(exponent, batch) - 1) % 1_000_000
+            if k % 2:
+                client.pull_rows("emb", ids)
+            else:
+                client.push_rows("emb", ids, np.full((batch, dim), 1e-3, np.float32))
+
+    with ps_servers(num_shards, "--mode", "async") as addresses:
+        channels = [ShardChannel(a, 1 << 28) for a in addresses]
+        try:
+            with Client(addresses) as worker:
+                worker.create_sparse("emb", dim, optimizer="adagrad", lr=0.01)
+                workload(worker, 1)
+                before = _row_accesses(channels)
+                start = time.perf_counter()
+                result = rebalance(channels, "accesses", 1.1, 120.0)
+                seconds = time.perf_counter() - start
+                moved_at = _row_accesses(channels)
+                workload(worker, 2)  # new draws from the same law, on the new placement
+                after = [b - a for a, b in zip(moved_at, _row_accesses(channels))]
+                buckets_moved = sum(1 for u in newest_placement(channels, 60.0, RetryPolicy()).moved if u[1])
+        finally:
+            for ch in channels:
+                ch.close()
+    return {"bench": "sparse-rebalance", "shards": num_shards, "zipf_exponent": exponent, "ids": 1_000_000,
+            "ids_per_step": batch, "steps": steps, "accesses_before": before, "ratio_before": _ratio(before),
+            "rebalance_planned_ratio_after": result["after"], "buckets_moved": buckets_moved,
+            "rebalance_s": seconds, "accesses_after": after, "ratio_after": _ratio(after)}
+
+
+BENCHES = {"shards": lambda quick: [shards(quick)], "migration": migration_and_steps,
+           "migration-sync": lambda quick: migration_and_steps(quick, "sync"),
+           "sparse-rebalance": lambda quick: [sparse_rebalance(quick, 1.2), sparse_rebalance(quick, 2.0)]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few seconds: fewer steps, smaller tables")
+    p.add_argument("--only", choices=sorted(BENCHES), default=None, help="run one measurement (default: all)")
     p.add_argument("--out", default=None, help="also write every result line to this JSON file")
-    p.add_argument("--sync", action="store_true", help="also moves under a sync worker (step boundaries)")
-    p.add_argument("--only-sync", action="store_true", help="only the moves under a sync worker")
     args = p.parse_args(argv)
-    results = [] if args.only_sync else [shards(args.quick), *migration_and_steps(args.quick)]
-    if args.sync or args.only_sync:
-        results += migration_and_steps(args.quick, "sync")
+    results = [r for name, bench in BENCHES.items() if args.only in (None, name) for r in bench(args.quick)]
     for r in results:
         print(json.dumps(r), flush=True)
     if args.out:

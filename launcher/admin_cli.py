@@ -14,15 +14,15 @@
   blocks and bytes, the workers it knows with their clocks and last contact, and in sync
   mode the workers the open step still waits for (:mod:`launcher.status_table`), and each
   shard's placement map version.
-- ``ps-admin move --servers A,B --table T --blocks 0,3 --to 1``: move dense blocks to shard
-  ``--to`` while workers train, under a new placement map version (:mod:`launcher.placement_moves`,
+- ``ps-admin move --servers A,B --table T --blocks 0,3 --to 1`` (a sparse table: ``--buckets``,
+  its row buckets 0..4095): move dense blocks or row buckets to shard ``--to`` while workers train, under a new placement map version (:mod:`launcher.placement_moves`,
   ``docs/placement.md``); prints the new map as JSON. It first finishes any move left half
   done (an admin killed mid-move); without ``--blocks`` it only does that.
 - ``ps-admin resize --servers A,B --to A,B,C``: change the shard set while workers train
-  (async mode, dense tables): blocks move to balance the new set, workers learn the new
+  (async mode): dense blocks and sparse row buckets move to balance the new set, workers learn the new
   servers from the placement map. Run again after an interruption, it finishes.
 - ``ps-admin rebalance --servers A,B [--by bytes|accesses] [--ratio 1.1] [--auto S --rounds N]``:
-  move dense blocks until the busiest shard's load is at most ``--ratio`` times the mean;
+  move dense blocks and sparse row buckets until the busiest shard's load is at most ``--ratio`` times the mean;
   prints the ratio before and after as JSON; with ``--auto`` again every S seconds, N times.
 
 Connection flags (``--token-file``/``PS_TOKEN``, ``--tls-ca``, ``--tls-cert``,
@@ -90,12 +90,14 @@ def build_parser(environ=None) -> EnvArgumentParser:
     e.add_argument("--out", required=True, help="the file to write: PATH.npz, or PATH.safetensors (needs safetensors)")
     e.add_argument("--tables", default=None, help="comma-separated table names (default: every table)")
     e.add_argument("--force", action="store_true", help="replace the file if it exists")
-    m = sub.add_parser("move", help="move dense blocks to another shard (a new placement map version)",
-                       environ=environ)
+    m = sub.add_parser("move", help="move dense blocks or sparse row buckets to another shard (a new placement "
+                       "map version)", environ=environ)
     _connection_args(m)
-    m.add_argument("--table", default="", help="the dense table whose blocks move")
+    m.add_argument("--table", default="", help="the table whose blocks (dense) or row buckets (sparse) move")
     m.add_argument("--blocks", default="", help="comma-separated block indices (none: only finish an "
                    "interrupted move)")
+    m.add_argument("--buckets", default="", help="comma-separated row bucket indices of a sparse table "
+                   "(0..4095)")
     m.add_argument("--to", default=0, type=int, help="the shard (index in --servers) they move to")
     m.add_argument("--kill-after", default="", choices=("", "settle", "take"),
                    help="fault injection for tests: SIGKILL ps-admin right after this step of the move")
@@ -164,19 +166,22 @@ def resize(args) -> int:
 
 
 def move(args) -> int:
-    """Move ``--blocks`` of ``--table`` to shard ``--to``; prints the placement map installed."""
-    from launcher.placement_moves import move_blocks
+    """Move ``--blocks`` (or ``--buckets``) of ``--table`` to shard ``--to``; prints the placement map installed."""
+    from launcher.placement_moves import move_units
 
-    try:
-        blocks = [int(b) for b in args.blocks.split(",") if b.strip()]
-    except ValueError:
-        raise ValueError(f"--blocks must be comma-separated integers, got {args.blocks!r}") from None
-    if blocks and not args.table:
-        raise ValueError("--blocks needs --table")
+    units = []
+    for flag, rows in (("blocks", False), ("buckets", True)):
+        text = getattr(args, flag)
+        try:
+            units += [(args.table, rows, int(b)) for b in text.split(",") if b.strip()]
+        except ValueError:
+            raise ValueError(f"--{flag} must be comma-separated integers, got {text!r}") from None
+    if units and not args.table:
+        raise ValueError("--blocks and --buckets need --table")
     channels = _channels(args)
     try:
-        placement = move_blocks(channels, {(args.table, b): args.to for b in blocks}, args.timeout,
-                                kill_after=args.kill_after)
+        placement = move_units(channels, {unit: args.to for unit in units}, args.timeout,
+                               kill_after=args.kill_after)
     finally:
         for ch in channels:
             ch.close()

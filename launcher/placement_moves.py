@@ -1,4 +1,5 @@
-"""``move_blocks``: move dense blocks between running shards (``ps-admin move``), under a new placement map.
+"""``move_units``: move dense blocks and sparse row buckets between running shards (``ps-admin move``,
+``resize``, ``rebalance``), under a new placement map.
 
 The steps (each shard's side: ``ps.shard.moves``; the rule: ``docs/placement.md``): read every
 shard's map and take the newest; make the next version with the moves; every shard
@@ -24,7 +25,7 @@ import numpy as np
 
 from ps._proto import ps_pb2
 from ps.errors import FailedPreconditionError, InvalidArgumentError
-from ps.tables.placement_map import PlacementMap
+from ps.tables.placement_map import PlacementMap, Unit
 from worker.client.transport import RetryPolicy, ShardChannel, call, fan_out
 
 #: bytes of blocks one Move message carries at most (about; at least one block): well under the
@@ -38,30 +39,45 @@ def newest_placement(channels: Sequence[ShardChannel], timeout_s: float, retry: 
     return _cluster(channels, timeout_s, retry)[0]
 
 
-def _cluster(channels: Sequence[ShardChannel], timeout_s: float, retry: RetryPolicy) -> tuple[PlacementMap, bool]:
-    """:func:`newest_placement`, and whether the shards run in sync mode."""
+def _cluster(channels: Sequence[ShardChannel], timeout_s: float,
+             retry: RetryPolicy) -> tuple[PlacementMap, bool, bool]:
+    """:func:`newest_placement`, whether the shards run in sync mode, and whether they hold sparse tables."""
     replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest()) for ch in channels], timeout_s, retry)
     maps = [PlacementMap.from_proto(r.placement) for r in replies if r.HasField("placement")]
     if not maps:
         raise FailedPreconditionError("no shard knows its topology yet: create a table first")
-    return max(maps, key=lambda m: m.version), any(r.mode == ps_pb2.SYNC for r in replies)
+    return (max(maps, key=lambda m: m.version), any(r.mode == ps_pb2.SYNC for r in replies),
+            any(r.sparse_tables for r in replies))
 
 
 def move_blocks(channels: Sequence[ShardChannel], moves: Mapping[tuple[str, int], int], timeout_s: float,
                 retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
-    """Move dense block ``(table, block)`` to shard ``moves[...]`` for each entry; returns the
-    map installed. First finishes a move left half done (the newest map some shard holds).
-    ``kill_after`` (fault injection for tests: "settle" or "take") SIGKILLs this process
-    right after that step of the new move. Blocks (each call bounded by ``timeout_s``).
-    Raises InvalidArgumentError for a shard out of range, PSError from the shards."""
-    current, sync = _cluster(channels, timeout_s, retry)
+    """Move dense block ``(table, block)`` to shard ``moves[...]`` for each entry: :func:`move_units`."""
+    return move_units(channels, {(t, False, b): s for (t, b), s in moves.items()}, timeout_s, retry, kill_after)
+
+
+def move_units(channels: Sequence[ShardChannel], moves: Mapping[Unit, int], timeout_s: float,
+               retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
+    """Move unit ``(table, rows, index)`` (a dense block, or with ``rows`` a sparse table's row
+    bucket) to shard ``moves[...]`` for each entry; returns the map installed. First finishes
+    a move left half done (the newest map some shard holds). ``kill_after`` (fault injection
+    for tests: "settle" or "take") SIGKILLs this process right after that step of the new
+    move. In sync mode only clusters of dense tables move (a sync step's row sums are not held
+    at the step boundary yet). Blocks (each call bounded by ``timeout_s``). Raises
+    InvalidArgumentError for a shard or bucket out of range, FailedPreconditionError (sync
+    mode with sparse tables), PSError from the shards."""
+    current, sync, sparse = _cluster(channels, timeout_s, retry)
+    if sync and sparse:
+        raise FailedPreconditionError("in sync mode, moves work for clusters of dense tables only (for now): "
+                                      "a sync step's row sums are not held at the step boundary yet")
     if current.num_shards != len(channels):
         raise InvalidArgumentError(f"the servers' map is for {current.num_shards} shards; {len(channels)} given")
-    for (table, block), shard in moves.items():
+    for (table, rows, index), shard in moves.items():
         if not 0 <= shard < len(channels):
-            raise InvalidArgumentError(f"{table!r} block {block}: no shard {shard} among {len(channels)}")
+            raise InvalidArgumentError(f"{table!r} {'row bucket' if rows else 'block'} {index}: no shard {shard} "
+                                       f"among {len(channels)}")
     settle(channels, current, timeout_s, retry, sync=sync)
-    new = current.with_moves({(t, False, b): s for (t, b), s in moves.items()})
+    new = current.with_moves(dict(moves))
     if new.moved == current.moved:
         return current
     return settle(channels, new, timeout_s, retry, kill_after, sync=sync)
@@ -114,7 +130,10 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
         for i, state in enumerate(reply.units):
             prefix = f"{i}."
             mine = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-            taken[placement.block_owner(state.unit.table, state.unit.index)].append((state, mine))
+            unit = state.unit
+            owner = (int(placement.bucket_owners(unit.table)[unit.index]) if unit.rows
+                     else placement.block_owner(unit.table, unit.index))
+            taken[owner].append((state, mine))
     takes = []
     for target, states in sorted(taken.items()):
         ch = channels[target if indices is None else list(indices).index(target)]
@@ -168,26 +187,36 @@ def _pages(states: list) -> list[list]:
 def plan_resize(current: PlacementMap, old: Sequence[str], new: Sequence[str],
                 specs: Sequence[ps_pb2.TableSpec]) -> PlacementMap:
     """The map after resizing shards ``old`` (placed by ``current``) to ``new`` (addresses): each
-    dense table's blocks stay where they are while their shard stays and holds no more than its
-    even share (``ceil(blocks / len(new))``); the others go to the shards holding fewest of the
-    table. Pure."""
+    dense table's blocks (each sparse table's row buckets) stay where they are while their
+    shard stays and holds no more than its even share (``units // len(new)``, one more for
+    the shards holding most when it does not divide); the others go to the shards furthest
+    below their share. Every shard ends with its share. Pure."""
     index = {a: i for i, a in enumerate(new)}
-    moved: dict[tuple[str, bool, int], int] = {}
+    moved: dict[Unit, int] = {}
     for spec in specs:
-        num_blocks = -(-math.prod(spec.shape) // spec.block_elems) if spec.block_elems else 0
-        share = -(-num_blocks // len(new))
+        rows = spec.kind == ps_pb2.SPARSE
+        if rows:
+            owners = [int(s) for s in current.bucket_owners(spec.name)]
+        else:
+            num_blocks = -(-math.prod(spec.shape) // spec.block_elems) if spec.block_elems else 0
+            owners = [current.block_owner(spec.name, b) for b in range(num_blocks)]
+        staying = [index.get(old[owner]) for owner in owners]
+        held = [staying.count(i) for i in range(len(new))]
+        base, extra = divmod(len(owners), len(new))
+        share = [base] * len(new)  # the shards holding most get the units left over: fewest moves
+        for i in sorted(range(len(new)), key=lambda k: (-held[k], k))[:extra]:
+            share[i] += 1
         counts = [0] * len(new)
         pending = []
-        for b in range(num_blocks):
-            i = index.get(old[current.block_owner(spec.name, b)])
-            if i is not None and counts[i] < share:
-                moved[(spec.name, False, b)] = i
+        for b, i in enumerate(staying):
+            if i is not None and counts[i] < share[i]:
+                moved[(spec.name, rows, b)] = i
                 counts[i] += 1
             else:
                 pending.append(b)
         for b in pending:
-            i = min(range(len(new)), key=lambda k: (counts[k], k))
-            moved[(spec.name, False, b)] = i
+            i = min(range(len(new)), key=lambda k: (counts[k] - share[k], k))
+            moved[(spec.name, rows, b)] = i
             counts[i] += 1
     return PlacementMap(current.version + 1, len(new), moved, list(new))
 
@@ -196,11 +225,12 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
            retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
     """Change the shards from ``old`` to ``new`` (addresses; ``channels`` holds one per address of
     either) while workers train; returns the map installed. A resize left half done (the same
-    ``new``) is finished. Async and sync mode. ``kill_after``: as :func:`move_blocks`, or "settle-first" (in the
+    ``new``) is finished. Async mode (dense blocks and sparse row buckets move) and sync mode
+    (dense tables only). ``kill_after``: as :func:`move_units`, or "settle-first" (in the
     middle of the settle loop: after the first new server settled, before the others).
-    Dense tables only. Blocks (each call bounded by
-    ``timeout_s``). Raises InvalidArgumentError (duplicate addresses, servers that are not
-    ``old``), FailedPreconditionError (ssp mode, sparse tables), PSError."""
+    Blocks (each call bounded by ``timeout_s``). Raises InvalidArgumentError (duplicate
+    addresses, servers that are not ``old``), FailedPreconditionError (ssp mode, sparse
+    tables in sync mode), PSError."""
     old, new = list(old), list(new)
     if len(set(old)) != len(old) or len(set(new)) != len(new) or not new:
         raise InvalidArgumentError("--servers and --to must each list distinct addresses, --to at least one")
@@ -211,7 +241,7 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
     if not maps:
         raise FailedPreconditionError("no shard knows its topology yet: create a table first")
     newest = max(maps, key=lambda m: m.version)
-    specs = {t.spec.name: t.spec for r in statuses for t in r.tables}
+    specs = {t.spec.name: t.spec for r in statuses for t in [*r.tables, *r.sparse_tables]}
     if list(newest.addresses) == new:
         target = newest  # a resize to `new` was started: finish it
     else:
@@ -220,8 +250,8 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
             raise InvalidArgumentError(f"the servers are {','.join(placed)}, not {','.join(old)}")
         if any(r.mode == ps_pb2.SSP for r in statuses if r.HasField("placement")):
             raise FailedPreconditionError("resize works in async and sync mode only (for now)")
-        if any(r.sparse_tables for r in statuses):
-            raise FailedPreconditionError("resize does not move sparse tables yet")
+        if any(r.sparse_tables and r.mode == ps_pb2.SYNC for r in statuses):
+            raise FailedPreconditionError("resize moves sparse tables in async mode only (for now)")
         target = plan_resize(newest, old, new, list(specs.values()))
     ordered = [channels[a] for a in union]
     indices = [new.index(a) if a in new else -1 for a in union]
@@ -235,15 +265,15 @@ def _fault(kill_after: str, step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def plan_rebalance(loads: Sequence[Mapping[tuple[str, int], int]], ratio: float) -> dict[tuple[str, int], int]:
+def plan_rebalance(loads: Sequence[Mapping[Unit, int]], ratio: float) -> dict[Unit, int]:
     """Moves that bring the busiest shard's load to at most ``ratio`` times the mean, where
-    ``loads[s]`` maps each block on shard ``s`` to its load: each move takes from the busiest
-    shard to the least busy the block that evens them best. Stops when the ratio holds or no
-    move helps (at most one move per block). Pure."""
+    ``loads[s]`` maps each unit (block or row bucket) on shard ``s`` to its load: each move
+    takes from the busiest shard to the least busy the unit that evens them best. Stops when
+    the ratio holds or no move helps (at most one move per unit). Pure."""
     held = [dict(x) for x in loads]
     total = [sum(x.values()) for x in held]
     mean = sum(total) / len(total) if total else 0.0
-    moves: dict[tuple[str, int], int] = {}
+    moves: dict[Unit, int] = {}
     for _ in range(sum(len(x) for x in held)):
         hi = max(range(len(total)), key=lambda s: total[s])
         lo = min(range(len(total)), key=lambda s: total[s])
@@ -264,18 +294,19 @@ def plan_rebalance(loads: Sequence[Mapping[tuple[str, int], int]], ratio: float)
 
 def rebalance(channels: Sequence[ShardChannel], by: str, ratio: float, timeout_s: float,
               retry: RetryPolicy = RetryPolicy(attempts=3)) -> dict:
-    """Move dense blocks until the busiest shard's load (``by``: "bytes" of values and optimizer
-    state, or "accesses": pushes and pulls counted per block) is at most ``ratio`` times the
-    mean (``plan_rebalance``), with :func:`move_blocks`. Returns the loads' max/mean ratio
-    before and after, the blocks moved and the map. Blocks; raises InvalidArgumentError,
-    PSError."""
+    """Move dense blocks and sparse row buckets until the busiest shard's load (``by``: "bytes"
+    of values and optimizer state, or "accesses": pushes and pulls counted per block, rows
+    pushed and pulled per row bucket) is at most ``ratio`` times the mean
+    (``plan_rebalance``), with :func:`move_units`. Returns the loads' max/mean ratio before
+    and after, the units moved and the map. Blocks; raises InvalidArgumentError,
+    PSError (sync mode with row buckets to move: FailedPreconditionError)."""
     if by not in ("bytes", "accesses") or not ratio >= 1.0:
         raise InvalidArgumentError(f"rebalance by bytes or accesses, to a ratio >= 1 (got {by!r}, {ratio})")
 
-    def measure() -> list[dict[tuple[str, int], int]]:
+    def measure() -> list[dict[Unit, int]]:
         replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest(with_loads=True)) for ch in channels],
                           timeout_s, retry)
-        return [{(x.table, int(x.block)): int(x.bytes if by == "bytes" else x.accesses) for x in r.loads}
+        return [{(x.table, x.rows, int(x.block)): int(x.bytes if by == "bytes" else x.accesses) for x in r.loads}
                 for r in replies]
 
     def skew(loads: list[dict]) -> float:
@@ -285,8 +316,8 @@ def rebalance(channels: Sequence[ShardChannel], by: str, ratio: float, timeout_s
 
     before = measure()
     moves = plan_rebalance(before, ratio)
-    placement = move_blocks(channels, moves, timeout_s, retry) if moves else newest_placement(channels, timeout_s,
-                                                                                              retry)
-    after = measure()  # a block's access count moves with it
+    placement = move_units(channels, moves, timeout_s, retry) if moves else newest_placement(channels, timeout_s,
+                                                                                             retry)
+    after = measure()  # a unit's access count moves with it
     return {"by": by, "before": skew(before), "after": skew(after), "moved": len(moves),
             "placement": placement.to_json()}

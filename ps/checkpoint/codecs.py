@@ -170,7 +170,8 @@ class SparseCodec:
 
         spec = _one_spec(SparseTableSpec, pieces)
         try:
-            return SparseTable.restore(spec, [arrays for _, arrays in pieces], shard_index, placement.num_shards)
+            return SparseTable.restore(spec, [arrays for _, arrays in pieces], shard_index, placement.num_shards,
+                                       placement.bucket_owners(spec.name))
         except (InvalidArgumentError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{spec.name}: {exc}") from None
 

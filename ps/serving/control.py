@@ -25,6 +25,7 @@ from ps.serving.service import handled, lenient
 from ps.shard.moves import UnitMoves
 from ps.shard.shard import Shard
 from ps.tables.placement_map import PlacementMap
+from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.spec import TableSpec
 
 
@@ -106,7 +107,9 @@ class ControlService:
                 reply.placement.CopyFrom(current.to_proto())
             return reply
         if request.reshard:
-            self.moves.reshard(placement, request.shard_index, [TableSpec.from_proto(t) for t in request.tables],
+            self.moves.reshard(placement, request.shard_index,
+                               [SparseTableSpec.from_proto(t) if t.kind == ps_pb2.SPARSE else TableSpec.from_proto(t)
+                                for t in request.tables],
                                request.hold_from, list(request.workers))
         if request.give and request.settle:
             raise InvalidArgumentError("a Move names the units to give or settles, not both")

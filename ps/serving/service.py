@@ -172,8 +172,8 @@ class ParameterServerService:
             reply.sparse_tables.add(spec=spec.to_proto(), rows=rows, bytes=nbytes, evicted=evicted)
         reply.counters.update(self.shard.rows.counters())
         if request.with_loads:
-            for table, block, nbytes, accesses in self.shard.loads():
-                reply.loads.add(table=table, block=block, bytes=nbytes, accesses=accesses)
+            for table, rows, block, nbytes, accesses in self.shard.loads():
+                reply.loads.add(table=table, block=block, bytes=nbytes, accesses=accesses, rows=rows)
         return reply
 
     def handler(self) -> grpc.GenericRpcHandler:

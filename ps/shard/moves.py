@@ -1,4 +1,4 @@
-"""``UnitMoves``: dense blocks moving into and out of one shard, and the placement maps that say so.
+"""``UnitMoves``: dense blocks and sparse row buckets moving into and out of one shard, and the placement maps that say so.
 
 A move of units from shard A to shard B under a new map version v (driven by
 ``launcher.placement_moves``, ``docs/placement.md``):
@@ -14,10 +14,15 @@ A move of units from shard A to shard B under a new map version v (driven by
 A push that A applied before the move and whose reply was lost is retried to A and
 acknowledged as a duplicate there (A keeps its dedup table); a push A refused was applied
 nowhere, and the client sends it, re-planned, to B. So every push is applied once.
+
+A unit is a dense block (its values, optimizer state, version and access count) or a
+sparse table's row bucket (``ps.tables.placement``: its rows with their optimizer state and
+eviction data, its access count; each page also carries the table's use clock and, once,
+its admission sketch: ``SparseTable.take_buckets``).
+
 In sync mode a move settles between two steps: :meth:`UnitMoves.hold` holds the pushes of
 a step boundary on every shard and waits until every earlier step is applied, so no sum is
-pending when blocks move; :meth:`UnitMoves.unhold` lets them go on. Dense blocks only.
-Thread-safe.
+pending when units move; :meth:`UnitMoves.unhold` lets them go on. Thread-safe.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from ps.errors import FailedPreconditionError, InvalidArgumentError
 from ps.shard.consistency import Mode, Proceed, Wait
 from ps.shard.shard import Shard
 from ps.tables.dense_table import Block, DenseTable
+from ps.tables.placement import ROW_BUCKETS
 from ps.tables.placement_map import PlacementMap, Unit
+from ps.tables.sparse_spec import SparseTableSpec
+from ps.tables.sparse_table import SparseTable
 from ps.tables.spec import TableSpec, exists_alike
 
 #: one unit's state as it travels: the unit, its version (updates applied), its arrays by name
@@ -42,17 +50,19 @@ class UnitMoves:
 
     def __init__(self, shard: Shard) -> None:
         self._shard = shard
-        self._given: dict[Unit, Block] = {}  # units given away, kept until released (a rerun gives them again)
+        #: units given away, kept until released (a rerun gives them again): a dense block, or a
+        #: row bucket's arrays (``SparseTable.take_buckets``)
+        self._given: dict[Unit, Block | dict[str, np.ndarray]] = {}
 
-    def reshard(self, placement: PlacementMap, index: int, tables: Sequence[TableSpec] = (), step: int = 0,
-                workers: Sequence[int] = ()) -> None:
-        """A resize: take place ``index`` in ``placement`` (-1: leave) and create ``tables`` (dense,
-        holding no blocks) where missing, unless the shard already has ``placement`` or a newer
-        map. In sync mode a shard new to the cluster (no map yet) starts its step clock at
-        ``step`` (the move's step boundary) expecting ``workers`` (live, each at that
-        clock), its pushes held from it as on the other shards. Does not block. Raises
-        FailedPreconditionError (an older map), AlreadyExistsError (a table of another spec),
-        InvalidArgumentError."""
+    def reshard(self, placement: PlacementMap, index: int, tables: Sequence[TableSpec | SparseTableSpec] = (),
+                step: int = 0, workers: Sequence[int] = ()) -> None:
+        """A resize: take place ``index`` in ``placement`` (-1: leave) and create ``tables`` (dense
+        holding no blocks, sparse holding no row buckets) where missing, unless the shard
+        already has ``placement`` or a newer map. In sync mode a shard new to the cluster (no
+        map yet) starts its step clock at ``step`` (the move's step boundary) expecting
+        ``workers`` (live, each at that clock), its pushes held from it as on the other
+        shards. Does not block. Raises FailedPreconditionError (an older map),
+        AlreadyExistsError (a table of another spec), InvalidArgumentError."""
         shard = self._shard
         with shard.steps.cond:
             current = shard.current_placement()
@@ -65,7 +75,12 @@ class UnitMoves:
                 shard.gate.load(step, {int(w): step for w in workers})
                 shard.gate.hold_for_move(step)
             for spec in tables:
-                if not exists_alike(spec, shard.tables, shard.rows.tables, "sparse"):
+                if isinstance(spec, SparseTableSpec):
+                    if not exists_alike(spec, shard.rows.tables, shard.tables, "dense"):
+                        table = SparseTable(spec, max(index, 0), placement.num_shards, shard.rows.budget)
+                        table.held[:] = False  # its buckets arrive by moves
+                        shard.rows.tables[spec.name] = table
+                elif not exists_alike(spec, shard.tables, shard.rows.tables, "sparse"):
                     shard.tables[spec.name] = DenseTable.create(spec, [])
             shard.reshard(index, placement)
 
@@ -120,7 +135,7 @@ class UnitMoves:
         up to about ``max_bytes`` (at least one; 0: all), and the ``skip`` of the next page
         (None: none). Blocks up to ``timeout_s``. Raises
         FailedPreconditionError (an older map, a unit not here), InvalidArgumentError (a
-        sparse unit; a unit ``placement`` leaves here), NotFoundError, DeadlineExceededError."""
+        unit ``placement`` leaves here, a bucket out of range), NotFoundError, DeadlineExceededError."""
         shard = self._shard
         steps = shard.steps
         deadline = steps.clock() + timeout_s
@@ -132,31 +147,58 @@ class UnitMoves:
                 raise FailedPreconditionError(f"move under placement {placement.describe()}: this shard already "
                                               f"has {current.describe()}")
             if units is None:
-                for unit in [u for u in self._given if placement.block_owner(u[0], u[2]) == index]:
-                    shard.tables[unit[0]].move_in(self._given.pop(unit))  # given, never taken, now back here
+                for unit in [u for u in self._given if _owner(placement, u) == index]:
+                    self._move_in(unit, self._given.pop(unit))  # given, never taken, now back here
                 units = self._settled(placement, index)
-            for table, rows, block in units:
-                if rows:
-                    raise InvalidArgumentError(f"{table!r}: moving sparse row buckets is not supported yet")
-                if placement.block_owner(table, block) == index:
-                    raise InvalidArgumentError(f"{table!r} block {block}: the new map keeps it on this shard")
-                held = shard.table(table).blocks
-                if block not in held and (table, rows, block) not in self._given:
-                    raise FailedPreconditionError(f"{table!r} block {block} is not on this shard")
+            for unit in units:
+                table, rows, k = unit
+                what = "row bucket" if rows else "block"
+                if _owner(placement, unit) == index:
+                    raise InvalidArgumentError(f"{table!r} {what} {k}: the new map keeps it on this shard")
+                held = (shard.rows.table(table).held[k] if 0 <= k < ROW_BUCKETS else False) if rows else \
+                    k in shard.table(table).blocks
+                if not held and unit not in self._given:
+                    raise FailedPreconditionError(f"{table!r} {what} {k} is not on this shard")
             if placement.version > current.version:
                 shard.set_placement(placement)
             steps.wait(lambda: Proceed() if not any(v < placement.version for v in shard.admitted) else Wait(
                 f"a move waits for pushes admitted under placement maps before v{placement.version}"), deadline)
+            by_table: dict[str, list[int]] = {}
             for unit in units:
-                table, _, block = unit
-                given = shard.tables[table].move_out(block)
+                table, rows, k = unit
+                if rows:
+                    by_table.setdefault(table, []).append(k)
+                    continue
+                given = shard.tables[table].move_out(k)
                 if given is not None:
                     self._given[unit] = given
+            extras = {}
+            for table, buckets in by_table.items():
+                rows_table = shard.rows.tables[table]
+                for k, arrays in rows_table.take_buckets(buckets).items():
+                    self._given[(table, True, k)] = arrays
+                extras[table] = rows_table.table_extras()
             shard.blocks_changed()
-            blocks = [(unit, self._given[unit], shard.accesses.get((unit[0], unit[2]), 0)) for unit in units[skip:]]
+            picked = [(unit, self._given[unit], shard.accesses.get((unit[0], unit[2]), 0)) for unit in units[skip:]]
         out = []
         size = 0
-        for unit, block, accesses in blocks:
+        seen: set[str] = set()
+        for unit, kept, accesses in picked:
+            if isinstance(kept, dict):  # a row bucket: its rows, plus the table's clock and (once a page) sketch
+                arrays = dict(kept)
+                table_extras = extras.get(unit[0], {})
+                if "tick" in table_extras:
+                    arrays["tick"] = table_extras["tick"]
+                if "sketch" in table_extras and unit[0] not in seen:
+                    arrays["sketch"] = table_extras["sketch"]
+                nbytes = sum(a.nbytes for a in arrays.values())
+                if out and max_bytes and size + nbytes > max_bytes:
+                    return out, skip + len(out)
+                seen.add(unit[0])
+                out.append((unit, int(np.asarray(arrays.get("tick", 0))), arrays))
+                size += nbytes
+                continue
+            block = kept
             if out and max_bytes and size + block.values.nbytes * (1 + len(block.state)) > max_bytes:
                 return out, skip + len(out)
             with block.lock:  # no push holds it now, but be exact
@@ -166,12 +208,21 @@ class UnitMoves:
             size += sum(a.nbytes for a in arrays.values())
         return out, None
 
+    def _move_in(self, unit: Unit, kept: Block | dict[str, np.ndarray]) -> bool:
+        """Lock held: hold ``unit`` again (a block or a row bucket's arrays); False if held already."""
+        table, rows, _ = unit
+        if rows:
+            return self._shard.rows.tables[table].put_buckets(unit[2], kept)
+        return self._shard.tables[table].move_in(kept)
+
     def _settled(self, placement: PlacementMap, index: int) -> list[Unit]:
         """Lock held: every unit held or kept that ``placement`` puts elsewhere, in order."""
         shard = self._shard
-        return sorted({u for u in self._given if placement.block_owner(u[0], u[2]) != index}
+        rows = {(name, True, int(k)) for name, t in shard.rows.tables.items()
+                for k in np.flatnonzero(t.held & (placement.bucket_owners(name) != index))}
+        return sorted({u for u in self._given if _owner(placement, u) != index}
                       | {(name, False, b) for name, t in shard.tables.items() for b in t.blocks
-                         if placement.block_owner(name, b) != index})
+                         if placement.block_owner(name, b) != index} | rows)
 
     def take(self, placement: PlacementMap, states: Sequence[UnitState]) -> PlacementMap:
         """Hold the units in ``states`` (those already held are left as they are) and install
@@ -183,10 +234,14 @@ class UnitMoves:
         built = []
         for unit, version, arrays in states:
             table_name, rows, block = unit
+            if rows and not 0 <= block < ROW_BUCKETS:
+                raise InvalidArgumentError(f"{table_name!r}: no row bucket {block}")
+            if _owner(placement, unit) != index:
+                raise InvalidArgumentError(f"{table_name!r} {'row bucket' if rows else 'block'} {block}: the map "
+                                           "puts it on another shard")
             if rows:
-                raise InvalidArgumentError(f"{table_name!r}: moving sparse row buckets is not supported yet")
-            if placement.block_owner(table_name, block) != index:
-                raise InvalidArgumentError(f"{table_name!r} block {block}: the map puts it on another shard")
+                built.append((unit, shard.rows.table(table_name), arrays))  # checked as it is put
+                continue
             table = shard.table(table_name)
             built.append((unit, table, _block(table, block, version, arrays)))
         with shard.steps.cond:
@@ -195,7 +250,9 @@ class UnitMoves:
                 raise FailedPreconditionError(f"move under placement {placement.describe()}: this shard already "
                                               f"has {current.describe()}")
             for (unit, table, block), (_, _, arrays) in zip(built, states):
-                if table.move_in(block):
+                if unit[1]:
+                    table.put_buckets(unit[2], arrays)
+                elif table.move_in(block):
                     shard.accesses[(unit[0], unit[2])] = int(arrays.get("accesses", 0))
                 self._given.pop(unit, None)
             shard.blocks_changed()
@@ -208,7 +265,7 @@ class UnitMoves:
         shard = self._shard
         with shard.steps.cond:
             placement, index = self._current(), self._index()
-            gone = [u for u in self._given if placement.block_owner(u[0], u[2]) != index]
+            gone = [u for u in self._given if _owner(placement, u) != index]
             for unit in gone:
                 del self._given[unit]
             return len(gone)
@@ -226,6 +283,12 @@ class UnitMoves:
         if topology is None:
             raise FailedPreconditionError("shard topology unknown: nothing to move yet")
         return topology[0]
+
+
+def _owner(placement: PlacementMap, unit: Unit) -> int:
+    """The shard ``placement`` puts ``unit`` (a dense block or a row bucket) on."""
+    table, rows, index = unit
+    return int(placement.bucket_owners(table)[index]) if rows else placement.block_owner(table, index)
 
 
 def _block(table, index: int, version: int, arrays: Mapping[str, np.ndarray]) -> Block:

@@ -94,7 +94,7 @@ class Shard:
         self._create_lock = threading.Lock()
         self.budget = MemoryBudget(config.max_memory_bytes, self._held_bytes)
         self.rows = SparseRows(self.steps, self.membership, self.tables, self.budget)
-        self.rows.moved_error = self.moved_error
+        self.rows.placer = self  # row pushes and pulls follow the map, and moves wait for row pushes
         self._pending = _PendingBlocks(self.steps)
         self.steps.step_parts = (self._pending, self.rows)
         self.gate, self.counters = self.steps.gate, self.steps.counters
@@ -518,13 +518,18 @@ class Shard:
 
     # -- status -------------------------------------------------------------------------
 
-    def loads(self) -> list[tuple[str, int, int, int]]:
-        """``(table, block, bytes, accesses)`` of every dense block held here: bytes of its
-        values and optimizer state; pushes and pulls that touched it here. Does not block long."""
+    def loads(self) -> list[tuple[str, bool, int, int, int]]:
+        """``(table, rows, unit, bytes, accesses)`` of every dense block (``rows`` False) held
+        here: bytes of its values and optimizer state, pushes and pulls that touched it here;
+        and of every sparse row bucket held here with rows or accesses (``rows`` True: its
+        rows' bytes, rows pushed and pulled). Does not block long."""
         with self.steps.cond:
             held = [(name, b) for name, t in self.tables.items() for b in t.blocks.values()]
-            return [(name, b.index, b.values.nbytes + sum(a.nbytes for a in b.state.values()),
-                     self.accesses.get((name, b.index), 0)) for name, b in held]
+            dense = [(name, False, b.index, b.values.nbytes + sum(a.nbytes for a in b.state.values()),
+                      self.accesses.get((name, b.index), 0)) for name, b in held]
+            sparse = list(self.rows.tables.items())
+        return dense + [(name, True, k, nbytes, accesses) for name, t in sparse
+                        for k, nbytes, accesses in t.bucket_loads()]
 
     def snapshot(self) -> dict:
         """Mode, version, workers, tables and counters, for the Status call."""

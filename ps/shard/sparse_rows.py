@@ -16,7 +16,9 @@ are touched; each sparse table has its own lock for that.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from ps.errors import (
     Reason,
     ResourceExhaustedError,
 )
+from ps.tables.placement import row_buckets
 from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.sparse_table import SparseTable, sum_duplicates
 from ps.tables.spec import exists_alike
@@ -34,7 +37,25 @@ from ps.shard.membership import Membership
 from ps.shard.memory_budget import MemoryBudget
 from ps.shard.sequencer import PushResult, Sequencer
 
+if TYPE_CHECKING:
+    from ps.tables.placement_map import PlacementMap
+
 log = logging.getLogger(__name__)
+
+
+class RowPlacer(Protocol):
+    """What the row verbs need of the shard's placement (``ps.shard.shard.Shard``; every
+    method with the sequencer's lock held): the MOVED refusal of a call, the map, and the
+    count of pushes admitted per map version that a bucket move waits for."""
+
+    retired: bool
+    admitted: Counter[int]
+
+    def moved_error(self, version: int, what: str = "") -> FailedPreconditionError | None: ...
+
+    def current_placement(self) -> PlacementMap | None: ...
+
+    def done_admitted(self, version: int) -> None: ...
 
 
 def clip_rows(grads: np.ndarray, max_norm: float) -> np.ndarray:
@@ -62,9 +83,9 @@ class SparseRows:
         self._dense = dense
         self.tables: dict[str, SparseTable] = {}
         self._pending: set[SparseTable] = set()   # sync: tables with rows kept for this step
-        #: (lock held) the MOVED refusal of a call planned with placement map version v, or None
-        #: (``Shard.moved_error``); None: not checked
-        self.moved_error = None
+        #: the shard's placement (MOVED refusals, the map, admitted pushes); None: rows are
+        #: checked against the tables' default placement only (a shard without moves)
+        self.placer: RowPlacer | None = None
 
     # -- tables -------------------------------------------------------------------------
 
@@ -81,7 +102,11 @@ class SparseRows:
             if exists_alike(spec, self.tables, self._dense, "dense"):
                 return False
             index, count = self._members.topology
-            self.tables[spec.name] = SparseTable(spec, index, count, self.budget)  # rows are lazy: cheap
+            table = SparseTable(spec, index, count, self.budget)  # rows are lazy: cheap
+            placement = self.placer.current_placement() if self.placer is not None else None
+            if placement is not None:  # after a resize the map may differ from the topology's rule
+                table.held = placement.bucket_owners(spec.name) == (-1 if self.placer.retired else index)
+            self.tables[spec.name] = table
             return True
 
     def adopt(self, table: SparseTable) -> None:
@@ -126,11 +151,13 @@ class SparseRows:
             if seq < 1:
                 raise InvalidArgumentError(f"sequence numbers start at 1, got {seq}")
             table = self.table(name)
-            table.check_push(ids, grads, refuse_nonfinite=steps.config.nonfinite == "refuse")
+            table.check_push(ids, grads, refuse_nonfinite=steps.config.nonfinite == "refuse",
+                             placed=self.placer is None)
         except Exception:
             with steps.cond:
                 steps.counters["refused"] += 1
             raise
+        buckets = row_buckets(name, ids) if self.placer is not None else None
         skip = steps.config.nonfinite == "skip" and not np.isfinite(grads).all()
         if steps.config.clip_norm and not skip:
             ids, grads = sum_duplicates(ids, grads)
@@ -145,18 +172,36 @@ class SparseRows:
         def remember() -> None:
             self._pending.add(table)
 
-        def admit() -> None:
-            self._check_placement(placement_version)
+        admitted: list[int] = []
 
-        result = steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
-                                remember=remember, session=session, admit=admit)
+        def admit() -> None:  # lock held: after the duplicate check, before anything is applied
+            self._check_placement(placement_version, table, ids, buckets)
+            placer = self.placer
+            if placer is not None and not admitted:  # a bucket move waits until this push is done
+                placement = placer.current_placement()
+                admitted.append(placement.version if placement is not None else 0)
+                placer.admitted[admitted[0]] += 1
+
+        try:
+            result = steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
+                                    remember=remember, session=session, admit=admit)
+        finally:
+            if admitted:
+                self.placer.done_admitted(admitted[0])
         if result.outcome in ("applied", "accumulated"):
             with steps.cond:
                 steps.counters["row_pushes"] += 1
+            if buckets is not None:
+                table.count_accesses(buckets)
         return result
 
-    def _check_placement(self, version: int) -> None:
-        refusal = self.moved_error(version) if self.moved_error is not None else None
+    def _check_placement(self, version: int, table: SparseTable, ids: np.ndarray,
+                         buckets: np.ndarray | None) -> None:
+        """Lock held: raise MOVED for a call planned with another map than the shard's, or
+        naming rows in buckets the shard does not hold (moved away, or not arrived yet)."""
+        if self.placer is None:
+            return
+        refusal = self.placer.moved_error(version, table.elsewhere(ids, buckets) if buckets is not None else "")
         if refusal is not None:
             raise refusal
 
@@ -180,13 +225,17 @@ class SparseRows:
             raise ResourceExhaustedError(f"{name}: {len(ids)} rows of {table.spec.dim} would make a reply of "
                                          f"{reply_bytes} bytes, over max-message-bytes "
                                          f"{steps.config.max_message_bytes}: pull fewer ids per call")
-        table.check_ids(ids)
+        table.check_ids(ids, placed=self.placer is None)
+        buckets = row_buckets(name, ids) if self.placer is not None else None
         with steps.cond:
             version = steps.await_pull(worker, step, deadline)
-            self._check_placement(placement_version)
+            self._check_placement(placement_version, table, ids, buckets)
         values = table.read(ids)
         with steps.cond:
+            self._check_placement(placement_version, table, ids, buckets)  # a bucket may have moved meanwhile
             steps.counters["row_pulls"] += 1
+        if buckets is not None:
+            table.count_accesses(buckets)
         return version, values
 
     def list(self, name: str, after: int | None, max_rows: int) -> tuple[int, np.ndarray, np.ndarray]:

@@ -46,7 +46,7 @@ import numpy as np
 
 from ps.tables.admission import AdmissionSketch
 from ps.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
-from ps.tables.placement import row_shards
+from ps.tables.placement import ROW_BUCKETS, bucket_owners, row_buckets
 from ps.tables.row_index import RowIndex
 from ps.tables.sparse_optim import RowOptimizer, gather_rows, scatter_rows
 from ps.tables.sparse_spec import SparseTableSpec
@@ -110,6 +110,11 @@ class SparseTable:
         self.budget = budget  # the shard's memory budget: growth past it evicts or refuses (None: unbounded)
         self.shard_index = shard_index
         self.num_shards = num_shards
+        #: the row buckets (``ps.tables.placement``) this shard holds: the default rule's at first;
+        #: bucket moves change it (``take_buckets``/``put_buckets``, under the shard's lock)
+        self.held = bucket_owners(spec.name, num_shards) == shard_index
+        #: rows pushed or pulled per bucket here (ps-admin rebalance --by accesses; moves with the bucket)
+        self.bucket_accesses = np.zeros(ROW_BUCKETS, dtype=np.int64)
         self.lock = threading.Lock()
         self.optimizer = RowOptimizer(spec.optimizer)
         self._dtype = np.dtype(spec.dtype)
@@ -151,28 +156,56 @@ class SparseTable:
 
     # -- checks ------------------------------------------------------------------------
 
-    def check_ids(self, ids: np.ndarray) -> None:
+    def check_ids(self, ids: np.ndarray, placed: bool = True) -> None:
         """Raises InvalidArgumentError for an id outside ``[0, num_rows)`` (a table that
-        declares ``num_rows``), FailedPreconditionError when sampled ids are not placed on
-        this shard."""
+        declares ``num_rows``), FailedPreconditionError when (``placed``) sampled ids are in
+        row buckets this shard does not hold (a shard checks every id after its duplicate
+        check instead: :meth:`elsewhere`)."""
         if len(ids) and self.spec.num_rows and (int(ids.min()) < 0 or int(ids.max()) >= self.spec.num_rows):
             bad = ids[(ids < 0) | (ids >= self.spec.num_rows)]
             raise InvalidArgumentError(f"{self.spec.name}: id {int(bad[0])} is outside [0, {self.spec.num_rows}), "
                                        f"the table's rows")
-        if self.num_shards == 1 or len(ids) == 0:
+        if not placed or len(ids) == 0 or self.held.all():
             return
         sample = ids[:: max(1, len(ids) // PLACEMENT_SAMPLE)]
-        shards = row_shards(self.spec.name, sample, self.num_shards)
-        wrong = np.flatnonzero(shards != self.shard_index)
-        if len(wrong):
-            i = int(sample[wrong[0]])
-            raise FailedPreconditionError(
-                f"{self.spec.name}: row {i} is placed on shard {int(shards[wrong[0]])} of {self.num_shards}, "
-                f"not on this shard ({self.shard_index})"
-            )
+        wrong = self.elsewhere(sample, row_buckets(self.spec.name, sample))
+        if wrong:
+            raise FailedPreconditionError(wrong)
 
-    def check_push(self, ids: np.ndarray, grads: np.ndarray, refuse_nonfinite: bool = True) -> None:
-        """Check a push fits the table. Raises InvalidArgumentError or FailedPreconditionError."""
+    def elsewhere(self, ids: np.ndarray, buckets: np.ndarray) -> str:
+        """"" when every row of ``ids`` (their ``buckets``: ``row_buckets``) is in a bucket this
+        shard holds, else a message naming the first that is not. Does not block; read it
+        under the lock that guards bucket moves."""
+        if len(buckets) == 0:
+            return ""
+        wrong = np.flatnonzero(~self.held[buckets])
+        if not len(wrong):
+            return ""
+        return (f"{self.spec.name}: row {int(ids[wrong[0]])} (row bucket {int(buckets[wrong[0]])}) is not on "
+                f"this shard")
+
+    def count_accesses(self, buckets: np.ndarray) -> None:
+        """Count one access per entry of ``buckets`` (a push's or pull's rows). Takes the table lock."""
+        counts = np.bincount(buckets, minlength=ROW_BUCKETS)
+        with self.lock:
+            self.bucket_accesses += counts
+
+    def bucket_loads(self) -> list[tuple[int, int, int]]:
+        """``(bucket, bytes, accesses)`` of every held bucket with rows or accesses: bytes of its
+        rows' values and optimizer state (``raw_row_bytes`` each). O(stored rows); takes the lock."""
+        with self.lock:
+            ids = self.index.slot_ids[self.index.live_slots()]
+            rows = np.bincount(row_buckets(self.spec.name, ids), minlength=ROW_BUCKETS)
+            accesses = self.bucket_accesses.copy()
+            held = self.held.copy()
+        per_row = self.raw_row_bytes
+        return [(int(k), int(rows[k]) * per_row, int(accesses[k]))
+                for k in np.flatnonzero(held & ((rows > 0) | (accesses > 0)))]
+
+    def check_push(self, ids: np.ndarray, grads: np.ndarray, refuse_nonfinite: bool = True,
+                   placed: bool = True) -> None:
+        """Check a push fits the table (``placed``: and sampled rows are held here, see
+        :meth:`check_ids`). Raises InvalidArgumentError or FailedPreconditionError."""
         spec = self.spec
         if ids.ndim != 1 or ids.dtype != np.int64:
             raise InvalidArgumentError(f"{spec.name}: ids must be a 1-D int64 array, got {ids.ndim}-D {ids.dtype}")
@@ -185,7 +218,7 @@ class SparseTable:
             )
         if refuse_nonfinite and not np.isfinite(grads).all():
             raise InvalidArgumentError(f"{spec.name}: NaN or Inf in row gradients (refused)")
-        self.check_ids(ids)
+        self.check_ids(ids, placed)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -434,6 +467,104 @@ class SparseTable:
         hits = _grown(self.hits, new) if self.hits is not None else None
         self.values, self.state, self.last_used, self.hits = values, state, last_used, hits
 
+    # -- bucket moves (ps.shard.moves) -------------------------------------------------
+
+    def take_buckets(self, buckets: Sequence[int]) -> dict[int, dict[str, np.ndarray]]:
+        """Stop holding row buckets ``buckets`` (held ones; others are skipped) and answer,
+        per bucket, its rows with everything kept per row: ``ids``, ``values``,
+        ``state.<name>``, ``last_used``/``hits`` when bounded, and ``accesses`` (0-d). The
+        rows leave this table. Blocks on the table lock; O(stored rows)."""
+        with self.lock:
+            live = self.index.live_slots()
+            ids = self.index.slot_ids[live]
+            order = np.lexsort((ids, row_buckets(self.spec.name, ids)))  # by bucket, then id
+            live, ids = live[order], ids[order]
+            of = row_buckets(self.spec.name, ids)
+            out: dict[int, dict[str, np.ndarray]] = {}
+            gone = []
+            for bucket in buckets:
+                if not self.held[bucket]:
+                    continue
+                lo, hi = np.searchsorted(of, [bucket, bucket + 1])
+                slots = live[lo:hi]
+                arrays = self._row_arrays(ids[lo:hi].copy(), slots)
+                arrays["accesses"] = np.array(self.bucket_accesses[bucket], dtype=np.int64)
+                out[int(bucket)] = arrays
+                gone.append(slots)
+                self.held[bucket] = False
+                self.bucket_accesses[bucket] = 0
+            if gone:
+                self.index.remove(np.concatenate(gone))
+            return out
+
+    def _row_arrays(self, ids: np.ndarray, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """Lock held: copies of rows ``slots`` (ids ``ids``): ``ids``, ``values``,
+        ``state.<name>``, and ``last_used``/``hits`` when bounded."""
+        out = {"ids": ids, "values": self.values[slots]}
+        for name, arr in self.state.items():
+            out[f"state.{name}"] = arr[slots]
+        if self.last_used is not None:
+            out["last_used"] = self.last_used[slots]
+        if self.hits is not None:
+            out["hits"] = self.hits[slots]
+        return out
+
+    def table_extras(self) -> dict[str, np.ndarray]:
+        """What a bucket move carries once per table: the use clock ``tick`` and the admission
+        ``sketch`` (when the table admits). Copies; takes the table lock."""
+        with self.lock:
+            out = {"tick": np.array(self.tick, dtype=np.int64)}
+            if self.sketch is not None:
+                out["sketch"] = self.sketch.counts.copy()
+            return out
+
+    def put_buckets(self, bucket: int, arrays: Mapping[str, np.ndarray]) -> bool:
+        """Hold row bucket ``bucket`` with the rows of :meth:`take_buckets`'s ``arrays`` (plus,
+        optionally, :meth:`table_extras`' ``tick`` and ``sketch``: the clock is the later, the
+        sketch the larger count per cell, so it never under-counts). False, changing nothing,
+        if it is held already. Blocks on the table lock. Raises InvalidArgumentError (arrays
+        that do not fit the table, rows of another bucket), ResourceExhaustedError (no room in
+        the memory budget)."""
+        name = self.spec.name
+        if not 0 <= bucket < ROW_BUCKETS:
+            raise InvalidArgumentError(f"{name}: no row bucket {bucket}")
+        ids = np.asarray(arrays.get("ids", np.zeros(0, dtype=np.int64)))
+        if ids.ndim != 1 or ids.dtype != np.int64:
+            raise InvalidArgumentError(f"{name}: bucket {bucket} moved with ids that are not 1-D int64")
+        if len(ids) and bool(np.any(row_buckets(name, ids) != bucket)):
+            raise InvalidArgumentError(f"{name}: bucket {bucket} moved with rows of other buckets")
+        if len(np.unique(ids)) != len(ids):
+            raise InvalidArgumentError(f"{name}: bucket {bucket} moved with a row twice")
+        _check_array(name, "values", arrays.get("values"), (len(ids), self.spec.dim), self._dtype)
+        for key, (shape, dt, _) in self._layout.items():
+            _check_array(name, f"state.{key}", arrays.get(f"state.{key}"), (len(ids), *shape), dt)
+        sketch = arrays.get("sketch")
+        if sketch is not None and (self.sketch is None or np.shape(sketch) != self.sketch.counts.shape):
+            raise InvalidArgumentError(f"{name}: bucket {bucket} moved with an admission sketch that does not fit")
+        with self.lock:
+            if self.held[bucket]:
+                return False
+            if len(ids):
+                if bool(np.any(self.index.lookup(ids) >= 0)):
+                    raise InvalidArgumentError(f"{name}: bucket {bucket} moved with rows already stored here")
+                self._make_room(len(ids), np.zeros(0, dtype=np.int64), refuse=True)
+                slots = self.index.insert(ids)
+                self._ensure_capacity(self.index.high)
+                self.values[slots] = arrays["values"]
+                for key in self.state:
+                    self.state[key][slots] = arrays[f"state.{key}"]
+                if self.last_used is not None:
+                    self.last_used[slots] = np.asarray(arrays.get("last_used", np.zeros(len(ids))), dtype=np.int64)
+                if self.hits is not None:
+                    self.hits[slots] = np.asarray(arrays.get("hits", np.zeros(len(ids))), dtype=np.uint32)
+            if "tick" in arrays:
+                self.tick = max(self.tick, int(np.asarray(arrays["tick"])))
+            if sketch is not None:
+                np.maximum(self.sketch.counts, np.asarray(sketch, dtype=np.uint32), out=self.sketch.counts)
+            self.bucket_accesses[bucket] = int(np.asarray(arrays.get("accesses", 0)))
+            self.held[bucket] = True
+            return True
+
     # -- checkpoints -------------------------------------------------------------------
 
     def export_state(self) -> dict[str, np.ndarray]:
@@ -449,13 +580,7 @@ class SparseTable:
             ids = self.index.slot_ids[live]
             order = np.argsort(ids)
             live, ids = live[order], ids[order]
-            out = {"ids": ids, "values": self.values[live]}
-            for name, arr in self.state.items():
-                out[f"state.{name}"] = arr[live]
-            if self.last_used is not None:
-                out["last_used"] = self.last_used[live]
-            if self.hits is not None:
-                out["hits"] = self.hits[live]
+            out = self._row_arrays(ids, live)
             if self.sketch is not None:
                 out["sketch"] = self.sketch.counts.copy()
             out["tick"] = np.array(self.tick, dtype=np.int64)
@@ -466,8 +591,11 @@ class SparseTable:
     @classmethod
     def restore(cls, spec: SparseTableSpec,
                 arrays: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
-                shard_index: int, num_shards: int) -> SparseTable:
+                shard_index: int, num_shards: int, owners: np.ndarray | None = None) -> SparseTable:
         """Rebuild shard ``shard_index`` of ``num_shards`` from exported states.
+
+        ``owners``: the shard of each row bucket (``PlacementMap.bucket_owners``; None: the
+        default rule on ``num_shards``): the buckets, and rows, this shard holds.
 
         ``arrays`` is one :meth:`export_state` dict or a sequence of them (every shard of a
         checkpoint, any shard count): only the rows this shard owns are kept, so a table
@@ -478,6 +606,8 @@ class SparseTable:
         """
         sources = [arrays] if isinstance(arrays, Mapping) else list(arrays)
         table = cls(spec, shard_index, num_shards)
+        if owners is not None:
+            table.held = np.asarray(owners) == shard_index
         dim, dtype = spec.dim, np.dtype(spec.dtype)
         ids_parts, keep_parts = [], []
         for src in sources:
@@ -488,7 +618,7 @@ class SparseTable:
             for name, (shape, dt, _) in table._layout.items():
                 _check_array(spec.name, f"state.{name}", src.get(f"state.{name}"), (len(ids), *shape), dt)
             ids_parts.append(ids)
-            keep_parts.append(row_shards(spec.name, ids, num_shards) == shard_index)
+            keep_parts.append(table.held[row_buckets(spec.name, ids)])
         ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int64)
         keep = np.concatenate(keep_parts) if keep_parts else np.zeros(0, dtype=bool)
         ordered = np.sort(ids)

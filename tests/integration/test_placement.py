@@ -498,6 +498,21 @@ def test_resize_is_refused_in_ssp_mode_and_changes_nothing(shards):
             client.pull(["w"])
 
 
+def test_sync_moves_and_resize_are_refused_with_a_sparse_table_and_change_nothing(shards):
+    with shards(3, mode="sync", num_workers=1) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}", worker_id=0, local=False) as client:
+            client.create("w", (4096,))
+            client.create_sparse("emb", dim=4)
+            move = ps_admin("move", "--servers", f"{a},{b}", "--table", "w", "--blocks", "0", "--to", "1")
+            assert move.returncode == 1 and "dense tables only" in move.stderr
+            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
+            assert grow.returncode == 1 and "async mode only" in grow.stderr
+            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
+            client.push({"w": np.ones(4096, np.float32)})
+            np.testing.assert_array_equal(client.pull(["w"])["w"], np.full(4096, -0.01, np.float32))
+
+
 def test_a_sync_hold_is_bounded_names_the_move_and_ends_with_unhold_and_bad_holds_change_nothing(shards):
     with shards(2, mode="sync", num_workers=1) as servers:
         channels = _channels(servers)

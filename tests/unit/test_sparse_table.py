@@ -172,8 +172,47 @@ def test_push_checks():
         table.check_push(mine, ones(len(mine)).astype(np.float64))
     with pytest.raises(InvalidArgumentError, match="NaN"):
         table.check_push(mine[:1], np.full((1, 4), np.nan, np.float32))
-    with pytest.raises(FailedPreconditionError, match="placed on shard 1"):
+    with pytest.raises(FailedPreconditionError, match="not on this shard"):
         table.check_push(theirs, ones(len(theirs)))
+    table.check_push(theirs, ones(len(theirs)), placed=False)  # a shard checks placement after dedup
+
+
+def test_row_buckets_move_with_their_rows_state_and_metadata():
+    """take_buckets/put_buckets: a bucket's rows leave one table with their optimizer state,
+    eviction data and access count and arrive whole in another; the rest stay."""
+    from ps.tables.placement import row_buckets
+    s = spec(dim=4, optimizer="adagrad", lr=0.5, max_rows=10_000, eviction="lfu", admit_after=2)
+    src = SparseTable(s, shard_index=0, num_shards=1)
+    ids = np.arange(500, dtype=np.int64)
+    grads = np.arange(500 * 4, dtype=np.float32).reshape(500, 4) % 7
+    for _ in range(3):
+        src.apply(ids, grads)
+    buckets = row_buckets("emb", ids)
+    moving = sorted(set(int(b) for b in buckets[:40]))
+    src.count_accesses(buckets)
+    before = src.read(ids)
+    state_before = src.export_state()
+    dst = SparseTable(s, shard_index=0, num_shards=1)
+    dst.held[:] = False
+    taken = src.take_buckets(moving)
+    assert sorted(taken) == moving and not src.held[moving].any()
+    extras = src.table_extras()
+    for k, arrays in taken.items():
+        assert dst.put_buckets(k, {**arrays, **extras})
+        assert not dst.put_buckets(k, arrays)  # a repeat is a no-op
+    here = np.isin(buckets, moving)
+    assert src.rows + dst.rows == 500 and dst.rows == int(here.sum())
+    np.testing.assert_array_equal(dst.read(ids[here]), before[here])
+    np.testing.assert_array_equal(src.read(ids[~here]), before[~here])
+    got = dst.export_state()
+    want = np.isin(state_before["ids"], ids[here])
+    np.testing.assert_array_equal(got["state.accumulator"], state_before["state.accumulator"][want])
+    np.testing.assert_array_equal(got["hits"], state_before["hits"][want] + 1)  # + the read above
+    assert dst.tick >= src.tick - 1 and (dst.sketch.counts >= src.sketch.counts).all()
+    assert int(dst.bucket_accesses[moving].sum()) == int(here.sum())
+    with pytest.raises(InvalidArgumentError, match="other buckets"):
+        other = next(k for k in range(4096) if k not in moving)
+        dst.put_buckets(other, taken[moving[0]])
 
 
 def test_spec_round_trips_through_the_proto_and_validates():
