@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -291,6 +292,20 @@ def ps_admin(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess
                           text=True, timeout=timeout_s, cwd=ROOT, env=CLEAN_ENV, stdin=subprocess.DEVNULL)
 
 
+def killed_resize_then_rerun(old: str, new: str, kill_after: str,
+                             between: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+    """``ps-admin resize --servers old --to new`` SIGKILLed at ``kill_after``, then ``between()``
+    (checks of the half-done state), then the same resize run again: returns that rerun,
+    asserted to have succeeded. Bounded by ps_admin's timeout per run."""
+    killed = ps_admin("resize", "--servers", old, "--to", new, "--kill-after", kill_after)
+    assert killed.returncode == -9, killed.stderr
+    if between is not None:
+        between()
+    rerun = ps_admin("resize", "--servers", old, "--to", new)
+    assert rerun.returncode == 0, rerun.stderr
+    return rerun
+
+
 class Pushers:
     """``workers`` clients pushing integer gradients (SGD at lr 1) to table "w" of ``size``
     elements until :attr:`done` is set (then 5 more steps each; at most ``most_steps``); every
@@ -417,14 +432,13 @@ def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_a
             creator.create("w", (size,), optimizer="sgd", lr=1.0)
         pushers = Pushers(f"{a},{b}", 3, size)
 
-        def admin() -> None:
-            killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", kill_after)
-            assert killed.returncode == -9, killed.stderr
+        def maps_split() -> None:
             if kill_after == "settle-first":  # killed inside the settle loop: the maps are split
                 with Client(f"{a},{b},{c}", observer=True) as observer:
                     assert [s["placement"]["version"] for s in observer.status()] == [1, 1, 2]
-            rerun = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
-            assert rerun.returncode == 0, rerun.stderr
+
+        def admin() -> None:
+            rerun = killed_resize_then_rerun(f"{a},{b}", f"{a},{b},{c}", kill_after, maps_split)
             again = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")  # a third run: no change
             assert again.returncode == 0 and json.loads(again.stdout) == json.loads(rerun.stdout), again.stderr
 
@@ -650,13 +664,7 @@ def test_a_sync_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_stays
         a, b, c = (s.address for s in servers)
         trainers = SyncTrainers(f"{a},{b}", 3)
 
-        def admin() -> None:
-            killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", kill_after)
-            assert killed.returncode == -9, killed.stderr
-            rerun = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
-            assert rerun.returncode == 0, rerun.stderr
-
-        trainers.run(admin)
+        trainers.run(lambda: killed_resize_then_rerun(f"{a},{b}", f"{a},{b},{c}", kill_after))
         assert trainers.addresses == [[a, b, c]] * 3
         trainers.check_against_numpy()
         with Client(f"{a},{b},{c}", observer=True) as observer:

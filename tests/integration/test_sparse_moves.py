@@ -18,7 +18,7 @@ from ps import ServerConfig, ShardServer
 from ps._proto import ps_pb2
 from ps.tables.placement import ROW_BUCKETS, row_buckets
 from ps.tables.placement_map import PlacementMap
-from tests.integration.test_placement import Pushers, _channels, addresses, ps_admin
+from tests.integration.test_placement import Pushers, _channels, addresses, killed_resize_then_rerun, ps_admin
 from worker import Client
 from worker.client.transport import RetryPolicy, call
 
@@ -270,13 +270,7 @@ def test_a_sparse_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards,
         _create(f"{a},{b}")
         pushers = RowPushers(f"{a},{b}", 3)
 
-        def admin() -> None:
-            killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", kill_after)
-            assert killed.returncode == -9, killed.stderr
-            rerun = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
-            assert rerun.returncode == 0, rerun.stderr
-
-        pushers.run(admin)
+        pushers.run(lambda: killed_resize_then_rerun(f"{a},{b}", f"{a},{b},{c}", kill_after))
         pushers.check(f"{a},{b},{c}")
         with Client(f"{a},{b},{c}", observer=True) as reader:
             status = reader.status()
