@@ -10,6 +10,9 @@ refused unapplied (reason MOVED), and the client re-plans it with the new map.
 Resumable: a move interrupted anywhere (the admin killed) is finished by the next
 ``ps-admin move`` (even with no new blocks to move): the newest map any shard holds is
 settled first. A source keeps what it gave until the end, and a target takes a block once.
+
+In async mode a large move goes in batches of about :data:`MOVE_BATCH_BYTES`, each under its
+own map version, so a unit is refused to workers only while its own batch moves.
 """
 
 from __future__ import annotations
@@ -25,12 +28,19 @@ import numpy as np
 from ps._proto import ps_pb2
 from ps.errors import FailedPreconditionError, InvalidArgumentError
 from ps.protocol.unit_wire import decode_units, encode_units
+from ps.tables.placement import ROW_BUCKETS
 from ps.tables.placement_map import PlacementMap, Unit
 from worker.client.transport import RetryPolicy, ShardChannel, call, fan_out
 
 #: bytes of blocks one Move message carries at most (about; at least one block): well under the
 #: servers' message limit (``--max-message-bytes``, 64 MiB by default)
 MOVE_PAGE_BYTES = 16 << 20
+
+#: bytes of units (values and optimizer state) one map version moves at most in async mode
+#: (about; at least one unit). A unit is refused to workers, who retry it within their call's
+#: deadline, only while its own batch moves, so a large move is many short windows, never one
+#: as long as the whole migration
+MOVE_BATCH_BYTES = 64 << 20
 
 
 def newest_placement(channels: Sequence[ShardChannel], timeout_s: float, retry: RetryPolicy) -> PlacementMap:
@@ -77,10 +87,50 @@ def move_units(channels: Sequence[ShardChannel], moves: Mapping[Unit, int], time
             raise InvalidArgumentError(f"{table!r} {'row bucket' if rows else 'block'} {index}: no shard {shard} "
                                        f"among {len(channels)}")
     settle(channels, current, timeout_s, retry, sync=sync)
-    new = current.with_moves(dict(moves))
-    if new.moved == current.moved:
+    return _in_batches(channels, current, dict(moves), timeout_s, retry, kill_after, sync)
+
+
+def _in_batches(channels: Sequence[ShardChannel], current: PlacementMap, moves: Mapping[Unit, int],
+                timeout_s: float, retry: RetryPolicy, kill_after: str = "", sync: bool = False) -> PlacementMap:
+    """Settle ``moves`` on top of ``current`` (settled), one map version per batch of about
+    :data:`MOVE_BATCH_BYTES` (sync mode: one batch, the move waits at one step boundary);
+    returns the last map. ``kill_after`` applies to the first batch. Blocks; raises
+    InvalidArgumentError (a shard or bucket out of range), PSError."""
+    current.with_moves(moves)  # checks them: InvalidArgumentError for a shard or bucket out of range
+    pending = {u: s for u, s in moves.items() if _owner(current, u) != s}
+    if not pending:
         return current
-    return settle(channels, new, timeout_s, retry, kill_after, sync=sync)
+    batches = [pending] if sync else _batches(pending, _unit_bytes(channels, timeout_s, retry))
+    for k, batch in enumerate(batches):
+        current = settle(channels, current.with_moves(batch), timeout_s, retry, kill_after if k == 0 else "",
+                         sync=sync)
+    return current
+
+
+def _unit_bytes(channels: Sequence[ShardChannel], timeout_s: float, retry: RetryPolicy) -> dict[Unit, int]:
+    """Every unit's bytes (values and optimizer state) where it is held (one Status call each)."""
+    replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest(with_loads=True)) for ch in channels], timeout_s, retry)
+    return {(x.table, x.rows, int(x.block)): int(x.bytes) for r in replies for x in r.loads}
+
+
+def _batches(moves: Mapping[Unit, int], sizes: Mapping[Unit, int]) -> list[dict[Unit, int]]:
+    """``moves`` cut, in unit order, into runs of about :data:`MOVE_BATCH_BYTES` (at least one
+    unit each; a unit of unknown size counts as empty). Pure."""
+    batches: list[dict[Unit, int]] = [{}]
+    size = 0
+    for unit in sorted(moves):
+        nbytes = sizes.get(unit, 0)
+        if batches[-1] and size + nbytes > MOVE_BATCH_BYTES:
+            batches.append({})
+            size = 0
+        batches[-1][unit] = moves[unit]
+        size += nbytes
+    return batches
+
+
+def _owner(placement: PlacementMap, unit: Unit) -> int:
+    table, rows, index = unit
+    return int(placement.bucket_owners(table)[index]) if rows else placement.block_owner(table, index)
 
 
 def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s: float, retry: RetryPolicy,
@@ -126,10 +176,7 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
     taken: dict[int, list[tuple[ps_pb2.UnitState, dict[str, np.ndarray]]]] = defaultdict(list)
     for reply in replies:
         for state, mine in zip(reply.units, decode_units(reply.payload, len(reply.units))):
-            unit = state.unit
-            owner = (int(placement.bucket_owners(unit.table)[unit.index]) if unit.rows
-                     else placement.block_owner(unit.table, unit.index))
-            taken[owner].append((state, mine))
+            taken[_owner(placement, (state.unit.table, state.unit.rows, state.unit.index))].append((state, mine))
     takes = []
     for target, states in sorted(taken.items()):
         ch = channels[target if indices is None else list(indices).index(target)]
@@ -187,11 +234,7 @@ def plan_resize(current: PlacementMap, old: Sequence[str], new: Sequence[str],
     moved: dict[Unit, int] = {}
     for spec in specs:
         rows = spec.kind == ps_pb2.SPARSE
-        if rows:
-            owners = [int(s) for s in current.bucket_owners(spec.name)]
-        else:
-            num_blocks = -(-math.prod(spec.shape) // spec.block_elems) if spec.block_elems else 0
-            owners = [current.block_owner(spec.name, b) for b in range(num_blocks)]
+        owners = [_owner(current, unit) for unit in _units([spec])]
         staying = [index.get(old[owner]) for owner in owners]
         held = [staying.count(i) for i in range(len(new))]
         base, extra = divmod(len(owners), len(new))
@@ -216,10 +259,13 @@ def plan_resize(current: PlacementMap, old: Sequence[str], new: Sequence[str],
 def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequence[str], timeout_s: float,
            retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
     """Change the shards from ``old`` to ``new`` (addresses; ``channels`` holds one per address of
-    either) while workers train; returns the map installed. A resize left half done (the same
-    ``new``) is finished. Async mode (dense blocks and sparse row buckets move) and sync mode
-    (dense tables only). ``kill_after``: as :func:`move_units`, or "settle-first" (in the
-    middle of the settle loop: after the first new server settled, before the others).
+    either) while workers train; returns the last map installed. A resize left half done (the
+    same ``new``) is finished. Async mode (dense blocks and sparse row buckets move; in
+    batches: a dropped server's units bound for a staying one first, under the old list;
+    then the new list with every other unit in place; then the rest of the plan) and sync
+    mode (dense tables only; one map). ``kill_after``: as :func:`move_units` (for the map
+    that installs the new list), or "settle-first" (in the middle of its settle loop: after
+    the first new server settled, before the others).
     Blocks (each call bounded by ``timeout_s``). Raises InvalidArgumentError (duplicate
     addresses, servers that are not ``old``), FailedPreconditionError (ssp mode, sparse
     tables in sync mode), PSError."""
@@ -234,8 +280,9 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
         raise FailedPreconditionError("no shard knows its topology yet: create a table first")
     newest = max(maps, key=lambda m: m.version)
     specs = {t.spec.name: t.spec for r in statuses for t in [*r.tables, *r.sparse_tables]}
+    sync = any(r.mode == ps_pb2.SYNC for r in statuses)
     if list(newest.addresses) == new:
-        target = newest  # a resize to `new` was started: finish it
+        topology = newest  # a resize to `new` was started: finish it
     else:
         placed = list(newest.addresses) or old
         if placed != old:
@@ -245,10 +292,45 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
         if any(r.sparse_tables and r.mode == ps_pb2.SYNC for r in statuses):
             raise FailedPreconditionError("resize moves sparse tables in async mode only (for now)")
         target = plan_resize(newest, old, new, list(specs.values()))
+        if not sync:  # what a dropped server hands to a server that stays moves first, in batches
+            drain = {u: old.index(new[_owner(target, u)]) for u in _units(list(specs.values()))
+                     if old[_owner(newest, u)] not in new and new[_owner(target, u)] in old}
+            newest = _in_batches([channels[a] for a in old], newest, drain, timeout_s, retry)
+        topology = target if sync else _topology(newest, old, new, target, list(specs.values()))
     ordered = [channels[a] for a in union]
     indices = [new.index(a) if a in new else -1 for a in union]
-    return settle(ordered, target, timeout_s, retry, kill_after, indices, list(specs.values()),
-                  first=sum(1 for a in new if a not in old), sync=any(r.mode == ps_pb2.SYNC for r in statuses))
+    settled = settle(ordered, topology, timeout_s, retry, kill_after, indices, list(specs.values()),
+                     first=sum(1 for a in new if a not in old), sync=sync)
+    if sync:
+        return settled
+    final = plan_resize(settled, new, new, list(specs.values()))
+    return _in_batches([channels[a] for a in new], settled,
+                       {u: _owner(final, u) for u in _units(list(specs.values()))}, timeout_s, retry)
+
+
+def _units(specs: Sequence[ps_pb2.TableSpec]) -> list[Unit]:
+    """Every dense block and sparse row bucket of ``specs``, in order."""
+    out: list[Unit] = []
+    for spec in specs:
+        if spec.kind == ps_pb2.SPARSE:
+            out += [(spec.name, True, k) for k in range(ROW_BUCKETS)]
+        else:
+            blocks = -(-math.prod(spec.shape) // spec.block_elems) if spec.block_elems else 0
+            out += [(spec.name, False, b) for b in range(blocks)]
+    return out
+
+
+def _topology(current: PlacementMap, old: Sequence[str], new: Sequence[str], target: PlacementMap,
+              specs: Sequence[ps_pb2.TableSpec]) -> PlacementMap:
+    """The map that installs an async resize's ``new`` shard list: every unit kept by the
+    server holding it now, except those still on servers ``new`` drops (bound for a server
+    new to the cluster), which go where ``target`` puts them. The other moves toward
+    ``target`` follow in batches. Pure."""
+    moved: dict[Unit, int] = {}
+    for unit in _units(specs):
+        holder = old[_owner(current, unit)]
+        moved[unit] = new.index(holder) if holder in new else _owner(target, unit)
+    return PlacementMap(current.version + 1, len(new), moved, list(new))
 
 
 def _fault(kill_after: str, step: str) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+import itertools
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -306,17 +308,29 @@ def killed_resize_then_rerun(old: str, new: str, kill_after: str,
     return rerun
 
 
+def steps_within(most_s: float) -> Iterator[int]:
+    """0, 1, 2, ... for a worker that steps until the admin beside it is done: an
+    AssertionError once ``most_s`` seconds passed (the admin hung). Bounded by time, not by a
+    step count, which fast steps could use up before the admin finished."""
+    end = time.monotonic() + most_s
+    for k in itertools.count():
+        assert time.monotonic() < end, f"the admin did not finish within {most_s} s"
+        yield k
+
+
 class Pushers:
     """``workers`` clients pushing integer gradients (SGD at lr 1) to table "w" of ``size``
-    elements until :attr:`done` is set (then 5 more steps each; at most ``most_steps``); every
-    ``push_pull_every``-th step is a push-pull (0: never). :attr:`acknowledged` sums every push
-    that returned; :attr:`going` is set per worker once it pushed 3 times; :attr:`addresses`
-    lists each client's servers at the end."""
+    elements until :attr:`done` is set, then 5 more steps each (so every worker pushes after
+    the admin finished, however fast its steps are); a worker still pushing ``most_s``
+    seconds after it began fails (the admin hung). Every ``push_pull_every``-th step is a
+    push-pull (0: never). :attr:`acknowledged` sums every push that returned; :attr:`going`
+    is set per worker once it pushed 3 times; :attr:`addresses` lists each client's servers
+    at the end."""
 
     def __init__(self, servers: str, workers: int, size: int, push_pull_every: int = 0,
-                 most_steps: int = 3000) -> None:
+                 most_s: float = 100.0) -> None:
         self.servers, self.workers, self.size = servers, workers, size
-        self.push_pull_every, self.most_steps = push_pull_every, most_steps
+        self.push_pull_every, self.most_s = push_pull_every, most_s
         self.acknowledged = np.zeros(size, np.float64)
         self.going = [threading.Event() for _ in range(workers)]
         self.done = threading.Event()
@@ -327,7 +341,7 @@ class Pushers:
         with Client(self.servers, wait_timeout_s=20.0) as client:  # a move never finished: fails
             total = np.zeros(self.size, np.float64)
             extra = 0
-            for k in range(self.most_steps):
+            for k in steps_within(self.most_s):
                 grad = np.full(self.size, float(w + 1 + k % 5), np.float32)
                 if self.push_pull_every and k % self.push_pull_every == self.push_pull_every - 1:
                     client.push_pull({"w": grad}, ["w"])
@@ -422,6 +436,47 @@ def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards)
         assert {s["placement"]["num_shards"] for s in status} == {2}
 
 
+def test_a_large_async_resize_moves_in_batches_each_its_own_map_version(shards, monkeypatch):
+    """With batches of 4 blocks, growing 2 -> 3 installs the new shard list first (no block
+    moves: every block stays with its server), then moves the new shard's share 4 blocks
+    per map version, while 3 workers push; shrinking to the last two first moves the dropped
+    server's blocks to them 4 per version, then installs the new list. The oracle holds."""
+    import launcher.placement_moves as placement_moves
+
+    size = 32 * 512  # 32 blocks of 512 floats: 2 KiB each, SGD keeps no state
+    spec = TableSpec("w", (size,), block_elems=512)
+    monkeypatch.setattr(placement_moves, "MOVE_BATCH_BYTES", 4 * 2048)
+    with shards(3) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}") as creator:
+            creator.create("w", (size,), optimizer="sgd", lr=1.0, block_elems=512)
+        pushers = Pushers(f"{a},{b}", 3, size, push_pull_every=3)
+        channels = {s.address: ch for s, ch in zip(servers, _channels(servers))}
+        versions = []
+
+        def admin() -> None:
+            grown = placement_moves.resize(channels, [a, b], [a, b, c], 20.0)
+            assert grown.addresses == (a, b, c)
+            assert [len(spec_blocks) for spec_blocks in
+                    (grown.blocks_of("w", spec.num_blocks, i) for i in range(3))] == [11, 11, 10]
+            versions.append(grown.version)
+            shrunk = placement_moves.resize(channels, [a, b, c], [b, c], 20.0)
+            versions.append(shrunk.version)
+
+        pushers.run(admin)
+        # grow: v2 the new list, then 10 blocks to the new shard 4 per version: v3..v5; shrink: a's
+        # 11 blocks to b and c 4 per version (v6..v8) under the old list, then v9 the new list
+        assert versions == [5, 9]
+        assert pushers.addresses == [[b, c]] * 3
+        with Client(f"{b},{c}") as reader:
+            final = reader.pull(["w"])["w"]
+            status = reader.status()
+        assert np.array_equal(final.astype(np.float64), -pushers.acknowledged)
+        assert [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status] == [16, 16]
+        for ch in channels.values():
+            ch.close()
+
+
 @pytest.mark.parametrize("kill_after", ["settle-first", "settle", "take"])
 def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after):
     """SIGKILLed inside the per-shard settle loop, after it, or after the takes; then rerun."""
@@ -493,6 +548,7 @@ def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shard
             client.push({"w": np.arange(8192, dtype=np.float32)})
         grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
         assert grow.returncode == 0, grow.stderr
+        version = json.loads(grow.stdout)["version"]
         with Client(f"{a},{b},{c}") as client:
             client.push({"w": np.ones(8192, dtype=np.float32)})
             expect = client.pull(["w"])["w"]
@@ -503,7 +559,7 @@ def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shard
         with Client(addresses(restored)) as client:
             assert np.array_equal(client.pull(["w"])["w"], expect)
             status = client.status()
-            assert {s["placement"]["version"] for s in status} == {2}
+            assert {s["placement"]["version"] for s in status} == {version}  # the resized map itself
             client.push({"w": np.ones(8192, dtype=np.float32)})  # trains on, on the new set
     finally:
         for s in restored:
@@ -564,10 +620,10 @@ SYNC_LR = 0.05
 class SyncTrainers:
     """``workers`` sync workers training a Linear layer (tables "w" and "b", small blocks so they
     span every shard) until :meth:`stop` names the last step: every worker stops at that same
-    step (set above any step a worker began). Bounded by ``most_steps``."""
+    step (set above any step a worker began). Bounded by ``most_s`` seconds (:func:`steps_within`)."""
 
-    def __init__(self, servers: str, workers: int, fused: bool = False, most_steps: int = 2000) -> None:
-        self.servers, self.workers, self.fused, self.most_steps = servers, workers, fused, most_steps
+    def __init__(self, servers: str, workers: int, fused: bool = False, most_s: float = 100.0) -> None:
+        self.servers, self.workers, self.fused, self.most_s = servers, workers, fused, most_s
         self.going = [threading.Event() for _ in range(workers)]
         self.progress = [0] * workers
         self.stop_at: int | None = None
@@ -585,7 +641,7 @@ class SyncTrainers:
             ps.create("w", shape=(100, 10), init="normal", init_scale=0.1, seed=7, lr=SYNC_LR, block_elems=96)
             ps.create("b", shape=(10,), lr=SYNC_LR, block_elems=4)
             initial = p = ps.pull(["w", "b"])
-            for step in range(self.most_steps):
+            for step in steps_within(self.most_s):
                 with self._lock:
                     if self.stop_at is not None and step >= self.stop_at:
                         break
