@@ -53,12 +53,12 @@ from ps.checkpoint.files import (
     fsync_dir,
     listing,
     manifest_checksum,
-    manifests,
     new_tag,
     prune,
     read_manifest,
     remove_unreferenced,
     sha256_of,
+    tag_manifests,
 )
 from ps.errors import FailedPreconditionError, InvalidArgumentError
 from ps.tables.placement_map import PlacementMap, Unit
@@ -217,6 +217,7 @@ def write(directory: str, state: ShardState, hook: WriteHook | None = None) -> s
         "cluster": bool(state.cluster),
         # the shard's file alone may not hold every unit it owns: a restore reads the whole tag
         "placement_moved": bool(state.placement is not None and state.placement.moved) or state.unsettled,
+        "placement_version": state.placement.version if state.placement is not None else 0,
     }
     manifest = dict(body, checksum=manifest_checksum(body))
     manifest_name = f"{base}.manifest.json"
@@ -355,8 +356,8 @@ def load(directory: str, shard_index: int, num_shards: int, tag: str | None = No
     UnsupportedCheckpointError for a valid checkpoint holding a table kind with no codec.
     """
     for files in candidates(directory, shard_index, num_shards, tag):
-        if len(files) == 1 and files[0][1].get("placement_moved", True):  # blocks moved in (or placed by an
-            files = _whole_tag(directory, files[0][1])                    # older rule) live in others' files
+        if len(files) == 1:  # units moved in (or placed by an older rule, or mid-move) live in others' files
+            files = _needed_files(directory, files[0])
         try:
             with _READS:
                 return _restore(files, shard_index, num_shards)
@@ -367,14 +368,24 @@ def load(directory: str, shard_index: int, num_shards: int, tag: str | None = No
     return None
 
 
-def _whole_tag(directory: str, manifest: dict) -> list[tuple[str, dict]]:
-    """Every shard's file of ``manifest``'s checkpoint (same tag and shard count), own first
-    where all are there; else just ``manifest``'s own (the restore then names what is missing)."""
+def _needed_files(directory: str, own: tuple[str, dict]) -> list[tuple[str, dict]]:
+    """The files a shard restores from when its own file ``own`` is for the same shard count:
+    its own alone when that holds every unit the shard owns, else every shard's file of the
+    checkpoint (same tag and count, own first where all are there; just its own where some are
+    missing: the restore then names what is missing). Every file is needed when units had
+    moved (``placement_moved``; also set by a shard that kept given units or awaited units
+    of a move, and missing from files written before the map: their blocks were placed by an
+    older rule), or when another shard's file saved a newer map (written after a move this
+    shard's file predates)."""
+    manifest = own[1]
     count = manifest["num_shards"]
-    files = {m["shard_index"]: (path, m) for name, path, m in manifests(directory)
-             if name == manifest["tag"] and m["num_shards"] == count}
+    files = {m["shard_index"]: (path, m) for path, m in tag_manifests(directory, manifest["tag"])
+             if m["num_shards"] == count}
+    newer = any(m.get("placement_version", 0) > manifest.get("placement_version", 0) for _, m in files.values())
+    if not manifest.get("placement_moved", True) and not newer:
+        return [own]
     if len(files) != count:
-        return [files[manifest["shard_index"]]]
+        return [files.get(manifest["shard_index"], own)]
     return [files[i] for i in range(count)]
 
 
