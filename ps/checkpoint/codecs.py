@@ -235,7 +235,9 @@ class DenseCodec:
 
 
 class SparseCodec:
-    """Sparse tables, as rows keyed by id (``SparseTable.export_state``/``restore``)."""
+    """Sparse tables, as rows keyed by id (``SparseTable.export_state``/``restore``), with the
+    bitmap of the row buckets the shard holds (``held``: a bucket held with no rows is not a
+    bucket elsewhere)."""
 
     kind = "sparse"
 

@@ -20,8 +20,9 @@ shard's file of one tag when it changed (N shards restore onto M: each reads the
 it owns now), or when units had moved or were moving (the manifest's ``placement_moved``).
 A checkpoint taken in the middle of a move is whole too: the units a shard had given away
 and kept (``Shard.kept``) are saved, marked kept, and each unit is restored from its best
-copy (``ps.checkpoint.codecs.best_copies``; docs/placement.md "Checkpoints"). A file whose checksum does not match is skipped with a warning and an
-older checkpoint is used; nothing corrupt is ever served.
+copy (``ps.checkpoint.codecs.best_copies``; docs/placement.md "Checkpoints"). A file
+whose checksum does not match is skipped with a warning and an older checkpoint is used;
+nothing corrupt is ever served.
 
 The files' side (names, atomic writes, manifests, listing, pruning) is
 :mod:`ps.checkpoint.files`. Functions here do file I/O and block; they hold no locks of
