@@ -16,6 +16,7 @@ Real shards on loopback (ports from the OS); ``ps-admin`` as a real process.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ps import ServerConfig, ShardServer
 from ps._proto import ps_pb2
@@ -128,67 +129,59 @@ def _stop_after_gives(servers: list[ShardServer], table: str, flag: str, units: 
     assert killed.returncode == -9, killed.stderr
 
 
-def test_a_cluster_checkpoint_after_a_give_restores_every_block_exactly(tmp_path):
-    """The admin is stopped after its gives: shard 0 keeps the blocks, shard 1 does not hold
-    them yet. A cluster checkpoint then restores every block, exactly, and shard 0 keeps its
-    copies so a rerun of the move finishes it."""
-    d = str(tmp_path)
-    moved = HOME.blocks_of("w", NUM_BLOCKS, 0)[:2]
+def _holds(server: ShardServer, table: str, units: list[int]) -> list[bool]:
+    """Whether ``server`` holds each of ``units`` (blocks of "w", or row buckets of "e")."""
+    shard = server.shard
+    if table == "e":
+        return [bool(shard.rows.tables["e"].held[k]) for k in units]
+    return [b in shard.tables["w"].blocks for b in units]
+
+
+def _values(client: Client, expect: dict, sparse: bool) -> tuple[np.ndarray, np.ndarray]:
+    """What ``client`` pulls of "w" (``sparse``: of "e"'s rows IDS), and what ``expect`` says it is."""
+    if sparse:
+        return client.pull_rows("e", IDS), np.stack([expect[i][0] for i in IDS.tolist()])
+    return client.pull(["w"])["w"], np.concatenate([expect[b][1] for b in range(NUM_BLOCKS)])
+
+
+#: what moves: (table, ps-admin flag, the units of shard 0 that move, the oracle's reader, sparse)
+CASES = {"blocks": ("w", "--blocks", lambda: HOME.blocks_of("w", NUM_BLOCKS, 0)[:2], _blocks, False),
+         "row buckets": ("e", "--buckets", _moved_buckets, _rows, True)}
+
+
+@pytest.mark.parametrize("what", sorted(CASES))
+def test_a_cluster_checkpoint_after_a_give_restores_every_unit_exactly(tmp_path, what):
+    """The admin is stopped after its gives: shard 0 keeps the units, shard 1 does not hold
+    them yet. A cluster checkpoint then restores every block (row), exactly, and shard 0 keeps
+    its copies so a rerun of the move finishes it."""
+    table, flag, units, read, sparse = CASES[what]
+    d, moved = str(tmp_path), units()
     servers = _start(d)
     try:
         with Client(addresses(servers)) as client:
-            _create(client)
-            _train(client, 3)
-            _stop_after_gives(servers, "w", "--blocks", moved)
-            assert all(("w", False, b) in servers[0].shard.kept for b in moved)
-            assert not any(b in servers[1].shard.tables["w"].blocks for b in moved)  # not taken yet
-            expect = _blocks(servers, kept=True)
-            assert sorted(expect) == list(range(NUM_BLOCKS))
+            _create(client, sparse)
+            _train(client, 3, sparse)
+            _stop_after_gives(servers, table, flag, moved)
+            assert sorted(k for t, _, k in servers[0].shard.kept if t == table) == moved
+            assert not any(_holds(servers[1], table, moved))  # not taken yet
+            expect = read(servers, kept=True)
+            assert len(expect) == (len(IDS) if sparse else NUM_BLOCKS)
             client.checkpoint("mid-move")
     finally:
         _stop(servers)
     restored = _start(d, restore=True, restore_tag="mid-move")
     try:
-        _assert_same(_blocks(restored, kept=False), expect, "block")
-        assert sorted(b for t, _, b in restored[0].shard.kept if t == "w") == moved  # kept again: a rerun finishes
+        _assert_same(read(restored, kept=False), expect, what)
+        assert all(_holds(restored[1], table, moved))
+        assert sorted(k for t, _, k in restored[0].shard.kept if t == table) == moved  # kept again: a rerun finishes
         with Client(addresses(restored)) as client:
-            assert np.array_equal(client.pull(["w"])["w"], np.concatenate([expect[b][1] for b in range(NUM_BLOCKS)]))
+            got, want = _values(client, expect, sparse)
+            assert np.array_equal(got, want)
             rerun = ps_admin("move", "--servers", addresses(restored))
             assert rerun.returncode == 0, rerun.stderr
             assert not restored[0].shard.kept
-            _assert_same(_blocks(restored, kept=False), expect, "block after the rerun")
-            _train(client, 1)  # trains on
-    finally:
-        _stop(restored)
-
-
-def test_a_cluster_checkpoint_after_a_give_of_row_buckets_restores_every_row_exactly(tmp_path):
-    d = str(tmp_path)
-    moved = _moved_buckets()
-    servers = _start(d)
-    try:
-        with Client(addresses(servers)) as client:
-            _create(client, sparse=True)
-            _train(client, 3, sparse=True)
-            _stop_after_gives(servers, "e", "--buckets", moved)
-            assert all(("e", True, k) in servers[0].shard.kept for k in moved)
-            assert not servers[1].shard.rows.tables["e"].held[moved].any()  # not taken yet
-            expect = _rows(servers, kept=True)
-            assert sorted(expect) == IDS.tolist()
-            client.checkpoint("mid-move")
-    finally:
-        _stop(servers)
-    restored = _start(d, restore=True, restore_tag="mid-move")
-    try:
-        _assert_same(_rows(restored, kept=False), expect, "row")
-        assert sorted(k for t, _, k in restored[0].shard.kept if t == "e") == moved
-        assert restored[1].shard.rows.tables["e"].held[moved].all()
-        rerun = ps_admin("move", "--servers", addresses(restored))
-        assert rerun.returncode == 0, rerun.stderr
-        assert not restored[0].shard.kept
-        _assert_same(_rows(restored, kept=False), expect, "row after the rerun")
-        with Client(addresses(restored)) as client:
-            assert np.array_equal(client.pull_rows("e", IDS), np.stack([expect[i][0] for i in IDS.tolist()]))
+            _assert_same(read(restored, kept=False), expect, f"{what} after the rerun")
+            _train(client, 1, sparse)  # trains on
     finally:
         _stop(restored)
 
@@ -234,9 +227,9 @@ def test_a_source_restarted_alone_mid_move_keeps_its_copies_and_a_rerun_finishes
         _assert_same(_blocks(servers, kept=False), expect_blocks, "block")
         _assert_same(_rows(servers, kept=False), expect_rows, "row")
         with Client(addresses(servers), wait_timeout_s=10.0) as client:  # a block never arriving: fails
-            assert np.array_equal(client.pull(["w"])["w"],
-                                  np.concatenate([expect_blocks[b][1] for b in range(NUM_BLOCKS)]))
-            assert np.array_equal(client.pull_rows("e", IDS), np.stack([expect_rows[i][0] for i in IDS.tolist()]))
+            for sparse, expect in ((False, expect_blocks), (True, expect_rows)):
+                got, want = _values(client, expect, sparse)
+                assert np.array_equal(got, want)
             _train(client, 1, sparse=True)
     finally:
         _stop(servers)

@@ -8,7 +8,6 @@ import json
 import numpy as np
 
 from ps.checkpoint import state as checkpoint
-from ps.checkpoint.files import manifest_checksum
 from ps.config import ServerConfig
 from ps.shard.moves import UnitMoves
 from ps.shard.shard import Shard
@@ -16,6 +15,7 @@ from ps.tables.optim import OptimizerSpec
 from ps.tables.placement import row_buckets
 from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.spec import TableSpec
+from tests.unit.test_placement_checkpoint import write_as_older
 
 DENSE = TableSpec("w", (64,), block_elems=8, optimizer=OptimizerSpec("adam", lr=0.1))
 SPARSE = SparseTableSpec("e", 3, optimizer=OptimizerSpec("adagrad", lr=0.5))
@@ -65,12 +65,7 @@ def test_a_checkpoint_without_kept_copies_or_held_buckets_restores_as_before(tmp
         saved = checkpoint.capture(s, "older")
         for part in saved.tables:
             part.arrays.pop("held", None)  # written before a file said which buckets it holds
-        path = checkpoint.write(str(tmp_path), saved)
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-        body = {k: v for k, v in manifest.items() if k not in ("checksum", "placement_version")}
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(dict(body, checksum=manifest_checksum(body)), f)
+        write_as_older(checkpoint.write(str(tmp_path), saved), "placement_version")
     for i in range(2):
         state = checkpoint.load(str(tmp_path), i, 2, "older")
         assert state is not None and len(state.sources) == 1  # its own file, as before
