@@ -123,7 +123,7 @@ def _one_spec(cls: type, pieces: Sequence[Piece]):
     return spec_from_json(cls, pieces[0].meta["spec"])
 
 
-def best_copies(units: Sequence[tuple[int, int, bool]], pieces: Sequence[Piece], rank: Callable[[int], int],
+def best_copies(units: Sequence[tuple[int, int, int]], pieces: Sequence[Piece],
                 owner: Callable[[PlacementMap, int], int]) -> dict[int, int]:
     """Which piece each unit is restored from: ``{unit index: piece index}`` for ``units``
     (``(piece index, unit index, newness)`` per saved copy), the copy with the highest
@@ -132,20 +132,17 @@ def best_copies(units: Sequence[tuple[int, int, bool]], pieces: Sequence[Piece],
     (the updates applied to it: a copy saved later in a move's history never has fewer); for
     a row bucket 0, so the saved map decides: a give installs the new map as it drops the
     bucket and a take as it adds it, so the file with the newer map saved the later state.
-    ``rank(i)``: piece ``i``'s map version; ``owner(map, unit)``: the unit's shard in a map."""
+    ``owner(map, unit)``: the unit's shard in a map. Pure."""
     best: dict[int, tuple] = {}
     chosen: dict[int, int] = {}
     for i, unit, newness in units:
         piece = pieces[i]
+        version = piece.saved.version if piece.saved is not None else 0
         placed = piece.saved is not None and owner(piece.saved, unit) == piece.shard
-        key = (newness, not piece.kept, rank(i), placed, -piece.shard)
+        key = (newness, not piece.kept, version, placed, -piece.shard)
         if unit not in best or key > best[unit]:
             best[unit], chosen[unit] = key, i
     return chosen
-
-
-def _map_version(piece: Piece) -> int:
-    return piece.saved.version if piece.saved is not None else 0
 
 
 def _array(arrays: Mapping[str, np.ndarray], key: str, shape: tuple[int, ...], dtype: np.dtype,
@@ -197,8 +194,7 @@ class DenseCodec:
         copies = [(i, int(index), int(version)) for i, p in enumerate(pieces) for index, version in
                   p.meta.get("blocks", ())]
         versions = {(i, index): version for i, index, version in copies}
-        chosen = best_copies(copies, pieces, lambda i: _map_version(pieces[i]),
-                             lambda m, b: m.block_owner(spec.name, b))
+        chosen = best_copies(copies, pieces, lambda m, b: m.block_owner(spec.name, b))
         optimizer = make_optimizer(spec.optimizer)
         blocks = {}
         for b in placement.blocks_of(spec.name, spec.num_blocks, shard_index):
@@ -286,28 +282,27 @@ class SparseCodec:
         ids_of = []
         for i, p in enumerate(pieces):
             ids = np.asarray(p.arrays["ids"])
+            if ids.ndim != 1 or ids.dtype != np.int64:
+                raise ValueError(f"checkpoint ids must be 1-D int64, got {ids.dtype}")
             ids_of.append(ids)
             if p.kept:
                 buckets = [int(k) for k in p.meta.get("buckets", ())]
+                if any(not 0 <= k < ROW_BUCKETS for k in buckets):
+                    raise ValueError("a kept row bucket out of range")
             elif "held" in p.arrays:
                 held = np.asarray(p.arrays["held"])
                 if held.shape != (ROW_BUCKETS,) or held.dtype != np.bool_:
                     raise ValueError(f"held buckets saved as {held.dtype.name}{list(held.shape)}")
                 buckets = np.flatnonzero(held).tolist()
             else:  # an older file among newer ones: the buckets of its rows
-                buckets = np.unique(row_buckets(name, ids)).tolist() if ids.ndim == 1 and len(ids) else []
+                buckets = np.unique(row_buckets(name, ids)).tolist()
             copies += [(i, k, 0) for k in buckets]
-        chosen = best_copies(copies, pieces, lambda i: _map_version(pieces[i]),
-                             lambda m, k: int(m.bucket_owners(name)[k]))
+        chosen = best_copies(copies, pieces, lambda m, k: int(m.bucket_owners(name)[k]))
         source = np.full(ROW_BUCKETS, -1, dtype=np.int64)
         for k, i in chosen.items():
-            if not 0 <= k < ROW_BUCKETS:
-                raise ValueError(f"no row bucket {k}")
             source[k] = i
         out = []
         for i, (p, ids) in enumerate(zip(pieces, ids_of)):
-            if ids.ndim != 1 or ids.dtype != np.int64:
-                raise ValueError(f"checkpoint ids must be 1-D int64, got {ids.dtype}")
             mine = source[row_buckets(name, ids)] == i
             view = {key: np.asarray(p.arrays[key])[mine] for key in p.arrays if _row_key(key)}
             if not p.kept:  # the table's clock, sketch and counters

@@ -6,6 +6,7 @@ move flags its manifest so that a restore reads every file of the checkpoint."""
 import json
 
 import numpy as np
+import pytest
 
 from ps.checkpoint import state as checkpoint
 from ps.config import ServerConfig
@@ -95,3 +96,20 @@ def test_a_shard_mid_move_flags_its_manifest_and_saves_its_kept_copies(tmp_path)
     own = checkpoint.load(str(tmp_path), 0, 2, "mid")
     assert list(own.kept) == [("w", False, block)] and block not in own.tables["dense"][0].blocks
     assert np.array_equal(own.kept[("w", False, block)].values, state.tables["dense"][0].blocks[block].values)
+
+
+def test_a_kept_piece_that_does_not_fit_is_a_checkpoint_error():
+    from ps.checkpoint.codecs import CODECS, CheckpointError, Piece, spec_to_json
+
+    placement = Shard(ServerConfig(shard_index=0, num_shards=2)).current_placement()
+    rows = {"ids": np.zeros(0, np.int64), "values": np.zeros((0, 3), np.float32),
+            "state.sum": np.zeros((0, 3), np.float32), "accesses": np.zeros(1, np.int64)}
+    bad_bucket = Piece({"spec": spec_to_json(SPARSE), "kept": True, "buckets": [1 << 20]}, rows, 0, placement, True)
+    for call in (CODECS["sparse"].restore, CODECS["sparse"].restore_kept):
+        with pytest.raises(CheckpointError, match="out of range"):
+            call([bad_bucket], 1, placement)
+    block = DENSE.num_blocks + 3
+    bad_block = Piece({"spec": spec_to_json(DENSE), "kept": True, "blocks": [[block, 1]]},
+                      {f"{block}.values": np.zeros(8, np.float32)}, 0, placement, True)
+    with pytest.raises(CheckpointError, match="out of range"):
+        CODECS["dense"].restore_kept([bad_block], 0, placement)
