@@ -14,7 +14,6 @@ settled first. A source keeps what it gave until the end, and a target takes a b
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import signal
@@ -25,6 +24,7 @@ import numpy as np
 
 from ps._proto import ps_pb2
 from ps.errors import FailedPreconditionError, InvalidArgumentError
+from ps.protocol.unit_wire import decode_units, encode_units
 from ps.tables.placement_map import PlacementMap, Unit
 from worker.client.transport import RetryPolicy, ShardChannel, call, fan_out
 
@@ -125,11 +125,7 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
     _fault(kill_after, "settle")
     taken: dict[int, list[tuple[ps_pb2.UnitState, dict[str, np.ndarray]]]] = defaultdict(list)
     for reply in replies:
-        with np.load(io.BytesIO(reply.payload), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-        for i, state in enumerate(reply.units):
-            prefix = f"{i}."
-            mine = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        for state, mine in zip(reply.units, decode_units(reply.payload, len(reply.units))):
             unit = state.unit
             owner = (int(placement.bucket_owners(unit.table)[unit.index]) if unit.rows
                      else placement.block_owner(unit.table, unit.index))
@@ -139,13 +135,9 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
         ch = channels[target if indices is None else list(indices).index(target)]
         for chunk in _pages(states):
             request = ps_pb2.MoveRequest(placement=wire)
-            payload = {}
-            for i, (state, mine) in enumerate(chunk):
+            for state, _ in chunk:
                 request.take.add().CopyFrom(state)
-                payload.update({f"{i}.{name}": arr for name, arr in mine.items()})
-            buf = io.BytesIO()
-            np.savez(buf, **payload)
-            request.payload = buf.getvalue()
+            request.payload = encode_units([mine for _, mine in chunk])
             takes.append((ch, ch.move, request))
     fan_out(takes, timeout_s, retry)
     _fault(kill_after, "take")

@@ -9,17 +9,16 @@ exactly as in :mod:`ps.serving.service` (:func:`~ps.serving.handler.failure_of`)
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import grpc
-import numpy as np
 
 from ps._proto import ps_pb2
 from ps.checkpoint.checkpointer import Checkpointer
 from ps.shard.consistency import Mode
 from ps.errors import FailedPreconditionError, InvalidArgumentError
 from ps.protocol.channel import SERVICE_NAME
+from ps.protocol.unit_wire import decode_units, encode_units
 from ps.serving.handler import budget
 from ps.serving.service import handled, lenient
 from ps.shard.moves import UnitMoves
@@ -118,14 +117,10 @@ class ControlService:
             given, next_skip = self.moves.give(placement, units, budget(context.time_remaining()), request.skip,
                                                request.max_bytes)
             reply.more, reply.next_skip = next_skip is not None, next_skip or 0
-            arrays = {}
-            for i, (unit, version, unit_arrays) in enumerate(given):
+            for unit, version, _ in given:
                 reply.units.add(version=version).unit.CopyFrom(ps_pb2.PlacedUnit(table=unit[0], rows=unit[1],
                                                                                    index=unit[2]))
-                arrays.update({f"{i}.{name}": arr for name, arr in unit_arrays.items()})
-            buf = io.BytesIO()
-            np.savez(buf, **arrays)
-            reply.payload = buf.getvalue()
+            reply.payload = encode_units([arrays for _, _, arrays in given])
             current = self.shard.placement
         elif request.take:
             current = self.moves.take(placement, _taken(request))
@@ -155,15 +150,7 @@ class ControlService:
 
 def _taken(request: ps_pb2.MoveRequest) -> list:
     """The ``take`` units of a Move with their arrays (``ps.shard.moves.UnitState``). Raises
-    InvalidArgumentError for a payload that is not an .npz archive of plain arrays."""
-    try:
-        with np.load(io.BytesIO(request.payload), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except Exception as exc:
-        raise InvalidArgumentError(f"malformed Move payload: {exc}") from None
-    out = []
-    for i, state in enumerate(request.take):
-        prefix = f"{i}."
-        mine = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-        out.append(((state.unit.table, state.unit.rows, int(state.unit.index)), int(state.version), mine))
-    return out
+    InvalidArgumentError for a payload that is not a ``ps.protocol.unit_wire`` encoding."""
+    arrays = decode_units(request.payload, len(request.take))
+    return [((state.unit.table, state.unit.rows, int(state.unit.index)), int(state.version), mine)
+            for state, mine in zip(request.take, arrays)]

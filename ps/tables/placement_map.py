@@ -43,12 +43,15 @@ class PlacementMap:
         if addresses and len(addresses) != num_shards:
             raise InvalidArgumentError(f"placement map of {num_shards} shards lists {len(addresses)} addresses")
         kept: dict[Unit, int] = {}
+        rule: dict[str, np.ndarray] = {}  # table -> its buckets' owners by the rule, computed once
         for (table, rows, index), shard in (moved or {}).items():
             if not 0 <= shard < num_shards:
                 raise InvalidArgumentError(f"placement map: {table!r} unit {index} on shard {shard} of {num_shards}")
             if index < 0 or (rows and index >= ROW_BUCKETS):
                 raise InvalidArgumentError(f"placement map: {table!r} has no {'bucket' if rows else 'block'} {index}")
-            if shard != self._default(table, bool(rows), int(index), num_shards):
+            if rows and table not in rule:
+                rule[table] = bucket_owners(table, num_shards)
+            if shard != (int(rule[table][index]) if rows else block_shard(table, int(index), num_shards)):
                 kept[(table, bool(rows), int(index))] = int(shard)
         self.version = int(version)
         self.num_shards = int(num_shards)
@@ -61,10 +64,6 @@ class PlacementMap:
     def initial(cls, num_shards: int, addresses: Sequence[str] = (), version: int = 1) -> PlacementMap:
         """The default rule on ``num_shards`` shards, nothing moved."""
         return cls(version, num_shards, None, addresses)
-
-    @staticmethod
-    def _default(table: str, rows: bool, index: int, num_shards: int) -> int:
-        return int(bucket_owners(table, num_shards)[index]) if rows else block_shard(table, index, num_shards)
 
     # -- lookups ---------------------------------------------------------------------------------
 

@@ -538,6 +538,9 @@ class SparseTable:
         _check_array(name, "values", arrays.get("values"), (len(ids), self.spec.dim), self._dtype)
         for key, (shape, dt, _) in self._layout.items():
             _check_array(name, f"state.{key}", arrays.get(f"state.{key}"), (len(ids), *shape), dt)
+        for key in ("tick", "accesses"):
+            if key in arrays and (np.shape(arrays[key]) != () or np.asarray(arrays[key]).dtype.kind not in "iu"):
+                raise InvalidArgumentError(f"{name}: bucket {bucket} moved with a {key} that is not one integer")
         sketch = arrays.get("sketch")
         if sketch is not None and (self.sketch is None or np.shape(sketch) != self.sketch.counts.shape):
             raise InvalidArgumentError(f"{name}: bucket {bucket} moved with an admission sketch that does not fit")

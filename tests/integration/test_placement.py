@@ -452,27 +452,36 @@ def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_a
         assert blocks == [TableSpec("w", (size,)).num_blocks // 3] * 3
 
 
-def test_after_a_resize_a_worker_uses_the_tcp_plane_on_the_shard_the_resize_added(shards):
+@pytest.mark.parametrize("plane", ["shared-memory", "tcp"])
+def test_after_a_resize_a_worker_keeps_its_fast_plane_on_every_shard_of_the_new_set(shards, plane):
+    """Grown 2 -> 3 and shrunk to the last two (whose places shift): every shard's parts,
+    the new one's too, travel over the plane the worker used before, and the weights it
+    pulls are exact (a shard's place changed, so nothing it pulled before is trusted)."""
     size = 8192
+    name = {"shared-memory": "shared memory", "tcp": "tcp"}[plane]
     with shards(3) as servers:
         a, b, c = (s.address for s in servers)
-        with Client(f"{a},{b}", local=False, stream=True) as client:
+        with Client(f"{a},{b}", **PLANES[plane]) as client:
             client.create("w", (size,), optimizer="sgd", lr=1.0)
             client.push({"w": np.ones(size, np.float32)})
-            assert client.data_planes() == ["tcp", "tcp"]
-            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
-            assert grow.returncode == 0, grow.stderr
-            client.push({"w": np.ones(size, np.float32)})  # redirected: the client follows the resize
-            assert client.addresses == [a, b, c]
-            assert client.data_planes() == ["tcp", "tcp", "tcp"]
-            plane = client._stream_plane
+            assert client.data_planes() == [name, name]
+            used = client._stream_plane if plane == "tcp" else client._local_plane
             sent: list[int] = []
-            send = plane.send
-            plane.send = lambda part, seq, step: (sent.append(part.shard), send(part, seq, step))[1]
-            for _ in range(3):
-                out = client.push_pull({"w": np.ones(size, np.float32)}, ["w"])["w"]
-            assert set(sent) == {0, 1, 2}  # every shard's parts went over TCP, the new one's too
-            assert np.array_equal(out, np.full(size, -5.0, np.float32))
+            send = used.send
+            used.send = lambda part, seq, step: (sent.append(part.shard), send(part, seq, step))[1]
+            expected = -1.0
+            for old, new in ([a, b], [a, b, c]), ([a, b, c], [b, c]):
+                admin = ps_admin("resize", "--servers", ",".join(old), "--to", ",".join(new))
+                assert admin.returncode == 0, admin.stderr
+                client.push({"w": np.ones(size, np.float32)})  # redirected: the client follows the resize
+                assert client.addresses == new
+                assert client.data_planes() == [name] * len(new)
+                sent.clear()
+                for _ in range(3):
+                    out = client.push_pull({"w": np.ones(size, np.float32)}, ["w"])["w"]
+                expected -= 4.0
+                assert set(sent) == set(range(len(new)))  # every shard's parts, the new one's too
+                assert np.array_equal(out, np.full(size, expected, np.float32))
 
 
 def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shards, tmp_path):

@@ -157,6 +157,33 @@ def test_a_move_of_a_bucket_a_shard_does_not_hold_is_refused_and_changes_nothing
             ch.close()
 
 
+def test_a_take_with_malformed_arrays_is_refused_and_changes_nothing(shards):
+    """A take whose payload is not a unit encoding, or whose bucket carries a clock that is no
+    single integer, is INVALID_ARGUMENT (never INTERNAL); the shard keeps serving as before."""
+    from ps.errors import InvalidArgumentError
+    from ps.protocol.unit_wire import encode_units
+
+    with shards(2) as servers:
+        _create(addresses(servers))
+        channels = _channels(servers)
+        with Client(addresses(servers)) as client:
+            client.push_rows("e", IDS, np.ones((len(IDS), DIM), np.float32))
+            home = PlacementMap.initial(2)
+            k = int(np.flatnonzero(home.bucket_owners("e") == 0)[0])  # an empty bucket shard 1 may take
+            target = home.with_moves({("e", True, k): 1})
+            bad_clock = {"ids": np.zeros(0, np.int64), "values": np.zeros((0, DIM), np.float32),
+                         "tick": np.array([1, 2], np.int64)}
+            for payload in (b"not a payload", encode_units([bad_clock])):
+                request = ps_pb2.MoveRequest(placement=target.to_proto(), payload=payload)
+                request.take.add(version=0).unit.CopyFrom(ps_pb2.PlacedUnit(table="e", rows=True, index=k))
+                with pytest.raises(InvalidArgumentError):
+                    call(channels[1], channels[1].move, request, 10.0, RetryPolicy())
+            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
+            assert np.array_equal(client.pull_rows("e", IDS), -np.ones((len(IDS), DIM), np.float32))
+        for ch in channels:
+            ch.close()
+
+
 def test_resize_2_to_3_to_2_with_a_sparse_table_while_3_workers_push_rows(shards):
     """Async, SGD at lr 1, integer gradients, Adam-free: every row ends at minus the sum of its
     acknowledged pushes; the buckets end even over each new shard set."""

@@ -223,20 +223,20 @@ class Client:
 
     def _reshard(self, placement) -> None:
         """A resize (a placement map listing other shards): channels to the new shard list,
-        registration with the new shards, sequence numbers carried over by address, the TCP
-        data plane opened again for the new list (gRPC for a shard that does not offer it, and
-        for every shard the shared-memory plane served). Blocks (registration, a Status and a
-        connect per shard); raises PSError."""
+        registration with the new shards, sequence numbers carried over by address, and the
+        fast data planes (shared memory, TCP) offered again for the new list (gRPC for a shard
+        that offers neither). Comes between calls, none in flight. Blocks (registration, a
+        Status and a connect per shard); raises PSError."""
         old = list(self._cluster.addresses)
         seqs = dict(zip(old, self._engine.next_seqs()))
         self._cluster.retarget(list(placement.addresses))
         fresh = self._membership.reshard(old)
         self.addresses = list(self._cluster.addresses)
-        planes = []
         if self._stream_plane is not None:  # it knows shards by their places: forget the old ones
             for shard in range(len(old)):
                 self._stream_plane.drop(shard)
-            planes = self._open_planes(offers=[self._stream_plane])
+        self._local_plane.forget_shards()  # the same, keeping its region and the caller's buffers
+        planes = self._open_planes()
         self._engine.reshard([seqs.get(a) or fresh.get(a, 1) for a in self.addresses], planes)
         self._planner.reshard(len(self.addresses))
 

@@ -203,6 +203,14 @@ class LocalPlane(SlotPlane):
         super().drop(shard)
         self._abandon()
 
+    def forget_shards(self) -> None:
+        """Close every shard's connections and forget what each shard's last pull left in the
+        region, keeping the region (and the arrays :meth:`buffers` handed out): the shards
+        changed places (a resize) and are offered again. Call between calls only (none in
+        flight, so no shard still writes into the region). Does not block or raise."""
+        super().close()
+        self._tokens.clear()
+
     def _abandon(self) -> None:
         """Never use the region again: a shard may still write into it."""
         if self._region is not None:
