@@ -130,23 +130,30 @@ def manifests(directory: str) -> list[tuple[str, str, dict]]:
     """``(tag, manifest path, manifest)`` of every valid manifest under ``directory``."""
     out = []
     for tag in sorted(os.listdir(directory)):
-        tag_dir = os.path.join(directory, tag)
-        if not TAG.match(tag) or not os.path.isdir(tag_dir):
+        out += [(tag, path, manifest) for path, manifest in tag_manifests(directory, tag)]
+    return out
+
+
+def tag_manifests(directory: str, tag: str) -> list[tuple[str, dict]]:
+    """``(manifest path, manifest)`` of every valid manifest of checkpoint ``tag`` in ``directory``."""
+    tag_dir = os.path.join(directory, tag)
+    if not TAG.match(tag) or not os.path.isdir(tag_dir):
+        return []
+    out = []
+    for name in sorted(os.listdir(tag_dir)):
+        match = _MANIFEST.match(name)
+        if not match:
             continue
-        for name in sorted(os.listdir(tag_dir)):
-            match = _MANIFEST.match(name)
-            if not match:
-                continue
-            path = os.path.join(tag_dir, name)
-            try:
-                manifest = read_manifest(path)
-                if manifest["tag"] != tag or (manifest["shard_index"], manifest["num_shards"]) != (
-                        int(match.group(1)), int(match.group(2))):
-                    raise CheckpointError("manifest does not match its file name")
-            except CheckpointError as exc:
-                log.warning("ignoring checkpoint manifest %s: %s", path, exc)
-                continue
-            out.append((tag, path, manifest))
+        path = os.path.join(tag_dir, name)
+        try:
+            manifest = read_manifest(path)
+            if manifest["tag"] != tag or (manifest["shard_index"], manifest["num_shards"]) != (
+                    int(match.group(1)), int(match.group(2))):
+                raise CheckpointError("manifest does not match its file name")
+        except CheckpointError as exc:
+            log.warning("ignoring checkpoint manifest %s: %s", path, exc)
+            continue
+        out.append((path, manifest))
     return out
 
 

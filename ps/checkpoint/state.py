@@ -17,8 +17,12 @@ crash at any point leaves the previous checkpoint whole and the new one invisibl
 Restoring (:func:`load`) takes the newest checkpoint whose files are valid and hold
 every block this shard owns: its own file when the shard count is unchanged, or every
 shard's file of one tag when it changed (N shards restore onto M: each reads the blocks
-it owns now). A file whose checksum does not match is skipped with a warning and an
-older checkpoint is used; nothing corrupt is ever served.
+it owns now), or when units had moved or were moving (the manifest's ``placement_moved``).
+A checkpoint taken in the middle of a move is whole too: the units a shard had given away
+and kept (``Shard.kept``) are saved, marked kept, and each unit is restored from its best
+copy (``ps.checkpoint.codecs.best_copies``; docs/placement.md "Checkpoints"). A file
+whose checksum does not match is skipped with a warning and an older checkpoint is used;
+nothing corrupt is ever served.
 
 The files' side (names, atomic writes, manifests, listing, pruning) is
 :mod:`ps.checkpoint.files`. Functions here do file I/O and block; they hold no locks of
@@ -50,16 +54,16 @@ from ps.checkpoint.files import (
     fsync_dir,
     listing,
     manifest_checksum,
-    manifests,
     new_tag,
     prune,
     read_manifest,
     remove_unreferenced,
     sha256_of,
+    tag_manifests,
 )
 from ps.errors import FailedPreconditionError, InvalidArgumentError
-from ps.tables.placement_map import PlacementMap
-from ps.checkpoint.codecs import CODECS, CheckpointError
+from ps.tables.placement_map import PlacementMap, Unit
+from ps.checkpoint.codecs import CODECS, CheckpointError, Piece
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,11 @@ class ShardState:
     left: list[int] = field(default_factory=list)  # workers that had left the quorum (not live on restore)
     #: the placement map: saved, the shard's; loaded, the one to serve with (docs/placement.md)
     placement: PlacementMap | None = None
+    #: saved: the shard kept given units or awaited units (a move under way), so its file alone
+    #: may not hold every unit it owns; loaded: False
+    unsettled: bool = False
+    #: loaded: the shard's own kept copies that the map puts elsewhere (``Shard.kept``)
+    kept: dict[Unit, object] = field(default_factory=dict)
 
 
 # -- capture ------------------------------------------------------------------------------
@@ -117,15 +126,18 @@ def capture(shard, tag: str, at_version: int = 0, timeout_s: float = 60.0) -> Sh
     """
     check_tag(tag)
 
-    held: list[PlacementMap | None] = []
+    held: list[tuple[PlacementMap | None, bool]] = []
 
-    def export() -> list[TablePart]:  # the shard's lock is held: the map and the tables agree
-        held.append(shard.current_placement())
+    def export() -> list[TablePart]:  # the shard's lock is held: the map, the tables and the kept copies agree
+        held.append((shard.current_placement(), bool(shard.kept) or _awaits_units(shard)))
         parts = []
         for kind, codec in CODECS.items():
             for table in codec.tables(shard):
                 meta, arrays = codec.export(table)
                 parts.append(TablePart(kind, table.spec.name, meta, arrays))
+                kept = codec.export_kept(table, shard.kept)
+                if kept is not None:
+                    parts.append(TablePart(kind, table.spec.name, *kept))
         return parts
 
     meta, parts = shard.recovery.capture(at_version, timeout_s, export)
@@ -140,7 +152,19 @@ def capture(shard, tag: str, at_version: int = 0, timeout_s: float = 60.0) -> Sh
     index, count = meta["topology"]
     return ShardState(tag=tag, shard_index=index, num_shards=count, version=meta["version"],
                       epoch=meta["epoch"], mode=meta["mode"], clocks=meta["clocks"], dedup=meta["dedup"],
-                      tables=parts, created=time.time(), left=meta["left"], placement=held[0])
+                      tables=parts, created=time.time(), left=meta["left"], placement=held[0][0],
+                      unsettled=held[0][1])
+
+
+def _awaits_units(shard) -> bool:
+    """Lock held: the shard's map puts units here that it does not hold yet (a move under way)."""
+    placement, topology = shard.current_placement(), shard.topology
+    if placement is None or shard.retired:
+        return False
+    if shard.arriving():
+        return True
+    return any(not np.array_equal(t.held, placement.bucket_owners(name) == topology[0])
+               for name, t in shard.rows.tables.items())
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -192,7 +216,9 @@ def write(directory: str, state: ShardState, hook: WriteHook | None = None) -> s
         "data": {"file": data_name, "bytes": size, "sha256": digest},
         "tables": [{"kind": t["kind"], "name": t["name"]} for t in tables],
         "cluster": bool(state.cluster),
-        "placement_moved": bool(state.placement is not None and state.placement.moved),
+        # the shard's file alone may not hold every unit it owns: a restore reads the whole tag
+        "placement_moved": bool(state.placement is not None and state.placement.moved) or state.unsettled,
+        "placement_version": state.placement.version if state.placement is not None else 0,
     }
     manifest = dict(body, checksum=manifest_checksum(body))
     manifest_name = f"{base}.manifest.json"
@@ -249,17 +275,21 @@ def _open_data(stack: contextlib.ExitStack, path: str, manifest: dict) -> dict:
     return header
 
 
+def _saved_map(header: dict) -> PlacementMap | None:
+    """The placement map a data file saved (None: written before maps were). Raises CheckpointError."""
+    if "placement" not in header:
+        return None
+    try:
+        return PlacementMap.from_json(header["placement"])
+    except InvalidArgumentError as exc:
+        raise CheckpointError(f"{header['_path']}: {exc}") from None
+
+
 def _placement_of(headers: list[dict], num_shards: int) -> PlacementMap:
     """The map a restore serves with: the newest saved one (without the shards' addresses,
     which a restart changes) when it is for ``num_shards`` shards; else the default rule on ``num_shards``, one version past every saved map (a
     resharding restore rebuilds every shard from the blocks, wherever they were)."""
-    saved = []
-    for h in headers:
-        if "placement" in h:
-            try:
-                saved.append(PlacementMap.from_json(h["placement"]))
-            except InvalidArgumentError as exc:
-                raise CheckpointError(f"{h['_path']}: {exc}") from None
+    saved = [m for m in map(_saved_map, headers) if m is not None]
     newest = max(saved, key=lambda m: m.version, default=None)
     if newest is not None and newest.num_shards == num_shards:  # the servers' addresses come from the clients
         return PlacementMap(newest.version, num_shards, newest.moved)
@@ -271,17 +301,22 @@ def _restore(files: list[tuple[str, dict]], shard_index: int, num_shards: int) -
     with contextlib.ExitStack() as stack:
         headers = [_open_data(stack, path, m) for path, m in files]
         placement = _placement_of(headers, num_shards)
-        pieces: dict[tuple[str, str], list] = defaultdict(list)
+        pieces: dict[tuple[str, str], list[Piece]] = defaultdict(list)
         for h in headers:
+            saved, own = _saved_map(h), same_topology and h["shard_index"] == shard_index
             for t in h["tables"]:
-                pieces[(t["kind"], t["name"])].append((t["meta"], _Arrays(h["_npz"], t["arrays"], h["_path"])))
+                pieces[(t["kind"], t["name"])].append(Piece(t["meta"], _Arrays(h["_npz"], t["arrays"], h["_path"]),
+                                                            int(h["shard_index"]), saved, own))
         tables: dict[str, list] = defaultdict(list)
+        kept: dict[Unit, object] = {}
         for (kind, name), parts in pieces.items():
             codec = CODECS.get(kind)
             if codec is None:
                 raise UnsupportedCheckpointError(f"table {name!r} is of kind {kind!r}, which this server "
                                                  "cannot restore")
             tables[kind].append(codec.restore(parts, shard_index, placement))
+            if same_topology:  # kept copies finish a move under the saved map; another count has a new map
+                kept.update(codec.restore_kept(parts, shard_index, placement))
         clocks: dict[int, int] = {}
         for h in headers:
             for w, c in h["clocks"].items():
@@ -303,7 +338,7 @@ def _restore(files: list[tuple[str, dict]], shard_index: int, num_shards: int) -
             version=max(h["version"] for h in headers), epoch=max(h["epoch"] for h in headers),
             mode=modes.pop() if len(modes) == 1 else "mixed", clocks=clocks, dedup=dedup,
             tables=dict(tables), created=max(m["created"] for _, m in files),
-            sources=[h["_path"] for h in headers], left=sorted(left), placement=placement,
+            sources=[h["_path"] for h in headers], left=sorted(left), placement=placement, kept=kept,
         )
 
 
@@ -322,8 +357,8 @@ def load(directory: str, shard_index: int, num_shards: int, tag: str | None = No
     UnsupportedCheckpointError for a valid checkpoint holding a table kind with no codec.
     """
     for files in candidates(directory, shard_index, num_shards, tag):
-        if len(files) == 1 and files[0][1].get("placement_moved", True):  # blocks moved in (or placed by an
-            files = _whole_tag(directory, files[0][1])                    # older rule) live in others' files
+        if len(files) == 1:  # units moved in (or placed by an older rule, or mid-move) live in others' files
+            files = _needed_files(directory, files[0])
         try:
             with _READS:
                 return _restore(files, shard_index, num_shards)
@@ -334,22 +369,34 @@ def load(directory: str, shard_index: int, num_shards: int, tag: str | None = No
     return None
 
 
-def _whole_tag(directory: str, manifest: dict) -> list[tuple[str, dict]]:
-    """Every shard's file of ``manifest``'s checkpoint (same tag and shard count), own first
-    where all are there; else just ``manifest``'s own (the restore then names what is missing)."""
+def _needed_files(directory: str, own: tuple[str, dict]) -> list[tuple[str, dict]]:
+    """The files a shard restores from when its own file ``own`` is for the same shard count:
+    its own alone when that holds every unit the shard owns, else every shard's file of the
+    checkpoint (same tag and count, own first where all are there; just its own where some are
+    missing: the restore then names what is missing). Every file is needed when units had
+    moved (``placement_moved``; also set by a shard that kept given units or awaited units
+    of a move, and missing from files written before the map: their blocks were placed by an
+    older rule), or when another shard's file saved a newer map (written after a move this
+    shard's file predates)."""
+    manifest = own[1]
     count = manifest["num_shards"]
-    files = {m["shard_index"]: (path, m) for name, path, m in manifests(directory)
-             if name == manifest["tag"] and m["num_shards"] == count}
+    files = {m["shard_index"]: (path, m) for path, m in tag_manifests(directory, manifest["tag"])
+             if m["num_shards"] == count}
+    newer = any(m.get("placement_version", 0) > manifest.get("placement_version", 0) for _, m in files.values())
+    if not manifest.get("placement_moved", True) and not newer:
+        return [own]
     if len(files) != count:
-        return [files[manifest["shard_index"]]]
+        return [files.get(manifest["shard_index"], own)]
     return [files[i] for i in range(count)]
 
 
 def install_tables(shard, state: ShardState) -> None:
-    """Install a restored state's tables and placement map on ``shard`` (its lock held: a
-    ``Recovery.install`` or rollback callback)."""
+    """Install a restored state's tables, kept copies and placement map on ``shard`` (its
+    lock held: a ``Recovery.install`` or rollback callback)."""
     for kind, codec in CODECS.items():
         codec.install(shard, state.tables.get(kind, []))
+    shard.kept.clear()
+    shard.kept.update(state.kept)
     if state.placement is not None:
         shard.set_placement(state.placement)
 

@@ -7,7 +7,8 @@ A move of units from shard A to shard B under a new map version v (driven by
    a unit A no longer owns, is refused unapplied (reason MOVED) after its duplicate check;
    waits (bounded) until no push admitted under an older map is still being applied; stops
    holding the units and answers their values, optimizer state and versions. A keeps a
-   copy until :meth:`release`, so a rerun of an interrupted move can give them again.
+   copy until :meth:`release` (``Shard.kept``: checkpoints save it, a restore puts it back),
+   so a rerun of an interrupted move can give them again, even after A restarted.
 2. B :meth:`UnitMoves.take`: holds the units (a repeat is a no-op) and installs v.
 3. Every other shard installs v (:meth:`UnitMoves.install`); then A releases its copies.
 
@@ -50,9 +51,12 @@ class UnitMoves:
 
     def __init__(self, shard: Shard) -> None:
         self._shard = shard
-        #: units given away, kept until released (a rerun gives them again): a dense block, or a
-        #: row bucket's arrays (``SparseTable.take_buckets``)
-        self._given: dict[Unit, Block | dict[str, np.ndarray]] = {}
+
+    @property
+    def _given(self) -> dict[Unit, Block | dict[str, np.ndarray]]:
+        """Units given away, kept until released (a rerun gives them again): the shard's
+        :attr:`Shard.kept`, so checkpoints save them and a restore puts them back. Lock held."""
+        return self._shard.kept
 
     def reshard(self, placement: PlacementMap, index: int, tables: Sequence[TableSpec | SparseTableSpec] = (),
                 step: int = 0, workers: Sequence[int] = ()) -> None:

@@ -41,7 +41,7 @@ from ps.shard.sequencer import PushResult, Sequencer
 from ps.shard.sparse_rows import SparseRows
 from ps.tables.clipping import clip_by_norm
 from ps.tables.dense_table import Block, DenseTable
-from ps.tables.placement_map import PlacementMap
+from ps.tables.placement_map import PlacementMap, Unit
 from ps.tables.spec import TableSpec, exists_alike
 
 __all__ = ["PulledBlock", "PushResult", "Shard"]
@@ -106,6 +106,12 @@ class Shard:
         self.admitted: Counter[int] = Counter()
         #: (table, block) -> pushes and pulls that touched the block here (ps-admin rebalance)
         self.accesses: Counter[tuple[str, int]] = Counter()
+        #: units this shard gave away in a move and keeps until the move releases them (a rerun
+        #: gives them again): unit -> a dense ``Block``, or a row bucket's arrays
+        #: (``SparseTable.take_buckets``). Part of the shard's state: checkpoints save them
+        #: (marked kept) and a restore puts them back (``ps.shard.moves``, docs/placement.md).
+        #: Guarded by the sequencer's lock.
+        self.kept: dict[Unit, Block | dict[str, np.ndarray]] = {}
 
     @property
     def epoch(self) -> int:

@@ -611,15 +611,9 @@ class SparseTable:
         table = cls(spec, shard_index, num_shards)
         if owners is not None:
             table.held = np.asarray(owners) == shard_index
-        dim, dtype = spec.dim, np.dtype(spec.dtype)
         ids_parts, keep_parts = [], []
         for src in sources:
-            ids = np.asarray(src["ids"])
-            if ids.ndim != 1 or ids.dtype != np.int64:
-                raise InvalidArgumentError(f"{spec.name}: checkpoint ids must be 1-D int64, got {ids.dtype}")
-            _check_array(spec.name, "values", src.get("values"), (len(ids), dim), dtype)
-            for name, (shape, dt, _) in table._layout.items():
-                _check_array(spec.name, f"state.{name}", src.get(f"state.{name}"), (len(ids), *shape), dt)
+            ids = check_rows(spec, table._layout, src)
             ids_parts.append(ids)
             keep_parts.append(table.held[row_buckets(spec.name, ids)])
         ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int64)
@@ -657,6 +651,19 @@ class SparseTable:
             for name in _COUNTERS:
                 table.counters[name] = sum(int(np.asarray(s.get(f"counter.{name}", 0))) for s in sources)
         return table
+
+
+def check_rows(spec: SparseTableSpec, layout: Mapping, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Check saved rows of ``spec``'s table (``ids``, ``values``, ``state.<name>`` per the
+    optimizer's ``layout``: ``RowOptimizer.state_layout``) fit together; returns the ids.
+    Raises InvalidArgumentError."""
+    ids = np.asarray(arrays["ids"])
+    if ids.ndim != 1 or ids.dtype != np.int64:
+        raise InvalidArgumentError(f"{spec.name}: checkpoint ids must be 1-D int64, got {ids.dtype}")
+    _check_array(spec.name, "values", arrays.get("values"), (len(ids), spec.dim), np.dtype(spec.dtype))
+    for name, (shape, dt, _) in layout.items():
+        _check_array(spec.name, f"state.{name}", arrays.get(f"state.{name}"), (len(ids), *shape), dt)
+    return ids
 
 
 def _grown(array: np.ndarray, rows: int) -> np.ndarray:

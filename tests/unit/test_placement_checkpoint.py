@@ -16,6 +16,15 @@ from ps.tables.spec import TableSpec
 SPEC = TableSpec("w", (64,), block_elems=8)
 
 
+def write_as_older(manifest_path: str, *fields: str) -> None:
+    """Rewrite a checkpoint's manifest as a writer before ``fields`` existed did: without them."""
+    with open(manifest_path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    body = {k: v for k, v in manifest.items() if k not in ("checksum", *fields)}
+    with open(manifest_path, "w", encoding="utf-8") as f:
+        json.dump(dict(body, checksum=manifest_checksum(body)), f)
+
+
 def test_a_checkpoint_of_an_older_placement_restores_onto_the_same_count(tmp_path):
     shards = [Shard(ServerConfig(shard_index=i, num_shards=2)) for i in range(2)]
     for s in shards:
@@ -31,12 +40,7 @@ def test_a_checkpoint_of_an_older_placement_restores_onto_the_same_count(tmp_pat
     for s in shards:
         saved = checkpoint.capture(s, "old")
         saved.placement = None  # an older writer kept no map
-        path = checkpoint.write(str(tmp_path), saved)
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-        body = {k: v for k, v in manifest.items() if k not in ("checksum", "placement_moved")}
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(dict(body, checksum=manifest_checksum(body)), f)
+        write_as_older(checkpoint.write(str(tmp_path), saved), "placement_moved")
     for i in range(2):
         state = checkpoint.load(str(tmp_path), i, 2, "old")
         assert state is not None, "the older checkpoint was skipped"
