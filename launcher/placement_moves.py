@@ -39,15 +39,13 @@ def newest_placement(channels: Sequence[ShardChannel], timeout_s: float, retry: 
     return _cluster(channels, timeout_s, retry)[0]
 
 
-def _cluster(channels: Sequence[ShardChannel], timeout_s: float,
-             retry: RetryPolicy) -> tuple[PlacementMap, bool, bool]:
-    """:func:`newest_placement`, whether the shards run in sync mode, and whether they hold sparse tables."""
+def _cluster(channels: Sequence[ShardChannel], timeout_s: float, retry: RetryPolicy) -> tuple[PlacementMap, bool]:
+    """:func:`newest_placement`, and whether the shards run in sync mode."""
     replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest()) for ch in channels], timeout_s, retry)
     maps = [PlacementMap.from_proto(r.placement) for r in replies if r.HasField("placement")]
     if not maps:
         raise FailedPreconditionError("no shard knows its topology yet: create a table first")
-    return (max(maps, key=lambda m: m.version), any(r.mode == ps_pb2.SYNC for r in replies),
-            any(r.sparse_tables for r in replies))
+    return max(maps, key=lambda m: m.version), any(r.mode == ps_pb2.SYNC for r in replies)
 
 
 def move_blocks(channels: Sequence[ShardChannel], moves: Mapping[tuple[str, int], int], timeout_s: float,
@@ -62,14 +60,10 @@ def move_units(channels: Sequence[ShardChannel], moves: Mapping[Unit, int], time
     bucket) to shard ``moves[...]`` for each entry; returns the map installed. First finishes
     a move left half done (the newest map some shard holds). ``kill_after`` (fault injection
     for tests: "settle" or "take") SIGKILLs this process right after that step of the new
-    move. In sync mode only clusters of dense tables move (a sync step's row sums are not held
-    at the step boundary yet). Blocks (each call bounded by ``timeout_s``). Raises
-    InvalidArgumentError for a shard or bucket out of range, FailedPreconditionError (sync
-    mode with sparse tables), PSError from the shards."""
-    current, sync, sparse = _cluster(channels, timeout_s, retry)
-    if sync and sparse:
-        raise FailedPreconditionError("in sync mode, moves work for clusters of dense tables only (for now): "
-                                      "a sync step's row sums are not held at the step boundary yet")
+    move. In sync mode the move settles at a step boundary (:func:`hold_step_boundary`).
+    Blocks (each call bounded by ``timeout_s``). Raises InvalidArgumentError for a shard or
+    bucket out of range, PSError from the shards."""
+    current, sync = _cluster(channels, timeout_s, retry)
     if current.num_shards != len(channels):
         raise InvalidArgumentError(f"the servers' map is for {current.num_shards} shards; {len(channels)} given")
     for (table, rows, index), shard in moves.items():
@@ -225,12 +219,11 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
            retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
     """Change the shards from ``old`` to ``new`` (addresses; ``channels`` holds one per address of
     either) while workers train; returns the map installed. A resize left half done (the same
-    ``new``) is finished. Async mode (dense blocks and sparse row buckets move) and sync mode
-    (dense tables only). ``kill_after``: as :func:`move_units`, or "settle-first" (in the
+    ``new``) is finished. Async and sync mode (at a step boundary); dense blocks and sparse
+    row buckets move. ``kill_after``: as :func:`move_units`, or "settle-first" (in the
     middle of the settle loop: after the first new server settled, before the others).
     Blocks (each call bounded by ``timeout_s``). Raises InvalidArgumentError (duplicate
-    addresses, servers that are not ``old``), FailedPreconditionError (ssp mode, sparse
-    tables in sync mode), PSError."""
+    addresses, servers that are not ``old``), FailedPreconditionError (ssp mode), PSError."""
     old, new = list(old), list(new)
     if len(set(old)) != len(old) or len(set(new)) != len(new) or not new:
         raise InvalidArgumentError("--servers and --to must each list distinct addresses, --to at least one")
@@ -250,8 +243,6 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
             raise InvalidArgumentError(f"the servers are {','.join(placed)}, not {','.join(old)}")
         if any(r.mode == ps_pb2.SSP for r in statuses if r.HasField("placement")):
             raise FailedPreconditionError("resize works in async and sync mode only (for now)")
-        if any(r.sparse_tables and r.mode == ps_pb2.SYNC for r in statuses):
-            raise FailedPreconditionError("resize moves sparse tables in async mode only (for now)")
         target = plan_resize(newest, old, new, list(specs.values()))
     ordered = [channels[a] for a in union]
     indices = [new.index(a) if a in new else -1 for a in union]
@@ -299,7 +290,7 @@ def rebalance(channels: Sequence[ShardChannel], by: str, ratio: float, timeout_s
     pushed and pulled per row bucket) is at most ``ratio`` times the mean
     (``plan_rebalance``), with :func:`move_units`. Returns the loads' max/mean ratio before
     and after, the units moved and the map. Blocks; raises InvalidArgumentError,
-    PSError (sync mode with row buckets to move: FailedPreconditionError)."""
+    PSError."""
     if by not in ("bytes", "accesses") or not ratio >= 1.0:
         raise InvalidArgumentError(f"rebalance by bytes or accesses, to a ratio >= 1 (got {by!r}, {ratio})")
 

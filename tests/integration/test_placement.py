@@ -22,6 +22,7 @@ from ps import ServerConfig, ShardServer
 from ps._proto import ps_pb2
 from ps.checkpoint import state as checkpoint
 from ps.errors import DeadlineExceededError, InvalidArgumentError
+from ps.tables.placement import row_buckets
 from ps.tables.placement_map import PlacementMap
 from ps.tables.spec import TableSpec
 from tests.conftest import run_threads
@@ -512,21 +513,6 @@ def test_resize_is_refused_in_ssp_mode_and_changes_nothing(shards):
             client.pull(["w"])
 
 
-def test_sync_moves_and_resize_are_refused_with_a_sparse_table_and_change_nothing(shards):
-    with shards(3, mode="sync", num_workers=1) as servers:
-        a, b, c = (s.address for s in servers)
-        with Client(f"{a},{b}", worker_id=0, local=False) as client:
-            client.create("w", (4096,))
-            client.create_sparse("emb", dim=4)
-            move = ps_admin("move", "--servers", f"{a},{b}", "--table", "w", "--blocks", "0", "--to", "1")
-            assert move.returncode == 1 and "dense tables only" in move.stderr
-            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
-            assert grow.returncode == 1 and "async mode only" in grow.stderr
-            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
-            client.push({"w": np.ones(4096, np.float32)})
-            np.testing.assert_array_equal(client.pull(["w"])["w"], np.full(4096, -0.01, np.float32))
-
-
 def test_a_sync_hold_is_bounded_names_the_move_and_ends_with_unhold_and_bad_holds_change_nothing(shards):
     with shards(2, mode="sync", num_workers=1) as servers:
         channels = _channels(servers)
@@ -550,15 +536,33 @@ def test_a_sync_hold_is_bounded_names_the_move_and_ends_with_unhold_and_bad_hold
 
 
 SYNC_LR = 0.05
+#: the sparse table's ids (hashed into row buckets all over the shards) and row width
+SYNC_IDS, SYNC_DIM = 3000, 4
+
+
+def row_ids(rank: int, step: int) -> np.ndarray:
+    """Worker ``rank``'s row ids at ``step``: 24, 4 of them shared with the other workers, repeats possible."""
+    mine = np.random.default_rng([rank, step, 1]).integers(0, SYNC_IDS, 20)
+    return np.concatenate([mine, np.random.default_rng([step, 2]).integers(0, SYNC_IDS, 4)]).astype(np.int64)
+
+
+def row_gradient(rank: int, step: int, rows: np.ndarray) -> np.ndarray:
+    """The squared-error gradient of ``rows`` (those of :func:`row_ids`) towards worker ``rank``'s targets."""
+    target = np.random.default_rng([rank, step, 3]).standard_normal(rows.shape).astype(np.float32)
+    return (rows - target).astype(np.float32)
 
 
 class SyncTrainers:
     """``workers`` sync workers training a Linear layer (tables "w" and "b", small blocks so they
     span every shard) until :meth:`stop` names the last step: every worker stops at that same
-    step (set above any step a worker began). Bounded by ``most_steps``."""
+    step (set above any step a worker began). Bounded by ``most_steps``. ``rows``: each step
+    also pulls rows of a sparse table "emb" and pushes their gradients with the dense ones, as
+    one step (:func:`row_gradient`)."""
 
-    def __init__(self, servers: str, workers: int, fused: bool = False, most_steps: int = 2000) -> None:
+    def __init__(self, servers: str, workers: int, fused: bool = False, most_steps: int = 2000,
+                 rows: bool = False) -> None:
         self.servers, self.workers, self.fused, self.most_steps = servers, workers, fused, most_steps
+        self.rows = rows
         self.going = [threading.Event() for _ in range(workers)]
         self.progress = [0] * workers
         self.stop_at: int | None = None
@@ -575,6 +579,8 @@ class SyncTrainers:
         with Client(self.servers, worker_id=rank, timeout_s=10, wait_timeout_s=30) as ps:
             ps.create("w", shape=(100, 10), init="normal", init_scale=0.1, seed=7, lr=SYNC_LR, block_elems=96)
             ps.create("b", shape=(10,), lr=SYNC_LR, block_elems=4)
+            if self.rows:
+                ps.create_sparse("emb", dim=SYNC_DIM, lr=SYNC_LR)
             initial = p = ps.pull(["w", "b"])
             for step in range(self.most_steps):
                 with self._lock:
@@ -583,12 +589,19 @@ class SyncTrainers:
                     self.progress[rank] = step
                 if self.fused:  # one push-pull per step: the step's push and the next step's weights
                     p = ps.push_pull(linear_gradient(rank, step, p["w"], p["b"]), ["w", "b"])
+                elif self.rows:
+                    p = ps.pull(["w", "b"])
+                    ids = row_ids(rank, step)
+                    ps.push(linear_gradient(rank, step, p["w"], p["b"]),
+                            rows={"emb": (ids, row_gradient(rank, step, ps.pull_rows("emb", ids)))})
                 else:
                     p = ps.pull(["w", "b"])
                     ps.push(linear_gradient(rank, step, p["w"], p["b"]))
                 if step == 2:
                     self.going[rank].set()
             final = ps.pull(["w", "b"])
+            if self.rows:
+                final["emb"] = ps.pull_rows("emb", np.arange(SYNC_IDS))
             with self._lock:
                 self.initial = initial
                 self.finals.append(final)
@@ -605,36 +618,58 @@ class SyncTrainers:
         run_threads([lambda r=r: self.work(r) for r in range(self.workers)] + [admin_then_stop], timeout_s=120.0)
 
     def check_against_numpy(self) -> None:
-        """Every worker ends equal to one NumPy process: SGD on the mean of the workers' gradients."""
+        """Every worker ends equal to one NumPy process: SGD on the mean of the workers' gradients
+        (a row's mean counts a worker that did not push it as a zero gradient)."""
         w = self.initial["w"].astype(np.float64)
         b = self.initial["b"].astype(np.float64)
+        emb = np.zeros((SYNC_IDS, SYNC_DIM), np.float64)  # rows start at zeros
         for step in range(self.stop_at):
             grads = [linear_gradient(r, step, w.astype(np.float32), b.astype(np.float32)) for r in range(self.workers)]
             w = w - SYNC_LR * np.mean([g["w"] for g in grads], axis=0)
             b = b - SYNC_LR * np.mean([g["b"] for g in grads], axis=0)
+            if self.rows:
+                total = np.zeros_like(emb)
+                for r in range(self.workers):
+                    ids = row_ids(r, step)
+                    np.add.at(total, ids, row_gradient(r, step, emb[ids].astype(np.float32)))
+                emb = emb - SYNC_LR * total / self.workers
         assert len(self.finals) == self.workers
         for final in self.finals:
             np.testing.assert_allclose(final["w"], w, rtol=1e-6, atol=1e-6)
             np.testing.assert_allclose(final["b"], b, rtol=1e-6, atol=1e-6)
+            if self.rows:
+                np.testing.assert_allclose(final["emb"], emb, rtol=1e-6, atol=1e-6)
         assert np.abs(self.finals[0]["w"] - self.initial["w"]).max() > 1e-3  # it trained
+        if self.rows:
+            assert np.abs(self.finals[0]["emb"]).max() > 1e-2
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["pull-then-push", "push-pull"])
-def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(shards, fused):
+def rows_held(status: list[dict]) -> list[int]:
+    """Rows of the sparse table "emb" each shard stores (its ``status()``)."""
+    return [next(t["rows"] for t in st["sparse_tables"] if t["name"] == "emb") for st in status]
+
+
+@pytest.mark.parametrize("fused,rows", [(False, False), (True, False), (False, True)],
+                         ids=["pull-then-push", "push-pull", "dense-and-rows"])
+def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(shards, fused, rows):
     """Sync (BSP): the resizes settle between two steps; the workers never restart and end equal
-    to one NumPy process doing SGD on the mean gradient, to 1e-6."""
+    to one NumPy process doing SGD on the mean gradient, to 1e-6. ``rows``: each step also pulls
+    and pushes rows of a sparse table, whose row buckets move too (and one more ``move --buckets``)."""
     with shards(3, mode="sync", num_workers=3) as servers:
         a, b, c = (s.address for s in servers)
-        trainers = SyncTrainers(f"{a},{b}", 3, fused)
+        trainers = SyncTrainers(f"{a},{b}", 3, fused, rows=rows)
 
         def admin() -> None:
             grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
             assert grow.returncode == 0, grow.stderr
             assert json.loads(grow.stdout)["addresses"] == [a, b, c]
             with Client(f"{a},{b},{c}", observer=True) as observer:
-                held = [next(t["blocks"] for t in st["tables"] if t["name"] == "w") for st in observer.status()]
+                status = observer.status()
+            held = [next(t["blocks"] for t in st["tables"] if t["name"] == "w") for st in status]
             assert held == [4, 4, 3] or sorted(held) == [3, 4, 4], held  # the new shard took its share
             assert held[2] > 0
+            if rows:
+                assert min(rows_held(status)) > 0, rows_held(status)  # the new shard took rows too
             shrink = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")
             assert shrink.returncode == 0, shrink.stderr
             again = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")  # a rerun: no change
@@ -644,33 +679,46 @@ def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(
             moved = ps_admin("move", "--servers", f"{b},{c}", "--table", "w", "--blocks", str(first), "--to", "1")
             assert moved.returncode == 0, moved.stderr
             assert json.loads(moved.stdout)["version"] == 4  # a move in sync mode too
+            if rows:  # the buckets of a worker's rows, from shard 0 to shard 1, in sync mode
+                owners = shrunk.bucket_owners("emb")
+                buckets = sorted({int(k) for k in row_buckets("emb", row_ids(0, 0)) if owners[k] == 0})
+                moved = ps_admin("move", "--servers", f"{b},{c}", "--table", "emb", "--buckets",
+                                 ",".join(map(str, buckets)), "--to", "1")
+                assert moved.returncode == 0, moved.stderr
+                assert json.loads(moved.stdout)["version"] == 5
 
         trainers.run(admin)
         assert trainers.addresses == [[b, c]] * 3  # no worker restarted: each followed the map
         trainers.check_against_numpy()
         with Client(f"{b},{c}", observer=True) as observer:
-            assert all(s["counters"].get("stale", 0) == 0 for s in observer.status())  # no step lost a gradient
-        with Client(f"{b},{c}", observer=True) as observer:
             status = observer.status()
+        assert all(s["counters"].get("stale", 0) == 0 for s in status)  # no step lost a gradient
         assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
         assert sum(next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status) == 11
+        if rows:  # every row pushed is stored once, on one of the two servers left
+            pushed = {int(i) for r in range(3) for t in range(trainers.stop_at) for i in row_ids(r, t)}
+            assert sum(rows_held(status)) == len(pushed)
 
 
 @pytest.mark.parametrize("kill_after", ["settle-first", "take"])
 def test_a_sync_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_stays_exact(shards, kill_after):
-    """The admin killed while the pushes are held at the step boundary (inside the settle loop,
-    or after the takes): the workers wait (bounded), the rerun settles and releases them."""
+    """The admin killed while the pushes (dense and rows) are held at the step boundary (inside
+    the settle loop, or after the takes): the workers wait (bounded), the rerun settles and
+    releases them."""
     with shards(3, mode="sync", num_workers=3) as servers:
         a, b, c = (s.address for s in servers)
-        trainers = SyncTrainers(f"{a},{b}", 3)
+        trainers = SyncTrainers(f"{a},{b}", 3, rows=True)
+        reruns: list[subprocess.CompletedProcess] = []
 
-        trainers.run(lambda: killed_resize_then_rerun(f"{a},{b}", f"{a},{b},{c}", kill_after))
+        trainers.run(lambda: reruns.append(killed_resize_then_rerun(f"{a},{b}", f"{a},{b},{c}", kill_after)))
         assert trainers.addresses == [[a, b, c]] * 3
         trainers.check_against_numpy()
         with Client(f"{a},{b},{c}", observer=True) as observer:
             status = observer.status()
         assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
         assert [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status] == [4, 4, 3]
+        owners = PlacementMap.from_json(json.loads(reruns[0].stdout)).bucket_owners("emb")
+        assert sorted(np.bincount(owners, minlength=3)) == [1365, 1365, 1366]  # the row buckets even too
 
 
 def test_a_move_larger_than_one_message_goes_in_pages(shards, monkeypatch):
