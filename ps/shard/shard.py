@@ -439,8 +439,8 @@ class Shard:
         num_parts = max(1, num_parts)
         with self.steps.cond:
             selected = self._pull_tables(worker, tables, part, num_parts, False)  # before it waits (or abstains)
-            version = self.steps.await_pull(worker, step, deadline)
-            self._check_pull_placement(placement_version, pushed, selected)
+            version = self.steps.await_pull(  # a map installed while the pull waits redirects it at once
+                worker, step, deadline, lambda: self._check_pull_placement(placement_version, pushed, selected))
             generation = self.steps.generation
         known = known or {}
         picked = [(t, b) for t in selected for b in t.part_blocks(part, num_parts)]

@@ -231,8 +231,8 @@ class SparseRows:
         table.check_ids(ids, placed=self.placer is None)
         buckets = row_buckets(name, ids) if self.placer is not None else None
         with steps.cond:
-            version = steps.await_pull(worker, step, deadline)
-            self._check_placement(placement_version, table, ids, buckets)
+            version = steps.await_pull(  # a map installed while the pull waits redirects it at once
+                worker, step, deadline, lambda: self._check_placement(placement_version, table, ids, buckets))
         values = table.read(ids)
         with steps.cond:
             self._check_placement(placement_version, table, ids, buckets)  # a bucket may have moved meanwhile
