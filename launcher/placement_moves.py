@@ -79,7 +79,8 @@ def move_units(channels: Sequence[ShardChannel], moves: Mapping[Unit, int], time
 
 def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s: float, retry: RetryPolicy,
            kill_after: str = "", indices: Sequence[int] | None = None,
-           tables: Sequence[ps_pb2.TableSpec] = (), first: int = 0, sync: bool = False) -> PlacementMap:
+           tables: Sequence[ps_pb2.TableSpec] = (), first: int = 0, sync: bool = False,
+           clocks: tuple[int, Sequence[int]] = (0, ())) -> PlacementMap:
     """Make ``placement`` true everywhere: every shard installs it and gives the blocks it puts
     elsewhere (held, or kept from an interrupted move), their owners take them, every shard
     drops its kept copies. Idempotent: run again after any interruption, it finishes.
@@ -89,9 +90,10 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
     The ``first`` channels settle one by one, then the others all at once; the takes go to
     their owners all at once. ``sync``: the shards (the ``first``, new to the cluster, apart)
     first hold their pushes at a common step boundary (:func:`hold_step_boundary`) and
-    release them at the end; the new ones start at that boundary. Blocks; raises PSError."""
+    release them at the end; the new ones start at that boundary. Else a new shard starts
+    its workers at ``clocks`` (ssp: :func:`ssp_clocks`). Blocks; raises PSError."""
     wire = placement.to_proto()
-    step, workers = hold_step_boundary(channels[first:], wire, timeout_s, retry) if sync else (0, [])
+    step, workers = hold_step_boundary(channels[first:], wire, timeout_s, retry) if sync else clocks
     requests = []
     for k in range(len(channels)):
         request = ps_pb2.MoveRequest(placement=wire, settle=True, max_bytes=MOVE_PAGE_BYTES)
@@ -219,11 +221,11 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
            retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
     """Change the shards from ``old`` to ``new`` (addresses; ``channels`` holds one per address of
     either) while workers train; returns the map installed. A resize left half done (the same
-    ``new``) is finished. Async and sync mode (at a step boundary); dense blocks and sparse
-    row buckets move. ``kill_after``: as :func:`move_units`, or "settle-first" (in the
+    ``new``) is finished. Every mode (sync: at a step boundary; ssp: a new shard knows the
+    workers' clocks); dense blocks and sparse row buckets move. ``kill_after``: as :func:`move_units`, or "settle-first" (in the
     middle of the settle loop: after the first new server settled, before the others).
     Blocks (each call bounded by ``timeout_s``). Raises InvalidArgumentError (duplicate
-    addresses, servers that are not ``old``), FailedPreconditionError (ssp mode), PSError."""
+    addresses, servers that are not ``old``), PSError."""
     old, new = list(old), list(new)
     if len(set(old)) != len(old) or len(set(new)) != len(new) or not new:
         raise InvalidArgumentError("--servers and --to must each list distinct addresses, --to at least one")
@@ -241,13 +243,25 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
         placed = list(newest.addresses) or old
         if placed != old:
             raise InvalidArgumentError(f"the servers are {','.join(placed)}, not {','.join(old)}")
-        if any(r.mode == ps_pb2.SSP for r in statuses if r.HasField("placement")):
-            raise FailedPreconditionError("resize works in async and sync mode only (for now)")
         target = plan_resize(newest, old, new, list(specs.values()))
     ordered = [channels[a] for a in union]
     indices = [new.index(a) if a in new else -1 for a in union]
     return settle(ordered, target, timeout_s, retry, kill_after, indices, list(specs.values()),
-                  first=sum(1 for a in new if a not in old), sync=any(r.mode == ps_pb2.SYNC for r in statuses))
+                  first=sum(1 for a in new if a not in old), sync=any(r.mode == ps_pb2.SYNC for r in statuses),
+                  clocks=ssp_clocks(statuses))
+
+
+def ssp_clocks(statuses: Sequence[ps_pb2.StatusReply]) -> tuple[int, list[int]]:
+    """Ssp mode: the clock a new shard starts its workers at, and those workers: the live
+    workers of the placed shards (those with a map), at the least clock any of them has on
+    any such shard. A worker's clock only grows, so each worker's real clock is at least that:
+    the new shard's pulls wait for them at most as long as the staleness bound needs, and
+    their next push there brings them up to date. ``(0, [])`` in other modes. Pure."""
+    placed = [r for r in statuses if r.HasField("placement") and r.mode == ps_pb2.SSP]
+    live = [w for r in placed for w in r.workers if w.live]
+    if not live:
+        return 0, []
+    return min(int(w.clock) for w in live), sorted({int(w.worker_id) for w in live})
 
 
 def _fault(kill_after: str, step: str) -> None:

@@ -6,13 +6,15 @@ Real shards on loopback (ports from the OS); ``ps-admin`` as a real process.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -390,11 +392,13 @@ def test_a_move_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_every_push_a
         assert held == {servers[0].address: total_blocks // 2 - 2, servers[1].address: total_blocks // 2 + 2}
 
 
-def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards):
-    """Async, SGD at lr 1, integer gradients: the final table is minus the sum of every
-    acknowledged push; the new server's address reaches the workers through the map."""
+@pytest.mark.parametrize("mode", ["async", "ssp"])
+def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards, mode):
+    """Async or ssp (staleness 2; a push-pull waits for the slowest worker), SGD at lr 1, integer
+    gradients: the final table is minus the sum of every acknowledged push; the new server's
+    address reaches the workers through the map."""
     size = 8192
-    with shards(3) as servers:
+    with shards(3, mode=mode, staleness=2 if mode == "ssp" else 0) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}") as creator:
             creator.create("w", (size,), optimizer="sgd", lr=1.0)
@@ -502,15 +506,70 @@ def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shard
             s.stop(grace_s=0.5)
 
 
-def test_resize_is_refused_in_ssp_mode_and_changes_nothing(shards):
-    with shards(3, mode="ssp", staleness=1, num_workers=1) as servers:
+@contextlib.contextmanager
+def ssp_pair(servers: str, wait_timeout_s: float) -> Iterator[tuple[Client, Client]]:
+    """Workers 0 ("fast") and 1 ("slow") of an ssp cluster, each pushed ones to table "v" (8
+    blocks of 512, SGD at lr 1) once."""
+    with (Client(servers, worker_id=0, timeout_s=30, wait_timeout_s=wait_timeout_s, local=False) as fast,
+          Client(servers, worker_id=1, timeout_s=30, wait_timeout_s=wait_timeout_s, local=False) as slow):
+        for client in (fast, slow):
+            client.create("v", (4096,), optimizer="sgd", lr=1.0, block_elems=512)
+        for client in (fast, slow):
+            client.push({"v": np.ones(4096, np.float32)})
+        yield fast, slow
+
+
+def test_after_an_ssp_resize_the_new_shard_keeps_the_staleness_bound(shards):
+    """The new shard knows the workers from the start (at their least clock on the old shards):
+    a pull there waits for a worker that has not come to it yet, as on the old shards."""
+    with shards(3, mode="ssp", staleness=1) as servers:
         a, b, c = (s.address for s in servers)
-        with Client(f"{a},{b}", local=False) as client:
-            client.create("w", (4096,))
+        with ssp_pair(f"{a},{b}", wait_timeout_s=1.0) as (fast, slow):
+            for _ in range(3):
+                fast.push({"v": np.ones(4096, np.float32)})  # fast at clock 4, slow at 1
             grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
-            assert grow.returncode == 1 and "async and sync mode only" in grow.stderr
-            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
-            client.pull(["w"])
+            assert grow.returncode == 0, grow.stderr
+            with Client(f"{a},{b},{c}", observer=True) as observer:
+                known = [(w["id"], w["clock"], w["live"]) for w in observer.status()[2]["workers"]]
+            assert known == [(0, 1, True), (1, 1, True)], known
+            grown = PlacementMap.from_json(json.loads(grow.stdout))
+            away = [k for k in range(8) if grown.block_owner("v", k) != 2]
+            moved = ps_admin("move", "--servers", f"{a},{b},{c}", "--table", "v", "--blocks",
+                             ",".join(map(str, away)), "--to", "2")  # every block of "v" on the new shard
+            assert moved.returncode == 0, moved.stderr
+            with pytest.raises(DeadlineExceededError, match=r"waits for every worker to reach clock 3"):
+                fast.pull(["v"])  # worker 1 is at clock 1 (< 4 - 1), here as on the old shards
+            for _ in range(2):
+                slow.push({"v": np.ones(4096, np.float32)})  # now at clock 3: within the bound
+            np.testing.assert_array_equal(fast.pull(["v"])["v"], np.full(4096, -7.0, np.float32))
+
+
+def test_an_ssp_pull_waiting_on_a_shard_that_a_resize_drops_is_redirected(shards):
+    """A pull waiting for the slowest worker on a shard that a resize drops would wait in vain
+    (the worker's pushes go to the shards left): the drop ends the wait, and the pull is
+    planned again on the new map."""
+    with shards(3, mode="ssp", staleness=0) as servers:
+        a, b, c = (s.address for s in servers)
+        with ssp_pair(f"{a},{b},{c}", wait_timeout_s=15.0) as (fast, slow):
+            fast.push({"v": np.ones(4096, np.float32)})  # fast at clock 2, slow at 1
+            with Client(a, observer=True) as observer:
+                waits = observer.status()[0]["counters"].get("waits", 0)
+                pulled: list[np.ndarray] = []
+                puller = threading.Thread(target=lambda: pulled.append(fast.pull(["v"])["v"]), daemon=True)
+                puller.start()  # waits for worker 1 on every shard
+                for _ in range(200):  # bounded: until the pull waits on the shard to be dropped
+                    if observer.status()[0]["counters"].get("waits", 0) > waits:
+                        break
+                    time.sleep(0.05)
+                else:
+                    pytest.fail("the pull never waited on the first shard")
+            shrink = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")
+            assert shrink.returncode == 0, shrink.stderr
+            slow.push({"v": np.ones(4096, np.float32)})  # to the shards left: slow at clock 2 there
+            puller.join(20.0)
+            assert not puller.is_alive() and len(pulled) == 1
+            np.testing.assert_array_equal(pulled[0], np.full(4096, -4.0, np.float32))
+            assert fast.addresses == [b, c]
 
 
 def test_a_sync_hold_is_bounded_names_the_move_and_ends_with_unhold_and_bad_holds_change_nothing(shards):
