@@ -427,15 +427,17 @@ def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards,
         assert {s["placement"]["num_shards"] for s in status} == {2}
 
 
+@pytest.mark.parametrize("mode", ["async", "ssp"])
 @pytest.mark.parametrize("kill_after", ["settle-first", "settle", "take"])
-def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after):
-    """SIGKILLed inside the per-shard settle loop, after it, or after the takes; then rerun."""
+def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after, mode):
+    """SIGKILLed inside the per-shard settle loop, after it, or after the takes; then rerun.
+    Ssp: staleness 2, every third step a push-pull (it waits for the slowest worker)."""
     size = 8192
-    with shards(3) as servers:
+    with shards(3, mode=mode, staleness=2 if mode == "ssp" else 0) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}") as creator:
             creator.create("w", (size,), optimizer="sgd", lr=1.0)
-        pushers = Pushers(f"{a},{b}", 3, size)
+        pushers = Pushers(f"{a},{b}", 3, size, push_pull_every=3 if mode == "ssp" else 0)
 
         def maps_split() -> None:
             if kill_after == "settle-first":  # killed inside the settle loop: the maps are split
