@@ -222,8 +222,9 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
     """Change the shards from ``old`` to ``new`` (addresses; ``channels`` holds one per address of
     either) while workers train; returns the map installed. A resize left half done (the same
     ``new``) is finished. Every mode (sync: at a step boundary; ssp: a new shard knows the
-    workers' clocks); dense blocks and sparse row buckets move. ``kill_after``: as :func:`move_units`, or "settle-first" (in the
-    middle of the settle loop: after the first new server settled, before the others).
+    workers' clocks); dense blocks and sparse row buckets move. ``kill_after``: as
+    :func:`move_units`, or "settle-first" (in the middle of the settle loop: after the first
+    new server settled, before the others).
     Blocks (each call bounded by ``timeout_s``). Raises InvalidArgumentError (duplicate
     addresses, servers that are not ``old``), PSError."""
     old, new = list(old), list(new)
