@@ -19,8 +19,8 @@
   ``docs/placement.md``); prints the new map as JSON. It first finishes any move left half
   done (an admin killed mid-move); without ``--blocks`` it only does that.
 - ``ps-admin resize --servers A,B --to A,B,C``: change the shard set while workers train
-  (async mode): dense blocks and sparse row buckets move to balance the new set, workers learn the new
-  servers from the placement map. Run again after an interruption, it finishes.
+  (every mode): dense blocks and sparse row buckets move to balance the
+  new set, workers learn the new servers from the placement map. Run again after an interruption, it finishes.
 - ``ps-admin rebalance --servers A,B [--by bytes|accesses] [--ratio 1.1] [--auto S --rounds N]``:
   move dense blocks and sparse row buckets until the busiest shard's load is at most ``--ratio`` times the mean;
   prints the ratio before and after as JSON; with ``--auto`` again every S seconds, N times.

@@ -49,15 +49,13 @@ def newest_placement(channels: Sequence[ShardChannel], timeout_s: float, retry: 
     return _cluster(channels, timeout_s, retry)[0]
 
 
-def _cluster(channels: Sequence[ShardChannel], timeout_s: float,
-             retry: RetryPolicy) -> tuple[PlacementMap, bool, bool]:
-    """:func:`newest_placement`, whether the shards run in sync mode, and whether they hold sparse tables."""
+def _cluster(channels: Sequence[ShardChannel], timeout_s: float, retry: RetryPolicy) -> tuple[PlacementMap, bool]:
+    """:func:`newest_placement`, and whether the shards run in sync mode."""
     replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest()) for ch in channels], timeout_s, retry)
     maps = [PlacementMap.from_proto(r.placement) for r in replies if r.HasField("placement")]
     if not maps:
         raise FailedPreconditionError("no shard knows its topology yet: create a table first")
-    return (max(maps, key=lambda m: m.version), any(r.mode == ps_pb2.SYNC for r in replies),
-            any(r.sparse_tables for r in replies))
+    return max(maps, key=lambda m: m.version), any(r.mode == ps_pb2.SYNC for r in replies)
 
 
 def move_blocks(channels: Sequence[ShardChannel], moves: Mapping[tuple[str, int], int], timeout_s: float,
@@ -72,14 +70,10 @@ def move_units(channels: Sequence[ShardChannel], moves: Mapping[Unit, int], time
     bucket) to shard ``moves[...]`` for each entry; returns the map installed. First finishes
     a move left half done (the newest map some shard holds). ``kill_after`` (fault injection
     for tests: "settle" or "take") SIGKILLs this process right after that step of the new
-    move. In sync mode only clusters of dense tables move (a sync step's row sums are not held
-    at the step boundary yet). Blocks (each call bounded by ``timeout_s``). Raises
-    InvalidArgumentError for a shard or bucket out of range, FailedPreconditionError (sync
-    mode with sparse tables), PSError from the shards."""
-    current, sync, sparse = _cluster(channels, timeout_s, retry)
-    if sync and sparse:
-        raise FailedPreconditionError("in sync mode, moves work for clusters of dense tables only (for now): "
-                                      "a sync step's row sums are not held at the step boundary yet")
+    move. In sync mode the move settles at a step boundary (:func:`hold_step_boundary`).
+    Blocks (each call bounded by ``timeout_s``). Raises InvalidArgumentError for a shard or
+    bucket out of range, PSError from the shards."""
+    current, sync = _cluster(channels, timeout_s, retry)
     if current.num_shards != len(channels):
         raise InvalidArgumentError(f"the servers' map is for {current.num_shards} shards; {len(channels)} given")
     for (table, rows, index), shard in moves.items():
@@ -135,7 +129,8 @@ def _owner(placement: PlacementMap, unit: Unit) -> int:
 
 def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s: float, retry: RetryPolicy,
            kill_after: str = "", indices: Sequence[int] | None = None,
-           tables: Sequence[ps_pb2.TableSpec] = (), first: int = 0, sync: bool = False) -> PlacementMap:
+           tables: Sequence[ps_pb2.TableSpec] = (), first: int = 0, sync: bool = False,
+           clocks: tuple[int, Sequence[int]] = (0, ())) -> PlacementMap:
     """Make ``placement`` true everywhere: every shard installs it and gives the blocks it puts
     elsewhere (held, or kept from an interrupted move), their owners take them, every shard
     drops its kept copies. Idempotent: run again after any interruption, it finishes.
@@ -145,9 +140,10 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
     The ``first`` channels settle one by one, then the others all at once; the takes go to
     their owners all at once. ``sync``: the shards (the ``first``, new to the cluster, apart)
     first hold their pushes at a common step boundary (:func:`hold_step_boundary`) and
-    release them at the end; the new ones start at that boundary. Blocks; raises PSError."""
+    release them at the end; the new ones start at that boundary. Else a new shard starts
+    its workers at ``clocks`` (ssp: :func:`ssp_clocks`). Blocks; raises PSError."""
     wire = placement.to_proto()
-    step, workers = hold_step_boundary(channels[first:], wire, timeout_s, retry) if sync else (0, [])
+    step, workers = hold_step_boundary(channels[first:], wire, timeout_s, retry) if sync else clocks
     requests = []
     for k in range(len(channels)):
         request = ps_pb2.MoveRequest(placement=wire, settle=True, max_bytes=MOVE_PAGE_BYTES)
@@ -260,15 +256,15 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
            retry: RetryPolicy = RetryPolicy(attempts=3), kill_after: str = "") -> PlacementMap:
     """Change the shards from ``old`` to ``new`` (addresses; ``channels`` holds one per address of
     either) while workers train; returns the last map installed. A resize left half done (the
-    same ``new``) is finished. Async mode (dense blocks and sparse row buckets move; in
-    batches: a dropped server's units bound for a staying one first, under the old list;
-    then the new list with every other unit in place; then the rest of the plan) and sync
-    mode (dense tables only; one map). ``kill_after``: as :func:`move_units` (for the map
-    that installs the new list), or "settle-first" (in the middle of its settle loop: after
-    the first new server settled, before the others).
+    same ``new``) is finished. Every mode; dense blocks and sparse row buckets move. Async and
+    ssp in batches: a dropped server's units bound for a staying one first, under the old
+    list; then the new list with every other unit in place (ssp: a new shard knows the
+    workers' clocks); then the rest of the plan. Sync: one map, at a step boundary.
+    ``kill_after``: as :func:`move_units` (for the map that installs the new list), or
+    "settle-first" (in the middle of its settle loop: after the first new server settled,
+    before the others).
     Blocks (each call bounded by ``timeout_s``). Raises InvalidArgumentError (duplicate
-    addresses, servers that are not ``old``), FailedPreconditionError (ssp mode, sparse
-    tables in sync mode), PSError."""
+    addresses, servers that are not ``old``), PSError."""
     old, new = list(old), list(new)
     if len(set(old)) != len(old) or len(set(new)) != len(new) or not new:
         raise InvalidArgumentError("--servers and --to must each list distinct addresses, --to at least one")
@@ -287,10 +283,6 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
         placed = list(newest.addresses) or old
         if placed != old:
             raise InvalidArgumentError(f"the servers are {','.join(placed)}, not {','.join(old)}")
-        if any(r.mode == ps_pb2.SSP for r in statuses if r.HasField("placement")):
-            raise FailedPreconditionError("resize works in async and sync mode only (for now)")
-        if any(r.sparse_tables and r.mode == ps_pb2.SYNC for r in statuses):
-            raise FailedPreconditionError("resize moves sparse tables in async mode only (for now)")
         target = plan_resize(newest, old, new, list(specs.values()))
         if not sync:  # what a dropped server hands to a server that stays moves first, in batches
             drain = {u: old.index(new[_owner(target, u)]) for u in _units(list(specs.values()))
@@ -300,7 +292,7 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
     ordered = [channels[a] for a in union]
     indices = [new.index(a) if a in new else -1 for a in union]
     settled = settle(ordered, topology, timeout_s, retry, kill_after, indices, list(specs.values()),
-                     first=sum(1 for a in new if a not in old), sync=sync)
+                     first=sum(1 for a in new if a not in old), sync=sync, clocks=ssp_clocks(statuses))
     if sync:
         return settled
     final = plan_resize(settled, new, new, list(specs.values()))
@@ -331,6 +323,19 @@ def _topology(current: PlacementMap, old: Sequence[str], new: Sequence[str], tar
         holder = old[_owner(current, unit)]
         moved[unit] = new.index(holder) if holder in new else _owner(target, unit)
     return PlacementMap(current.version + 1, len(new), moved, list(new))
+
+
+def ssp_clocks(statuses: Sequence[ps_pb2.StatusReply]) -> tuple[int, list[int]]:
+    """Ssp mode: the clock a new shard starts its workers at, and those workers: the live
+    workers of the placed shards (those with a map), at the least clock any of them has on
+    any such shard. A worker's clock only grows, so each worker's real clock is at least that:
+    the new shard's pulls wait for them at most as long as the staleness bound needs, and
+    their next push there brings them up to date. ``(0, [])`` in other modes. Pure."""
+    placed = [r for r in statuses if r.HasField("placement") and r.mode == ps_pb2.SSP]
+    live = [w for r in placed for w in r.workers if w.live]
+    if not live:
+        return 0, []
+    return min(int(w.clock) for w in live), sorted({int(w.worker_id) for w in live})
 
 
 def _fault(kill_after: str, step: str) -> None:
@@ -373,7 +378,7 @@ def rebalance(channels: Sequence[ShardChannel], by: str, ratio: float, timeout_s
     pushed and pulled per row bucket) is at most ``ratio`` times the mean
     (``plan_rebalance``), with :func:`move_units`. Returns the loads' max/mean ratio before
     and after, the units moved and the map. Blocks; raises InvalidArgumentError,
-    PSError (sync mode with row buckets to move: FailedPreconditionError)."""
+    PSError."""
     if by not in ("bytes", "accesses") or not ratio >= 1.0:
         raise InvalidArgumentError(f"rebalance by bytes or accesses, to a ratio >= 1 (got {by!r}, {ratio})")
 

@@ -65,7 +65,9 @@ class UnitMoves:
         already has ``placement`` or a newer map. In sync mode a shard new to the cluster (no
         map yet) starts its step clock at ``step`` (the move's step boundary) expecting
         ``workers`` (live, each at that clock), its pushes held from it as on the other
-        shards. Does not block. Raises FailedPreconditionError (an older map),
+        shards; in ssp mode it knows ``workers`` (live) at clock ``step`` (at most their
+        clocks on the other shards), so that its pulls keep the staleness bound from the start
+        (unknown workers would not be waited for). Does not block. Raises FailedPreconditionError (an older map),
         AlreadyExistsError (a table of another spec), InvalidArgumentError."""
         shard = self._shard
         with shard.steps.cond:
@@ -78,6 +80,8 @@ class UnitMoves:
             if current is None and shard.config.mode is Mode.SYNC:
                 shard.gate.load(step, {int(w): step for w in workers})
                 shard.gate.hold_for_move(step)
+            elif current is None and shard.config.mode is Mode.SSP:  # pulls here wait for them from the start
+                shard.gate.load(0, {int(w): step for w in workers})
             for spec in tables:
                 if isinstance(spec, SparseTableSpec):
                     if not exists_alike(spec, shard.rows.tables, shard.tables, "dense"):

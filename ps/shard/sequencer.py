@@ -133,12 +133,22 @@ class Sequencer:
             self.apply_step(ready)
         return PushResult(outcome, self.gate.version)
 
-    def await_pull(self, worker: int, step: int, deadline: float) -> int:
+    def await_pull(self, worker: int, step: int, deadline: float, check: Callable[[], None] | None = None) -> int:
         """Call with the lock held, before a pull of blocks or rows: the shard's version once
-        ``worker`` may read ``step`` (sync and ssp wait, bounded by ``deadline``). Raises
-        AbortedError, FailedPreconditionError, DeadlineExceededError."""
+        ``worker`` may read ``step`` (sync and ssp wait, bounded by ``deadline``). ``check()``
+        (lock held) runs before each look at the gate and raises to end the wait: a pull
+        planned with a map the shard no longer has is redirected (MOVED) as soon as the new
+        map is installed, never left waiting for workers whose pushes now follow the new map
+        (ssp: they may be waiting themselves, on a new shard, for this very reader). Raises
+        AbortedError, FailedPreconditionError, DeadlineExceededError, what ``check`` raises."""
         self.guard.admit_pull(worker)
-        self.wait(lambda: self.gate.on_pull(worker, step), deadline)
+
+        def decide():
+            if check is not None:
+                check()
+            return self.gate.on_pull(worker, step)
+
+        self.wait(decide, deadline)
         return self.gate.version
 
     def apply_step(self, ready: StepReady) -> None:

@@ -353,18 +353,7 @@ class Shard:
         admitted: list[int] = []
 
         def admit() -> Wait | None:  # lock held: after the duplicate check, before anything is applied
-            held = self.gate.move_held(step)  # a sync move settles at a step boundary: before the map check
-            if held is not None:
-                if admitted:  # admitted before the hold, it waited in the gate: no longer counts for a give
-                    self.done_admitted(admitted.pop())
-                return held
-            refusal = self.moved_error(placement_version, elsewhere)
-            if refusal is not None:
-                raise refusal
-            if not admitted:
-                admitted.append(self._placement.version if self._placement is not None else 0)
-                self.admitted[admitted[0]] += 1
-            return None
+            return self.admit_push(step, placement_version, lambda: elsewhere, admitted)
         skip = self.config.nonfinite == "skip" and not all(np.isfinite(g).all() for g in grads)
         if self.config.clip_norm and not skip:
             grads = clip_by_norm(grads, self.config.clip_norm)
@@ -388,6 +377,31 @@ class Shard:
         finally:
             if admitted:  # accumulated (after its step's apply), duplicate, stale, skipped or failed: released here
                 self.done_admitted(admitted[0])
+
+    def admit_push(self, step: int, placement_version: int, elsewhere: Callable[[], str],
+                   admitted: list[int]) -> Wait | None:
+        """Lock held: the placement side of admitting a push not seen before (dense or rows; the
+        sequencer's ``admit``), asked each time the push is decided. A sync move settling at a
+        step boundary holds it (returns the :class:`Wait`), before its map is checked; else a
+        push planned with another map than ``placement_version``, or naming units elsewhere
+        (``elsewhere()``: which, "" for none), is refused: raises FailedPreconditionError,
+        reason MOVED. An admitted push is counted once under the map's version (appended to
+        ``admitted``, which the caller releases with :meth:`done_admitted` when the push is
+        done), so a give waits for it; one held after it was counted (it waited in the gate)
+        is uncounted, so a give never waits for a held push. Does not block."""
+        held = self.gate.move_held(step)
+        if held is not None:
+            if admitted:
+                self._release_admitted(admitted.pop())
+                self.steps.cond.notify_all()
+            return held
+        refusal = self.moved_error(placement_version, elsewhere())
+        if refusal is not None:
+            raise refusal
+        if not admitted:
+            admitted.append(self._placement.version if self._placement is not None else 0)
+            self.admitted[admitted[0]] += 1
+        return None
 
     def done_admitted(self, version: int) -> None:
         """A push admitted under placement ``version`` finished (applied or not). Takes the lock."""
@@ -431,8 +445,8 @@ class Shard:
         num_parts = max(1, num_parts)
         with self.steps.cond:
             selected = self._pull_tables(worker, tables, part, num_parts, False)  # before it waits (or abstains)
-            version = self.steps.await_pull(worker, step, deadline)
-            self._check_pull_placement(placement_version, pushed, selected)
+            version = self.steps.await_pull(  # a map installed while the pull waits redirects it at once
+                worker, step, deadline, lambda: self._check_pull_placement(placement_version, pushed, selected))
             generation = self.steps.generation
         known = known or {}
         picked = [(t, b) for t in selected for b in t.part_blocks(part, num_parts)]

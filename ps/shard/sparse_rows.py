@@ -16,8 +16,7 @@ are touched; each sparse table has its own lock for that.
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -33,6 +32,7 @@ from ps.tables.placement import row_buckets
 from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.sparse_table import SparseTable, sum_duplicates
 from ps.tables.spec import exists_alike
+from ps.shard.consistency import Wait
 from ps.shard.membership import Membership
 from ps.shard.memory_budget import MemoryBudget
 from ps.shard.sequencer import PushResult, Sequencer
@@ -45,15 +45,18 @@ log = logging.getLogger(__name__)
 
 class RowPlacer(Protocol):
     """What the row verbs need of the shard's placement (``ps.shard.shard.Shard``; every
-    method with the sequencer's lock held): the MOVED refusal of a call, the map, and the
-    count of pushes admitted per map version that a bucket move waits for."""
+    method but ``done_admitted`` with the sequencer's lock held): the MOVED refusal of a
+    call, the map, and the admission of a push (held at a sync move's step boundary, or
+    refused, or counted per map version for a bucket move to wait for)."""
 
     retired: bool
-    admitted: Counter[int]
 
     def moved_error(self, version: int, what: str = "") -> FailedPreconditionError | None: ...
 
     def current_placement(self) -> PlacementMap | None: ...
+
+    def admit_push(self, step: int, placement_version: int, elsewhere: Callable[[], str],
+                   admitted: list[int]) -> Wait | None: ...
 
     def done_admitted(self, version: int) -> None: ...
 
@@ -174,13 +177,13 @@ class SparseRows:
 
         admitted: list[int] = []
 
-        def admit() -> None:  # lock held: after the duplicate check, before anything is applied
-            self._check_placement(placement_version, table, ids, buckets)
-            placer = self.placer
-            if placer is not None and not admitted:  # a bucket move waits until this push is done
-                placement = placer.current_placement()
-                admitted.append(placement.version if placement is not None else 0)
-                placer.admitted[admitted[0]] += 1
+        def admit() -> Wait | None:  # lock held: after the duplicate check, before anything is applied
+            if self.placer is None:
+                return None
+            # held at a sync move's step boundary as a dense push is (no row sum pending when
+            # buckets move), else refused if placed elsewhere, else counted: a give waits for it
+            return self.placer.admit_push(step, placement_version,
+                                          lambda: table.elsewhere(ids, buckets), admitted)
 
         try:
             result = steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
@@ -228,8 +231,8 @@ class SparseRows:
         table.check_ids(ids, placed=self.placer is None)
         buckets = row_buckets(name, ids) if self.placer is not None else None
         with steps.cond:
-            version = steps.await_pull(worker, step, deadline)
-            self._check_placement(placement_version, table, ids, buckets)
+            version = steps.await_pull(  # a map installed while the pull waits redirects it at once
+                worker, step, deadline, lambda: self._check_placement(placement_version, table, ids, buckets))
         values = table.read(ids)
         with steps.cond:
             self._check_placement(placement_version, table, ids, buckets)  # a bucket may have moved meanwhile

@@ -6,6 +6,7 @@ Real shards on loopback (ports from the OS); ``ps-admin`` as a real process.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -24,6 +25,7 @@ from ps import ServerConfig, ShardServer
 from ps._proto import ps_pb2
 from ps.checkpoint import state as checkpoint
 from ps.errors import DeadlineExceededError, InvalidArgumentError
+from ps.tables.placement import row_buckets
 from ps.tables.placement_map import PlacementMap
 from ps.tables.spec import TableSpec
 from tests.conftest import run_threads
@@ -403,11 +405,13 @@ def test_a_move_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_every_push_a
         assert held == {servers[0].address: total_blocks // 2 - 2, servers[1].address: total_blocks // 2 + 2}
 
 
-def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards):
-    """Async, SGD at lr 1, integer gradients: the final table is minus the sum of every
-    acknowledged push; the new server's address reaches the workers through the map."""
+@pytest.mark.parametrize("mode", ["async", "ssp"])
+def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards, mode):
+    """Async or ssp (staleness 2; a push-pull waits for the slowest worker), SGD at lr 1, integer
+    gradients: the final table is minus the sum of every acknowledged push; the new server's
+    address reaches the workers through the map."""
     size = 8192
-    with shards(3) as servers:
+    with shards(3, mode=mode, staleness=2 if mode == "ssp" else 0) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}") as creator:
             creator.create("w", (size,), optimizer="sgd", lr=1.0)
@@ -477,15 +481,17 @@ def test_a_large_async_resize_moves_in_batches_each_its_own_map_version(shards, 
             ch.close()
 
 
+@pytest.mark.parametrize("mode", ["async", "ssp"])
 @pytest.mark.parametrize("kill_after", ["settle-first", "settle", "take"])
-def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after):
-    """SIGKILLed inside the per-shard settle loop, after it, or after the takes; then rerun."""
+def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after, mode):
+    """SIGKILLed inside the per-shard settle loop, after it, or after the takes; then rerun.
+    Ssp: staleness 2, every third step a push-pull (it waits for the slowest worker)."""
     size = 8192
-    with shards(3) as servers:
+    with shards(3, mode=mode, staleness=2 if mode == "ssp" else 0) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}") as creator:
             creator.create("w", (size,), optimizer="sgd", lr=1.0)
-        pushers = Pushers(f"{a},{b}", 3, size)
+        pushers = Pushers(f"{a},{b}", 3, size, push_pull_every=3 if mode == "ssp" else 0)
 
         def maps_split() -> None:
             if kill_after == "settle-first":  # killed inside the settle loop: the maps are split
@@ -566,30 +572,70 @@ def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shard
             s.stop(grace_s=0.5)
 
 
-def test_resize_is_refused_in_ssp_mode_and_changes_nothing(shards):
-    with shards(3, mode="ssp", staleness=1, num_workers=1) as servers:
-        a, b, c = (s.address for s in servers)
-        with Client(f"{a},{b}", local=False) as client:
-            client.create("w", (4096,))
-            grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
-            assert grow.returncode == 1 and "async and sync mode only" in grow.stderr
-            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
-            client.pull(["w"])
+@contextlib.contextmanager
+def ssp_pair(servers: str, wait_timeout_s: float) -> Iterator[tuple[Client, Client]]:
+    """Workers 0 ("fast") and 1 ("slow") of an ssp cluster, each pushed ones to table "v" (8
+    blocks of 512, SGD at lr 1) once."""
+    with (Client(servers, worker_id=0, timeout_s=30, wait_timeout_s=wait_timeout_s, local=False) as fast,
+          Client(servers, worker_id=1, timeout_s=30, wait_timeout_s=wait_timeout_s, local=False) as slow):
+        for client in (fast, slow):
+            client.create("v", (4096,), optimizer="sgd", lr=1.0, block_elems=512)
+        for client in (fast, slow):
+            client.push({"v": np.ones(4096, np.float32)})
+        yield fast, slow
 
 
-def test_sync_moves_and_resize_are_refused_with_a_sparse_table_and_change_nothing(shards):
-    with shards(3, mode="sync", num_workers=1) as servers:
+def test_after_an_ssp_resize_the_new_shard_keeps_the_staleness_bound(shards):
+    """The new shard knows the workers from the start (at their least clock on the old shards):
+    a pull there waits for a worker that has not come to it yet, as on the old shards."""
+    with shards(3, mode="ssp", staleness=1) as servers:
         a, b, c = (s.address for s in servers)
-        with Client(f"{a},{b}", worker_id=0, local=False) as client:
-            client.create("w", (4096,))
-            client.create_sparse("emb", dim=4)
-            move = ps_admin("move", "--servers", f"{a},{b}", "--table", "w", "--blocks", "0", "--to", "1")
-            assert move.returncode == 1 and "dense tables only" in move.stderr
+        with ssp_pair(f"{a},{b}", wait_timeout_s=1.0) as (fast, slow):
+            for _ in range(3):
+                fast.push({"v": np.ones(4096, np.float32)})  # fast at clock 4, slow at 1
             grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
-            assert grow.returncode == 1 and "async mode only" in grow.stderr
-            assert [s["placement"]["version"] for s in client.status()] == [1, 1]
-            client.push({"w": np.ones(4096, np.float32)})
-            np.testing.assert_array_equal(client.pull(["w"])["w"], np.full(4096, -0.01, np.float32))
+            assert grow.returncode == 0, grow.stderr
+            with Client(f"{a},{b},{c}", observer=True) as observer:
+                known = [(w["id"], w["clock"], w["live"]) for w in observer.status()[2]["workers"]]
+            assert known == [(0, 1, True), (1, 1, True)], known
+            grown = PlacementMap.from_json(json.loads(grow.stdout))
+            away = [k for k in range(8) if grown.block_owner("v", k) != 2]
+            moved = ps_admin("move", "--servers", f"{a},{b},{c}", "--table", "v", "--blocks",
+                             ",".join(map(str, away)), "--to", "2")  # every block of "v" on the new shard
+            assert moved.returncode == 0, moved.stderr
+            with pytest.raises(DeadlineExceededError, match=r"waits for every worker to reach clock 3"):
+                fast.pull(["v"])  # worker 1 is at clock 1 (< 4 - 1), here as on the old shards
+            for _ in range(2):
+                slow.push({"v": np.ones(4096, np.float32)})  # now at clock 3: within the bound
+            np.testing.assert_array_equal(fast.pull(["v"])["v"], np.full(4096, -7.0, np.float32))
+
+
+def test_an_ssp_pull_waiting_on_a_shard_that_a_resize_drops_is_redirected(shards):
+    """A pull waiting for the slowest worker on a shard that a resize drops would wait in vain
+    (the worker's pushes go to the shards left): the drop ends the wait, and the pull is
+    planned again on the new map."""
+    with shards(3, mode="ssp", staleness=0) as servers:
+        a, b, c = (s.address for s in servers)
+        with ssp_pair(f"{a},{b},{c}", wait_timeout_s=15.0) as (fast, slow):
+            fast.push({"v": np.ones(4096, np.float32)})  # fast at clock 2, slow at 1
+            with Client(a, observer=True) as observer:
+                waits = observer.status()[0]["counters"].get("waits", 0)
+                pulled: list[np.ndarray] = []
+                puller = threading.Thread(target=lambda: pulled.append(fast.pull(["v"])["v"]), daemon=True)
+                puller.start()  # waits for worker 1 on every shard
+                for _ in range(200):  # bounded: until the pull waits on the shard to be dropped
+                    if observer.status()[0]["counters"].get("waits", 0) > waits:
+                        break
+                    time.sleep(0.05)
+                else:
+                    pytest.fail("the pull never waited on the first shard")
+            shrink = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")
+            assert shrink.returncode == 0, shrink.stderr
+            slow.push({"v": np.ones(4096, np.float32)})  # to the shards left: slow at clock 2 there
+            puller.join(20.0)
+            assert not puller.is_alive() and len(pulled) == 1
+            np.testing.assert_array_equal(pulled[0], np.full(4096, -4.0, np.float32))
+            assert fast.addresses == [b, c]
 
 
 def test_a_sync_hold_is_bounded_names_the_move_and_ends_with_unhold_and_bad_holds_change_nothing(shards):
@@ -615,15 +661,33 @@ def test_a_sync_hold_is_bounded_names_the_move_and_ends_with_unhold_and_bad_hold
 
 
 SYNC_LR = 0.05
+#: the sparse table's ids (hashed into row buckets all over the shards) and row width
+SYNC_IDS, SYNC_DIM = 3000, 4
+
+
+def row_ids(rank: int, step: int) -> np.ndarray:
+    """Worker ``rank``'s row ids at ``step``: 24, 4 of them shared with the other workers, repeats possible."""
+    mine = np.random.default_rng([rank, step, 1]).integers(0, SYNC_IDS, 20)
+    return np.concatenate([mine, np.random.default_rng([step, 2]).integers(0, SYNC_IDS, 4)]).astype(np.int64)
+
+
+def row_gradient(rank: int, step: int, rows: np.ndarray) -> np.ndarray:
+    """The squared-error gradient of ``rows`` (those of :func:`row_ids`) towards worker ``rank``'s targets."""
+    target = np.random.default_rng([rank, step, 3]).standard_normal(rows.shape).astype(np.float32)
+    return (rows - target).astype(np.float32)
 
 
 class SyncTrainers:
     """``workers`` sync workers training a Linear layer (tables "w" and "b", small blocks so they
     span every shard) until :meth:`stop` names the last step: every worker stops at that same
-    step (set above any step a worker began). Bounded by ``most_s`` seconds (:func:`steps_within`)."""
+    step (set above any step a worker began). Bounded by ``most_s`` seconds (:func:`steps_within`).
+    ``rows``: each step also pulls rows of a sparse table "emb" and pushes their gradients with
+    the dense ones, as one step (:func:`row_gradient`)."""
 
-    def __init__(self, servers: str, workers: int, fused: bool = False, most_s: float = 100.0) -> None:
+    def __init__(self, servers: str, workers: int, fused: bool = False, most_s: float = 100.0,
+                 rows: bool = False) -> None:
         self.servers, self.workers, self.fused, self.most_s = servers, workers, fused, most_s
+        self.rows = rows
         self.going = [threading.Event() for _ in range(workers)]
         self.progress = [0] * workers
         self.stop_at: int | None = None
@@ -640,6 +704,8 @@ class SyncTrainers:
         with Client(self.servers, worker_id=rank, timeout_s=10, wait_timeout_s=30) as ps:
             ps.create("w", shape=(100, 10), init="normal", init_scale=0.1, seed=7, lr=SYNC_LR, block_elems=96)
             ps.create("b", shape=(10,), lr=SYNC_LR, block_elems=4)
+            if self.rows:
+                ps.create_sparse("emb", dim=SYNC_DIM, lr=SYNC_LR)
             initial = p = ps.pull(["w", "b"])
             for step in steps_within(self.most_s):
                 with self._lock:
@@ -648,12 +714,19 @@ class SyncTrainers:
                     self.progress[rank] = step
                 if self.fused:  # one push-pull per step: the step's push and the next step's weights
                     p = ps.push_pull(linear_gradient(rank, step, p["w"], p["b"]), ["w", "b"])
+                elif self.rows:
+                    p = ps.pull(["w", "b"])
+                    ids = row_ids(rank, step)
+                    ps.push(linear_gradient(rank, step, p["w"], p["b"]),
+                            rows={"emb": (ids, row_gradient(rank, step, ps.pull_rows("emb", ids)))})
                 else:
                     p = ps.pull(["w", "b"])
                     ps.push(linear_gradient(rank, step, p["w"], p["b"]))
                 if step == 2:
                     self.going[rank].set()
             final = ps.pull(["w", "b"])
+            if self.rows:
+                final["emb"] = ps.pull_rows("emb", np.arange(SYNC_IDS))
             with self._lock:
                 self.initial = initial
                 self.finals.append(final)
@@ -670,36 +743,58 @@ class SyncTrainers:
         run_threads([lambda r=r: self.work(r) for r in range(self.workers)] + [admin_then_stop], timeout_s=120.0)
 
     def check_against_numpy(self) -> None:
-        """Every worker ends equal to one NumPy process: SGD on the mean of the workers' gradients."""
+        """Every worker ends equal to one NumPy process: SGD on the mean of the workers' gradients
+        (a row's mean counts a worker that did not push it as a zero gradient)."""
         w = self.initial["w"].astype(np.float64)
         b = self.initial["b"].astype(np.float64)
+        emb = np.zeros((SYNC_IDS, SYNC_DIM), np.float64)  # rows start at zeros
         for step in range(self.stop_at):
             grads = [linear_gradient(r, step, w.astype(np.float32), b.astype(np.float32)) for r in range(self.workers)]
             w = w - SYNC_LR * np.mean([g["w"] for g in grads], axis=0)
             b = b - SYNC_LR * np.mean([g["b"] for g in grads], axis=0)
+            if self.rows:
+                total = np.zeros_like(emb)
+                for r in range(self.workers):
+                    ids = row_ids(r, step)
+                    np.add.at(total, ids, row_gradient(r, step, emb[ids].astype(np.float32)))
+                emb = emb - SYNC_LR * total / self.workers
         assert len(self.finals) == self.workers
         for final in self.finals:
             np.testing.assert_allclose(final["w"], w, rtol=1e-6, atol=1e-6)
             np.testing.assert_allclose(final["b"], b, rtol=1e-6, atol=1e-6)
+            if self.rows:
+                np.testing.assert_allclose(final["emb"], emb, rtol=1e-6, atol=1e-6)
         assert np.abs(self.finals[0]["w"] - self.initial["w"]).max() > 1e-3  # it trained
+        if self.rows:
+            assert np.abs(self.finals[0]["emb"]).max() > 1e-2
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["pull-then-push", "push-pull"])
-def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(shards, fused):
+def rows_held(status: list[dict]) -> list[int]:
+    """Rows of the sparse table "emb" each shard stores (its ``status()``)."""
+    return [next(t["rows"] for t in st["sparse_tables"] if t["name"] == "emb") for st in status]
+
+
+@pytest.mark.parametrize("fused,rows", [(False, False), (True, False), (False, True)],
+                         ids=["pull-then-push", "push-pull", "dense-and-rows"])
+def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(shards, fused, rows):
     """Sync (BSP): the resizes settle between two steps; the workers never restart and end equal
-    to one NumPy process doing SGD on the mean gradient, to 1e-6."""
+    to one NumPy process doing SGD on the mean gradient, to 1e-6. ``rows``: each step also pulls
+    and pushes rows of a sparse table, whose row buckets move too (and one more ``move --buckets``)."""
     with shards(3, mode="sync", num_workers=3) as servers:
         a, b, c = (s.address for s in servers)
-        trainers = SyncTrainers(f"{a},{b}", 3, fused)
+        trainers = SyncTrainers(f"{a},{b}", 3, fused, rows=rows)
 
         def admin() -> None:
             grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
             assert grow.returncode == 0, grow.stderr
             assert json.loads(grow.stdout)["addresses"] == [a, b, c]
             with Client(f"{a},{b},{c}", observer=True) as observer:
-                held = [next(t["blocks"] for t in st["tables"] if t["name"] == "w") for st in observer.status()]
+                status = observer.status()
+            held = [next(t["blocks"] for t in st["tables"] if t["name"] == "w") for st in status]
             assert held == [4, 4, 3] or sorted(held) == [3, 4, 4], held  # the new shard took its share
             assert held[2] > 0
+            if rows:
+                assert min(rows_held(status)) > 0, rows_held(status)  # the new shard took rows too
             shrink = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")
             assert shrink.returncode == 0, shrink.stderr
             again = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")  # a rerun: no change
@@ -709,33 +804,46 @@ def test_sync_resize_2_to_3_to_2_while_3_workers_train_equals_one_numpy_process(
             moved = ps_admin("move", "--servers", f"{b},{c}", "--table", "w", "--blocks", str(first), "--to", "1")
             assert moved.returncode == 0, moved.stderr
             assert json.loads(moved.stdout)["version"] == 4  # a move in sync mode too
+            if rows:  # the buckets of a worker's rows, from shard 0 to shard 1, in sync mode
+                owners = shrunk.bucket_owners("emb")
+                buckets = sorted({int(k) for k in row_buckets("emb", row_ids(0, 0)) if owners[k] == 0})
+                moved = ps_admin("move", "--servers", f"{b},{c}", "--table", "emb", "--buckets",
+                                 ",".join(map(str, buckets)), "--to", "1")
+                assert moved.returncode == 0, moved.stderr
+                assert json.loads(moved.stdout)["version"] == 5
 
         trainers.run(admin)
         assert trainers.addresses == [[b, c]] * 3  # no worker restarted: each followed the map
         trainers.check_against_numpy()
         with Client(f"{b},{c}", observer=True) as observer:
-            assert all(s["counters"].get("stale", 0) == 0 for s in observer.status())  # no step lost a gradient
-        with Client(f"{b},{c}", observer=True) as observer:
             status = observer.status()
+        assert all(s["counters"].get("stale", 0) == 0 for s in status)  # no step lost a gradient
         assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
         assert sum(next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status) == 11
+        if rows:  # every row pushed is stored once, on one of the two servers left
+            pushed = {int(i) for r in range(3) for t in range(trainers.stop_at) for i in row_ids(r, t)}
+            assert sum(rows_held(status)) == len(pushed)
 
 
 @pytest.mark.parametrize("kill_after", ["settle-first", "take"])
 def test_a_sync_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_stays_exact(shards, kill_after):
-    """The admin killed while the pushes are held at the step boundary (inside the settle loop,
-    or after the takes): the workers wait (bounded), the rerun settles and releases them."""
+    """The admin killed while the pushes (dense and rows) are held at the step boundary (inside
+    the settle loop, or after the takes): the workers wait (bounded), the rerun settles and
+    releases them."""
     with shards(3, mode="sync", num_workers=3) as servers:
         a, b, c = (s.address for s in servers)
-        trainers = SyncTrainers(f"{a},{b}", 3)
+        trainers = SyncTrainers(f"{a},{b}", 3, rows=True)
+        reruns: list[subprocess.CompletedProcess] = []
 
-        trainers.run(lambda: killed_resize_then_rerun(f"{a},{b}", f"{a},{b},{c}", kill_after))
+        trainers.run(lambda: reruns.append(killed_resize_then_rerun(f"{a},{b}", f"{a},{b},{c}", kill_after)))
         assert trainers.addresses == [[a, b, c]] * 3
         trainers.check_against_numpy()
         with Client(f"{a},{b},{c}", observer=True) as observer:
             status = observer.status()
         assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
         assert [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status] == [4, 4, 3]
+        owners = PlacementMap.from_json(json.loads(reruns[0].stdout)).bucket_owners("emb")
+        assert sorted(np.bincount(owners, minlength=3)) == [1365, 1365, 1366]  # the row buckets even too
 
 
 def test_a_move_larger_than_one_message_goes_in_pages(shards, monkeypatch):

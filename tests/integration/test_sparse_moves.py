@@ -185,10 +185,12 @@ def test_a_take_with_malformed_arrays_is_refused_and_changes_nothing(shards):
             ch.close()
 
 
-def test_resize_2_to_3_to_2_with_a_sparse_table_while_3_workers_push_rows(shards):
-    """Async, SGD at lr 1, integer gradients, Adam-free: every row ends at minus the sum of its
-    acknowledged pushes; the buckets end even over each new shard set."""
-    with shards(3) as servers:
+@pytest.mark.parametrize("mode", ["async", "ssp"])
+def test_resize_2_to_3_to_2_with_a_sparse_table_while_3_workers_push_rows(shards, mode):
+    """Async or ssp (staleness 2; the row pulls wait for the slowest worker), SGD at lr 1,
+    integer gradients, Adam-free: every row ends at minus the sum of its acknowledged pushes;
+    the buckets end even over each new shard set."""
+    with shards(3, mode=mode, staleness=2 if mode == "ssp" else 0) as servers:
         a, b, c = (s.address for s in servers)
         _create(f"{a},{b}")
         pushers = RowPushers(f"{a},{b}", 3)
