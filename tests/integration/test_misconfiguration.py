@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from ps import ServerConfig, ShardServer
@@ -104,6 +105,29 @@ def test_a_create_with_other_settings_names_only_the_fields_that_differ_and_what
                               "on the servers, 0.1 asked. "), message
     assert "same flags" in message and "restart the servers" in message
     assert "TableSpec(" not in message and len(message) < 300
+
+
+def test_a_table_made_with_another_block_size_is_used_as_it_is_when_the_block_size_was_not_chosen():
+    """Older versions cut every table into blocks of 262144 elements; a table restored from
+    their checkpoints keeps them. A worker creating it with the automatic block size (the
+    default) uses the table as it is; one asking for another block size, or another
+    setting, is still refused."""
+    with ShardServer(ServerConfig(port=0)) as a, ShardServer(ServerConfig(port=0)) as b:
+        servers = f"{a.address},{b.address}"
+        with Client(servers, local=False) as old:
+            old.create("w", shape=(600_000,), optimizer="adam", lr=0.01, block_elems=262144)
+            old.push({"w": np.ones(600_000, np.float32)})
+            expect = old.pull(["w"])["w"]
+        with Client(servers, local=False) as new:
+            new.create("w", shape=(600_000,), optimizer="adam", lr=0.01)  # automatic: would be 50000
+            assert new.spec("w").block_elems == 262144
+            assert np.array_equal(new.pull(["w"])["w"], expect)
+            new.push({"w": np.ones(600_000, np.float32)})
+            assert not np.array_equal(new.pull(["w"])["w"], expect)
+            with pytest.raises(AlreadyExistsError, match="block_elems is 262144 on the servers, 4096 asked"):
+                new.create("w", shape=(600_000,), optimizer="adam", lr=0.01, block_elems=4096)
+            with pytest.raises(AlreadyExistsError, match="optimizer.lr is 0.01 on the servers, 0.1 asked"):
+                new.create("w", shape=(600_000,), optimizer="adam", lr=0.1)
 
 
 @pytest.mark.parametrize("plane", ["grpc", "local"])

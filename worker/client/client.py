@@ -313,7 +313,8 @@ class Client:
         ``optimizer`` is sgd | momentum | adagrad | adam, with options such as
         ``momentum=0.9, nesterov=True, beta1, beta2, eps, weight_decay``. ``block_elems`` 0
         (the default) cuts the table into blocks that deal evenly over the shards
-        (``ps.tables.spec.balanced_block_elems``; ``docs/placement.md``). Idempotent.
+        (``ps.tables.spec.balanced_block_elems``; ``docs/placement.md``), or, when the table
+        exists alike with another block size, keeps that one. Idempotent.
         Blocks. Raises InvalidArgumentError for a bad spec and AlreadyExistsError when
         the table exists with another spec.
         """
@@ -326,7 +327,7 @@ class Client:
             optimizer=OptimizerSpec.from_options(optimizer, lr, **optimizer_options),
             init=InitSpec(kind=init, scale=float(init_scale), seed=int(seed)),
         )
-        self._directory.create(spec)
+        self._directory.create(spec, any_block_size=int(block_elems) == AUTO_BLOCK_ELEMS)
 
     def spec(self, name: str) -> TableSpec:
         """The spec of table ``name``, asking the cluster if this client has not seen it.

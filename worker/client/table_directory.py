@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from ps._proto import ps_pb2
-from ps.errors import FailedPreconditionError, NotFoundError
+from ps.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
 from ps.tables.placement_map import PlacementMap
 from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.spec import TableSpec
@@ -90,15 +91,33 @@ class TableDirectory:
         """The blocks of known dense table ``name`` that ``shard`` owns. Raises KeyError."""
         return self._owned[name][shard]
 
-    def create(self, spec: TableSpec | SparseTableSpec) -> None:
+    def create(self, spec: TableSpec | SparseTableSpec, any_block_size: bool = False) -> None:
         """Create the table on every shard (shard 0 first: of two racing, conflicting creates,
-        exactly one wins everywhere), or check it exists alike. Blocks. Raises
-        InvalidArgumentError, AlreadyExistsError."""
+        exactly one wins everywhere), or check it exists alike. ``any_block_size``: the caller
+        did not choose the dense block size, so a table that exists alike but for its block
+        size (created with another one, such as the fixed default of older versions) is used
+        as it is. Blocks. Raises InvalidArgumentError, AlreadyExistsError."""
         spec.validate()
+        try:
+            self._create_everywhere(spec)
+        except AlreadyExistsError:
+            existing = self._existing_dense(spec.name) if any_block_size and isinstance(spec, TableSpec) else None
+            if existing is None or dataclasses.replace(spec, block_elems=existing.block_elems) != existing:
+                raise
+            log.info("table %r exists with %d elements a block (not the automatic %d): using it as it is",
+                     spec.name, existing.block_elems, spec.block_elems)
+            self._create_everywhere(existing)
+
+    def _create_everywhere(self, spec: TableSpec | SparseTableSpec) -> None:
         requests = [self._create_request(i, spec) for i in range(len(self._cluster))]
         self._cluster.call(0, "create_table", requests[0])
         self._cluster.fan_out("create_table", {i: r for i, r in enumerate(requests) if i})
         self.learn(spec)
+
+    def _existing_dense(self, name: str) -> TableSpec | None:
+        """Shard 0's spec of dense table ``name``, or None. Blocks (one Status)."""
+        reply = self._cluster.call(0, "status", ps_pb2.StatusRequest())
+        return next((TableSpec.from_proto(t.spec) for t in reply.tables if t.spec.name == name), None)
 
     def recreate(self, shard: int, held: set[str]) -> None:
         """Create on ``shard`` (which restarted) every known table it may have lost: dense
