@@ -128,7 +128,7 @@ def _row_accesses(channels: list[ShardChannel]) -> list[int]:
     """Rows pushed and pulled so far on each shard, summed over its row buckets."""
     replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest(with_loads=True)) for ch in channels], 60.0,
                       RetryPolicy())
-    return [sum(x.accesses for x in r.loads if x.rows) for r in replies]
+    return [sum(x.accesses for x in r.loads if x.rows and not x.kept) for r in replies]
 
 
 def _ratio(loads: list[int]) -> float:

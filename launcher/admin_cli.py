@@ -106,7 +106,7 @@ def build_parser(environ=None) -> EnvArgumentParser:
     _connection_args(r)
     r.add_argument("--to", required=True, type=server_addresses, dest="to_servers",
                    help="the new shard list, HOST:PORT,... (new servers started empty)")
-    r.add_argument("--kill-after", default="", choices=("", "settle-first", "settle", "take"),
+    r.add_argument("--kill-after", default="", choices=("", "settle-first", "settle", "take", "batch-settle"),
                    help="fault injection for tests: SIGKILL ps-admin right after this step of the resize")
     rb = sub.add_parser("rebalance", help="move dense blocks until the busiest shard holds <= --ratio x the mean",
                         environ=environ)

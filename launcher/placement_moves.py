@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ps._proto import ps_pb2
-from ps.errors import FailedPreconditionError, InvalidArgumentError
+from ps.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError, UnavailableError
 from ps.protocol.unit_wire import decode_units, encode_units
 from ps.tables.placement import ROW_BUCKETS
 from ps.tables.placement_map import PlacementMap, Unit
@@ -84,7 +84,7 @@ def move_units(channels: Sequence[ShardChannel], moves: Mapping[Unit, int], time
     return _in_batches(channels, current, dict(moves), timeout_s, retry, kill_after, sync)
 
 
-def _in_batches(channels: Sequence[ShardChannel], current: PlacementMap, moves: Mapping[Unit, int],
+def _in_batches(channels: Sequence[ShardChannel | None], current: PlacementMap, moves: Mapping[Unit, int],
                 timeout_s: float, retry: RetryPolicy, kill_after: str = "", sync: bool = False) -> PlacementMap:
     """Settle ``moves`` on top of ``current`` (settled), one map version per batch of about
     :data:`MOVE_BATCH_BYTES` (sync mode: one batch, the move waits at one step boundary);
@@ -101,10 +101,11 @@ def _in_batches(channels: Sequence[ShardChannel], current: PlacementMap, moves: 
     return current
 
 
-def _unit_bytes(channels: Sequence[ShardChannel], timeout_s: float, retry: RetryPolicy) -> dict[Unit, int]:
+def _unit_bytes(channels: Sequence[ShardChannel | None], timeout_s: float, retry: RetryPolicy) -> dict[Unit, int]:
     """Every unit's bytes (values and optimizer state) where it is held (one Status call each)."""
-    replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest(with_loads=True)) for ch in channels], timeout_s, retry)
-    return {(x.table, x.rows, int(x.block)): int(x.bytes) for r in replies for x in r.loads}
+    replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest(with_loads=True)) for ch in channels if ch is not None],
+                      timeout_s, retry)
+    return {(x.table, x.rows, int(x.block)): int(x.bytes) for r in replies for x in r.loads if not x.kept}
 
 
 def _batches(moves: Mapping[Unit, int], sizes: Mapping[Unit, int]) -> list[dict[Unit, int]]:
@@ -127,7 +128,7 @@ def _owner(placement: PlacementMap, unit: Unit) -> int:
     return int(placement.bucket_owners(table)[index]) if rows else placement.block_owner(table, index)
 
 
-def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s: float, retry: RetryPolicy,
+def settle(channels: Sequence[ShardChannel | None], placement: PlacementMap, timeout_s: float, retry: RetryPolicy,
            kill_after: str = "", indices: Sequence[int] | None = None,
            tables: Sequence[ps_pb2.TableSpec] = (), first: int = 0, sync: bool = False,
            clocks: tuple[int, Sequence[int]] = (0, ())) -> PlacementMap:
@@ -141,11 +142,16 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
     their owners all at once. ``sync``: the shards (the ``first``, new to the cluster, apart)
     first hold their pushes at a common step boundary (:func:`hold_step_boundary`) and
     release them at the end; the new ones start at that boundary. Else a new shard starts
-    its workers at ``clocks`` (ssp: :func:`ssp_clocks`). Blocks; raises PSError."""
+    its workers at ``clocks`` (ssp: :func:`ssp_clocks`). A None channel is a dead server a
+    resize drops (never among the ``first``, never an owner): it is skipped. Blocks; raises
+    PSError."""
     wire = placement.to_proto()
-    step, workers = hold_step_boundary(channels[first:], wire, timeout_s, retry) if sync else clocks
+    live = [ch for ch in channels if ch is not None]
+    step, workers = hold_step_boundary(live[first:], wire, timeout_s, retry) if sync else clocks
     requests = []
     for k in range(len(channels)):
+        if channels[k] is None:  # a dead server a resize drops: its units come from the copies others kept
+            continue
         request = ps_pb2.MoveRequest(placement=wire, settle=True, max_bytes=MOVE_PAGE_BYTES)
         if indices is not None:
             request.reshard, request.shard_index = True, indices[k]
@@ -184,7 +190,7 @@ def settle(channels: Sequence[ShardChannel], placement: PlacementMap, timeout_s:
             takes.append((ch, ch.move, request))
     fan_out(takes, timeout_s, retry)
     _fault(kill_after, "take")
-    fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, release=True, unhold=sync)) for ch in channels],
+    fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, release=True, unhold=sync)) for ch in live],
             timeout_s, retry)
     return placement
 
@@ -260,17 +266,22 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
     ssp in batches: a dropped server's units bound for a staying one first, under the old
     list; then the new list with every other unit in place (ssp: a new shard knows the
     workers' clocks); then the rest of the plan. Sync: one map, at a step boundary.
-    ``kill_after``: as :func:`move_units` (for the map that installs the new list), or
+    ``kill_after``: as :func:`move_units` (for the map that installs the new list),
     "settle-first" (in the middle of its settle loop: after the first new server settled,
-    before the others).
+    before the others) or "batch-settle" (after the gives of the first batch that follows).
+    A dropped server that does not answer (a new server that died in the middle of its
+    resize, say) is left out, if every unit it held has a copy a live server kept.
     Blocks (each call bounded by ``timeout_s``). Raises InvalidArgumentError (duplicate
-    addresses, servers that are not ``old``), PSError."""
+    addresses, servers that are not ``old``), FailedPreconditionError (a dead server held
+    units no live server kept: lost; nothing changed), PSError."""
     old, new = list(old), list(new)
     if len(set(old)) != len(old) or len(set(new)) != len(new) or not new:
         raise InvalidArgumentError("--servers and --to must each list distinct addresses, --to at least one")
     # shards new to the cluster first: no shard hands out the new map before they can serve it
     union = [a for a in new if a not in old] + old
-    statuses = fan_out([(channels[a], channels[a].status, ps_pb2.StatusRequest()) for a in union], timeout_s, retry)
+    dead = _unreachable([a for a in old if a not in new], channels, timeout_s, retry)
+    statuses = fan_out([(channels[a], channels[a].status, ps_pb2.StatusRequest()) for a in union if a not in dead],
+                       timeout_s, retry)
     maps = [PlacementMap.from_proto(r.placement) for r in statuses if r.HasField("placement")]
     if not maps:
         raise FailedPreconditionError("no shard knows its topology yet: create a table first")
@@ -283,21 +294,60 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
         placed = list(newest.addresses) or old
         if placed != old:
             raise InvalidArgumentError(f"the servers are {','.join(placed)}, not {','.join(old)}")
+        if dead:
+            _check_recoverable(newest, old, dead, list(specs.values()), channels, sync, timeout_s, retry)
         target = plan_resize(newest, old, new, list(specs.values()))
         if not sync:  # what a dropped server hands to a server that stays moves first, in batches
             drain = {u: old.index(new[_owner(target, u)]) for u in _units(list(specs.values()))
                      if old[_owner(newest, u)] not in new and new[_owner(target, u)] in old}
-            newest = _in_batches([channels[a] for a in old], newest, drain, timeout_s, retry)
+            newest = _in_batches([None if a in dead else channels[a] for a in old], newest, drain, timeout_s, retry)
         topology = target if sync else _topology(newest, old, new, target, list(specs.values()))
-    ordered = [channels[a] for a in union]
+    ordered = [None if a in dead else channels[a] for a in union]
     indices = [new.index(a) if a in new else -1 for a in union]
-    settled = settle(ordered, topology, timeout_s, retry, kill_after, indices, list(specs.values()),
+    settled = settle(ordered, topology, timeout_s, retry, "" if kill_after == "batch-settle" else kill_after, indices,
+                     list(specs.values()),
                      first=sum(1 for a in new if a not in old), sync=sync, clocks=ssp_clocks(statuses))
     if sync:
         return settled
     final = plan_resize(settled, new, new, list(specs.values()))
-    return _in_batches([channels[a] for a in new], settled,
-                       {u: _owner(final, u) for u in _units(list(specs.values()))}, timeout_s, retry)
+    return _in_batches([channels[a] for a in new], settled, {u: _owner(final, u) for u in _units(list(specs.values()))},
+                       timeout_s, retry, "settle" if kill_after == "batch-settle" else "")
+
+
+def _unreachable(addresses: Sequence[str], channels: Mapping[str, ShardChannel], timeout_s: float,
+                 retry: RetryPolicy) -> set[str]:
+    """Those of ``addresses`` (servers a resize drops) that do not answer a Status, retried by
+    ``retry`` (UNAVAILABLE or DEADLINE_EXCEEDED to the end: a dead server). Blocks."""
+    dead = set()
+    for address in addresses:
+        try:
+            call(channels[address], channels[address].status, ps_pb2.StatusRequest(), timeout_s, retry)
+        except (UnavailableError, DeadlineExceededError):
+            dead.add(address)
+    return dead
+
+
+def _check_recoverable(current: PlacementMap, old: Sequence[str], dead: set[str], specs: Sequence[ps_pb2.TableSpec],
+                       channels: Mapping[str, ShardChannel], sync: bool, timeout_s: float, retry: RetryPolicy) -> None:
+    """A resize that drops ``dead`` servers may go on only if every unit ``current`` places on
+    them has a copy kept by a live server: a target that died in the middle of a move (the
+    sources keep what they gave until the move is released). Raises FailedPreconditionError,
+    changing nothing, naming the units only a dead server held (lost with it: restore the
+    cluster from a checkpoint), or in sync mode (a step boundary needs every server)."""
+    names = ", ".join(sorted(dead))
+    if sync:
+        raise FailedPreconditionError(f"{names} do(es) not answer; in sync mode a resize needs every server (a step "
+                                      "boundary): restore the cluster from its last checkpoint")
+    live = [channels[a] for a in old if a not in dead]
+    replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest(with_loads=True)) for ch in live], timeout_s, retry)
+    kept = {(x.table, x.rows, int(x.block)) for r in replies for x in r.loads if x.kept}
+    lost = [u for u in _units(specs) if old[_owner(current, u)] in dead and u not in kept]
+    if lost:
+        shown = ", ".join(f"{t!r} {'bucket' if rows else 'block'} {k}" for t, rows, k in lost[:5])
+        raise FailedPreconditionError(
+            f"{names} do(es) not answer and held {len(lost)} unit(s) no live server keeps a copy of ({shown}"
+            f"{', ...' if len(lost) > 5 else ''}): they are lost with it; nothing changed. Restore the cluster "
+            "from its last checkpoint (docs/failure-semantics.md)")
 
 
 def _units(specs: Sequence[ps_pb2.TableSpec]) -> list[Unit]:
@@ -385,7 +435,8 @@ def rebalance(channels: Sequence[ShardChannel], by: str, ratio: float, timeout_s
     def measure() -> list[dict[Unit, int]]:
         replies = fan_out([(ch, ch.status, ps_pb2.StatusRequest(with_loads=True)) for ch in channels],
                           timeout_s, retry)
-        return [{(x.table, x.rows, int(x.block)): int(x.bytes if by == "bytes" else x.accesses) for x in r.loads}
+        return [{(x.table, x.rows, int(x.block)): int(x.bytes if by == "bytes" else x.accesses) for x in r.loads
+                 if not x.kept}
                 for r in replies]
 
     def skew(loads: list[dict]) -> float:

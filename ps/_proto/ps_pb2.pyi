@@ -406,18 +406,20 @@ class StatusRequest(_message.Message):
     def __init__(self, with_checkpoints: _Optional[bool] = ..., with_loads: _Optional[bool] = ...) -> None: ...
 
 class BlockLoad(_message.Message):
-    __slots__ = ("table", "block", "bytes", "accesses", "rows")
+    __slots__ = ("table", "block", "bytes", "accesses", "rows", "kept")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     BLOCK_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     ACCESSES_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
     table: str
     block: int
     bytes: int
     accesses: int
     rows: bool
-    def __init__(self, table: _Optional[str] = ..., block: _Optional[int] = ..., bytes: _Optional[int] = ..., accesses: _Optional[int] = ..., rows: _Optional[bool] = ...) -> None: ...
+    kept: bool
+    def __init__(self, table: _Optional[str] = ..., block: _Optional[int] = ..., bytes: _Optional[int] = ..., accesses: _Optional[int] = ..., rows: _Optional[bool] = ..., kept: _Optional[bool] = ...) -> None: ...
 
 class CheckpointInfo(_message.Message):
     __slots__ = ("tag", "version", "cluster", "created")

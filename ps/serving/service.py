@@ -172,8 +172,11 @@ class ParameterServerService:
             reply.sparse_tables.add(spec=spec.to_proto(), rows=rows, bytes=nbytes, evicted=evicted)
         reply.counters.update(self.shard.rows.counters())
         if request.with_loads:
-            for table, rows, block, nbytes, accesses in self.shard.loads():
+            held, kept = self.shard.loads()
+            for table, rows, block, nbytes, accesses in held:
                 reply.loads.add(table=table, block=block, bytes=nbytes, accesses=accesses, rows=rows)
+            for table, rows, block, nbytes in kept:
+                reply.loads.add(table=table, block=block, bytes=nbytes, rows=rows, kept=True)
         return reply
 
     def handler(self) -> grpc.GenericRpcHandler:

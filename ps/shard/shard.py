@@ -538,18 +538,21 @@ class Shard:
 
     # -- status -------------------------------------------------------------------------
 
-    def loads(self) -> list[tuple[str, bool, int, int, int]]:
-        """``(table, rows, unit, bytes, accesses)`` of every dense block (``rows`` False) held
-        here: bytes of its values and optimizer state, pushes and pulls that touched it here;
-        and of every sparse row bucket held here with rows or accesses (``rows`` True: its
-        rows' bytes, rows pushed and pulled). Does not block long."""
+    def loads(self) -> tuple[list[tuple[str, bool, int, int, int]], list[tuple[str, bool, int, int]]]:
+        """``(held, kept)``. ``held``: ``(table, rows, unit, bytes, accesses)`` of every dense
+        block (``rows`` False) held here: bytes of its values and optimizer state, pushes and
+        pulls that touched it here; and of every sparse row bucket held here with rows or
+        accesses (``rows`` True: its rows' bytes, rows pushed and pulled). ``kept``: ``(table,
+        rows, unit, bytes)`` of every copy kept of a unit given away (:attr:`kept`). Does not
+        block long."""
         with self.steps.cond:
             held = [(name, b) for name, t in self.tables.items() for b in t.blocks.values()]
-            dense = [(name, False, b.index, b.values.nbytes + sum(a.nbytes for a in b.state.values()),
-                      self.accesses.get((name, b.index), 0)) for name, b in held]
+            dense = [(name, False, b.index, _block_bytes(b), self.accesses.get((name, b.index), 0)) for name, b in held]
             sparse = list(self.rows.tables.items())
+            kept = [(table, rows, k, _block_bytes(c) if isinstance(c, Block) else sum(a.nbytes for a in c.values()))
+                    for (table, rows, k), c in self.kept.items()]
         return dense + [(name, True, k, nbytes, accesses) for name, t in sparse
-                        for k, nbytes, accesses in t.bucket_loads()]
+                        for k, nbytes, accesses in t.bucket_loads()], kept
 
     def snapshot(self) -> dict:
         """Mode, version, workers, tables and counters, for the Status call."""
@@ -567,3 +570,8 @@ class Shard:
                 "waiting_for": self.gate.waiting_for(),
                 "counters": dict(self.counters),
             }
+
+
+def _block_bytes(block: Block) -> int:
+    """Bytes of a dense block's values and optimizer state."""
+    return block.values.nbytes + sum(a.nbytes for a in block.state.values())

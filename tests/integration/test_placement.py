@@ -545,6 +545,59 @@ def test_after_a_resize_a_worker_keeps_its_fast_plane_on_every_shard_of_the_new_
                 assert np.array_equal(out, np.full(size, expected, np.float32))
 
 
+def test_a_resize_whose_new_server_dies_mid_move_is_undone_by_a_resize_without_it(shards):
+    """2 -> 3, the admin SIGKILLed after the gives of the first batch to the new server, which
+    then dies before taking anything: a resize back to the two live servers leaves the dead
+    one out and takes the given blocks back from the copies their sources kept. Every value
+    and version is as before; the two shards serve alone, evenly."""
+    size = 8192
+    with shards(3) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b}") as client:
+            client.create("w", (size,), optimizer="sgd", lr=1.0)
+            client.push({"w": np.arange(size, dtype=np.float32)})
+            expect = client.pull(["w"])["w"]
+        killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", "batch-settle")
+        assert killed.returncode == -9, killed.stderr
+        with Client(f"{a},{b},{c}", observer=True) as observer:
+            held = [next(t["blocks"] for t in st["tables"] if t["name"] == "w") for st in observer.status()]
+        num_blocks = TableSpec("w", (size,)).num_blocks
+        assert held[2] == 0 and sum(held) < num_blocks  # given to the new server, not taken: in flight
+        servers[2].stop(grace_s=0)
+        undo = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{a},{b}")
+        assert undo.returncode == 0, undo.stderr
+        assert json.loads(undo.stdout)["addresses"] == [a, b]
+        with Client(f"{a},{b}") as client:
+            assert np.array_equal(client.pull(["w"])["w"], expect)
+            client.push({"w": np.ones(size, np.float32)})
+            assert np.array_equal(client.pull(["w"])["w"], expect - 1)
+            status = client.status()
+        assert [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status] == [num_blocks // 2] * 2
+        assert len({json.dumps(s["placement"]) for s in status}) == 1
+
+
+def test_a_resize_dropping_a_dead_server_that_held_units_alone_is_refused_and_changes_nothing(shards):
+    """A server that died holding blocks nobody else kept: the resize names them as lost and
+    what to do (restore a checkpoint), and the live servers keep their map and values."""
+    size = 8192
+    with shards(3) as servers:
+        a, b, c = (s.address for s in servers)
+        with Client(f"{a},{b},{c}") as client:
+            client.create("w", (size,), optimizer="sgd", lr=1.0)
+            client.push({"w": np.ones(size, np.float32)})
+            before = [s["placement"]["version"] for s in client.status()]
+        servers[2].stop(grace_s=0)
+        refused = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{a},{b}")
+        assert refused.returncode != 0
+        assert f"{c} do(es) not answer and held" in refused.stderr and "lost with it; nothing changed" in \
+            refused.stderr and "checkpoint" in refused.stderr, refused.stderr
+        channels = _channels(servers[:2])
+        assert [newest_placement([ch], 10.0, RetryPolicy()).num_shards for ch in channels] == [3, 3]
+        assert [newest_placement([ch], 10.0, RetryPolicy()).version for ch in channels] == before[:2]
+        for ch in channels:
+            ch.close()
+
+
 def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shards, tmp_path):
     d = str(tmp_path)
     with shards(3, checkpoint_dir=d) as servers:
