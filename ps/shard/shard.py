@@ -345,15 +345,21 @@ class Shard:
         try:
             with self.steps.cond:  # who before what: a restarted shard says "not registered" first
                 self._check_caller(worker, pushes=True)
-            targets, elsewhere = self._validate(blocks, grads)
+            named = self._validate(blocks, grads)
         except Exception:
             with self.steps.cond:
                 self.counters["refused"] += 1
             raise
         admitted: list[int] = []
+        targets: list[tuple[DenseTable, Block]] = []
 
         def admit() -> Wait | None:  # lock held: after the duplicate check, before anything is applied
-            return self.admit_push(step, placement_version, lambda: elsewhere, admitted)
+            # which blocks are here is asked now, not on arrival: a push held while a sync move
+            # settles is decided after its blocks arrived (or left)
+            held = self.admit_push(step, placement_version, lambda: _first_elsewhere(named), admitted)
+            if held is None:
+                targets[:] = [(table, table.blocks[index]) for table, index in named]
+            return held
         skip = self.config.nonfinite == "skip" and not all(np.isfinite(g).all() for g in grads)
         if self.config.clip_norm and not skip:
             grads = clip_by_norm(grads, self.config.clip_norm)
@@ -513,28 +519,25 @@ class Shard:
     # -- internals ----------------------------------------------------------------------
 
     def _validate(self, blocks: Sequence[tuple[str, int]],
-                  grads: Sequence[np.ndarray]) -> tuple[list[tuple[DenseTable, Block]], str]:
-        """The push's targets, and "" or the first block it names that another shard owns
-        (refused as MOVED only after the duplicate check). Raises InvalidArgumentError,
-        NotFoundError, FailedPreconditionError."""
+                  grads: Sequence[np.ndarray]) -> list[tuple[DenseTable, int]]:
+        """The push's ``(table, block index)`` pairs, each gradient checked against its block's
+        size and dtype (whether this shard holds the block is asked when the push is decided:
+        a block held elsewhere is refused as MOVED only after the duplicate check). Raises
+        InvalidArgumentError, NotFoundError."""
         if len(blocks) != len(grads):
             raise InvalidArgumentError(f"{len(blocks)} block references but {len(grads)} gradients")
-        targets = []
-        elsewhere = ""
+        named = []
         seen: set[tuple[str, int]] = set()
         for (name, index), grad in zip(blocks, grads):
             if (name, index) in seen:
                 raise InvalidArgumentError(f"{name}: block {index} appears twice in one push")
             seen.add((name, index))
             table = self.table(name)
-            if index not in table.blocks and 0 <= index < table.spec.num_blocks:
-                elsewhere = elsewhere or f"{name}: block {index} is not on this shard"
-                continue
-            block = table.block_for(index, grad)
+            table.check_grad(index, grad)
             if self.config.nonfinite == "refuse" and not _all_true(np.isfinite(grad), axis=None):
                 raise InvalidArgumentError(f"{name}: block {index} has NaN or Inf gradients (refused)")
-            targets.append((table, block))
-        return targets, elsewhere
+            named.append((table, index))
+        return named
 
     # -- status -------------------------------------------------------------------------
 
@@ -575,3 +578,9 @@ class Shard:
 def _block_bytes(block: Block) -> int:
     """Bytes of a dense block's values and optimizer state."""
     return block.values.nbytes + sum(a.nbytes for a in block.state.values())
+
+
+def _first_elsewhere(named: Sequence[tuple[DenseTable, int]]) -> str:
+    """Lock held: "" or the first of a push's blocks this shard does not hold now."""
+    return next((f"{table.spec.name}: block {index} is not on this shard" for table, index in named
+                 if index not in table.blocks), "")

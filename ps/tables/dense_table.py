@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ps.errors import FailedPreconditionError, InvalidArgumentError
+from ps.errors import InvalidArgumentError
 from ps.tables.optim import Optimizer, make_optimizer
 from ps.tables.spec import TableSpec
 from ps.protocol.wire import dtype_refusal, wire_dtype
@@ -122,25 +122,19 @@ class DenseTable:
         """Parameter bytes held (optimizer state not included)."""
         return sum(b.values.nbytes for b in self.blocks.values())
 
-    def block_for(self, index: int, grad: np.ndarray) -> Block:
-        """The owned block ``index``, after checking ``grad`` fits it.
-
-        Raises FailedPreconditionError when this shard does not own the block, and
-        InvalidArgumentError for a block index out of range or a wrong dtype or length.
-        """
+    def check_grad(self, index: int, grad: np.ndarray) -> None:
+        """Check ``grad`` fits block ``index`` of the table (held here or not: a push may wait
+        for a block that is moving here). Raises InvalidArgumentError for a block index out of
+        range or a wrong dtype or length."""
         spec = self.spec
         if not 0 <= index < spec.num_blocks:
             raise InvalidArgumentError(f"{spec.name}: block {index} out of range [0, {spec.num_blocks})")
-        block = self.blocks.get(index)
-        if block is None:
-            raise FailedPreconditionError(f"{spec.name}: block {index} is not placed on this shard")
-        if grad.dtype != block.values.dtype:
+        if grad.dtype != np.dtype(spec.dtype):
             raise dtype_refusal(spec.name, grad.dtype, spec.dtype)
-        if grad.shape != block.values.shape:
-            raise InvalidArgumentError(
-                f"{spec.name}: block {index} holds {block.values.size} elements, gradient has {grad.size}"
-            )
-        return block
+        start, stop = spec.block_range(index)
+        if grad.shape != (stop - start,):
+            raise InvalidArgumentError(f"{spec.name}: block {index} holds {stop - start} elements, gradient has "
+                                       f"{grad.size}")
 
     def apply(self, block: Block, grad: np.ndarray) -> None:
         """Apply one gradient to one block with the table's optimizer. Blocks on the block lock."""

@@ -713,6 +713,44 @@ def test_a_sync_hold_is_bounded_names_the_move_and_ends_with_unhold_and_bad_hold
             ch.close()
 
 
+def test_a_sync_push_held_while_its_block_was_in_transit_is_decided_with_the_block_it_finds(shards):
+    """A push planned with the new map reaches the block's new owner while the block is still
+    in transit (given, not yet taken) and is held at the move's step boundary; once the block
+    is taken and the hold released, the push is decided with the blocks the shard holds then:
+    applied, not refused for a block that was missing when it arrived (that split a sync
+    step: the step's other parts applied, this one re-planned under another part count)."""
+    with shards(2, mode="sync", num_workers=1) as servers:
+        channels = _channels(servers)
+        with Client(addresses(servers), worker_id=0, wait_timeout_s=20.0, local=False) as client:
+            client.create("w", (4096,), lr=1.0, block_elems=512)
+            client.push({"w": np.ones(4096, np.float32)})  # step 0
+            home = newest_placement(channels, 10.0, RetryPolicy())
+            blk = home.blocks_of("w", 8, 0)[0]
+            new = home.with_moves({("w", False, blk): 1})
+            wire = new.to_proto()
+            held = fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, hold=True, hold_from=1))
+                            for ch in channels], 10.0)
+            assert [r.hold_from for r in held] == [1, 1]
+            given = fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, settle=True)) for ch in channels],
+                            10.0)  # shard 0 gives the block; nobody takes it yet
+            assert [len(r.units) for r in given] == [1, 0]
+            assert client._engine._directory.adopt_placement(new)  # the new map, as after a redirect
+            pushed = []
+            pusher = threading.Thread(target=lambda: pushed.append(client.push({"w": np.ones(4096, np.float32)})))
+            pusher.start()  # step 1: held on both shards, its part for shard 1 naming the block in transit
+            take = ps_pb2.MoveRequest(placement=wire, payload=given[0].payload)
+            take.take.extend(given[0].units)
+            call(channels[1], channels[1].move, take, 10.0)
+            fan_out([(ch, ch.move, ps_pb2.MoveRequest(placement=wire, release=True, unhold=True)) for ch in channels],
+                    10.0)
+            pusher.join(30.0)
+            assert not pusher.is_alive() and pushed == [None]
+            assert np.array_equal(client.pull(["w"])["w"], np.full(4096, -2.0, np.float32))  # each push once
+            assert client.stats["stale"] == 0
+        for ch in channels:
+            ch.close()
+
+
 SYNC_LR = 0.05
 #: the sparse table's ids (hashed into row buckets all over the shards) and row width
 SYNC_IDS, SYNC_DIM = 3000, 4
