@@ -287,6 +287,7 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
         raise FailedPreconditionError("no shard knows its topology yet: create a table first")
     newest = max(maps, key=lambda m: m.version)
     specs = {t.spec.name: t.spec for r in statuses for t in [*r.tables, *r.sparse_tables]}
+    tables = list(specs.values())
     sync = any(r.mode == ps_pb2.SYNC for r in statuses)
     if list(newest.addresses) == new:
         topology = newest  # a resize to `new` was started: finish it
@@ -295,22 +296,21 @@ def resize(channels: Mapping[str, ShardChannel], old: Sequence[str], new: Sequen
         if placed != old:
             raise InvalidArgumentError(f"the servers are {','.join(placed)}, not {','.join(old)}")
         if dead:
-            _check_recoverable(newest, old, dead, list(specs.values()), channels, sync, timeout_s, retry)
-        target = plan_resize(newest, old, new, list(specs.values()))
+            _check_recoverable(newest, old, dead, tables, channels, sync, timeout_s, retry)
+        target = plan_resize(newest, old, new, tables)
         if not sync:  # what a dropped server hands to a server that stays moves first, in batches
-            drain = {u: old.index(new[_owner(target, u)]) for u in _units(list(specs.values()))
+            drain = {u: old.index(new[_owner(target, u)]) for u in _units(tables)
                      if old[_owner(newest, u)] not in new and new[_owner(target, u)] in old}
             newest = _in_batches([None if a in dead else channels[a] for a in old], newest, drain, timeout_s, retry)
-        topology = target if sync else _topology(newest, old, new, target, list(specs.values()))
+        topology = target if sync else _topology(newest, old, new, target, tables)
     ordered = [None if a in dead else channels[a] for a in union]
     indices = [new.index(a) if a in new else -1 for a in union]
     settled = settle(ordered, topology, timeout_s, retry, "" if kill_after == "batch-settle" else kill_after, indices,
-                     list(specs.values()),
-                     first=sum(1 for a in new if a not in old), sync=sync, clocks=ssp_clocks(statuses))
+                     tables, first=sum(1 for a in new if a not in old), sync=sync, clocks=ssp_clocks(statuses))
     if sync:
         return settled
-    final = plan_resize(settled, new, new, list(specs.values()))
-    return _in_batches([channels[a] for a in new], settled, {u: _owner(final, u) for u in _units(list(specs.values()))},
+    final = plan_resize(settled, new, new, tables)
+    return _in_batches([channels[a] for a in new], settled, {u: _owner(final, u) for u in _units(tables)},
                        timeout_s, retry, "settle" if kill_after == "batch-settle" else "")
 
 

@@ -313,8 +313,8 @@ def _block(table, index: int, version: int, arrays: Mapping[str, np.ndarray]) ->
         arr = arrays.get(f"state.{name}")
         if arr is None or arr.shape != like.shape or arr.dtype != like.dtype:
             raise InvalidArgumentError(f"{spec.name}: block {index} moved without a fitting optimizer state {name!r}")
-        state[name] = np.array(arr)
-    block = Block(index, np.array(values), state)
+        state[name] = arr
+    block = Block(index, values, state)  # the arrays are the Move's own copies (unit_wire)
     block.version = int(version)
     return block
 
