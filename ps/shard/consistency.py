@@ -406,6 +406,14 @@ class ConsistencyGate:
         return Wait(f"pull at clock {step} waits for every worker to reach clock {bound}",
                     tuple(sorted(slow + missing)), len(missing), missing)
 
+    def raises_clock(self, worker: int, step: int) -> bool:
+        """Ssp: whether a pull by live ``worker`` at clock ``step`` raises its clock here
+        (:meth:`on_pull` then does). A worker that sent this shard nothing for a while (its
+        steps touched only other shards, e.g. before a move gave this shard blocks) shows an
+        old clock, and other pulls may be waiting for it: the caller wakes them. Pure."""
+        w = self.workers.get(worker)
+        return self.mode is Mode.SSP and w is not None and w.live and step > w.clock
+
     def waiting_for(self) -> tuple[int, ...]:
         """Whom the cluster waits for, in ascending order. Sync: the live workers the
         current step still needs, and the expected workers that never registered

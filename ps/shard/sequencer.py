@@ -139,9 +139,12 @@ class Sequencer:
         (lock held) runs before each look at the gate and raises to end the wait: a pull
         planned with a map the shard no longer has is redirected (MOVED) as soon as the new
         map is installed, never left waiting for workers whose pushes now follow the new map
-        (ssp: they may be waiting themselves, on a new shard, for this very reader). Raises
+        (ssp: they may be waiting themselves, on a new shard, for this very reader). A reader
+        whose clock the pull raises (ssp) wakes the other waiting pulls. Raises
         AbortedError, FailedPreconditionError, DeadlineExceededError, what ``check`` raises."""
         self.guard.admit_pull(worker)
+        if self.gate.raises_clock(worker, step):  # pulls waiting for this reader may go on once it reads
+            self.cond.notify_all()
 
         def decide():
             if check is not None:
