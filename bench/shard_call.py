@@ -40,10 +40,11 @@ def main() -> None:
     p.add_argument("--size", default="4KiB")
     p.add_argument("--calls", type=int, default=20000, help="timed calls (0: none)")
     p.add_argument("--warm", type=int, default=500, help="untimed calls first")
+    p.add_argument("--block-elems", type=int, default=0, help="the table's block size (0: automatic)")
     args = p.parse_args()
     n = SIZES[args.size] // 4
     shard = Shard(ServerConfig(mode=args.mode, shard_index=0, num_shards=1, num_workers=1))
-    shard.create_table(TableSpec("w", (n,), optimizer=OptimizerSpec("sgd", lr=0.001)))
+    shard.create_table(TableSpec("w", (n,), block_elems=args.block_elems, optimizer=OptimizerSpec("sgd", lr=0.001)))
     shard.register(0, session=5)
     table = shard.tables["w"]
     version = shard.placement.version
@@ -76,7 +77,7 @@ def main() -> None:
             t0 = time.process_time()
             run(max(1, args.calls // 5))
             rounds.append((time.process_time() - t0) / max(1, args.calls // 5) * 1e6)
-        print(f"{args.mode} {args.size}: {min(rounds):.1f} CPU us per PushPull (least of 5 rounds; "
+        print(f"{args.mode} {args.size} in {table.spec.num_blocks} blocks: {min(rounds):.1f} CPU us per PushPull (least of 5 rounds; "
               f"median {sorted(rounds)[2]:.1f})")
 
 

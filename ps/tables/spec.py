@@ -24,11 +24,16 @@ from ps.protocol.wire import np_dtype, wire_dtype
 DEFAULT_BLOCK_ELEMS = 1 << 18
 #: ``block_elems`` that asks for the automatic block size (:func:`balanced_block_elems`)
 AUTO_BLOCK_ELEMS = 0
-#: the automatic block size cuts a table into at least this many blocks (dealt evenly over 2, 3,
+#: the automatic block size cuts a table into at most this many blocks (dealt evenly over 2, 3,
 #: 4, 6 or 12 shards: ``ps.tables.placement``) ...
 DEAL_BLOCKS = 12
-#: ... but never into blocks smaller than this many elements (a smaller table is one block)
-MIN_DEAL_BLOCK_ELEMS = 512
+#: ... of at least this many elements each (512 KiB of float32): a block costs a header entry and
+#: an update call on each side of every step, so a smaller one only balances shards at the price
+#: of steps ...
+MIN_DEAL_BLOCK_ELEMS = 1 << 17
+#: ... except that a table of at least twice this many elements is cut in two or more, so even
+#: a small model balances over two shards; a smaller table is one block
+MIN_SPLIT_BLOCK_ELEMS = 2048
 #: the most elements one table may hold (2**40: 4 TiB of float32); guards size overflow
 MAX_TABLE_ELEMS = 1 << 40
 INIT_KINDS = ("zeros", "normal", "uniform", "glorot", "constant")
@@ -51,14 +56,16 @@ class InitSpec:
 
 
 def balanced_block_elems(size: int) -> int:
-    """The automatic block size (elements) of a ``size``-element table: small enough that the
-    table is at least :data:`DEAL_BLOCKS` blocks (so its blocks deal evenly over the shards and
-    bytes balance), at least :data:`MIN_DEAL_BLOCK_ELEMS`, at most :data:`DEFAULT_BLOCK_ELEMS`.
+    """The automatic block size (elements) of a ``size``-element table: one block under
+    2 x :data:`MIN_SPLIT_BLOCK_ELEMS`; else as many blocks of :data:`MIN_DEAL_BLOCK_ELEMS` as fit,
+    at least 2 and at most :data:`DEAL_BLOCKS`, none larger than :data:`DEFAULT_BLOCK_ELEMS`.
 
     A function of the size alone: every creator (any client, any shard count) computes the
     same, so the resolved spec stays equal across workers and across restores onto another
     shard count."""
-    return min(DEFAULT_BLOCK_ELEMS, max(MIN_DEAL_BLOCK_ELEMS, -(-max(0, size) // DEAL_BLOCKS)))
+    size = max(0, size)
+    blocks = min(DEAL_BLOCKS, max(2, size // MIN_DEAL_BLOCK_ELEMS)) if size >= 2 * MIN_SPLIT_BLOCK_ELEMS else 1
+    return max(1, min(DEFAULT_BLOCK_ELEMS, -(-size // blocks)))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,10 @@ from worker.training.model_tables import create_tables, table_specs
 from worker.training.train_config import TrainConfig
 
 
+#: the tables these tests move are small: cut into 512-element blocks, they have many blocks to move
+BLOCK = 512
+
+
 def addresses(servers) -> str:
     return ",".join(s.address for s in servers)
 
@@ -84,7 +88,7 @@ def test_a_16_mib_table_splits_evenly_over_two_shards(shards):
 def test_status_and_ps_admin_status_show_the_placement_map_version(shards):
     with shards(2) as servers:
         with Client(addresses(servers)) as client:
-            client.create("w", (4096,))
+            client.create("w", (4096,), block_elems=BLOCK)
             assert [s["placement"]["version"] for s in client.status()] == [1, 1]
         channels = [ShardChannel(s.address, 1 << 26) for s in servers]
         try:
@@ -114,11 +118,11 @@ def _channels(servers) -> list[ShardChannel]:
 
 def test_a_client_with_a_stale_map_is_redirected_and_its_pushes_apply_exactly_once(shards):
     """SGD at lr 1 with integer gradients: the table must end at -(sum of every push), exactly."""
-    spec_blocks = TableSpec("w", (4096,)).num_blocks
+    spec_blocks = TableSpec("w", (4096,), block_elems=BLOCK).num_blocks
     with shards(2) as servers:
         channels = _channels(servers)
         with Client(addresses(servers)) as a, Client(addresses(servers)) as b:
-            a.create("w", (4096,), optimizer="sgd", lr=1.0)
+            a.create("w", (4096,), optimizer="sgd", lr=1.0, block_elems=BLOCK)
             a.push({"w": np.ones(4096, np.float32)})
             b.push({"w": np.ones(4096, np.float32)})
             home = PlacementMap.initial(2)
@@ -147,7 +151,7 @@ def test_a_push_applied_before_a_move_and_retried_after_it_is_a_duplicate(shards
     with shards(2) as servers:
         channels = _channels(servers)
         with Client(addresses(servers)) as client:
-            client.create("w", (1024,), optimizer="sgd", lr=1.0)
+            client.create("w", (1024,), optimizer="sgd", lr=1.0, block_elems=BLOCK)
             engine = client._engine
             owner = PlacementMap.initial(2).block_owner("w", 0)
             seq = engine._next_seq[owner]
@@ -171,7 +175,7 @@ def test_the_map_survives_a_checkpoint_and_a_restore_onto_the_same_and_another_c
                for i in range(2)]
     try:
         with Client(addresses(servers)) as client:
-            client.create("w", (4096,), optimizer="adam", lr=0.1)
+            client.create("w", (4096,), optimizer="adam", lr=0.1, block_elems=BLOCK)
             client.push({"w": np.arange(4096, dtype=np.float32)})
             owner = PlacementMap.initial(2).block_owner("w", 3)
             channels = _channels(servers)
@@ -207,7 +211,7 @@ def test_a_move_of_a_block_a_shard_does_not_hold_is_refused_and_changes_nothing(
     with shards(2) as servers:
         channels = _channels(servers)
         with Client(addresses(servers)) as client:
-            client.create("w", (4096,))
+            client.create("w", (4096,), block_elems=BLOCK)
             home = PlacementMap.initial(2)
             blk = home.blocks_of("w", 8, 0)[0]
             from ps._proto import ps_pb2
@@ -241,8 +245,8 @@ def test_pushes_racing_moves_are_each_applied_exactly_once(shards, plane):
     with shards(2) as servers:
         channels = _channels(servers)
         with Client(addresses(servers), **PLANES[plane]) as creator:
-            creator.create("w", (size,), optimizer="sgd", lr=1.0)
-        num_blocks = TableSpec("w", (size,)).num_blocks
+            creator.create("w", (size,), optimizer="sgd", lr=1.0, block_elems=BLOCK)
+        num_blocks = TableSpec("w", (size,), block_elems=BLOCK).num_blocks
         acknowledged = np.zeros(size, np.float64)
         planes_used: list[list[str]] = []
         stop_moving = threading.Event()
@@ -377,9 +381,9 @@ def test_a_move_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_every_push_a
     size = 4096
     with shards(2) as servers:
         with Client(addresses(servers)) as creator:
-            creator.create("w", (size,), optimizer="sgd", lr=1.0)
+            creator.create("w", (size,), optimizer="sgd", lr=1.0, block_elems=BLOCK)
         home = PlacementMap.initial(2)
-        blocks = home.blocks_of("w", TableSpec("w", (size,)).num_blocks, 0)[:2]
+        blocks = home.blocks_of("w", TableSpec("w", (size,), block_elems=BLOCK).num_blocks, 0)[:2]
         pushers = Pushers(addresses(servers), 3, size)
 
         def admin() -> None:
@@ -401,7 +405,7 @@ def test_a_move_whose_admin_is_sigkilled_is_finished_by_a_rerun_and_every_push_a
         assert np.array_equal(final.astype(np.float64), -pushers.acknowledged)
         assert [s["placement"] for s in status] == [{"version": 2, "num_shards": 2, "moved": 2}] * 2
         held = {s["address"]: next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status}
-        total_blocks = TableSpec("w", (size,)).num_blocks
+        total_blocks = TableSpec("w", (size,), block_elems=BLOCK).num_blocks
         assert held == {servers[0].address: total_blocks // 2 - 2, servers[1].address: total_blocks // 2 + 2}
 
 
@@ -410,11 +414,11 @@ def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards,
     """Async or ssp (staleness 2; a push-pull waits for the slowest worker), SGD at lr 1, integer
     gradients: the final table is minus the sum of every acknowledged push; the new server's
     address reaches the workers through the map."""
-    size = 8192
+    size = 12 * BLOCK  # 12 blocks: even over 2 and 3 shards
     with shards(3, mode=mode, staleness=2 if mode == "ssp" else 0) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}") as creator:
-            creator.create("w", (size,), optimizer="sgd", lr=1.0)
+            creator.create("w", (size,), optimizer="sgd", lr=1.0, block_elems=BLOCK)
         pushers = Pushers(f"{a},{b}", 3, size, push_pull_every=3)
 
         def admin() -> None:
@@ -424,7 +428,8 @@ def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards,
             assert grown["num_shards"] == 3 and grown["addresses"] == [a, b, c]
             with Client(f"{a},{b},{c}", observer=True) as observer:
                 spread = [next(t["blocks"] for t in st["tables"] if t["name"] == "w") for st in observer.status()]
-            assert spread == [TableSpec("w", (size,)).num_blocks // 3] * 3, spread  # the new shard took its share
+            share = TableSpec("w", (size,), block_elems=BLOCK).num_blocks // 3
+            assert spread == [share] * 3, spread  # the new shard took its share
             shrink = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{b},{c}")
             assert shrink.returncode == 0, shrink.stderr
             assert json.loads(shrink.stdout)["addresses"] == [b, c]
@@ -436,7 +441,8 @@ def test_resize_2_to_3_to_2_while_3_workers_push_applies_every_push_once(shards,
             status = reader.status()
         assert np.array_equal(final.astype(np.float64), -pushers.acknowledged)
         blocks = [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status]
-        assert blocks == [TableSpec("w", (size,)).num_blocks // 2] * 2  # even over the two shards left
+        half = TableSpec("w", (size,), block_elems=BLOCK).num_blocks // 2
+        assert blocks == [half] * 2  # even over the two shards left
         assert {s["placement"]["num_shards"] for s in status} == {2}
 
 
@@ -486,11 +492,11 @@ def test_a_large_async_resize_moves_in_batches_each_its_own_map_version(shards, 
 def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_after, mode):
     """SIGKILLed inside the per-shard settle loop, after it, or after the takes; then rerun.
     Ssp: staleness 2, every third step a push-pull (it waits for the slowest worker)."""
-    size = 8192
+    size = 12 * BLOCK  # 12 blocks: even over 2 and 3 shards
     with shards(3, mode=mode, staleness=2 if mode == "ssp" else 0) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}") as creator:
-            creator.create("w", (size,), optimizer="sgd", lr=1.0)
+            creator.create("w", (size,), optimizer="sgd", lr=1.0, block_elems=BLOCK)
         pushers = Pushers(f"{a},{b}", 3, size, push_pull_every=3 if mode == "ssp" else 0)
 
         def maps_split() -> None:
@@ -510,7 +516,7 @@ def test_a_resize_whose_admin_is_sigkilled_is_finished_by_a_rerun(shards, kill_a
         assert np.array_equal(final.astype(np.float64), -pushers.acknowledged)
         assert len({json.dumps(s["placement"]) for s in status}) == 1  # one map everywhere
         blocks = [next(t["blocks"] for t in s["tables"] if t["name"] == "w") for s in status]
-        assert blocks == [TableSpec("w", (size,)).num_blocks // 3] * 3
+        assert blocks == [TableSpec("w", (size,), block_elems=BLOCK).num_blocks // 3] * 3
 
 
 @pytest.mark.parametrize("plane", ["shared-memory", "tcp"])
@@ -523,7 +529,7 @@ def test_after_a_resize_a_worker_keeps_its_fast_plane_on_every_shard_of_the_new_
     with shards(3) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}", **PLANES[plane]) as client:
-            client.create("w", (size,), optimizer="sgd", lr=1.0)
+            client.create("w", (size,), optimizer="sgd", lr=1.0, block_elems=BLOCK)
             client.push({"w": np.ones(size, np.float32)})
             assert client.data_planes() == [name, name]
             used = client._stream_plane if plane == "tcp" else client._local_plane
@@ -554,14 +560,14 @@ def test_a_resize_whose_new_server_dies_mid_move_is_undone_by_a_resize_without_i
     with shards(3) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}") as client:
-            client.create("w", (size,), optimizer="sgd", lr=1.0)
+            client.create("w", (size,), optimizer="sgd", lr=1.0, block_elems=BLOCK)
             client.push({"w": np.arange(size, dtype=np.float32)})
             expect = client.pull(["w"])["w"]
         killed = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}", "--kill-after", "batch-settle")
         assert killed.returncode == -9, killed.stderr
         with Client(f"{a},{b},{c}", observer=True) as observer:
             held = [next(t["blocks"] for t in st["tables"] if t["name"] == "w") for st in observer.status()]
-        num_blocks = TableSpec("w", (size,)).num_blocks
+        num_blocks = TableSpec("w", (size,), block_elems=BLOCK).num_blocks
         assert held[2] == 0 and sum(held) < num_blocks  # given to the new server, not taken: in flight
         servers[2].stop(grace_s=0)
         undo = ps_admin("resize", "--servers", f"{a},{b},{c}", "--to", f"{a},{b}")
@@ -583,7 +589,7 @@ def test_a_resize_dropping_a_dead_server_that_held_units_alone_is_refused_and_ch
     with shards(3) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b},{c}") as client:
-            client.create("w", (size,), optimizer="sgd", lr=1.0)
+            client.create("w", (size,), optimizer="sgd", lr=1.0, block_elems=BLOCK)
             client.push({"w": np.ones(size, np.float32)})
             before = [s["placement"]["version"] for s in client.status()]
         servers[2].stop(grace_s=0)
@@ -603,7 +609,7 @@ def test_a_checkpoint_taken_after_a_resize_restores_onto_the_new_shard_set(shard
     with shards(3, checkpoint_dir=d) as servers:
         a, b, c = (s.address for s in servers)
         with Client(f"{a},{b}") as client:
-            client.create("w", (8192,), optimizer="adam", lr=0.1)
+            client.create("w", (8192,), optimizer="adam", lr=0.1, block_elems=BLOCK)
             client.push({"w": np.arange(8192, dtype=np.float32)})
         grow = ps_admin("resize", "--servers", f"{a},{b}", "--to", f"{a},{b},{c}")
         assert grow.returncode == 0, grow.stderr
@@ -695,7 +701,7 @@ def test_a_sync_hold_is_bounded_names_the_move_and_ends_with_unhold_and_bad_hold
     with shards(2, mode="sync", num_workers=1) as servers:
         channels = _channels(servers)
         with Client(addresses(servers), worker_id=0, wait_timeout_s=1.0, local=False) as client:
-            client.create("w", (4096,))
+            client.create("w", (4096,), block_elems=BLOCK)
             client.push({"w": np.ones(4096, np.float32)})
             wire = newest_placement(channels, 10.0, RetryPolicy()).to_proto()
             with pytest.raises(InvalidArgumentError, match="does nothing else"):

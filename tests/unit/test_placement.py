@@ -12,7 +12,7 @@ import pytest
 from ps.errors import InvalidArgumentError
 from ps.tables.placement import ROW_BUCKETS, block_shard, blocks_of_shard, row_buckets, row_shards
 from ps.tables.placement_map import PlacementMap
-from ps.tables.spec import DEAL_BLOCKS, DEFAULT_BLOCK_ELEMS, TableSpec, balanced_block_elems
+from ps.tables.spec import DEAL_BLOCKS, DEFAULT_BLOCK_ELEMS, MIN_DEAL_BLOCK_ELEMS, TableSpec, balanced_block_elems
 
 _PROBE = ("import numpy as np; from ps.tables.placement import block_shard, row_shards; "
           "print([block_shard('layer1/w', b, 4) for b in range(200)], "
@@ -60,11 +60,14 @@ def test_bad_shard_count_is_refused():
         row_shards("t", np.arange(3), 0)
 
 
-def test_the_automatic_block_size_deals_small_tables_and_keeps_big_blocks():
-    assert TableSpec("w", (4096,)).block_elems == 512            # 8 blocks: 4 per shard on 2
+def test_the_automatic_block_size_splits_for_balance_but_not_below_a_step_worth_block():
     assert TableSpec("b", (10,)).num_blocks == 1                   # tiny: one block
+    assert TableSpec("s", (1024,)).num_blocks == 1                 # 4 KiB: one block, one call per step
+    assert TableSpec("w", (4096,)).block_elems == 2048             # two blocks: balances over 2 shards
+    assert TableSpec("m", (1 << 18,)).num_blocks == 2              # 1 MiB: 2 x 512 KiB, not 12 small blocks
+    assert TableSpec("mid", (1 << 20,)).block_elems == MIN_DEAL_BLOCK_ELEMS  # 4 MiB: 8 x 512 KiB
+    assert TableSpec("many", (3 << 19,)).num_blocks == DEAL_BLOCKS
     assert TableSpec("big", (1 << 22,)).block_elems == DEFAULT_BLOCK_ELEMS  # 16 MiB of float32: 16 x 1 MiB
-    assert TableSpec("mid", (1 << 20,)).num_blocks == DEAL_BLOCKS
     assert TableSpec("x", (1000,), block_elems=7).block_elems == 7   # an explicit size is kept
     assert TableSpec("w", (4096,)) == TableSpec("w", (4096,), block_elems=balanced_block_elems(4096))
 
