@@ -102,14 +102,19 @@ class _Connection(Payload):
 
     def _place(self, spec: TableSpec, block: int, count: int, dtype: np.dtype, push: bool) -> np.ndarray:
         """The array of block ``block`` of ``spec``'s table in the push or pull area (checked)."""
+        return np.frombuffer(self.readonly if push else self.view, dtype=dtype, count=count,
+                             offset=self._offset(spec, block, count, dtype.itemsize, push))
+
+    def _offset(self, spec: TableSpec, block: int, count: int, itemsize: int, push: bool) -> int:
+        """The byte offset of ``count`` elements from block ``block`` of ``spec``'s table in the
+        push or pull area. Raises InvalidArgumentError when the worker's layout has no room."""
         entry = self.layout.get(spec.name)
         if self.view is None or entry is None:
             raise InvalidArgumentError(f"table {spec.name!r} has no place in the worker's shared memory")
-        start = block * spec.block_elems * dtype.itemsize
-        if not 0 <= block < spec.num_blocks or count < 0 or start + count * dtype.itemsize > entry[2]:
+        start = block * spec.block_elems * itemsize
+        if not 0 <= block < spec.num_blocks or count < 0 or start + count * itemsize > entry[2]:
             raise InvalidArgumentError(f"{spec.name}[block {block}] lies outside its place in shared memory")
-        return np.frombuffer(self.readonly if push else self.view, dtype=dtype, count=count,
-                             offset=(entry[0] if push else entry[1]) + start)
+        return (entry[0] if push else entry[1]) + start
 
     def grads(self, shard: Shard, header: ps_pb2.PushHeader) -> list[np.ndarray]:
         # the table first: an unknown one is NOT_FOUND, as on every plane
@@ -118,7 +123,7 @@ class _Connection(Payload):
 
     def slots(self, shard: Shard, tables: list[DenseTable] | None, known) -> Callable:
         for t in tables or ():  # each whole table fits its place: checked before anything is applied
-            self._place(t.spec, 0, t.spec.size, np.dtype(t.spec.dtype), False)
+            self._offset(t.spec, 0, t.spec.size, t.itemsize, False)
         return lambda name, b: self._place(shard.table(name).spec, b.index, b.values.size, b.values.dtype, False)
 
     def release(self) -> None:

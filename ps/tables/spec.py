@@ -7,6 +7,7 @@ what makes ``create`` idempotent across workers. Pure values; thread-safe.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -106,12 +107,12 @@ class TableSpec:
         if not math.isfinite(self.init.scale) or (self.init.scale < 0 and self.init.kind != "constant"):
             raise InvalidArgumentError(f"init scale must be finite and >= 0, got {self.init.scale}")
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
-        """Number of elements."""
+        """Number of elements (computed once: the hot path asks on every call)."""
         return math.prod(self.shape)
 
-    @property
+    @functools.cached_property
     def num_blocks(self) -> int:
         return -(-self.size // self.block_elems)
 

@@ -119,7 +119,7 @@ class LocalPlane(SlotPlane):
 
     def writable(self, name: str, array: object) -> np.ndarray | None:
         """The writable flat array behind a weights array :meth:`buffers` handed out, else None."""
-        if not isinstance(array, np.ndarray):
+        if not isinstance(array, np.ndarray) or array.base is None:  # None: an array that owns its memory
             return None
         alias = self._aliases.get((name, array.__array_interface__["data"][0]))
         if alias is None or alias.size != array.size or alias.dtype != array.dtype:

@@ -98,5 +98,19 @@ class LocalRegion:
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.size == b.size
-            and a.dtype == b.dtype and b.flags.c_contiguous)
+    """Whether ``b`` is the region's array ``a`` (or a contiguous view of all of it). The cheap
+    tests first: an array of the user's own memory has another root buffer, and reading an
+    array's address costs microseconds (this runs for every table of every step)."""
+    if b is a:
+        return True
+    if a.size != b.size or a.dtype != b.dtype or not b.flags.c_contiguous or _root(a) is not _root(b):
+        return False
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+
+
+def _root(array: np.ndarray) -> object:
+    """The object at the end of ``array``'s chain of bases (itself when it owns its memory)."""
+    root = array
+    while isinstance(root, np.ndarray) and root.base is not None:
+        root = root.base
+    return root
