@@ -53,6 +53,15 @@ class ServerConfig:
     tls_client_ca: str | None = None  # PEM file: require client certificates signed by this CA
     faults: str = ""                 # test only: injected faults, see ps.serving.faults
 
+    def __post_init__(self) -> None:
+        # a mode given by name ("sync") is the Mode: compared by identity everywhere, a string
+        # would match none of them and give a shard that follows no mode's rules
+        if not isinstance(self.mode, Mode):
+            try:
+                object.__setattr__(self, "mode", Mode(self.mode))
+            except ValueError:
+                raise ValueError(f"mode must be one of {', '.join(m.value for m in Mode)}, got {self.mode!r}") from None
+
     def validate(self) -> None:
         """Raises ValueError naming the first bad field."""
         if not 0 <= self.port <= 65535:

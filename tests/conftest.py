@@ -7,15 +7,13 @@ import threading
 
 import pytest
 
-from ps import Mode, ServerConfig, ShardServer
+from ps import ServerConfig, ShardServer
 
 
 @contextlib.contextmanager
 def running_shards(num: int = 2, **config):
     """Start ``num`` ShardServers on 127.0.0.1:0 with the given ServerConfig fields."""
     config.setdefault("sync_timeout_s", 20.0)
-    if isinstance(config.get("mode"), str):
-        config["mode"] = Mode(config["mode"])
     servers = [ShardServer(ServerConfig(port=0, **config)) for _ in range(num)]
     try:
         for s in servers:

@@ -168,7 +168,7 @@ class ShardHandler:
             grads = tensors.grads(shard, push)
             result = shard.push(push.worker_id, push.seq, push.step, push.part, max(1, push.num_parts),
                                 [(ref.table, ref.block) for ref in push.blocks], grads, wait_s, push.session,
-                                push.placement_version)
+                                push.placement_version, caller_checked=pull is not None)
             reply.outcome, reply.version = OUTCOMES[result.outcome], result.version
         if pull is not None:
             version, blocks = shard.pull(pull.worker_id, pull.step, list(pull.tables), pull.part,

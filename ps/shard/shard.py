@@ -103,7 +103,7 @@ class Shard:
         #: a resize removed this shard from the map: it owns nothing and redirects every data call
         self.retired = False
         #: pushes admitted under each placement version and not yet finished (a move waits for them)
-        self.admitted: Counter[int] = Counter()
+        self.admitted: dict[int, int] = {}
         #: (table, block) -> pushes and pulls that touched the block here (ps-admin rebalance)
         self.accesses: Counter[tuple[str, int]] = Counter()
         #: units this shard gave away in a move and keeps until the move releases them (a rerun
@@ -325,12 +325,14 @@ class Shard:
         timeout_s: float,
         session: int = 0,
         placement_version: int = 0,
+        caller_checked: bool = False,
     ) -> PushResult:
         """Apply, aggregate or drop one push message. Blocks up to ``timeout_s`` in sync mode.
 
         ``session`` is the pushing Client's (see :meth:`Membership.admit_push`; 0: not checked);
-        ``placement_version`` the map version it was planned with (0: not checked). A push that
-        was not applied here before and was planned with another map, or names a block this
+        ``placement_version`` the map version it was planned with (0: not checked);
+        ``caller_checked``: the caller checked who pushes under the lock just before (a
+        push-pull's :meth:`pull_tables` with ``pushes``). A push that was not applied here before and was planned with another map, or names a block this
         shard does not own, is refused unapplied (FailedPreconditionError, reason MOVED).
 
         Raises InvalidArgumentError (bad shape, dtype, length, block, non-finite values),
@@ -343,8 +345,9 @@ class Shard:
         if seq < 1:
             raise InvalidArgumentError(f"sequence numbers start at 1, got {seq}")
         try:
-            with self.steps.cond:  # who before what: a restarted shard says "not registered" first
-                self._check_caller(worker, pushes=True)
+            if not caller_checked:  # by pull_tables(pushes=True), for a push-pull
+                with self.steps.cond:  # who before what: a restarted shard says "not registered" first
+                    self._check_caller(worker, pushes=True)
             named = self._validate(blocks, grads)
         except Exception:
             with self.steps.cond:
@@ -406,7 +409,7 @@ class Shard:
             raise refusal
         if not admitted:
             admitted.append(self._placement.version if self._placement is not None else 0)
-            self.admitted[admitted[0]] += 1
+            self.admitted[admitted[0]] = self.admitted.get(admitted[0], 0) + 1
         return None
 
     def done_admitted(self, version: int) -> None:
@@ -480,6 +483,10 @@ class Shard:
     def _check_pull_placement(self, placement_version: int, pushed: bool, tables: Sequence[DenseTable]) -> None:
         """Lock held: raise MOVED (PULL_MOVED after a push-pull's push) for a pull planned with
         another map version than this shard's, or of a table with blocks still moving here."""
+        current = self._placement
+        if (current is not None and placement_version == current.version and not self.retired
+                and not self.arriving()):  # the common case, asked twice per pull
+            return
         arriving = [t.spec.name for t in tables if t.spec.name in self.arriving()] if placement_version else []
         refusal = self.moved_error(placement_version, f"{arriving[0]}: blocks moving to this shard have not "
                                                       "arrived yet" if arriving else "")

@@ -69,7 +69,7 @@ class DenseTable:
         self.spec = spec
         self.blocks = blocks  # replaced whole (never changed in place) when a block moves in or out
         self.optimizer = optimizer
-        dtype = np.dtype(spec.dtype)
+        self.dtype = dtype = np.dtype(spec.dtype)
         self.wire_dtype = wire_dtype(dtype)
         self.itemsize = dtype.itemsize
         self.elements = sum(b.values.size for b in blocks.values())  # held here
@@ -129,7 +129,7 @@ class DenseTable:
         spec = self.spec
         if not 0 <= index < spec.num_blocks:
             raise InvalidArgumentError(f"{spec.name}: block {index} out of range [0, {spec.num_blocks})")
-        if grad.dtype != np.dtype(spec.dtype):
+        if grad.dtype != self.dtype:
             raise dtype_refusal(spec.name, grad.dtype, spec.dtype)
         start, stop = spec.block_range(index)
         if grad.shape != (stop - start,):
