@@ -77,8 +77,8 @@ def main() -> None:
             t0 = time.process_time()
             run(max(1, args.calls // 5))
             rounds.append((time.process_time() - t0) / max(1, args.calls // 5) * 1e6)
-        print(f"{args.mode} {args.size} in {table.spec.num_blocks} blocks: {min(rounds):.1f} CPU us per PushPull (least of 5 rounds; "
-              f"median {sorted(rounds)[2]:.1f})")
+        print(f"{args.mode} {args.size} in {table.spec.num_blocks} blocks: {min(rounds):.1f} CPU us per PushPull "
+              f"(least of 5 rounds; median {sorted(rounds)[2]:.1f})")
 
 
 if __name__ == "__main__":

@@ -332,8 +332,9 @@ class Shard:
         ``session`` is the pushing Client's (see :meth:`Membership.admit_push`; 0: not checked);
         ``placement_version`` the map version it was planned with (0: not checked);
         ``caller_checked``: the caller checked who pushes under the lock just before (a
-        push-pull's :meth:`pull_tables` with ``pushes``). A push that was not applied here before and was planned with another map, or names a block this
-        shard does not own, is refused unapplied (FailedPreconditionError, reason MOVED).
+        push-pull's :meth:`pull_tables` with ``pushes``). A push that was not applied here
+        before and was planned with another map, or names a block this shard does not own, is
+        refused unapplied (FailedPreconditionError, reason MOVED).
 
         Raises InvalidArgumentError (bad shape, dtype, length, block, non-finite values),
         NotFoundError (unknown table), FailedPreconditionError (unregistered worker, block
@@ -483,11 +484,8 @@ class Shard:
     def _check_pull_placement(self, placement_version: int, pushed: bool, tables: Sequence[DenseTable]) -> None:
         """Lock held: raise MOVED (PULL_MOVED after a push-pull's push) for a pull planned with
         another map version than this shard's, or of a table with blocks still moving here."""
-        current = self._placement
-        if (current is not None and placement_version == current.version and not self.retired
-                and not self.arriving()):  # the common case, asked twice per pull
-            return
-        arriving = [t.spec.name for t in tables if t.spec.name in self.arriving()] if placement_version else []
+        moving = self.arriving() if placement_version else ()  # asked twice per pull: nothing built when empty
+        arriving = [t.spec.name for t in tables if t.spec.name in moving] if moving else []
         refusal = self.moved_error(placement_version, f"{arriving[0]}: blocks moving to this shard have not "
                                                       "arrived yet" if arriving else "")
         if refusal is not None:
