@@ -156,9 +156,10 @@ class ShardHandler:
             push = _parse(message, ps_pb2.PushHeader)
             pull = push.then_pull if method == "PushPull" else None
         if pull is not None:
+            names = list(pull.tables)  # decoded from the header once
             tables = None  # a push-pull is checked whole before its push is applied (who first, then what)
             if push is not None:
-                tables = shard.pull_tables(push.worker_id, pull.tables, pull.part, max(1, pull.num_parts), True)
+                tables = shard.pull_tables(push.worker_id, names, pull.part, max(1, pull.num_parts), True)
             known_for = pull.known_for if known_for is None else known_for
             known = ({(r.table, r.block): r.version for r in pull.known}
                      if pull.known and known_for == shard.state_token else None)
@@ -171,7 +172,7 @@ class ShardHandler:
                                 push.placement_version, caller_checked=pull is not None)
             reply.outcome, reply.version = OUTCOMES[result.outcome], result.version
         if pull is not None:
-            version, blocks = shard.pull(pull.worker_id, pull.step, list(pull.tables), pull.part,
+            version, blocks = shard.pull(pull.worker_id, pull.step, names, pull.part,
                                          max(1, pull.num_parts), wait_s, known=known, into=into,
                                          placement_version=pull.placement_version, pushed=push is not None)
             header = reply.header = ps_pb2.PullReplyHeader(version=version, state_token=shard.state_token)

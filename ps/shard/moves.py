@@ -187,11 +187,11 @@ class UnitMoves:
                     self._given[(table, True, k)] = arrays
                 extras[table] = rows_table.table_extras()
             shard.blocks_changed()
-            picked = [(unit, self._given[unit], shard.accesses.get((unit[0], unit[2]), 0)) for unit in units[skip:]]
+            picked = [(unit, self._given[unit]) for unit in units[skip:]]
         out = []
         size = 0
         seen: set[str] = set()
-        for unit, kept, accesses in picked:
+        for unit, kept in picked:
             if isinstance(kept, dict):  # a row bucket: its rows, plus the table's clock and (once a page) sketch
                 arrays = dict(kept)
                 table_extras = extras.get(unit[0], {})
@@ -211,7 +211,7 @@ class UnitMoves:
                 return out, skip + len(out)
             with block.lock:  # no push holds it now, but be exact
                 arrays = {"values": block.values.copy(), **{f"state.{k}": v.copy() for k, v in block.state.items()},
-                          "accesses": np.array(accesses, dtype=np.int64)}  # its load moves with it
+                          "accesses": np.array(block.accesses, dtype=np.int64)}  # its load moves with it
                 out.append((unit, block.version, arrays))
             size += sum(a.nbytes for a in arrays.values())
         return out, None
@@ -260,8 +260,8 @@ class UnitMoves:
             for (unit, table, block), (_, _, arrays) in zip(built, states):
                 if unit[1]:
                     table.put_buckets(unit[2], arrays)
-                elif table.move_in(block):
-                    shard.accesses[(unit[0], unit[2])] = int(arrays.get("accesses", 0))
+                else:
+                    table.move_in(block)
                 self._given.pop(unit, None)
             shard.blocks_changed()
             if placement.version > current.version:
@@ -316,5 +316,6 @@ def _block(table, index: int, version: int, arrays: Mapping[str, np.ndarray]) ->
         state[name] = arr
     block = Block(index, values, state)  # the arrays are the Move's own copies (unit_wire)
     block.version = int(version)
+    block.accesses = int(np.asarray(arrays.get("accesses", 0)))  # its load moved with it
     return block
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,8 +52,7 @@ _all_true = np.logical_and.reduce  # ndarray.all() without its Python wrapper (n
 PLACEMENT_CHECK_BLOCKS = 1 << 14
 
 
-@dataclass(frozen=True)
-class PulledBlock:
+class PulledBlock(NamedTuple):  # a tuple: built per block of every pull
     table: str
     block: int
     data: bytes | np.ndarray     # a copy of the values, or their slot in a pull's ``into``
@@ -85,6 +83,7 @@ class Shard:
     def __init__(self, config: ServerConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.server_id = uuid.uuid4().hex
+        self._token = (-1, "")  # (epoch, state_token): see state_token
         self.steps = Sequencer(config, clock)
         topology = (config.shard_index, config.num_shards) if config.num_shards is not None else None
         self.membership = Membership(self.steps, topology)
@@ -104,8 +103,6 @@ class Shard:
         self.retired = False
         #: pushes admitted under each placement version and not yet finished (a move waits for them)
         self.admitted: dict[int, int] = {}
-        #: (table, block) -> pushes and pulls that touched the block here (ps-admin rebalance)
-        self.accesses: Counter[tuple[str, int]] = Counter()
         #: units this shard gave away in a move and keeps until the move releases them (a rerun
         #: gives them again): unit -> a dense ``Block``, or a row bucket's arrays
         #: (``SparseTable.take_buckets``). Part of the shard's state: checkpoints save them
@@ -376,7 +373,6 @@ class Shard:
                     table.apply(block, grad)
 
         def done(outcome: str) -> None:  # lock held: the push is recorded (run_push wakes the waiters after)
-            self._count_accesses(targets)
             if admitted and outcome == "applied":  # accumulated: held until the step it may complete is applied
                 self._release_admitted(admitted.pop())
 
@@ -425,13 +421,6 @@ class Shard:
         if self.admitted[version] <= 0:
             del self.admitted[version]
 
-    def _count_accesses(self, blocks: Sequence[tuple[DenseTable, Block]]) -> None:
-        """Lock held: one more push or pull touched each of ``blocks`` (ps-admin rebalance loads)."""
-        accesses = self.accesses
-        for table, block in blocks:
-            key = (table.spec.name, block.index)
-            accesses[key] = accesses.get(key, 0) + 1
-
     def pull(self, worker: int, step: int, tables: Sequence[str], part: int, num_parts: int,
              timeout_s: float, known: Mapping[tuple[str, int], int] | None = None,
              into: Callable[[str, Block], np.ndarray] | None = None, placement_version: int = 0,
@@ -478,7 +467,6 @@ class Shard:
                                    reason=Reason.ROLLED_BACK)
             self._check_pull_placement(placement_version, pushed, selected)  # a block may have moved meanwhile
             self.counters["pulls"] += 1
-            self._count_accesses(picked)
         return version, out
 
     def _check_pull_placement(self, placement_version: int, pushed: bool, tables: Sequence[DenseTable]) -> None:
@@ -518,8 +506,11 @@ class Shard:
     @property
     def state_token(self) -> str:
         """Names the server process and state epoch that block versions belong to: a pull's
-        ``known`` versions count only under the token they were read at."""
-        return f"{self.server_id}:{self.epoch}"
+        ``known`` versions count only under the token they were read at. Built once per epoch."""
+        epoch = self.steps.epoch
+        if self._token[0] != epoch:
+            self._token = (epoch, f"{self.server_id}:{epoch}")
+        return self._token[1]
 
     # -- internals ----------------------------------------------------------------------
 
@@ -555,7 +546,7 @@ class Shard:
         block long."""
         with self.steps.cond:
             held = [(name, b) for name, t in self.tables.items() for b in t.blocks.values()]
-            dense = [(name, False, b.index, _block_bytes(b), self.accesses.get((name, b.index), 0)) for name, b in held]
+            dense = [(name, False, b.index, _block_bytes(b), b.accesses) for name, b in held]
             sparse = list(self.rows.tables.items())
             kept = [(table, rows, k, _block_bytes(c) if isinstance(c, Block) else sum(a.nbytes for a in c.values()))
                     for (table, rows, k), c in self.kept.items()]

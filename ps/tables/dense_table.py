@@ -20,9 +20,11 @@ from ps.protocol.wire import dtype_refusal, wire_dtype
 
 
 class Block:
-    """One block's parameters, optimizer state, sync accumulator and update count."""
+    """One block's parameters, optimizer state, sync accumulator, update count, and access count
+    (pushes and pulls that touched it on this shard, for ``ps-admin rebalance``; it moves with
+    the block). Counts change under ``lock``."""
 
-    __slots__ = ("index", "values", "state", "lock", "version", "_acc", "pending", "contributions")
+    __slots__ = ("index", "values", "state", "lock", "version", "_acc", "pending", "contributions", "accesses")
 
     def __init__(self, index: int, values: np.ndarray, state: dict[str, np.ndarray]) -> None:
         self.index = index
@@ -33,6 +35,7 @@ class Block:
         self._acc: np.ndarray | None = None
         self.pending = False  # the accumulator holds a sum for the current sync step
         self.contributions = 0  # gradients in that sum
+        self.accesses = 0
 
     def accumulator(self) -> np.ndarray:
         """The reusable sync accumulator; call with ``lock`` held."""
@@ -137,14 +140,17 @@ class DenseTable:
                                        f"{grad.size}")
 
     def apply(self, block: Block, grad: np.ndarray) -> None:
-        """Apply one gradient to one block with the table's optimizer. Blocks on the block lock."""
+        """Apply one pushed gradient to one block with the table's optimizer (counts an access).
+        Blocks on the block lock."""
         with block.lock:
             self.optimizer.apply(block.values, grad, block.state, self._scratch.like(block.values))
             block.version += 1
+            block.accesses += 1
 
     def accumulate(self, block: Block, grad: np.ndarray) -> None:
-        """Add a gradient to the block's pending sum for the current sync step."""
+        """Add a pushed gradient to the block's pending sum for the current sync step (counts an access)."""
         with block.lock:
+            block.accesses += 1
             acc = block.accumulator()
             if block.pending:
                 acc += grad
@@ -181,9 +187,10 @@ class DenseTable:
         When ``known`` equals the block's version nothing is copied and data is None.
         Otherwise the values are copied (once, under the block lock) into ``out`` (a
         writable array of the block's size and dtype; data is then ``out``) or into new
-        bytes. Blocks on the block lock.
+        bytes. Counts an access (a pull). Blocks on the block lock.
         """
         with block.lock:
+            block.accesses += 1
             if known is not None and known == block.version:
                 return None, known
             if out is None:

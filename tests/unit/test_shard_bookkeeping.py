@@ -1,6 +1,7 @@
-"""A shard's per-push bookkeeping, kept in the push's last locked section (run_push's done
-hook): the per-block access counts (ps-admin rebalance) count applied pushes and pulls only,
-and no placement admission stays open after any outcome. No sockets: the Shard directly."""
+"""A shard's per-push bookkeeping: the per-block access counts (ps-admin rebalance, kept on
+each block under its lock) count applied or accumulated pushes and pulls only, and no
+placement admission stays open after any outcome (run_push's done hook releases it). No
+sockets: the Shard directly."""
 
 import numpy as np
 import pytest
@@ -23,6 +24,12 @@ def make_shard(mode=Mode.ASYNC) -> Shard:
     return shard
 
 
+def accesses(shard) -> dict:
+    """(table, block) -> the access count ``ps-admin rebalance`` reads (Shard.loads)."""
+    held, _ = shard.loads()
+    return {(table, block): count for table, rows, block, _, count in held if not rows}
+
+
 def push(shard, seq, step=0, placement_version=0):
     return shard.push(0, seq, step, 0, 1, BLOCKS, [np.ones(4, np.float32)] * 2, 5.0, 7, placement_version)
 
@@ -34,7 +41,7 @@ def test_applied_pushes_and_pulls_are_counted_per_block_and_release_their_admiss
     assert not shard.admitted
     version, pulled = shard.pull(0, 1 if mode is Mode.SYNC else 0, ["w"], 0, 1, 5.0)
     assert version == 1 and [b.version for b in pulled] == [1, 1]
-    assert shard.accesses == {("w", 0): 2, ("w", 1): 2}
+    assert accesses(shard) == {("w", 0): 2, ("w", 1): 2}
 
 
 def test_a_duplicate_or_refused_push_counts_no_access_and_leaves_no_admission():
@@ -44,7 +51,7 @@ def test_a_duplicate_or_refused_push_counts_no_access_and_leaves_no_admission():
     with pytest.raises(FailedPreconditionError) as info:
         push(shard, 2, placement_version=shard.placement.version + 1)
     assert info.value.reason is Reason.MOVED
-    assert shard.accesses == {("w", 0): 1, ("w", 1): 1}
+    assert accesses(shard) == {("w", 0): 1, ("w", 1): 1}
     assert not shard.admitted
     assert (shard.counters["applied"], shard.counters["duplicate"]) == (1, 1)
 
