@@ -178,12 +178,9 @@ class ShardHandler:
             header = reply.header = ps_pb2.PullReplyHeader(version=version, state_token=shard.state_token)
             if push is not None:
                 header.push_outcome, header.push_version = reply.outcome, reply.version
-            dtypes: dict[str, DenseTable] = {}
             add = header.blocks.add
             for b in blocks:
-                t = dtypes.get(b.table) or dtypes.setdefault(b.table, shard.table(b.table))
-                count = b.data.size if isinstance(b.data, np.ndarray) else len(b.data) // t.itemsize
-                add(table=b.table, block=b.block, dtype=t.wire_dtype, count=count, version=b.version)
+                add(table=b.table, block=b.block, dtype=b.wire_dtype, count=b.count, version=b.version)
             reply.blocks = [b.data for b in blocks]
         if push is not None and self._drop_reply is not None and self._drop_reply():
             log.warning("fault injection: dropping the reply of a push that was handled")

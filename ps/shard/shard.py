@@ -57,6 +57,8 @@ class PulledBlock(NamedTuple):  # a tuple: built per block of every pull
     block: int
     data: bytes | np.ndarray     # a copy of the values, or their slot in a pull's ``into``
     version: int
+    count: int                   # elements in the block
+    wire_dtype: int              # its dtype on the wire (ps.protocol.wire)
 
 
 class _PendingBlocks:
@@ -221,7 +223,9 @@ class Shard:
     def moved_error(self, version: int, what: str = "") -> FailedPreconditionError | None:
         """The MOVED refusal of a call planned with map ``version`` (0: unchecked) that names
         units elsewhere (``what``: which, "" for none), or None when it may go on here. Lock held."""
-        current = self.current_placement()
+        current = self._placement
+        if current is None:
+            current = self.current_placement()
         if self.retired:
             what = what or "this shard left the cluster in a resize"
         if current is None or ((not version or version == current.version) and not what):
@@ -344,11 +348,11 @@ class Shard:
             raise InvalidArgumentError(f"sequence numbers start at 1, got {seq}")
         try:
             if not caller_checked:  # by pull_tables(pushes=True), for a push-pull
-                with self.steps.cond:  # who before what: a restarted shard says "not registered" first
+                with self.steps.lock:  # who before what: a restarted shard says "not registered" first
                     self._check_caller(worker, pushes=True)
             named = self._validate(blocks, grads)
         except Exception:
-            with self.steps.cond:
+            with self.steps.lock:
                 self.counters["refused"] += 1
             raise
         admitted: list[int] = []
@@ -357,9 +361,11 @@ class Shard:
         def admit() -> Wait | None:  # lock held: after the duplicate check, before anything is applied
             # which blocks are here is asked now, not on arrival: a push held while a sync move
             # settles is decided after its blocks arrived (or left)
-            held = self.admit_push(step, placement_version, lambda: _first_elsewhere(named), admitted)
+            here = [table.blocks.get(index) for table, index in named]
+            held = self.admit_push(step, placement_version, _first_missing(named, here) if None in here else "",
+                                   admitted)
             if held is None:
-                targets[:] = [(table, table.blocks[index]) for table, index in named]
+                targets[:] = [(table, block) for (table, _), block in zip(named, here)]
             return held
         skip = self.config.nonfinite == "skip" and not all(np.isfinite(g).all() for g in grads)
         if self.config.clip_norm and not skip:
@@ -384,13 +390,12 @@ class Shard:
             if admitted:  # accumulated (after its step's apply), duplicate, stale, skipped or failed: released here
                 self.done_admitted(admitted[0])
 
-    def admit_push(self, step: int, placement_version: int, elsewhere: Callable[[], str],
-                   admitted: list[int]) -> Wait | None:
+    def admit_push(self, step: int, placement_version: int, elsewhere: str, admitted: list[int]) -> Wait | None:
         """Lock held: the placement side of admitting a push not seen before (dense or rows; the
         sequencer's ``admit``), asked each time the push is decided. A sync move settling at a
         step boundary holds it (returns the :class:`Wait`), before its map is checked; else a
         push planned with another map than ``placement_version``, or naming units elsewhere
-        (``elsewhere()``: which, "" for none), is refused: raises FailedPreconditionError,
+        (``elsewhere``: which, "" for none), is refused: raises FailedPreconditionError,
         reason MOVED. An admitted push is counted once under the map's version (appended to
         ``admitted``, which the caller releases with :meth:`done_admitted` when the push is
         done), so a give waits for it; one held after it was counted (it waited in the gate)
@@ -401,7 +406,7 @@ class Shard:
                 self._release_admitted(admitted.pop())
                 self.steps.cond.notify_all()
             return held
-        refusal = self.moved_error(placement_version, elsewhere())
+        refusal = self.moved_error(placement_version, elsewhere)
         if refusal is not None:
             raise refusal
         if not admitted:
@@ -411,7 +416,7 @@ class Shard:
 
     def done_admitted(self, version: int) -> None:
         """A push admitted under placement ``version`` finished (applied or not). Takes the lock."""
-        with self.steps.cond:
+        with self.steps.lock:
             self._release_admitted(version)
             self.steps.cond.notify_all()
 
@@ -442,7 +447,7 @@ class Shard:
         """
         deadline = self.steps.clock() + min(timeout_s, self.config.sync_timeout_s)
         num_parts = max(1, num_parts)
-        with self.steps.cond:
+        with self.steps.lock:
             selected = self._pull_tables(worker, tables, part, num_parts, False)  # before it waits (or abstains)
             version = self.steps.await_pull(  # a map installed while the pull waits redirects it at once
                 worker, step, deadline, lambda: self._check_pull_placement(placement_version, pushed, selected))
@@ -457,11 +462,12 @@ class Shard:
             if slots is None:
                 data, block_version = table.read_if_newer(block, have)
                 if data is not None:
-                    out.append(PulledBlock(name, block.index, data, block_version))
+                    out.append(PulledBlock(name, block.index, data, block_version, block.values.size,
+                                           table.wire_dtype))
                 continue
             _, block_version = table.read_if_newer(block, have, slots[i])
-            out.append(PulledBlock(name, block.index, slots[i], block_version))
-        with self.steps.cond:
+            out.append(PulledBlock(name, block.index, slots[i], block_version, block.values.size, table.wire_dtype))
+        with self.steps.lock:
             if self.steps.generation != generation:
                 raise AbortedError("the cluster rolled back while this pull was copied: retry from a fresh pull",
                                    reason=Reason.ROLLED_BACK)
@@ -472,7 +478,7 @@ class Shard:
     def _check_pull_placement(self, placement_version: int, pushed: bool, tables: Sequence[DenseTable]) -> None:
         """Lock held: raise MOVED (PULL_MOVED after a push-pull's push) for a pull planned with
         another map version than this shard's, or of a table with blocks still moving here."""
-        moving = self.arriving() if placement_version else ()  # asked twice per pull: nothing built when empty
+        moving = (self._arriving if self._arriving is not None else self.arriving()) if placement_version else ()
         arriving = [t.spec.name for t in tables if t.spec.name in moving] if moving else []
         refusal = self.moved_error(placement_version, f"{arriving[0]}: blocks moving to this shard have not "
                                                       "arrived yet" if arriving else "")
@@ -494,14 +500,18 @@ class Shard:
         tables it reads, each once (naming one table many times must not multiply the copies).
         Does not block. Raises InvalidArgumentError (part), AbortedError,
         FailedPreconditionError (caller, sparse table), NotFoundError."""
-        with self.steps.cond:
+        with self.steps.lock:
             return self._pull_tables(worker, tables, part, num_parts, pushes)
 
     def _pull_tables(self, worker, tables, part, num_parts, pushes) -> list[DenseTable]:
         if not 0 <= part < num_parts:
             raise InvalidArgumentError(f"part {part} of {num_parts} is not a valid part number")
         self._check_caller(worker, pushes)
-        return [self.table(name) for name in dict.fromkeys(tables)]
+        held = self.tables
+        try:
+            return [held[name] for name in dict.fromkeys(tables)]
+        except KeyError:
+            return [self.table(name) for name in dict.fromkeys(tables)]  # raises the refusal that fits
 
     @property
     def state_token(self) -> str:
@@ -576,7 +586,7 @@ def _block_bytes(block: Block) -> int:
     return block.values.nbytes + sum(a.nbytes for a in block.state.values())
 
 
-def _first_elsewhere(named: Sequence[tuple[DenseTable, int]]) -> str:
-    """Lock held: "" or the first of a push's blocks this shard does not hold now."""
-    return next((f"{table.spec.name}: block {index} is not on this shard" for table, index in named
-                 if index not in table.blocks), "")
+def _first_missing(named: Sequence[tuple[DenseTable, int]], here: Sequence[Block | None]) -> str:
+    """The first of a push's blocks (``named``) that this shard does not hold (``here``: None)."""
+    table, index = next(name for name, block in zip(named, here) if block is None)
+    return f"{table.spec.name}: block {index} is not on this shard"

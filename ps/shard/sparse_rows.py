@@ -16,7 +16,7 @@ are touched; each sparse table has its own lock for that.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -55,8 +55,7 @@ class RowPlacer(Protocol):
 
     def current_placement(self) -> PlacementMap | None: ...
 
-    def admit_push(self, step: int, placement_version: int, elsewhere: Callable[[], str],
-                   admitted: list[int]) -> Wait | None: ...
+    def admit_push(self, step: int, placement_version: int, elsewhere: str, admitted: list[int]) -> Wait | None: ...
 
     def done_admitted(self, version: int) -> None: ...
 
@@ -182,8 +181,7 @@ class SparseRows:
                 return None
             # held at a sync move's step boundary as a dense push is (no row sum pending when
             # buckets move), else refused if placed elsewhere, else counted: a give waits for it
-            return self.placer.admit_push(step, placement_version,
-                                          lambda: table.elsewhere(ids, buckets), admitted)
+            return self.placer.admit_push(step, placement_version, table.elsewhere(ids, buckets), admitted)
 
         try:
             result = steps.run_push(worker, seq, step, part, num_parts, deadline, skip=skip, update=update,
