@@ -15,7 +15,8 @@ zero-copy pattern of Ray's object store).
 The worker process calls :func:`ps.allocator.tune_malloc` (as ``ps-server`` does).
 
 ``--shards 1,2`` runs a cluster of each size side by side and measures them in
-alternating rounds, so that their ratio is not the machine's noise.
+alternating rounds, so that their ratio is not the machine's noise. ``--block-elems N``
+fixes the table's block size (the automatic one splits a 1 MiB table over two shards).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main() -> None:
     p = arg_parser(__doc__.splitlines()[0])
     p.add_argument("--path", choices=["shm", "tcp", "uds", "stream"], default="shm")
     p.add_argument("--api", choices=["fused", "split", "buffers"], default="fused")
+    p.add_argument("--block-elems", type=int, default=0,
+                   help="the table's block size in elements (0: automatic, ps.tables.spec.balanced_block_elems)")
     args = p.parse_args()
     counts = [int(x) for x in args.shards.split(",")]
     tmp = tempfile.mkdtemp(prefix="ps-bench-")
@@ -72,7 +75,7 @@ def _stepper(stack: contextlib.ExitStack, args, shards: int, n: int, tmp: str):
                                     wait_timeout_s=120))
     if args.path == "stream" and ps.data_planes() != ["tcp"] * shards:
         raise RuntimeError("the stream plane is not in use")
-    ps.create("w", shape=(n,), lr=0.001)
+    ps.create("w", shape=(n,), lr=0.001, block_elems=args.block_elems)
     grad = np.full(n, 1e-3, dtype=np.float32)
     out = {"w": np.empty(n, dtype=np.float32)}
     if args.api == "buffers":

@@ -52,13 +52,16 @@ class DedupTable:
 
     def begin(self, worker: int, seq: int) -> None:
         """Mark ``seq`` as being applied; a retry arriving meanwhile waits for it."""
-        self._windows.setdefault(worker, _Window()).inflight.add(seq)
+        self._window(worker).inflight.add(seq)
 
     def finish(self, worker: int, seq: int) -> None:
         """``seq`` was applied (or deliberately dropped): record it as seen for good."""
-        w = self._windows.setdefault(worker, _Window())
+        w = self._window(worker)
         w.inflight.discard(seq)
         if seq <= w.floor:
+            return
+        if seq == w.floor + 1 and not w.above:  # in order, nothing pending above: the common case
+            w.floor = seq
             return
         w.above.add(seq)
         if len(w.above) > MAX_ABOVE:
@@ -66,6 +69,12 @@ class DedupTable:
         while w.floor + 1 in w.above:
             w.floor += 1
             w.above.remove(w.floor)
+
+    def _window(self, worker: int) -> _Window:
+        w = self._windows.get(worker)
+        if w is None:
+            w = self._windows[worker] = _Window()
+        return w
 
     def abort(self, worker: int, seq: int) -> None:
         """``seq`` failed before it changed anything; a retry may apply it."""
