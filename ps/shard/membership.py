@@ -106,7 +106,7 @@ class Membership:
                                 "the older client is fenced. Two workers sharing one --rank?", worker, session, held)
                 self.sessions[worker] = session
             log.info("worker %d registered at clock %d", worker, clock)
-            steps.cond.notify_all()
+            steps.wake()
             return worker, clock, steps.dedup.next_seq(worker)
 
     def _reclaim(self) -> None:
@@ -221,7 +221,7 @@ class Membership:
             self.sessions.pop(worker, None)
             ready = steps.gate.leave(worker)
             log.info("worker %d left", worker)
-            steps.cond.notify_all()
+            steps.wake()
         if ready:
             steps.apply_step(ready)
 
@@ -256,7 +256,7 @@ class Membership:
                 ready = steps.gate.leave(worker) or ready
                 steps.counters["lease_expired"] += 1
             if gone:
-                steps.cond.notify_all()
+                steps.wake()
         if ready:
             steps.apply_step(ready)
         return gone

@@ -109,7 +109,7 @@ class UnitMoves:
             if from_step and boundary > from_step:
                 raise FailedPreconditionError(f"a move at step {from_step}: step {boundary - 1} already started here")
             gate.hold_for_move(boundary)
-            steps.cond.notify_all()
+            steps.wake()
             if from_step:
                 steps.wait(lambda: Proceed() if gate.version >= boundary and not gate.step_started() else Wait(
                     f"a move at step {boundary} waits for step {gate.version} to be applied", gate.waiting_for()),
@@ -121,7 +121,7 @@ class UnitMoves:
         MOVED, and planned again by their client). Does not block."""
         with self._shard.steps.cond:
             self._shard.gate.release_move()
-            self._shard.steps.cond.notify_all()
+            self._shard.steps.wake()
 
     def install(self, placement: PlacementMap) -> PlacementMap:
         """Install ``placement`` if it is newer than the shard's map; returns the shard's map.

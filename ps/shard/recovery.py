@@ -81,7 +81,7 @@ class Recovery:
                 return meta, export()
             finally:
                 gate.release()
-                steps.cond.notify_all()
+                steps.wake()
 
     def install(self, version: int, clocks: dict[int, int], dedup: dict | None, epoch: int,
                 install_tables: Callable[[], None], left: Iterable[int] = ()) -> None:
@@ -104,7 +104,7 @@ class Recovery:
             self._members.unheard = set(steps.gate.workers)
             steps.step_seqs = []
             install_tables()
-            steps.cond.notify_all()
+            steps.wake()
 
     def rollback(self, rollback_id: str, timeout_s: float, state=None,
                  install_tables: Callable[[], None] | None = None) -> bool:
@@ -143,7 +143,7 @@ class Recovery:
                 return state is not None
             finally:
                 steps.gate.release()
-                steps.cond.notify_all()
+                steps.wake()
 
     def _quiesce(self, what: str, deadline: float) -> None:
         """With pushes held and the lock held: wait (bounded) until none is being applied."""

@@ -51,6 +51,7 @@ class Sequencer:
         self.guard = None  # admit_push(worker, session, seq), admit_pull(worker), fenced_refusal(worker) (Membership)
         self.step_parts: tuple = ()  # apply_step(scale), discard_step(): keep sums for the open sync step
         self.metrics = None  # observes pushes and waits (ps.metrics.shard_metrics.ShardMetrics)
+        self._waiting = 0  # calls inside wait(), asleep on cond: wake() has someone to wake
 
     def run_push(self, worker: int, seq: int, step: int, part: int, num_parts: int, deadline: float, *,
                  skip: bool, update: Callable[[bool], None], remember: Callable[[], None],
@@ -113,7 +114,7 @@ class Sequencer:
                 self.dedup.abort(worker, seq)
                 if accumulate:
                     self.gate.on_part_failed(worker, step, part)
-                self.cond.notify_all()
+                self.wake()
             raise
         ready = None
         with self.lock:
@@ -130,7 +131,7 @@ class Sequencer:
                 outcome = "applied"
             if done is not None:
                 done(outcome)
-            self.cond.notify_all()
+            self.wake()
         if ready:
             self.apply_step(ready)
         return PushResult(outcome, self.gate.version)
@@ -146,7 +147,7 @@ class Sequencer:
         AbortedError, FailedPreconditionError, DeadlineExceededError, what ``check`` raises."""
         self.guard.admit_pull(worker)
         if self.gate.raises_clock(worker, step):  # pulls waiting for this reader may go on once it reads
-            self.cond.notify_all()
+            self.wake()
 
         def decide():
             if check is not None:
@@ -165,7 +166,7 @@ class Sequencer:
         with self.cond:
             self.gate.on_step_applied(ready)
             self.counters["steps"] += 1
-            self.cond.notify_all()
+            self.wake()
 
     def discard_step(self) -> None:
         """Forget every sum kept for the open sync step (a rollback replaces the state)."""
@@ -180,7 +181,7 @@ class Sequencer:
         final checkpoint's) are not ended. Does not block beyond the lock; irreversible."""
         with self.cond:
             self.stopping = True
-            self.cond.notify_all()
+            self.wake()
 
     def wait(self, decide: Callable[[], object], deadline: float, stoppable: bool = True):
         """Re-evaluate ``decide()`` (lock held) until it is not a :class:`Wait`; bounded.
@@ -216,7 +217,17 @@ class Sequencer:
             if remaining <= 0:
                 self.counters["wait_timeouts"] += 1
                 raise DeadlineExceededError(f"timed out: {result.describe()}", reason=Reason.WAIT_EXPIRED)
-            self.cond.wait(remaining)
+            self._waiting += 1
+            try:
+                self.cond.wait(remaining)
+            finally:
+                self._waiting -= 1
+
+    def wake(self) -> None:
+        """Lock held: something a wait of :meth:`wait` may be waiting for changed; every such
+        wait asks its ``decide()`` again. Free when none waits (the common push). Does not block."""
+        if self._waiting:
+            self.cond.notify_all()
 
     def _replay(self, worker: int, seq: int, deadline: float) -> PushResult:
         """Lock held. The fenced session's push ``seq``, numbered before the takeover: a
@@ -253,7 +264,7 @@ class Sequencer:
             ready = self.gate.on_part_done(worker, step)
         else:
             self.gate.on_applied(worker, step, applied=False)
-        self.cond.notify_all()
+        self.wake()
         if ready:
             self.apply_step(ready)  # re-entrant lock; nothing else was summed by this push
         return PushResult("stale", self.gate.version)

@@ -184,7 +184,7 @@ class Shard:
                                           f"topology ({topology[1]} shards)")
         self._placement = placement
         self.blocks_changed()
-        self.steps.cond.notify_all()
+        self.steps.wake()
 
     def reshard(self, index: int, placement: PlacementMap) -> None:
         """Lock held: a resize gives this shard place ``index`` in ``placement`` (its topology
@@ -200,7 +200,7 @@ class Shard:
             self.membership.topology = (index, placement.num_shards)
         self._placement = placement
         self.blocks_changed()
-        self.steps.cond.notify_all()
+        self.steps.wake()
 
     def blocks_changed(self) -> None:
         """Lock held: the map or the blocks held changed (a move); :meth:`arriving` recomputes."""
@@ -404,7 +404,7 @@ class Shard:
         if held is not None:
             if admitted:
                 self._release_admitted(admitted.pop())
-                self.steps.cond.notify_all()
+                self.steps.wake()
             return held
         refusal = self.moved_error(placement_version, elsewhere)
         if refusal is not None:
@@ -418,7 +418,7 @@ class Shard:
         """A push admitted under placement ``version`` finished (applied or not). Takes the lock."""
         with self.steps.lock:
             self._release_admitted(version)
-            self.steps.cond.notify_all()
+            self.steps.wake()
 
     def _release_admitted(self, version: int) -> None:
         """Lock held: one push admitted under placement ``version`` less in flight (the caller wakes waiters)."""
