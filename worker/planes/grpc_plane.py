@@ -45,7 +45,7 @@ class GrpcPlane(DataPlane):
             method = ch.push_rows if part.values is not None else ch.pull_rows
             request = encode_rows(step.rows_header(part, seq), part.ids, part.values)
         else:
-            known = None if self._cache is None else (lambda h: self._cache.name_known(part.shard, h, part.pull_blocks))
+            known = None if self._cache is None else (lambda h: self._cache.name_known(part.shard, h, part.unpushed_pulls))
             push, pull = step.headers(part, seq, known, self._templates)
             if push is None:
                 method, request = ch.pull, ps_pb2.PullRequest(header=pull)

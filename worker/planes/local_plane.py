@@ -153,7 +153,7 @@ class LocalPlane(SlotPlane):
         token = self._tokens.get(part.shard, "")
         held = []
         if part.pull is not None and token:
-            for name, b in part.pull_blocks:
+            for name, b in part.unpushed_pulls:
                 v = region.versions.get((name, b))
                 if v is not None and v[1] == token:
                     held.append((name, b, v[0]))

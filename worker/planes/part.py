@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,14 @@ class Part:
     ids: np.ndarray | None = None
     values: np.ndarray | None = None
     target: np.ndarray | None = None
+
+    @functools.cached_property
+    def unpushed_pulls(self) -> tuple[tuple[str, int], ...]:
+        """The ``pull_blocks`` this part does not also push: the only ones whose held versions
+        are worth naming as ``known`` (a block the same call pushes changes before it is read,
+        unless the push is dropped, and then sending it again is merely not skipped)."""
+        pushed = set(self.push or ())
+        return tuple(b for b in self.pull_blocks if b not in pushed)
 
     @property
     def pushes(self) -> bool:

@@ -94,7 +94,7 @@ class StreamPlane(SlotPlane):
         # before it is used again), else one per part (a part queued behind a waiting pull would wait)
         slot = part.part % MAX_IN_FLIGHT if step.independent else part.part
         conn = self._channels[part.shard].connection(slot)
-        known = None if self._cache is None else (lambda h: self._cache.name_known(part.shard, h, part.pull_blocks))
+        known = None if self._cache is None else (lambda h: self._cache.name_known(part.shard, h, part.unpushed_pulls))
         push, pull = step.headers(part, seq, known, self._templates)
         if push is None:
             conn.send(LOCAL_PULL, pull.SerializeToString(), step.timeout_s)
