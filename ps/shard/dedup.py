@@ -52,16 +52,11 @@ class DedupTable:
 
     def begin(self, worker: int, seq: int) -> None:
         """Mark ``seq`` as being applied; a retry arriving meanwhile waits for it."""
-        w = self._windows.get(worker)
-        if w is None:
-            w = self._windows[worker] = _Window()
-        w.inflight.add(seq)
+        (self._windows.get(worker) or self._windows.setdefault(worker, _Window())).inflight.add(seq)
 
     def finish(self, worker: int, seq: int) -> None:
         """``seq`` was applied (or deliberately dropped): record it as seen for good."""
-        w = self._windows.get(worker)
-        if w is None:  # dropped unbegun (a stale or skipped push)
-            w = self._windows[worker] = _Window()
+        w = self._windows.get(worker) or self._windows.setdefault(worker, _Window())  # a window built only if missing
         w.inflight.discard(seq)
         if seq <= w.floor:
             return

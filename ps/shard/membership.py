@@ -44,7 +44,7 @@ class Membership:
         """
         if num_shards < 1 or not 0 <= shard_index < num_shards:
             raise InvalidArgumentError(f"topology: shard {shard_index} of {num_shards} is impossible")
-        with self._steps.cond:
+        with self._steps.lock:
             if self.topology is None:
                 self.topology = (shard_index, num_shards)
             elif self.topology != (shard_index, num_shards):
@@ -76,7 +76,7 @@ class Membership:
         FailedPreconditionError (FENCED) for a session older than the id's holder.
         """
         steps = self._steps
-        with steps.cond:
+        with steps.lock:
             if session and worker >= 0:
                 self._refuse_older(worker, session, "registration")
             if worker not in steps.gate.workers and len(steps.gate.workers) >= steps.config.max_workers:
@@ -199,7 +199,7 @@ class Membership:
 
     def unfence(self, worker: int) -> bool:
         """A worker resyncs after a rollback: lift its fence. True if it was fenced."""
-        with self._steps.cond:
+        with self._steps.lock:
             if worker not in self.fenced:
                 return False
             self.fenced.discard(worker)
@@ -212,7 +212,7 @@ class Membership:
         Raises NotFoundError (NOT_REGISTERED).
         """
         steps = self._steps
-        with steps.cond:
+        with steps.lock:
             if worker not in steps.gate.workers:
                 raise NotFoundError(f"worker {worker} is not registered with this shard", reason=Reason.NOT_REGISTERED)
             if session and self.sessions.get(worker, session) != session:
@@ -230,7 +230,7 @@ class Membership:
         (NOT_REGISTERED) when the worker is not registered or left (register again to rejoin),
         or (FENCED) when a newer session than ``session`` holds the id (0: unchecked)."""
         steps = self._steps
-        with steps.cond:
+        with steps.lock:
             if session:
                 self._refuse_older(worker, session, "heartbeat")
             steps.gate.check_live(worker)
@@ -245,7 +245,7 @@ class Membership:
         :class:`~ps.shard.lease.LeaseKeeper`; may apply a sync step that only waited for them.
         """
         steps = self._steps
-        with steps.cond:
+        with steps.lock:
             now = steps.clock()
             gone = expired(self.last_contact, steps.gate.live_workers(), now, steps.config.lease_s)
             ready = None

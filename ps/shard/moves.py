@@ -70,7 +70,7 @@ class UnitMoves:
         (unknown workers would not be waited for). Does not block. Raises FailedPreconditionError (an older map),
         AlreadyExistsError (a table of another spec), InvalidArgumentError."""
         shard = self._shard
-        with shard.steps.cond:
+        with shard.steps.lock:
             current = shard.current_placement()
             if current is not None and placement.version < current.version:
                 raise FailedPreconditionError(f"resize to placement {placement.describe()}: this shard already "
@@ -104,7 +104,7 @@ class UnitMoves:
         if shard.config.mode is not Mode.SYNC or shard.retired:  # a retired shard gets no pushes
             return 0, []
         deadline = steps.clock() + timeout_s
-        with steps.cond:
+        with steps.lock:
             boundary = max(from_step, gate.first_open_step())
             if from_step and boundary > from_step:
                 raise FailedPreconditionError(f"a move at step {from_step}: step {boundary - 1} already started here")
@@ -119,7 +119,7 @@ class UnitMoves:
     def unhold(self) -> None:
         """Sync: release :meth:`hold`: held pushes go on (planned with an older map: refused as
         MOVED, and planned again by their client). Does not block."""
-        with self._shard.steps.cond:
+        with self._shard.steps.lock:
             self._shard.gate.release_move()
             self._shard.steps.wake()
 
@@ -127,7 +127,7 @@ class UnitMoves:
         """Install ``placement`` if it is newer than the shard's map; returns the shard's map.
         Does not block. Raises FailedPreconditionError (another shard count, no topology)."""
         shard = self._shard
-        with shard.steps.cond:
+        with shard.steps.lock:
             current = self._current()
             if placement.version > current.version:
                 shard.set_placement(placement)
@@ -148,7 +148,7 @@ class UnitMoves:
         steps = shard.steps
         deadline = steps.clock() + timeout_s
         index = self._index()
-        with steps.cond:
+        with steps.lock:
             current = self._current()
             if placement.version < current.version or (placement.version == current.version
                                                        and placement != current):
@@ -252,7 +252,7 @@ class UnitMoves:
                 continue
             table = shard.table(table_name)
             built.append((unit, table, _block(table, block, version, arrays)))
-        with shard.steps.cond:
+        with shard.steps.lock:
             current = self._current()
             if placement.version < current.version:
                 raise FailedPreconditionError(f"move under placement {placement.describe()}: this shard already "
@@ -271,7 +271,7 @@ class UnitMoves:
     def release(self) -> int:
         """Drop the kept copies of units the shard's map puts elsewhere; returns how many. Does not block."""
         shard = self._shard
-        with shard.steps.cond:
+        with shard.steps.lock:
             placement, index = self._current(), self._index()
             gone = [u for u in self._given if _owner(placement, u) != index]
             for unit in gone:

@@ -36,7 +36,7 @@ class Recovery:
     def restored(self, tag: str, version: int, await_decision: bool) -> None:
         """Note the checkpoint restored at start; ``await_decision``: refuse every push and pull
         until the cluster decides whether it rolls back (:meth:`rollback`)."""
-        with self._steps.cond:
+        with self._steps.lock:
             self.restored_from = (tag, version)
             self._members.held_state = f"checkpoint {tag} at version {version} (epoch {self._steps.epoch})"
             self._members.awaiting_rollback = await_decision
@@ -59,7 +59,7 @@ class Recovery:
         gate = steps.gate
         deadline = steps.clock() + timeout_s
         sync = gate.mode is Mode.SYNC
-        with steps.cond:
+        with steps.lock:
             try:
                 if sync and at_version > 0:
                     if gate.version > at_version:
@@ -95,7 +95,7 @@ class Recovery:
         ``dedup`` None starts an empty dedup table (restoring onto another shard count).
         """
         steps = self._steps
-        with steps.cond:
+        with steps.lock:
             steps.gate.load(version, clocks, left)
             steps.dedup = DedupTable.restore(dedup) if dedup is not None else DedupTable()
             steps.epoch = epoch
@@ -119,7 +119,7 @@ class Recovery:
         """
         steps = self._steps
         deadline = steps.clock() + timeout_s
-        with steps.cond:
+        with steps.lock:
             if rollback_id in self._rollbacks:
                 return False
             try:

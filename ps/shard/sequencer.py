@@ -36,10 +36,11 @@ class Sequencer:
     def __init__(self, config: ServerConfig, clock: Callable[[], float]) -> None:
         self.config = config
         self.clock = clock
-        #: the shard's one lock (re-entrant); ``cond`` waits and wakes on it. The data path
-        #: enters ``lock`` itself: a ``with cond`` costs two Python frames per section.
+        #: the shard's one lock (re-entrant). Waits and wakes on it go through :meth:`wait` and
+        #: :meth:`wake` (its condition is theirs alone); entered directly, a section costs no
+        #: Python frame (a ``with`` on a Condition costs two).
         self.lock = threading.RLock()
-        self.cond = threading.Condition(self.lock)
+        self._cond = threading.Condition(self.lock)
         self.gate = ConsistencyGate(config.mode, staleness=config.staleness, num_workers=config.num_workers,
                                     replicas_to_aggregate=config.replicas_to_aggregate)
         self.dedup = DedupTable()
@@ -51,7 +52,7 @@ class Sequencer:
         self.guard = None  # admit_push(worker, session, seq), admit_pull(worker), fenced_refusal(worker) (Membership)
         self.step_parts: tuple = ()  # apply_step(scale), discard_step(): keep sums for the open sync step
         self.metrics = None  # observes pushes and waits (ps.metrics.shard_metrics.ShardMetrics)
-        self._waiting = 0  # calls inside wait(), asleep on cond: wake() has someone to wake
+        self._waiting = 0  # calls inside wait(), asleep on the condition: wake() has someone to wake
 
     def run_push(self, worker: int, seq: int, step: int, part: int, num_parts: int, deadline: float, *,
                  skip: bool, update: Callable[[bool], None], remember: Callable[[], None],
@@ -159,11 +160,11 @@ class Sequencer:
 
     def apply_step(self, ready: StepReady) -> None:
         """Apply a completed sync step: every step part's sums, scaled by 1 / contributors."""
-        with self.cond:
+        with self.lock:
             self.step_seqs = []
         for part in self.step_parts:
             part.apply_step(1.0 / ready.contributors)
-        with self.cond:
+        with self.lock:
             self.gate.on_step_applied(ready)
             self.counters["steps"] += 1
             self.wake()
@@ -179,7 +180,7 @@ class Sequencer:
         stays inside the shard and its client fails over as from a dead server. A call that
         ends so changed nothing. Waits only for in-flight applies (``stoppable=False``: the
         final checkpoint's) are not ended. Does not block beyond the lock; irreversible."""
-        with self.cond:
+        with self.lock:
             self.stopping = True
             self.wake()
 
@@ -219,7 +220,7 @@ class Sequencer:
                 raise DeadlineExceededError(f"timed out: {result.describe()}", reason=Reason.WAIT_EXPIRED)
             self._waiting += 1
             try:
-                self.cond.wait(remaining)
+                self._cond.wait(remaining)
             finally:
                 self._waiting -= 1
 
@@ -227,7 +228,7 @@ class Sequencer:
         """Lock held: something a wait of :meth:`wait` may be waiting for changed; every such
         wait asks its ``decide()`` again. Free when none waits (the common push). Does not block."""
         if self._waiting:
-            self.cond.notify_all()
+            self._cond.notify_all()
 
     def _replay(self, worker: int, seq: int, deadline: float) -> PushResult:
         """Lock held. The fenced session's push ``seq``, numbered before the takeover: a

@@ -69,13 +69,13 @@ class _PendingBlocks:
         self.blocks: set[tuple[DenseTable, Block]] = set()
 
     def apply_step(self, scale: float) -> None:
-        with self._steps.cond:
+        with self._steps.lock:
             pending, self.blocks = self.blocks, set()
         for table, block in pending:
             table.apply_accumulated(block)  # the mean of the gradients this block received
 
     def discard_step(self) -> None:
-        with self._steps.cond:
+        with self._steps.lock:
             self.blocks = set()
 
 
@@ -162,7 +162,7 @@ class Shard:
     @property
     def placement(self) -> PlacementMap | None:
         """The shard's placement map (``docs/placement.md``); None before it knows its topology."""
-        with self.steps.cond:
+        with self.steps.lock:
             return self.current_placement()
 
     def current_placement(self) -> PlacementMap | None:
@@ -223,9 +223,7 @@ class Shard:
     def moved_error(self, version: int, what: str = "") -> FailedPreconditionError | None:
         """The MOVED refusal of a call planned with map ``version`` (0: unchecked) that names
         units elsewhere (``what``: which, "" for none), or None when it may go on here. Lock held."""
-        current = self._placement
-        if current is None:
-            current = self.current_placement()
+        current = self.current_placement()
         if self.retired:
             what = what or "this shard left the cluster in a resize"
         if current is None or ((not version or version == current.version) and not what):
@@ -256,7 +254,7 @@ class Shard:
             return self._create_table(spec)
 
     def _create_table(self, spec: TableSpec) -> bool:
-        with self.steps.cond:
+        with self.steps.lock:
             if self.membership.topology is None:
                 raise FailedPreconditionError("shard topology unknown: register or give it with the request")
             if exists_alike(spec, self.tables, self.rows.tables, "sparse"):
@@ -276,19 +274,19 @@ class Shard:
             nbytes = dense_footprint(itemsize, spec.optimizer.name, elements, sync)
             self.budget.reserve(nbytes, what)
         except ResourceExhaustedError:
-            with self.steps.cond:
+            with self.steps.lock:
                 self.counters["memory_refused"] += 1
             raise
         try:
             table = DenseTable.create(spec, owned)  # outside the lock: may allocate a lot
         except MemoryError:
             self.budget.release(nbytes)
-            with self.steps.cond:
+            with self.steps.lock:
                 self.counters["memory_refused"] += 1
             raise ResourceExhaustedError(f"{what}: the machine ran out of memory before the budget did: "
                                          "lower ps-server --max-memory") from None
         try:
-            with self.steps.cond:
+            with self.steps.lock:
                 existing = self.tables.setdefault(spec.name, table)
                 if existing is not table and existing.spec != spec:
                     raise AlreadyExistsError(f"table {spec.name!r} exists with a different spec")
@@ -478,7 +476,7 @@ class Shard:
     def _check_pull_placement(self, placement_version: int, pushed: bool, tables: Sequence[DenseTable]) -> None:
         """Lock held: raise MOVED (PULL_MOVED after a push-pull's push) for a pull planned with
         another map version than this shard's, or of a table with blocks still moving here."""
-        moving = (self._arriving if self._arriving is not None else self.arriving()) if placement_version else ()
+        moving = self.arriving() if placement_version else ()  # asked twice per pull: nothing built when empty
         arriving = [t.spec.name for t in tables if t.spec.name in moving] if moving else []
         refusal = self.moved_error(placement_version, f"{arriving[0]}: blocks moving to this shard have not "
                                                       "arrived yet" if arriving else "")
@@ -507,11 +505,7 @@ class Shard:
         if not 0 <= part < num_parts:
             raise InvalidArgumentError(f"part {part} of {num_parts} is not a valid part number")
         self._check_caller(worker, pushes)
-        held = self.tables
-        try:
-            return [held[name] for name in dict.fromkeys(tables)]
-        except KeyError:
-            return [self.table(name) for name in dict.fromkeys(tables)]  # raises the refusal that fits
+        return [self.table(name) for name in dict.fromkeys(tables)]
 
     @property
     def state_token(self) -> str:
@@ -554,7 +548,7 @@ class Shard:
         accesses (``rows`` True: its rows' bytes, rows pushed and pulled). ``kept``: ``(table,
         rows, unit, bytes)`` of every copy kept of a unit given away (:attr:`kept`). Does not
         block long."""
-        with self.steps.cond:
+        with self.steps.lock:
             held = [(name, b) for name, t in self.tables.items() for b in t.blocks.values()]
             dense = [(name, False, b.index, _block_bytes(b), b.accesses) for name, b in held]
             sparse = list(self.rows.tables.items())
@@ -566,7 +560,7 @@ class Shard:
     def snapshot(self) -> dict:
         """Mode, version, workers, tables and counters, for the Status call."""
         now = self.steps.clock()
-        with self.steps.cond:
+        with self.steps.lock:
             return {
                 "version": self.gate.version,
                 "topology": self.topology,

@@ -98,7 +98,7 @@ class SparseRows:
         name, FailedPreconditionError before the shard's topology is known.
         """
         spec.validate()
-        with self._steps.cond:
+        with self._steps.lock:
             if self._members.topology is None:
                 raise FailedPreconditionError("shard topology unknown: register or give it with the request")
             if exists_alike(spec, self.tables, self._dense, "dense"):
@@ -114,7 +114,7 @@ class SparseRows:
     def adopt(self, table: SparseTable) -> None:
         """Install a restored table (e.g. from a checkpoint), replacing one of the same name."""
         table.budget = self.budget
-        with self._steps.cond:
+        with self._steps.lock:
             self.tables[table.spec.name] = table
 
     def table(self, name: str) -> SparseTable:
@@ -156,7 +156,7 @@ class SparseRows:
             table.check_push(ids, grads, refuse_nonfinite=steps.config.nonfinite == "refuse",
                              placed=self.placer is None)
         except Exception:
-            with steps.cond:
+            with steps.lock:
                 steps.counters["refused"] += 1
             raise
         buckets = row_buckets(name, ids) if self.placer is not None else None
@@ -190,7 +190,7 @@ class SparseRows:
             if admitted:
                 self.placer.done_admitted(admitted[0])
         if result.outcome in ("applied", "accumulated"):
-            with steps.cond:
+            with steps.lock:
                 steps.counters["row_pushes"] += 1
             if buckets is not None:
                 table.count_accesses(buckets)
@@ -228,11 +228,11 @@ class SparseRows:
                                          f"{steps.config.max_message_bytes}: pull fewer ids per call")
         table.check_ids(ids, placed=self.placer is None)
         buckets = row_buckets(name, ids) if self.placer is not None else None
-        with steps.cond:
+        with steps.lock:
             version = steps.await_pull(  # a map installed while the pull waits redirects it at once
                 worker, step, deadline, lambda: self._check_placement(placement_version, table, ids, buckets))
         values = table.read(ids)
-        with steps.cond:
+        with steps.lock:
             self._check_placement(placement_version, table, ids, buckets)  # a bucket may have moved meanwhile
             steps.counters["row_pulls"] += 1
         if buckets is not None:
@@ -252,7 +252,7 @@ class SparseRows:
             raise InvalidArgumentError(f"{name}: max_rows must be >= 0, got {max_rows}")
         fit = max(1, (steps.config.max_message_bytes // 2) // (8 + table.spec.row_bytes))
         ids, values = table.list_rows(after, min(max_rows, fit) if max_rows else fit)
-        with steps.cond:
+        with steps.lock:
             version = steps.gate.version
         return version, ids, values
 
@@ -260,14 +260,14 @@ class SparseRows:
 
     def apply_step(self, scale: float) -> None:
         """Sync: apply every table's kept rows for the completed step (called by the sequencer)."""
-        with self._steps.cond:
+        with self._steps.lock:
             pending, self._pending = self._pending, set()
         for table in pending:
             table.apply_accumulated(scale)
 
     def discard_step(self) -> None:
         """Forget every table's rows kept for the open sync step (e.g. on a restore)."""
-        with self._steps.cond:
+        with self._steps.lock:
             pending, self._pending = self._pending, set()
         for table in pending:
             table.discard_accumulated()

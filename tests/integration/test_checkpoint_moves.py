@@ -66,7 +66,7 @@ def _blocks(servers: list[ShardServer], kept: bool) -> dict[int, tuple]:
     copies: dict[int, tuple] = {}
     for s in servers:
         shard = s.shard
-        with shard.steps.cond:
+        with shard.steps.lock:
             for index, block in shard.tables["w"].blocks.items():
                 assert index not in out, f"block {index} held twice"
                 out[index] = (block.version, block.values.copy(), {k: v.copy() for k, v in block.state.items()})
@@ -87,7 +87,7 @@ def _rows(servers: list[ShardServer], kept: bool) -> dict[int, tuple]:
     copies: list[dict] = []
     for s in servers:
         shard = s.shard
-        with shard.steps.cond:
+        with shard.steps.lock:
             table = shard.rows.tables["e"]
             state = table.export_state()
             held |= set(np.flatnonzero(table.held).tolist())

@@ -25,7 +25,7 @@ LONG_S = 60.0
 
 
 def waits(shard: Shard) -> int:
-    with shard.steps.cond:
+    with shard.steps.lock:
         return shard.counters["waits"]
 
 
