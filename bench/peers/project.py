@@ -43,6 +43,8 @@ def main() -> None:
     p.add_argument("--api", choices=["fused", "split", "buffers"], default="fused")
     p.add_argument("--block-elems", type=int, default=0,
                    help="the table's block size in elements (0: automatic, ps.tables.spec.balanced_block_elems)")
+    p.add_argument("--part-kib", type=int, default=0,
+                   help="Client(part_bytes=) in KiB: the part size of the gRPC and TCP planes (0: the Client default)")
     args = p.parse_args()
     counts = [int(x) for x in args.shards.split(",")]
     tmp = tempfile.mkdtemp(prefix="ps-bench-")
@@ -71,8 +73,9 @@ def _stepper(stack: contextlib.ExitStack, args, shards: int, n: int, tmp: str):
     addresses = stack.enter_context(ps_servers(shards, *extra, per_server=per_server))
     if args.path == "uds":
         addresses = [f"unix:{s}" for s in socks]
+    parts = {"part_bytes": args.part_kib << 10} if args.part_kib else {}
     ps = stack.enter_context(Client(addresses, local=args.path == "shm", stream=args.path == "stream", timeout_s=60,
-                                    wait_timeout_s=120))
+                                    wait_timeout_s=120, **parts))
     if args.path == "stream" and ps.data_planes() != ["tcp"] * shards:
         raise RuntimeError("the stream plane is not in use")
     ps.create("w", shape=(n,), lr=0.001, block_elems=args.block_elems)

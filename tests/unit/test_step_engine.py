@@ -16,7 +16,7 @@ from ps.tables.optim import OptimizerSpec
 from ps.tables.sparse_spec import SparseTableSpec
 from ps.tables.spec import TableSpec
 from worker.client.step_engine import StepEngine
-from worker.client.step_plan import StepPlanner
+from worker.client.step_plan import PIPELINE_PART_BYTES, StepPlanner
 from worker.client.table_directory import TableDirectory
 from worker.planes.inprocess_plane import InProcessPlane
 from worker.planes.plane import DataPlane
@@ -109,6 +109,22 @@ def test_pipelined_shards_get_parts_of_their_own_size_and_sync_gets_every_part()
     assert {p.shard for p in parts} == {0, 1}            # a shard without b's block gets an empty part
     assert all(p.num_parts == 1 for p in parts if p.shard == 1)
     assert planner.dense(("b",), None, (True, False), "sync") is parts  # planned once
+
+
+def test_async_parts_over_the_network_are_pipeline_sized_and_sync_parts_message_sized():
+    big = TableSpec(name="big", shape=(16 << 18,), dtype="float32", optimizer=SGD)  # 16 MiB: 16 blocks of 1 MiB
+    directory = TableDirectory([None])
+    directory.learn(big)
+    planner = StepPlanner(directory, 1, part_bytes=16 << 20, local_part_bytes=4 << 20)
+    per_part = lambda parts: {sum(big.block_range(b)[1] - big.block_range(b)[0] for _, b in p.push) * 4  # noqa: E731
+                              for p in parts}
+    overlapped = planner.dense(("big",), ("big",), (False,), "async")
+    assert len(overlapped) == (16 << 20) // PIPELINE_PART_BYTES and per_part(overlapped) == {PIPELINE_PART_BYTES}
+    for mode in ("sync", "ssp"):  # every part in flight at once: as few as fit a message
+        assert len(planner.dense(("big",), ("big",), (False,), mode)) == 1
+    small = StepPlanner(directory, 1, part_bytes=1 << 20, local_part_bytes=4 << 20)
+    assert per_part(small.dense(("big",), ("big",), (False,), "async")) == {1 << 20}  # part_bytes still bounds
+    assert len(planner.dense(("big",), ("big",), (True,), "async")) == 4  # same host: local_part_bytes
 
 
 def test_each_pushing_part_takes_the_next_sequence_number_of_its_shard():

@@ -62,7 +62,10 @@ class Client:
             The servers bound their own waits too (``--sync-timeout``); a wait that ran out
             raises DeadlineExceededError (reason WAIT_EXPIRED) naming the workers waited for.
         connect_timeout_s: how long :meth:`connect` waits for every server to answer.
-        part_bytes: transfers to one shard larger than this go as several concurrent calls.
+        part_bytes: transfers to one shard larger than this go as several concurrent calls
+            (bytes; at most ``max_message_bytes / 2``). In async mode parts over gRPC and TCP
+            are also at most 2 MiB (``worker.client.step_plan.PIPELINE_PART_BYTES``), so that
+            the shard updates one while the next arrives.
         observer: read-only client that does not join the quorum (evaluation, tools).
         local: move tensors through shared memory with shards on this machine
             (loopback or ``unix:`` addresses) when they offer it; gRPC otherwise.
@@ -70,9 +73,9 @@ class Client:
             pipeline the worker's copies with the shard's work).
         stream: move dense tensors over a raw TCP connection (``ps.serving.stream_plane``, one
             kernel copy per side) with shards not on the same-host path (other
-            machines, other network namespaces) when they offer it; parts are
-            ``part_bytes`` big. Any failure there sends the call, with the same
-            sequence number, and that shard's later calls over gRPC. Not used with TLS.
+            machines, other network namespaces) when they offer it; parts as over gRPC.
+            Any failure there sends the call, with the same sequence number, and that
+            shard's later calls over gRPC. Not used with TLS.
             False: gRPC only.
         cache_pulls: keep the last pulled values (one more copy of the pulled tables)
             so that gRPC pulls skip blocks that did not change. The same-host path

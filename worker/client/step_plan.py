@@ -15,6 +15,18 @@ if TYPE_CHECKING:
     from worker.client.table_directory import TableDirectory
 
 
+#: in async mode, parts to a shard over gRPC or TCP are at most this big (or ``part_bytes``, if
+#: smaller), so that a plane's few parts in flight (``worker.planes.in_flight``) overlap the
+#: shard's update of one part with the transfer of the next. A whole 16 MiB part did not
+#: overlap at all. Measured (bench.peers.project --part-mib, one shard, loopback, 2 cores),
+#: GB/s at 16 / 128 MiB: TCP plane 2.0 / 2.5-2.7 with 16 MiB parts, 2.9-3.2 / 3.1-3.2 with
+#: 2 MiB; gRPC 0.73-0.78 / 1.04-1.10 and 1.26-1.29 / 1.37-1.42. 1 MiB parts were slower again
+#: and 4-8 MiB in between. The shard's peak RSS / state (bench.memory, 256 MiB Adam) over gRPC:
+#: 1.46 with 16 MiB parts, 1.19 with 2 MiB. Sync and ssp steps keep ``part_bytes`` parts: all
+#: of their parts are in flight at once, each holding a shard thread or connection.
+PIPELINE_PART_BYTES = 2 << 20
+
+
 class StepPlanner:
     """Plans the parts of dense, sparse and mixed steps, one shard's blocks at a time.
 
@@ -23,7 +35,7 @@ class StepPlanner:
     worker always reads its own update. Over gRPC and TCP the number of parts grows until
     every part fits ``part_bytes`` (a message limit); on the same-host plane parts are
     ``local_part_bytes`` big (smaller parts pipeline the worker's copies with the shard's
-    work). In sync and ssp mode every shard gets a part every step, because each step must
+    work), and so are async parts over gRPC and TCP, up to :data:`PIPELINE_PART_BYTES`. In sync and ssp mode every shard gets a part every step, because each step must
     hear from every worker. Rows go ``part_bytes`` at a time, as parts of the same step.
 
     Pure: no I/O. Dense plans are remembered per (tables, planes, mode), so a training
@@ -63,16 +75,16 @@ class StepPlanner:
         start, stop = spec.block_range(b)
         return (stop - start) * np.dtype(spec.dtype).itemsize
 
-    def _num_parts(self, blocks: list[tuple[str, int]], tables: list[str]) -> int | None:
-        """Smallest n with every modulo-n group of ``blocks`` within ``part_bytes``; None when
+    def _num_parts(self, blocks: list[tuple[str, int]], tables: list[str], bound: int) -> int | None:
+        """Smallest n with every modulo-n group of ``blocks`` within ``bound`` bytes; None when
         even one block per table per part does not fit."""
         most = max((self._directory.specs[name].num_blocks for name in tables), default=1)
-        n = max(1, -(-sum(self._bytes(name, b) for name, b in blocks) // self._part_bytes))
+        n = max(1, -(-sum(self._bytes(name, b) for name, b in blocks) // bound))
         while True:
             sizes = [0] * n
             for name, b in blocks:
                 sizes[b % n] += self._bytes(name, b)
-            if max(sizes) <= self._part_bytes:
+            if max(sizes) <= bound:
                 return n
             if n >= most:
                 return None
@@ -91,7 +103,9 @@ class StepPlanner:
                 if mode != "async":
                     n = min(n, LOCAL_MAX_PARTS)
             else:
-                n = self._num_parts(blocks, tables)
+                n = self._num_parts(blocks, tables, self._part_bytes)
+                if n is not None and mode == "async" and self._part_bytes > PIPELINE_PART_BYTES:
+                    n = self._num_parts(blocks, tables, PIPELINE_PART_BYTES) or n  # None: blocks too big
             if n is None:
                 if push is not None and pull is not None:
                     return None

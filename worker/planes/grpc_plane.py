@@ -52,7 +52,7 @@ class GrpcPlane(DataPlane):
             else:
                 method = ch.push if pull is None else ch.push_pull
                 request = encode_framed(push.SerializeToString(), step.payload(part))
-        self._in_flight.before_send(step)
+        self._in_flight.before_send(part, step)
         if self._deferred is not None:
             self._deferred.start()
         self._deferred = PendingCall(ch, method, request, step.timeout_s, self._cluster.retry, step.deadline)

@@ -3,10 +3,10 @@
 A plane that sent every part of a step before reading any reply made a shard receive and
 answer the whole step at once: for a 256 MiB step in 16 MiB parts, 16 requests' and 16
 replies' buffers side by side. In async mode (:attr:`Step.independent`: no pull waits
-for a push of the same step) sending a part first reads the oldest reply once
-:data:`MAX_IN_FLIGHT` are outstanding; in sync and ssp mode nothing is read early (a
-part's pull may wait for the step's other parts). Replies are read in the order the parts
-were sent. Not thread-safe (one plane).
+for a push of the same step) sending a part to a shard first reads that shard's oldest
+reply once :data:`MAX_IN_FLIGHT` are outstanding there; in sync and ssp mode nothing is
+read early (a part's pull may wait for the step's other parts). Each shard's replies are
+read in the order its parts were sent. Not thread-safe (one plane).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ps.errors import PSError
 from worker.planes.part import Part
 from worker.planes.step import Step
 
-#: parts of an async step whose replies are awaited at once. Measured (bench.step_cost and
+#: parts of an async step to one shard whose replies are awaited at once. Measured (bench.step_cost and
 #: bench.memory, 128 MiB steps in 16 MiB parts on 2 cores): 2 is slower, 3 and 4 as fast as
 #: all at once; a shard's peak RSS / state on the TCP plane was 1.16 with 2, 1.21 with 3,
 #: 1.25 with 4 and 2.10 with all.
@@ -40,39 +40,47 @@ class Sent:
 
 
 class InFlight:
-    """A plane's sent parts not read yet. ``read(sent)`` reads one reply into its step and
-    returns the result (raising PSError); ``discard(sent)`` lets go of one that a call
-    interrupted left behind (None: nothing to do). No I/O of its own."""
+    """A plane's sent parts not read yet, a queue per shard. ``read(sent)`` reads one reply
+    into its step and returns the result (raising PSError); ``discard(sent)`` lets go of one
+    that a call interrupted left behind (None: nothing to do). No I/O of its own."""
 
     def __init__(self, read: Callable[[Sent], Any], discard: Callable[[Sent], None] | None = None) -> None:
         self._read = read
         self._discard = discard
-        self._queue: collections.deque[Sent] = collections.deque()
+        self._queues: dict[int, collections.deque[Sent]] = {}
 
-    def before_send(self, step: Step) -> None:
-        """Make room for one more part of ``step``: read the oldest replies while
-        MAX_IN_FLIGHT are outstanding. Blocks (each read is bounded by the plane). Never
-        raises: a read's error is kept for :meth:`finish`."""
-        queue = self._queue
-        while queue and (queue[0].step is not step or not step.independent):
-            stale = queue.popleft()  # left by a call that was interrupted
-            if self._discard is not None:
-                self._discard(stale)
-        while len(queue) >= MAX_IN_FLIGHT:
+    def before_send(self, part: Part, step: Step) -> None:
+        """Make room for one more part of ``step`` to ``part.shard``: read that shard's oldest
+        replies while MAX_IN_FLIGHT are outstanding. Parts of an earlier step still queued
+        (left by a call that was interrupted) are let go first. Blocks (each read is bounded
+        by the plane). Never raises: a read's error is kept for :meth:`finish`."""
+        queues = self._queues
+        if any(q[0].step is not step or not step.independent for q in queues.values() if q):
+            for queue in queues.values():
+                while queue:
+                    stale = queue.popleft()
+                    if self._discard is not None:
+                        self._discard(stale)
+        queue = queues.get(part.shard)
+        while queue is not None and len(queue) >= MAX_IN_FLIGHT:
             self._take(queue.popleft())
 
     def sent(self, ticket: Any, part: Part, step: Step) -> Sent:
         """Record a part just sent; returns the ticket for :meth:`finish`."""
         sent = Sent(ticket, part, step)
         if step.independent:
-            self._queue.append(sent)
+            queue = self._queues.get(part.shard)
+            if queue is None:
+                queue = self._queues[part.shard] = collections.deque()
+            queue.append(sent)
         return sent
 
     def finish(self, sent: Sent) -> Any:
-        """``sent``'s result, reading the replies of the parts sent before it first. Blocks.
-        Raises the PSError its read raised."""
-        while not sent.done and self._queue:
-            self._take(self._queue.popleft())
+        """``sent``'s result, reading the replies of the parts sent to its shard before it
+        first. Blocks. Raises the PSError its read raised."""
+        queue = self._queues.get(sent.part.shard)
+        while not sent.done and queue:
+            self._take(queue.popleft())
         if not sent.done:
             self._take(sent)
         if sent.error is not None:
@@ -81,7 +89,10 @@ class InFlight:
 
     def forget(self, shard: int | None = None) -> None:
         """Stop tracking the parts of ``shard`` (None: all); their :meth:`finish` still reads them."""
-        self._queue = collections.deque(s for s in self._queue if shard is not None and s.part.shard != shard)
+        if shard is None:
+            self._queues.clear()
+        else:
+            self._queues.pop(shard, None)
 
     def _take(self, sent: Sent) -> None:
         sent.done = True

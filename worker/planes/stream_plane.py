@@ -89,7 +89,7 @@ class StreamPlane(SlotPlane):
         return StreamChannel(target[0], status.stream_port, status.server_id, self._token, *self._timeouts)
 
     def send(self, part: Part, seq: int, step: Step) -> Sent:
-        self._in_flight.before_send(step)
+        self._in_flight.before_send(part, step)
         # a connection per part in flight: in async mode MAX_IN_FLIGHT (a slot's last part is read
         # before it is used again), else one per part (a part queued behind a waiting pull would wait)
         slot = part.part % MAX_IN_FLIGHT if step.independent else part.part
