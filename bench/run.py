@@ -44,6 +44,7 @@ def systems(quick: bool) -> list[tuple[str, list[str], str]]:
         ("ps grpc-uds x1", ["bench.peers.project", "--path", "uds", "--shards", "1"], "ps"),
         ("ps shm push+pull x1", ["bench.peers.project", "--path", "shm", "--api", "split", "--shards", "1"], "ps"),
         ("grpc echo tcp", ["bench.peers.grpc_echo"], "baseline"),
+        ("python socket floor", ["bench.peers.socket_floor"], "baseline"),
         ("grpc protobuf-bytes PS", ["bench.peers.naive_pb"], "baseline"),
         ("torch rpc PS", ["bench.peers.torch_rpc"], "peer"),
         ("Ray actor PS", ["bench.peers.ray_ps"], "ray"),
