@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 #: in async mode, parts to a shard over gRPC or TCP are at most this big (or ``part_bytes``, if
 #: smaller), so that a plane's few parts in flight (``worker.planes.in_flight``) overlap the
 #: shard's update of one part with the transfer of the next. A whole 16 MiB part did not
-#: overlap at all. Measured (bench.peers.project --part-mib, one shard, loopback, 2 cores),
+#: overlap at all. Measured (bench.peers.project --part-kib, one shard, loopback, 2 cores),
 #: GB/s at 16 / 128 MiB: TCP plane 2.0 / 2.5-2.7 with 16 MiB parts, 2.9-3.2 / 3.1-3.2 with
 #: 2 MiB; gRPC 0.73-0.78 / 1.04-1.10 and 1.26-1.29 / 1.37-1.42. 1 MiB parts were slower again
 #: and 4-8 MiB in between. The shard's peak RSS / state (bench.memory, 256 MiB Adam) over gRPC:
@@ -35,8 +35,10 @@ class StepPlanner:
     worker always reads its own update. Over gRPC and TCP the number of parts grows until
     every part fits ``part_bytes`` (a message limit); on the same-host plane parts are
     ``local_part_bytes`` big (smaller parts pipeline the worker's copies with the shard's
-    work), and so are async parts over gRPC and TCP, up to :data:`PIPELINE_PART_BYTES`. In sync and ssp mode every shard gets a part every step, because each step must
-    hear from every worker. Rows go ``part_bytes`` at a time, as parts of the same step.
+    work), and async parts over gRPC and TCP are at most :data:`PIPELINE_PART_BYTES` big
+    (for the same reason). In sync and ssp mode every shard gets a part every step, because
+    each step must hear from every worker. Rows go ``part_bytes`` at a time, as parts of the
+    same step.
 
     Pure: no I/O. Dense plans are remembered per (tables, planes, mode), so a training
     loop plans once. Not thread-safe (one Client).

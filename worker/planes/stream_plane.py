@@ -5,11 +5,12 @@ For every shard that offers one (its Status names a ``stream_port``) the worker 
 and, when the cluster has one, the shared token). A part's frame and header go out, then
 its gradient blocks with ``sendmsg`` straight from the caller's arrays; pulled blocks come
 back with ``recv_into`` straight into the destination arrays: one kernel copy per side.
-Parts are gRPC's (``Client.part_bytes``), each on its own connection, so the calls of a
-step run in parallel and a sync pull never waits behind another part. In async mode at
-most :data:`~worker.planes.in_flight.MAX_IN_FLIGHT` parts wait for their replies, on as many
-connections (:class:`~worker.planes.in_flight.InFlight`). With a pull cache, pulls name the blocks held, as over gRPC. A connection whose
-call failed half-way is closed and never reused. Not thread-safe (one Client).
+Parts are gRPC's (:class:`~worker.client.step_plan.StepPlanner`), each on its own
+connection, so the calls of a step run in parallel and a sync pull never waits behind
+another part. In async mode at most :data:`~worker.planes.in_flight.MAX_IN_FLIGHT` parts per
+shard wait for their replies, on as many connections
+(:class:`~worker.planes.in_flight.InFlight`). With a pull cache, pulls name the blocks held,
+as over gRPC. A connection whose call failed half-way is closed and never reused. Not thread-safe (one Client).
 """
 
 from __future__ import annotations
