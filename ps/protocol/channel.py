@@ -1,12 +1,10 @@
-"""The gRPC service as servers and clients both address it: its name, its data methods, the
-message size limit and the channel options both ends share. Constants and a pure function."""
+"""The gRPC service as servers and clients both address it: its name, the message size limit
+and the channel options both ends share. Constants and a pure function."""
 
 from __future__ import annotations
 
 #: the full name of the ``ParameterServer`` service of ``protos/ps.proto``
 SERVICE_NAME = "ps.v1.ParameterServer"
-#: the calls that move tensors (every data plane carries some of them)
-DATA_METHODS = frozenset({"Push", "Pull", "PushPull", "PushRows", "PullRows"})
 #: the largest gRPC message a server accepts or sends by default (bytes); clients split bigger
 #: transfers into several messages, so a table of any size moves within this limit
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20

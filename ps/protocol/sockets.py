@@ -1,9 +1,9 @@
 """Framing helpers for the data planes' sockets, used by servers and workers alike.
 
-:func:`recv_exact`, :func:`recv_into_exact` and :func:`recv_frame` read exactly so many
-bytes; :func:`send_all` sends several buffers with ``sendmsg`` without joining them. They
-block up to the socket's timeout. Pure functions of their socket; thread-safe as the
-socket is (one caller per socket at a time).
+:func:`recv_exact` and :func:`recv_into_exact` read exactly so many bytes; :func:`send_all`
+sends several buffers with ``sendmsg`` without joining them. They block up to the socket's
+timeout. Pure functions of their socket; thread-safe as the socket is (one caller per
+socket at a time).
 
 :class:`FrameReader` reads a socket's frames through a small buffer it reuses: a small
 request or reply (frame, header and payload) arrives in one ``recv_into`` instead of one
@@ -41,18 +41,6 @@ def recv_into_exact(sock: socket.socket, view: memoryview) -> None:
         if not k:
             raise ConnectionError("peer closed the connection")
         got += k
-
-
-def recv_frame(sock: socket.socket, n: int) -> bytes | None:
-    """Exactly ``n`` bytes, or None when the peer closed cleanly before the first byte."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    k = sock.recv_into(view)
-    if not k:
-        return None
-    if k < n:
-        recv_into_exact(sock, view[k:])
-    return bytes(buf)
 
 
 def send_all(sock: socket.socket, buffers: Sequence[Any]) -> None:

@@ -100,11 +100,6 @@ class SocketServer:
             self._connections.add(conn)
             return True
 
-    def open_connections(self) -> tuple[int, int]:
-        """``(pending, authenticated)`` connections now. Thread-safe."""
-        with self._lock:
-            return len(self._pending), len(self._connections)
-
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self):
