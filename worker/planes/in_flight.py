@@ -48,22 +48,24 @@ class InFlight:
         self._read = read
         self._discard = discard
         self._queues: dict[int, collections.deque[Sent]] = {}
+        self._queued = 0     # parts in the queues, all of them parts of ...
+        self._step: Step | None = None  # ... this step (None once none is queued)
 
     def before_send(self, part: Part, step: Step) -> None:
         """Make room for one more part of ``step`` to ``part.shard``: read that shard's oldest
         replies while MAX_IN_FLIGHT are outstanding. Parts of an earlier step still queued
         (left by a call that was interrupted) are let go first. Blocks (each read is bounded
         by the plane). Never raises: a read's error is kept for :meth:`finish`."""
-        queues = self._queues
-        if any(q[0].step is not step or not step.independent for q in queues.values() if q):
-            for queue in queues.values():
+        if self._queued and (self._step is not step or not step.independent):
+            for queue in self._queues.values():
                 while queue:
                     stale = queue.popleft()
                     if self._discard is not None:
                         self._discard(stale)
-        queue = queues.get(part.shard)
+            self._emptied()
+        queue = self._queues.get(part.shard)
         while queue is not None and len(queue) >= MAX_IN_FLIGHT:
-            self._take(queue.popleft())
+            self._take(self._pop(queue))
 
     def sent(self, ticket: Any, part: Part, step: Step) -> Sent:
         """Record a part just sent; returns the ticket for :meth:`finish`."""
@@ -73,6 +75,8 @@ class InFlight:
             if queue is None:
                 queue = self._queues[part.shard] = collections.deque()
             queue.append(sent)
+            self._queued += 1
+            self._step = step
         return sent
 
     def finish(self, sent: Sent) -> Any:
@@ -80,7 +84,7 @@ class InFlight:
         first. Blocks. Raises the PSError its read raised."""
         queue = self._queues.get(sent.part.shard)
         while not sent.done and queue:
-            self._take(queue.popleft())
+            self._take(self._pop(queue))
         if not sent.done:
             self._take(sent)
         if sent.error is not None:
@@ -91,8 +95,22 @@ class InFlight:
         """Stop tracking the parts of ``shard`` (None: all); their :meth:`finish` still reads them."""
         if shard is None:
             self._queues.clear()
-        else:
-            self._queues.pop(shard, None)
+            self._emptied()
+        elif shard in self._queues:
+            self._queued -= len(self._queues.pop(shard))
+            if not self._queued:
+                self._emptied()
+
+    def _pop(self, queue: collections.deque[Sent]) -> Sent:
+        sent = queue.popleft()
+        self._queued -= 1
+        if not self._queued:
+            self._step = None  # the step's arrays are not kept beyond its last part
+        return sent
+
+    def _emptied(self) -> None:
+        self._queued = 0
+        self._step = None
 
     def _take(self, sent: Sent) -> None:
         sent.done = True
