@@ -9,7 +9,8 @@ feature of a parameter server is taken out. The project's step against this row 
 cost of its features in the interpreter; bare ps-lite's against it, what C++ spends.
 
 The server runs in its own process (``--serve``), like a ps-server. Every read and write
-has a 120 s kernel bound, and the server exits when the worker closes the connection.
+has a 120 s kernel bound; the server exits on the worker's last, empty connection, or when
+no connection comes for 120 s.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import numpy as np
 
 from bench.harness import SIZES, arg_parser, emit, measure
+from bench.servers import readline
 
 LR = np.float32(0.001)
 #: every send and receive gives up after this long (seconds)
@@ -53,9 +55,13 @@ def _read_exactly(sock: socket.socket, view: memoryview) -> bool:
 def serve() -> None:
     """Answer one worker: per connection, one size (its first 8 bytes), then steps until it closes."""
     listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(IO_BOUND_S)
     print(f"listening {listener.getsockname()[1]}", flush=True)
     while True:
-        conn, _ = listener.accept()
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            return  # the worker went away without its empty goodbye connection
         with conn:
             _tune(conn)
             size = bytearray(8)
@@ -80,7 +86,7 @@ def main() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "bench.peers.socket_floor", "--serve"],
                             stdout=subprocess.PIPE, text=True)
     try:
-        port = int(proc.stdout.readline().split()[-1])
+        port = int(readline(proc, 30.0).split()[-1])
         for size_name in args.sizes.split(","):
             nbytes = SIZES[size_name]
             with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:

@@ -360,8 +360,7 @@ class Shard:
             # which blocks are here is asked now, not on arrival: a push held while a sync move
             # settles is decided after its blocks arrived (or left)
             here = [table.blocks.get(index) for table, index in named]
-            held = self.admit_push(step, placement_version, _first_missing(named, here) if None in here else "",
-                                   admitted)
+            held = self.admit_push(step, placement_version, _first_missing(named, here), admitted)
             if held is None:
                 targets[:] = [(table, block) for (table, _), block in zip(named, here)]
             return held
@@ -581,6 +580,8 @@ def _block_bytes(block: Block) -> int:
 
 
 def _first_missing(named: Sequence[tuple[DenseTable, int]], here: Sequence[Block | None]) -> str:
-    """The first of a push's blocks (``named``) that this shard does not hold (``here``: None)."""
+    """"" or the first of a push's blocks (``named``) that this shard does not hold (``here``: None)."""
+    if None not in here:  # the common push: one scan in C, no generator
+        return ""
     table, index = next(name for name, block in zip(named, here) if block is None)
     return f"{table.spec.name}: block {index} is not on this shard"

@@ -105,9 +105,10 @@ class StepPlanner:
                 if mode != "async":
                     n = min(n, LOCAL_MAX_PARTS)
             else:
-                n = self._num_parts(blocks, tables, self._part_bytes)
-                if n is not None and mode == "async" and self._part_bytes > PIPELINE_PART_BYTES:
-                    n = self._num_parts(blocks, tables, PIPELINE_PART_BYTES) or n  # None: blocks too big
+                bound = min(self._part_bytes, PIPELINE_PART_BYTES) if mode == "async" else self._part_bytes
+                n = self._num_parts(blocks, tables, bound)
+                if n is None and bound < self._part_bytes:  # blocks too big for pipeline parts
+                    n = self._num_parts(blocks, tables, self._part_bytes)
             if n is None:
                 if push is not None and pull is not None:
                     return None

@@ -10,7 +10,8 @@ connection, so the calls of a step run in parallel and a sync pull never waits b
 another part. In async mode at most :data:`~worker.planes.in_flight.MAX_IN_FLIGHT` parts per
 shard wait for their replies, on as many connections
 (:class:`~worker.planes.in_flight.InFlight`). With a pull cache, pulls name the blocks held,
-as over gRPC. A connection whose call failed half-way is closed and never reused. Not thread-safe (one Client).
+as over gRPC. A connection whose call failed half-way is closed and never reused. Not
+thread-safe (one Client).
 """
 
 from __future__ import annotations
