@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.harness import SIZES
-from ps.tables.dense_table import DenseTable
+from ps.tables.dense_table import Block, DenseTable
 from ps.tables.optim import OptimizerSpec
 from ps.tables.spec import TableSpec
 
@@ -88,49 +88,50 @@ def sum_of_squares_finite(g: np.ndarray) -> bool:
     return isfinite_all(g)
 
 
-def project(case: Case, check: Callable[[np.ndarray], bool] | None = isfinite_all) -> Step:
-    table, blocks, out = case.table, case.blocks, case.out
+def stepper(case: Case, check: Callable[[np.ndarray], bool] | None,
+            update: Callable[[Block, np.ndarray, np.ndarray], None]) -> Step:
+    """A step of ``case``: receive, ``check`` every gradient (None: no check; a failed check
+    raises ValueError before any block changes), then ``update(block, grad, send_slot)``."""
 
     def step() -> None:
         grads = case.receive()
         if check is not None and not all(check(g) for g in grads):
             raise ValueError("non-finite")
-        for block, g, slot in zip(blocks, grads, out):
-            table.apply(block, g)
-            table.read_if_newer(block, None, slot)
+        for block, g, out in zip(case.blocks, grads, case.out):
+            update(block, g, out)
 
     return step
+
+
+def project(case: Case, check: Callable[[np.ndarray], bool] | None = isfinite_all) -> Step:
+    table = case.table
+
+    def update(block: Block, g: np.ndarray, out: np.ndarray) -> None:
+        table.apply(block, g)
+        table.read_if_newer(block, None, out)
+
+    return stepper(case, check, update)
 
 
 def compiled(case: Case, lib: ctypes.CDLL) -> Step:
-    finite, update, lr = lib.all_finite_f32, lib.sgd_update_f32, ctypes.c_float(LR)
-    work = [(b.values.ctypes.data, g.ctypes.data, g.size, o.ctypes.data, b.lock)
-            for b, g, o in zip(case.blocks, case.received, case.out)]
+    finite, kernel, lr = lib.all_finite_f32, lib.sgd_update_f32, ctypes.c_float(LR)
 
-    def step() -> None:
-        case.receive()
-        if not all(finite(g, n) for _, g, n, _, _ in work):
-            raise ValueError("non-finite")
-        for w, g, n, out, lock in work:
-            with lock:
-                update(w, g, n, lr, out)
+    def update(block: Block, g: np.ndarray, out: np.ndarray) -> None:
+        with block.lock:
+            kernel(block.values.ctypes.data, g.ctypes.data, g.size, lr, out.ctypes.data)
 
-    return step
+    return stepper(case, lambda g: bool(finite(g.ctypes.data, g.size)), update)
 
 
 def with_numexpr(case: Case, ne) -> Step:
     lr = np.float32(LR)
 
-    def step() -> None:
-        grads = case.receive()
-        if not all(isfinite_all(g) for g in grads):
-            raise ValueError("non-finite")
-        for block, g, out in zip(case.blocks, grads, case.out):
-            with block.lock:
-                ne.evaluate("w - lr * g", local_dict={"w": block.values, "g": g, "lr": lr}, out=block.values)
-                np.copyto(out, block.values)
+    def update(block: Block, g: np.ndarray, out: np.ndarray) -> None:
+        with block.lock:
+            ne.evaluate("w - lr * g", local_dict={"w": block.values, "g": g, "lr": lr}, out=block.values)
+            np.copyto(out, block.values)
 
-    return step
+    return stepper(case, isfinite_all, update)
 
 
 def with_numba(case: Case, numba) -> Step:
@@ -142,7 +143,7 @@ def with_numba(case: Case, numba) -> Step:
         return True
 
     @numba.njit(cache=False)
-    def update(w, g, lr, out):
+    def kernel(w, g, lr, out):
         for i in range(w.size):
             v = w[i] - lr * g[i]
             w[i] = v
@@ -150,15 +151,11 @@ def with_numba(case: Case, numba) -> Step:
 
     lr = np.float32(LR)
 
-    def step() -> None:
-        grads = case.receive()
-        if not all(finite(g) for g in grads):
-            raise ValueError("non-finite")
-        for block, g, out in zip(case.blocks, grads, case.out):
-            with block.lock:
-                update(block.values, g, lr, out)
+    def update(block: Block, g: np.ndarray, out: np.ndarray) -> None:
+        with block.lock:
+            kernel(block.values, g, lr, out)
 
-    return step
+    return stepper(case, finite, update)
 
 
 def build_kernel(folder: str) -> ctypes.CDLL | str:
