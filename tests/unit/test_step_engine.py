@@ -127,6 +127,18 @@ def test_async_parts_over_the_network_are_pipeline_sized_and_sync_parts_message_
     assert len(planner.dense(("big",), ("big",), (True,), "async")) == 4  # same host: local_part_bytes
 
 
+def test_async_parts_of_blocks_bigger_than_a_pipeline_part_hold_one_block_each():
+    wide = TableSpec(name="wide", shape=(16 << 18,), dtype="float32", optimizer=SGD, block_elems=1 << 20)
+    directory = TableDirectory([None])
+    directory.learn(wide)  # 16 MiB in 4 blocks of 4 MiB, each bigger than PIPELINE_PART_BYTES
+    planner = StepPlanner(directory, 1, part_bytes=16 << 20, local_part_bytes=4 << 20)
+    parts = planner.dense(("wide",), ("wide",), (False,), "async")
+    assert [p.push for p in parts] == [(("wide", b),) for b in range(4)]  # still overlapped, block by block
+    assert len(planner.dense(("wide",), ("wide",), (False,), "sync")) == 1
+    assert StepPlanner(directory, 1, part_bytes=2 << 20, local_part_bytes=4 << 20).dense(
+        ("wide",), ("wide",), (False,), "async") is None  # a block beyond part_bytes: no fused plan, as before
+
+
 def test_each_pushing_part_takes_the_next_sequence_number_of_its_shard():
     cluster = shards(2)
     e, rec = engine(cluster, part_bytes=128)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 #: in async mode, parts to a shard over gRPC or TCP are at most this big (or ``part_bytes``, if
-#: smaller), so that a plane's few parts in flight (``worker.planes.in_flight``) overlap the
+#: smaller; or one block, where a table's blocks are bigger), so that a plane's few parts in flight (``worker.planes.in_flight``) overlap the
 #: shard's update of one part with the transfer of the next. A whole 16 MiB part did not
 #: overlap at all. Measured (bench.peers.project --part-kib, one shard, loopback, 2 cores),
 #: GB/s at 16 / 128 MiB: TCP plane 2.0 / 2.5-2.7 with 16 MiB parts, 2.9-3.2 / 3.1-3.2 with
@@ -35,8 +35,8 @@ class StepPlanner:
     worker always reads its own update. Over gRPC and TCP the number of parts grows until
     every part fits ``part_bytes`` (a message limit); on the same-host plane parts are
     ``local_part_bytes`` big (smaller parts pipeline the worker's copies with the shard's
-    work), and async parts over gRPC and TCP are at most :data:`PIPELINE_PART_BYTES` big
-    (for the same reason). In sync and ssp mode every shard gets a part every step, because
+    work), and async parts over gRPC and TCP are at most :data:`PIPELINE_PART_BYTES` big, or
+    one block where blocks are bigger (for the same reason). In sync and ssp mode every shard gets a part every step, because
     each step must hear from every worker. Rows go ``part_bytes`` at a time, as parts of the
     same step.
 
@@ -105,10 +105,11 @@ class StepPlanner:
                 if mode != "async":
                     n = min(n, LOCAL_MAX_PARTS)
             else:
-                bound = min(self._part_bytes, PIPELINE_PART_BYTES) if mode == "async" else self._part_bytes
+                bound = self._part_bytes
+                if mode == "async":  # pipeline parts, though never smaller than a block
+                    largest = max((self._bytes(name, b) for name, b in blocks), default=0)
+                    bound = min(bound, max(PIPELINE_PART_BYTES, largest))
                 n = self._num_parts(blocks, tables, bound)
-                if n is None and bound < self._part_bytes:  # blocks too big for pipeline parts
-                    n = self._num_parts(blocks, tables, self._part_bytes)
             if n is None:
                 if push is not None and pull is not None:
                     return None
